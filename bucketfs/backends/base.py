@@ -1,0 +1,178 @@
+"""The one async protocol every object store implements.
+
+Owns the contract between the filesystem core and the stores. Invariants every implementation
+keeps (checked by `tests/backends/test_contract.py` against real servers):
+
+- errors are raised only as `bucketfs.errors.BackendError` subclasses: a missing object is
+  `NotFound`, a missing bucket `BucketNotFound`, refused credentials `AccessDenied`, a failed
+  `if_match`/`if_none_match` `PreconditionFailed`; transient failures are retried inside the
+  backend (backoff, jitter, deadline) and surface as `Transient` only when the deadline passed;
+- listings are in ascending key order (UTF-8 byte order), a `next_token` of None means the end;
+- ETags are returned without quotes; `last_modified` is POSIX seconds, UTC;
+- `get` ranges are half-open `[start, end)`; `end=None` reads to the end of the object; a range
+  past the end is clipped, never an error;
+- `put` is atomic: readers see the old object or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from bucketfs.types import (
+    BucketInfo,
+    ListPage,
+    ObjectInfo,
+    PutResult,
+    VersionPage,
+    WriteOptions,
+)
+
+#: S3's limits; a backend with other limits says so in its own constants.
+MAX_PARTS = 10_000
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PUT_SIZE = 5 * 1024**3
+
+
+class Backend(Protocol):
+    """An object store: buckets holding objects addressed by key."""
+
+    #: short name for logs and errors, e.g. "s3 http://127.0.0.1:8333"
+    description: str
+    #: whether the store keeps object versions at all (per bucket see `get_versioning`)
+    supports_versions: bool
+
+    # --- buckets -----------------------------------------------------------------------
+    async def list_buckets(self) -> list[BucketInfo]: ...
+
+    async def head_bucket(self, bucket: str) -> None:
+        """Raise BucketNotFound / AccessDenied / Transient; return if the bucket is usable."""
+
+    async def create_bucket(self, bucket: str) -> None: ...
+
+    async def delete_bucket(self, bucket: str) -> None:
+        """Raise BucketNotEmpty if it still holds objects."""
+
+    async def get_versioning(self, bucket: str) -> str:
+        """'Enabled', 'Suspended' or 'Off'."""
+
+    async def set_versioning(self, bucket: str, enabled: bool) -> None: ...
+
+    # --- reading -----------------------------------------------------------------------
+    async def list_page(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        delimiter: str | None = "/",
+        token: str | None = None,
+        max_keys: int = 1000,
+    ) -> ListPage:
+        """One page of keys under `prefix`; with a delimiter, deeper keys fold into prefixes."""
+
+    async def list_versions_page(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        delimiter: str | None = "/",
+        key_marker: str | None = None,
+        version_marker: str | None = None,
+        max_keys: int = 1000,
+    ) -> VersionPage: ...
+
+    async def head(self, bucket: str, key: str, *, version_id: str | None = None) -> ObjectInfo: ...
+
+    async def get(
+        self,
+        bucket: str,
+        key: str,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        if_match: str | None = None,
+        version_id: str | None = None,
+    ) -> bytes:
+        """Bytes [start, end) of the object, buffered in memory."""
+
+    def get_stream(
+        self,
+        bucket: str,
+        key: str,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        if_match: str | None = None,
+        version_id: str | None = None,
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Like `get`, but yields the body in chunks as they arrive."""
+
+    # --- writing -----------------------------------------------------------------------
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        opts: WriteOptions | None = None,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> PutResult:
+        """Store the whole object. `if_none_match=True` fails if the key exists."""
+
+    async def create_multipart(
+        self, bucket: str, key: str, opts: WriteOptions | None = None
+    ) -> str:
+        """Start a multipart upload; returns its upload id."""
+
+    async def upload_part(
+        self, bucket: str, key: str, upload_id: str, part_number: int, data: bytes
+    ) -> str:
+        """Upload one part (numbered from 1); returns its ETag."""
+
+    async def upload_part_copy(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        src_key: str,
+        start: int,
+        end: int,
+        *,
+        src_version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> str:
+        """Make part `part_number` from bytes [start, end) of `src_key`; returns its ETag."""
+
+    async def complete_multipart(
+        self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
+    ) -> PutResult: ...
+
+    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None: ...
+
+    async def copy(
+        self,
+        bucket: str,
+        src_key: str,
+        dst_key: str,
+        opts: WriteOptions | None = None,
+        *,
+        src_version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> PutResult:
+        """Server-side copy of an object up to MAX_PUT_SIZE. `opts=None` keeps the source's
+        metadata; otherwise the metadata is replaced by `opts` (also for src_key == dst_key)."""
+
+    async def delete(self, bucket: str, key: str) -> None:
+        """Delete the key; deleting a missing key is not an error."""
+
+    async def delete_many(self, bucket: str, keys: Sequence[str]) -> None:
+        """Delete up to any number of keys (batched as the store allows)."""
+
+    # --- misc --------------------------------------------------------------------------
+    def presign(self, bucket: str, key: str, expires: int, *, version_id: str | None = None) -> str:
+        """A URL that plain HTTP GET can download for `expires` seconds."""
+
+    async def aclose(self) -> None: ...

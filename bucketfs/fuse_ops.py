@@ -1,0 +1,264 @@
+"""The pyfuse3 adapter: kernel requests in, `BucketFS` calls out.
+
+Owns argument unpacking (bytes names, SetattrFields, flags) and the one place where errors
+become errno: a `BucketfsError` becomes `FUSEError(exc.errno)`; any other exception is a bug,
+logged with its traceback and answered with EIO, so the mount stays up. Invariants: no
+filesystem logic lives here; every operation goes through `_errors`; entries the kernel did
+not accept in readdir are not counted as references.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from bucketfs.errors import BucketfsError, InvalidArgument
+from bucketfs.fs import BucketFS
+from bucketfs.inodes import Node
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _errors(op: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    @functools.wraps(op)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await op(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except BucketfsError as exc:
+            log.debug("%s: %s (errno %d)", op.__name__, exc, exc.errno)
+            raise pyfuse3.FUSEError(exc.errno) from exc
+        except trio.Cancelled:
+            raise
+        except Exception:  # a bug: keep the mount alive, make it loud
+            log.exception("%s failed", op.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _name(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument("file names must be valid UTF-8") from exc
+
+
+class FuseOps(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, fs: BucketFS) -> None:
+        super().__init__()
+        self.fs = fs
+
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        opts = self.fs.opts
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = node.ino
+        attrs.generation = 0
+        # attributes from a listing lack the object's metadata: let the kernel ask again
+        attrs.entry_timeout = opts.entry_timeout if node.full else 0
+        attrs.attr_timeout = opts.attr_timeout if node.full else 0
+        attrs.st_mode = node.st_mode
+        attrs.st_nlink = 2 if node.st_mode & 0o040000 else 1
+        attrs.st_uid = node.uid
+        attrs.st_gid = node.gid
+        attrs.st_rdev = 0
+        attrs.st_size = node.size
+        attrs.st_blksize = 1 << 20
+        attrs.st_blocks = (node.size + 511) // 512
+        mtime_ns = int(node.mtime * 1e9)
+        attrs.st_atime_ns = mtime_ns
+        attrs.st_mtime_ns = mtime_ns
+        attrs.st_ctime_ns = int(max(node.ctime, node.mtime) * 1e9)
+        return attrs
+
+    @_errors
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self._attrs(await self.fs.lookup(parent_inode, _name(name)))
+
+    @_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attrs(await self.fs.getattr(inode))
+
+    @_errors
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.fs.setattr(
+            inode,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            mtime=attr.st_mtime_ns / 1e9 if fields.update_mtime else None,
+            size=attr.st_size if fields.update_size else None,
+        )
+        return self._attrs(node)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        try:
+            self.fs.forget(inode_list)
+        except Exception:
+            log.exception("forget failed")
+
+    @_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return os.fsencode(await self.fs.readlink(inode))
+
+    @_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return self.fs.opendir(inode)
+
+    @_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        for name, node, next_id in await self.fs.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self._attrs(node), next_id):
+                break
+            self.fs.remember(node)
+
+    @_errors
+    async def releasedir(self, fh: int) -> None:
+        self.fs.releasedir(fh)
+
+    @_errors
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.fs.mkdir(parent_inode, _name(name), mode, ctx.uid, ctx.gid)
+        return self._attrs(node)
+
+    @_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.rmdir(parent_inode, _name(name))
+
+    @_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.unlink(parent_inode, _name(name))
+
+    @_errors
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        await self.fs.rename(
+            parent_inode_old, _name(name_old), parent_inode_new, _name(name_new), flags
+        )
+
+    @_errors
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.fs.symlink(
+            parent_inode, _name(name), os.fsdecode(target), ctx.uid, ctx.gid
+        )
+        return self._attrs(node)
+
+    @_errors
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)  # hard links cannot exist between objects
+
+    @_errors
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)  # only regular files, directories and symlinks
+
+    @_errors
+    async def create(
+        self,
+        parent_inode: int,
+        name: bytes,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        fh, node = await self.fs.create(parent_inode, _name(name), mode, flags, ctx.uid, ctx.gid)
+        return pyfuse3.FileInfo(fh=fh), self._attrs(node)
+
+    @_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        fh, keep = await self.fs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    @_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.fs.read(fh, off, size)
+
+    @_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.fs.write(fh, off, buf)
+
+    @_errors
+    async def flush(self, fh: int) -> None:
+        await self.fs.flush(fh)
+
+    @_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.fs.fsync(fh)
+
+    @_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    @_errors
+    async def release(self, fh: int) -> None:
+        await self.fs.release(fh)
+
+    @_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        figures = self.fs.statfs()
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = figures.bsize
+        data.f_frsize = figures.bsize
+        data.f_blocks = figures.blocks
+        data.f_bfree = figures.bfree
+        data.f_bavail = figures.bfree
+        data.f_files = figures.files
+        data.f_ffree = figures.ffree
+        data.f_favail = figures.ffree
+        data.f_namemax = figures.namemax
+        return data
+
+    @_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.fs.getxattr(inode, _name(name))
+
+    @_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return [n.encode() for n in self.fs.listxattr(inode)]
+
+    @_errors
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self.fs.setxattr(inode, _name(name), value)
+
+    @_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.fs.removexattr(inode, _name(name))

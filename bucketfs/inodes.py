@@ -1,0 +1,231 @@
+"""The inode table: which inode is which object, and what we know about it.
+
+Owns `Node` (one file, symlink or directory the kernel may hold an inode number for) and
+`InodeTable` (inode -> node, and (bucket, path) -> inode for the nodes still reachable by name).
+
+Invariants:
+- inode numbers are never reused while the daemon runs; ROOT (1) is never forgotten;
+- a node is in `by_path` only while it is reachable by its name; an unlinked or replaced node
+  leaves `by_path` but stays in `by_ino` until the kernel forgot it (lookups == 0) and no handle
+  is open on it (opens == 0);
+- a directory's `key` is its prefix: "" (bucket root) or a string ending in "/"; a file's or a
+  symlink's `key` is the object key; `path` is the key without the trailing "/";
+- `full` is False when the attributes came from a listing (no user metadata seen): getattr then
+  asks the server once before answering.
+"""
+
+from __future__ import annotations
+
+import enum
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bucketfs.staging import Staging
+
+ROOT_INO = 1
+
+
+class Kind(enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+    LINK = "link"
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    ino: int
+    kind: Kind
+    bucket: str | None  # None only for the root of an all-buckets mount
+    key: str
+    parent: int
+    name: str
+    mode: int  # permission bits only
+    uid: int
+    gid: int
+    size: int = 0
+    mtime: float = field(default_factory=time.time)
+    ctime: float = field(default_factory=time.time)
+    etag: str | None = None  # None: not (yet) on the server
+    version_id: str | None = None
+    #: user metadata as last seen or to be written, POSIX keys included
+    metadata: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+    system: dict[str, str] = field(default_factory=dict)
+    full: bool = True
+    attr_expiry: float = 0.0
+    lookups: int = 0
+    opens: int = 0
+    unlinked: bool = False
+    is_bucket: bool = False
+    has_marker: bool = False
+    link_target: str | None = None
+    #: ETag of the content the kernel's page cache holds for this inode (keep_cache)
+    kernel_etag: str | None = None
+    staging: Staging | None = None
+
+    @property
+    def path(self) -> str:
+        return self.key[:-1] if self.key.endswith("/") else self.key
+
+    @property
+    def st_mode(self) -> int:
+        kind_bits = {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.LINK: stat.S_IFLNK}
+        return kind_bits[self.kind] | (self.mode & 0o7777)
+
+    @property
+    def dirty(self) -> bool:
+        return self.staging is not None and self.staging.dirty
+
+    @property
+    def pinned(self) -> bool:
+        """Local state that the server does not have yet: never replace it from a listing."""
+        return self.kind is not Kind.DIR and (self.etag is None or self.dirty)
+
+
+def child_key(parent: Node, name: str, kind: Kind) -> str:
+    base = parent.key + name
+    return base + "/" if kind is Kind.DIR else base
+
+
+class InodeTable:
+    """inode -> Node, and (bucket, path) -> inode for reachable nodes."""
+
+    def __init__(self, root: Node) -> None:
+        assert root.ino == ROOT_INO
+        root.lookups = 1
+        self._next = ROOT_INO + 1
+        self.by_ino: dict[int, Node] = {ROOT_INO: root}
+        self.by_path: dict[tuple[str | None, str], int] = {(root.bucket, root.path): ROOT_INO}
+        #: parent ino -> {name: child ino} for reachable children we know of
+        self.children: dict[int, dict[str, int]] = {ROOT_INO: {}}
+
+    @property
+    def root(self) -> Node:
+        return self.by_ino[ROOT_INO]
+
+    def get(self, ino: int) -> Node | None:
+        return self.by_ino.get(ino)
+
+    def child(self, parent: Node, name: str) -> Node | None:
+        ino = self.children.get(parent.ino, {}).get(name)
+        return None if ino is None else self.by_ino.get(ino)
+
+    def known_children(self, parent: Node) -> Iterator[Node]:
+        for ino in list(self.children.get(parent.ino, {}).values()):
+            node = self.by_ino.get(ino)
+            if node is not None:
+                yield node
+
+    def add(self, parent: Node, name: str, kind: Kind, **attrs: object) -> Node:
+        """A new reachable node `name` in `parent`, replacing (detaching) any old one there."""
+        old = self.child(parent, name)
+        if old is not None:
+            self.detach(old)
+        bucket = attrs.pop("bucket", parent.bucket)
+        key = attrs.pop("key", child_key(parent, name, kind))
+        node = Node(
+            ino=self._next,
+            kind=kind,
+            bucket=bucket,  # type: ignore[arg-type]
+            key=key,  # type: ignore[arg-type]
+            parent=parent.ino,
+            name=name,
+            **attrs,  # type: ignore[arg-type]
+        )
+        self._next += 1
+        self.by_ino[node.ino] = node
+        self._link(node)
+        if kind is Kind.DIR:
+            self.children[node.ino] = {}
+        return node
+
+    def _link(self, node: Node) -> None:
+        self.by_path[(node.bucket, node.path)] = node.ino
+        self.children.setdefault(node.parent, {})[node.name] = node.ino
+
+    def detach(self, node: Node) -> None:
+        """Make `node` unreachable by name (unlinked, or replaced by another node)."""
+        if self.by_path.get((node.bucket, node.path)) == node.ino:
+            del self.by_path[(node.bucket, node.path)]
+        siblings = self.children.get(node.parent)
+        if siblings is not None and siblings.get(node.name) == node.ino:
+            del siblings[node.name]
+        if node.kind is Kind.DIR:
+            for child in list(self.known_children(node)):
+                self.detach(child)
+        self._maybe_drop(node)
+
+    def move(self, node: Node, new_parent: Node, new_name: str) -> None:
+        """Rename `node` (and, for a directory, every known descendant's key)."""
+        target = self.child(new_parent, new_name)
+        if target is not None and target is not node:
+            self.detach(target)
+        old_key = node.key
+        if self.by_path.get((node.bucket, node.path)) == node.ino:
+            del self.by_path[(node.bucket, node.path)]
+        siblings = self.children.get(node.parent)
+        if siblings is not None and siblings.get(node.name) == node.ino:
+            del siblings[node.name]
+        node.parent = new_parent.ino
+        node.name = new_name
+        node.bucket = new_parent.bucket
+        node.key = child_key(new_parent, new_name, node.kind)
+        self._link(node)
+        if node.kind is Kind.DIR:
+            self._rekey_descendants(node, old_key)
+
+    def _rekey_descendants(self, directory: Node, old_prefix: str) -> None:
+        for child in list(self.known_children(directory)):
+            old_key = child.key
+            old_path = child.path
+            if self.by_path.get((child.bucket, old_path)) == child.ino:
+                del self.by_path[(child.bucket, old_path)]
+            child.bucket = directory.bucket
+            child.key = directory.key + old_key[len(old_prefix) :]
+            self.by_path[(child.bucket, child.path)] = child.ino
+            if child.kind is Kind.DIR:
+                self._rekey_descendants(child, old_key)
+
+    def remember(self, node: Node, count: int = 1) -> None:
+        node.lookups += count
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.by_ino.get(ino)
+        if node is None or ino == ROOT_INO:
+            return
+        node.lookups = max(0, node.lookups - count)
+        self._maybe_drop(node)
+
+    def release(self, node: Node) -> None:
+        node.opens = max(0, node.opens - 1)
+        self._maybe_drop(node)
+
+    def _maybe_drop(self, node: Node) -> None:
+        """Drop a node nobody can reach: no kernel reference, no handle, no unsaved data."""
+        if node.ino == ROOT_INO or node.lookups > 0 or node.opens > 0 or node.dirty:
+            return
+        reachable = self.by_path.get((node.bucket, node.path)) == node.ino
+        if reachable:
+            # keep the in-memory metadata of reachable nodes only while the kernel refers to
+            # them; a later lookup re-reads the server anyway.
+            del self.by_path[(node.bucket, node.path)]
+            siblings = self.children.get(node.parent)
+            if siblings is not None and siblings.get(node.name) == node.ino:
+                del siblings[node.name]
+        if node.kind is Kind.DIR and self.children.get(node.ino):
+            # a directory with known children stays, so their keys remain consistent
+            if reachable:
+                self._link(node)
+            return
+        self.by_ino.pop(node.ino, None)
+        self.children.pop(node.ino, None)
+        if node.staging is not None:
+            node.staging.close()
+            node.staging = None
+
+    def __len__(self) -> int:
+        return len(self.by_ino)

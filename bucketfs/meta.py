@@ -1,0 +1,118 @@
+"""POSIX attributes kept in object metadata, and which keys can be file names.
+
+Owns the translation between an object's user metadata and a node's mode/uid/gid/mtime, using
+the keys s3fs and rclone use: `mode` (decimal st_mode, file type bits included), `uid`, `gid`,
+`mtime` (POSIX seconds, decimal, fraction allowed). Invariants: parsing never raises (a value
+another tool wrote that we cannot read is ignored and the mount's default used); a name is
+valid iff it can be a Linux file name: non-empty, not "." or "..", no "/" or NUL, at most 255
+bytes in UTF-8.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bucketfs.errors import InvalidArgument, NameTooLong
+from bucketfs.inodes import Kind
+
+log = logging.getLogger(__name__)
+
+POSIX_KEYS = ("mode", "uid", "gid", "mtime")
+NAME_MAX = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """What an object without POSIX metadata looks like."""
+
+    uid: int
+    gid: int
+    file_mode: int
+    dir_mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class PosixAttrs:
+    kind: Kind | None  # None: the metadata does not say
+    mode: int | None
+    uid: int | None
+    gid: int | None
+    mtime: float | None
+
+
+def _int(value: str | None, base: int = 10) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.strip(), base)
+    except ValueError:
+        return None
+
+
+def parse_posix(metadata: Mapping[str, str]) -> PosixAttrs:
+    raw_mode = _int(metadata.get("mode"))
+    kind: Kind | None = None
+    mode: int | None = None
+    if raw_mode is not None and 0 <= raw_mode < 1 << 32:
+        fmt = stat.S_IFMT(raw_mode)
+        kind = {stat.S_IFREG: Kind.FILE, stat.S_IFDIR: Kind.DIR, stat.S_IFLNK: Kind.LINK}.get(fmt)
+        mode = raw_mode & 0o7777
+    mtime: float | None = None
+    raw_mtime = metadata.get("mtime")
+    if raw_mtime is not None:
+        try:
+            mtime = float(raw_mtime)
+        except ValueError:
+            mtime = None
+    uid = _int(metadata.get("uid"))
+    gid = _int(metadata.get("gid"))
+    return PosixAttrs(
+        kind=kind,
+        mode=mode,
+        uid=uid if uid is not None and uid >= 0 else None,
+        gid=gid if gid is not None and gid >= 0 else None,
+        mtime=mtime,
+    )
+
+
+def format_mtime(mtime: float) -> str:
+    """Seconds with up to nanosecond fraction, no exponent (as rclone writes it)."""
+    text = f"{mtime:.9f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def posix_metadata(st_mode: int, uid: int, gid: int, mtime: float) -> dict[str, str]:
+    return {"mode": str(st_mode), "uid": str(uid), "gid": str(gid), "mtime": format_mtime(mtime)}
+
+
+_warned: set[str] = set()
+
+
+def valid_name(name: str, *, where: str = "") -> bool:
+    """Whether `name` (one key segment) can be shown as a file name; logs a bad one once."""
+    ok = name not in ("", ".", "..") and "\0" not in name and "/" not in name
+    if ok:
+        try:
+            ok = len(name.encode("utf-8")) <= NAME_MAX
+        except UnicodeEncodeError:
+            ok = False
+    if not ok and where not in _warned:
+        if len(_warned) < 10_000:
+            _warned.add(where)
+        log.warning("skipping key %r: %r cannot be a file name", where, name[:64])
+    return ok
+
+
+def check_new_name(name: str) -> None:
+    """Refuse a name the user asked to create that cannot round-trip as a key segment."""
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        raise NameTooLong(f"name longer than {NAME_MAX} bytes")
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise InvalidArgument(f"invalid name {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument("file names must be valid UTF-8 to be stored as keys") from exc

@@ -1,0 +1,189 @@
+"""Running one mount: backend, pre-flight checks, pyfuse3 session, signals, shutdown.
+
+Owns the root nursery of the daemon. Order on start: build the backend, check that the bucket
+(or the account, for an all-buckets mount) answers — every failure here is a `BucketfsError`
+with a one-line message, raised before anything is mounted — then mount, then `on_ready()`.
+Order on stop (kernel unmount, `bucketfs umount`, SIGTERM, SIGINT): stop serving requests,
+upload every dirty file (bounded by `DRAIN_TIMEOUT`, what is left is logged), close the
+backend, unmount.
+
+Invariants: `on_ready` is called at most once, only after the mount is live; pyfuse3 is always
+closed, even after a failure; the mountpoint is never left as a stale FUSE mount by a clean exit.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from bucketfs.backends.base import Backend
+from bucketfs.errors import (
+    AccessDenied,
+    BucketfsError,
+    BucketNotFound,
+    ConfigError,
+    Transient,
+)
+from bucketfs.fs import BucketFS, FsOptions
+from bucketfs.fuse_ops import FuseOps
+from bucketfs.options import MountConfig
+
+log = logging.getLogger(__name__)
+
+PREFLIGHT_TIMEOUT = 20.0
+DRAIN_TIMEOUT = 600.0
+
+
+def make_backend(cfg: MountConfig) -> Backend:
+    if cfg.source.scheme == "local":
+        from bucketfs.backends.local import LocalBackend
+
+        cfg.store.mkdir(parents=True, exist_ok=True)
+        return LocalBackend(cfg.store)
+    from bucketfs.backends.s3 import S3Backend
+
+    return S3Backend(
+        cfg.endpoint,
+        cfg.region,
+        cfg.profile,
+        path_style=cfg.path_style,
+        max_connections=cfg.max_connections,
+    )
+
+
+async def preflight(backend: Backend, cfg: MountConfig) -> None:
+    """Check that the source answers, with a message a user can act on."""
+    where = backend.description
+    bucket = cfg.source.bucket
+    try:
+        with trio.fail_after(PREFLIGHT_TIMEOUT):
+            if bucket is None:
+                await backend.list_buckets()
+            else:
+                await backend.head_bucket(bucket)
+    except trio.TooSlowError:
+        raise Transient(f"{where} did not answer within {PREFLIGHT_TIMEOUT:.0f} s") from None
+    except BucketNotFound:
+        raise BucketNotFound(f"bucket '{bucket}' does not exist at {where}") from None
+    except AccessDenied as exc:
+        what = f"bucket '{bucket}'" if bucket else "the bucket list"
+        raise AccessDenied(
+            f"access to {what} at {where} denied: check the credentials ({exc})"
+        ) from None
+    except Transient as exc:
+        raise Transient(f"cannot reach {where}: {exc}") from None
+
+
+def fs_options(cfg: MountConfig) -> FsOptions:
+    umask = cfg.umask & 0o777
+    return FsOptions(
+        uid=cfg.uid,
+        gid=cfg.gid,
+        file_mode=cfg.file_mode if cfg.file_mode is not None else 0o666 & ~umask,
+        dir_mode=cfg.dir_mode if cfg.dir_mode is not None else 0o777 & ~umask,
+        attr_timeout=cfg.attr_timeout,
+        entry_timeout=cfg.entry_timeout,
+        dir_timeout=cfg.dir_timeout,
+        negative_timeout=cfg.negative_timeout,
+        read_only=cfg.ro,
+        part_size=cfg.part_size,
+    )
+
+
+def fuse_options(cfg: MountConfig) -> set[str]:
+    opts = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    opts.add(f"fsname={cfg.fsname or cfg.source}")
+    opts.add("subtype=bucketfs")
+    opts.add("noatime")
+    if cfg.allow_other:
+        opts.add("allow_other")
+    if cfg.ro:
+        opts.add("ro")
+    if cfg.debug:
+        opts.add("debug")
+    return opts
+
+
+def _staging_dir(cfg: MountConfig) -> Path:
+    path = cfg.cache_dir / "staging"
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(cfg.cache_dir, 0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot use cache directory {cfg.cache_dir}: {exc}") from exc
+    return path
+
+
+def _unmount(mountpoint: Path) -> None:
+    """Ask the kernel to end the session (the daemon then drains and exits)."""
+    tool = shutil.which("fusermount3") or "fusermount3"
+    result = subprocess.run([tool, "-u", str(mountpoint)], capture_output=True, check=False)
+    if result.returncode != 0:
+        log.warning("mount busy, detaching it lazily: %s", result.stderr.decode().strip())
+        subprocess.run([tool, "-u", "-z", str(mountpoint)], capture_output=True, check=False)
+
+
+async def _watch_signals(mountpoint: Path) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: unmounting %s", signal.Signals(signum).name, mountpoint)
+            await trio.to_thread.run_sync(_unmount, mountpoint)
+
+
+async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
+    backend = make_backend(cfg)
+    try:
+        await preflight(backend, cfg)
+        staging = _staging_dir(cfg)
+        fs = BucketFS(
+            backend,
+            bucket=cfg.source.bucket,
+            prefix=cfg.source.prefix,
+            options=fs_options(cfg),
+            staging_dir=staging,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            try:
+                pyfuse3.init(FuseOps(fs), str(cfg.mountpoint), fuse_options(cfg))
+            except RuntimeError as exc:
+                raise ConfigError(f"cannot mount on {cfg.mountpoint}: {exc}") from exc
+            mounted = True
+            try:
+                log.info("mounted %s on %s", cfg.fsname or cfg.source, cfg.mountpoint)
+                on_ready()
+                nursery.start_soon(_watch_signals, cfg.mountpoint)
+                await pyfuse3.main()
+            finally:
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(DRAIN_TIMEOUT) as scope:
+                        failed = await fs.drain()
+                    if scope.cancelled_caught or failed:
+                        log.error("unmounted with data not uploaded: %s", failed or "timeout")
+                    pyfuse3.close(unmount=mounted)
+                nursery.cancel_scope.cancel()
+        log.info("unmounted %s", cfg.mountpoint)
+    finally:
+        with trio.CancelScope(shield=True):
+            await backend.aclose()
+
+
+def serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
+    """Mount and serve until unmounted. Raises BucketfsError before `on_ready` on failure."""
+    try:
+        trio.run(_serve, cfg, on_ready)
+    except BucketfsError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise ConfigError(f"{cfg.mountpoint}: stale mount, run 'bucketfs umount'") from exc
+        raise
