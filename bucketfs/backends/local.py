@@ -1,0 +1,292 @@
+"""The embedded store: buckets in a local directory, needing no server.
+
+Owns `<root>/`, where each subdirectory named like an S3 bucket is a bucket:
+
+    <root>/<bucket>/index.sqlite   SQLite (WAL): every object version and the bucket's settings
+    <root>/<bucket>/blobs/<id>     object contents, one immutable file per stored body
+    <root>/<bucket>/uploads/<id>/  the parts of a multipart upload in progress
+    <root>/<bucket>/lock           flock: shared while a process has the bucket open
+
+Why keys are not file paths: a store must accept any key S3 accepts, and many of those cannot be
+paths at the same time: "a" and "a/b" together, "a//b", "..", a segment of 255+ bytes, a key of
+1024 bytes. So the key is only a column of the index, and a body lives in a file named by a
+random id. This also makes listings cheap: keys are stored as UTF-8 BLOBs, SQLite compares them
+with memcmp (S3's order), and `prefix/delimiter` listings are range queries
+(`key >= prefix AND key < successor(prefix)`); a folded common prefix is skipped with one new range
+query starting at the successor of that prefix, never by scanning the subtree.
+
+Invariants (the details are in `_localindex.py` and `_localstore.py`):
+- `put` is atomic and crash-safe: the body is written to a new blob (fsynced with its directory
+  when `fsync`), then one SQLite transaction switches the key to it; a crash leaves the old
+  object or the new one. Blobs that no row names are swept when a process opens a bucket that no
+  other process has open. Old blobs are unlinked after the commit that unnamed them.
+- Blob files never change once written, so a reader that opened one keeps a consistent view; a
+  `copy` names the same blob again instead of copying bytes.
+- Several processes may use one root at once (SQLite WAL, `busy_timeout`, `BEGIN IMMEDIATE` for
+  every change); the FUSE tests read a mounted store from another process this way.
+- Blocking work runs in worker threads (`trio.to_thread`), bounded by one `CapacityLimiter`.
+- Errors are translated once, in `_translate`: OSError keeps its errno, a busy database is
+  `Transient`, anything else from SQLite is a `BackendError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import trio
+
+from bucketfs.backends import _common as c
+from bucketfs.backends._localstore import LocalStore
+from bucketfs.errors import BackendError, BucketfsError, NotSupported, Transient
+from bucketfs.types import (
+    BucketInfo,
+    ListPage,
+    ObjectInfo,
+    PutResult,
+    VersionPage,
+    WriteOptions,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: the body of `get_stream` comes in pieces of this size
+CHUNK_SIZE = 256 * 1024
+
+
+def _translate(exc: Exception) -> BucketfsError:
+    """The one place where a lower-level error becomes a BackendError."""
+    if isinstance(exc, BucketfsError):
+        return exc
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+        return Transient(f"local store busy: {exc}")
+    if isinstance(exc, OSError):
+        return BackendError(f"local store: {exc}", errno=exc.errno or errno.EIO)
+    return BackendError(f"local store: {exc!r}")
+
+
+class LocalBackend:
+    """The `Backend` protocol over a directory; see the module docstring for the layout."""
+
+    supports_versions = True
+
+    def __init__(self, root: Path, *, fsync: bool = True, max_threads: int = 8) -> None:
+        self.root = Path(root)
+        self.description = f"local {self.root}"
+        self._store = LocalStore(self.root, fsync=fsync)
+        self._limiter = trio.CapacityLimiter(max_threads)
+
+    async def _run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        call = functools.partial(fn, *args, **kwargs)
+        try:
+            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        except (OSError, sqlite3.Error, BucketfsError) as exc:
+            translated = _translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    # --- buckets -----------------------------------------------------------------------
+    async def list_buckets(self) -> list[BucketInfo]:
+        return await self._run(self._store.list_buckets)
+
+    async def head_bucket(self, bucket: str) -> None:
+        await self._run(self._store.bucket, bucket)
+
+    async def create_bucket(self, bucket: str) -> None:
+        await self._run(self._store.create_bucket, bucket)
+
+    async def delete_bucket(self, bucket: str) -> None:
+        await self._run(self._store.delete_bucket, bucket)
+
+    async def get_versioning(self, bucket: str) -> str:
+        return await self._run(self._store.get_versioning, bucket)
+
+    async def set_versioning(self, bucket: str, enabled: bool) -> None:
+        await self._run(self._store.set_versioning, bucket, enabled)
+
+    # --- reading -----------------------------------------------------------------------
+    async def list_page(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        delimiter: str | None = "/",
+        token: str | None = None,
+        max_keys: int = 1000,
+    ) -> ListPage:
+        page, truncated = await self._run(
+            self._store.list_page,
+            bucket,
+            c.encode_prefix(prefix),
+            c.encode_prefix(delimiter) if delimiter else None,
+            c.encode_prefix(token) if token is not None else None,
+            max_keys,
+        )
+        objects = tuple(info for _, info in page if info is not None)
+        prefixes = tuple(kb.decode() for kb, info in page if info is None)
+        next_token = page[-1][0].decode() if truncated and page else None
+        return ListPage(objects, prefixes, next_token)
+
+    async def list_versions_page(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        delimiter: str | None = "/",
+        key_marker: str | None = None,
+        version_marker: str | None = None,
+        max_keys: int = 1000,
+    ) -> VersionPage:
+        page, truncated = await self._run(
+            self._store.list_versions_page,
+            bucket,
+            c.encode_prefix(prefix),
+            c.encode_prefix(delimiter) if delimiter else None,
+            c.encode_prefix(key_marker) if key_marker is not None else None,
+            version_marker,
+            max_keys,
+        )
+        versions = tuple(info for _, info in page if info is not None)
+        prefixes = tuple(kb.decode() for kb, info in page if info is None)
+        if not truncated or not page:
+            return VersionPage(versions, prefixes, None, None)
+        last_key, last = page[-1]
+        return VersionPage(
+            versions, prefixes, last_key.decode(), last.version_id if last is not None else None
+        )
+
+    async def head(self, bucket: str, key: str, *, version_id: str | None = None) -> ObjectInfo:
+        return await self._run(self._store.head, bucket, key, version_id)
+
+    async def get(
+        self,
+        bucket: str,
+        key: str,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        if_match: str | None = None,
+        version_id: str | None = None,
+    ) -> bytes:
+        return await self._run(self._store.get, bucket, key, start, end, if_match, version_id)
+
+    @asynccontextmanager
+    async def get_stream(
+        self,
+        bucket: str,
+        key: str,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        if_match: str | None = None,
+        version_id: str | None = None,
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        row, fd = await self._run(self._store.open_object, bucket, key, if_match, version_id)
+        try:
+            lo, hi = c.clip_range(row.size, start, end)
+            yield self._chunks(fd, lo, hi)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    async def _chunks(self, fd: int | None, lo: int, hi: int) -> AsyncIterator[bytes]:
+        pos = lo
+        while fd is not None and pos < hi:
+            chunk = await self._run(_read_chunk, fd, pos, min(CHUNK_SIZE, hi - pos))
+            pos += len(chunk)
+            yield chunk
+
+    # --- writing -----------------------------------------------------------------------
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        opts: WriteOptions | None = None,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> PutResult:
+        return await self._run(
+            self._store.put, bucket, key, bytes(data), opts, if_match, if_none_match
+        )
+
+    async def create_multipart(
+        self, bucket: str, key: str, opts: WriteOptions | None = None
+    ) -> str:
+        return await self._run(self._store.create_multipart, bucket, key, opts)
+
+    async def upload_part(
+        self, bucket: str, key: str, upload_id: str, part_number: int, data: bytes
+    ) -> str:
+        return await self._run(
+            self._store.upload_part, bucket, key, upload_id, part_number, bytes(data)
+        )
+
+    async def upload_part_copy(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        src_key: str,
+        start: int,
+        end: int,
+        *,
+        src_version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> str:
+        source = (src_key, start, end, src_version_id, if_match)
+        return await self._run(
+            self._store.upload_part, bucket, key, upload_id, part_number, b"", source
+        )
+
+    async def complete_multipart(
+        self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
+    ) -> PutResult:
+        return await self._run(self._store.complete_multipart, bucket, key, upload_id, list(parts))
+
+    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        await self._run(self._store.abort_multipart, bucket, key, upload_id)
+
+    async def copy(
+        self,
+        bucket: str,
+        src_key: str,
+        dst_key: str,
+        opts: WriteOptions | None = None,
+        *,
+        src_version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> PutResult:
+        return await self._run(
+            self._store.copy, bucket, src_key, dst_key, opts, src_version_id, if_match
+        )
+
+    async def delete(self, bucket: str, key: str) -> None:
+        await self._run(self._store.delete_many, bucket, [key])
+
+    async def delete_many(self, bucket: str, keys: Sequence[str]) -> None:
+        await self._run(self._store.delete_many, bucket, list(keys))
+
+    # --- misc --------------------------------------------------------------------------
+    def presign(self, bucket: str, key: str, expires: int, *, version_id: str | None = None) -> str:
+        raise NotSupported("the local store has no URLs")
+
+    async def aclose(self) -> None:
+        await self._run(self._store.close)
+
+
+def _read_chunk(fd: int, pos: int, size: int) -> bytes:
+    chunk = os.pread(fd, size, pos)
+    if not chunk:
+        raise BackendError("blob is shorter than its index says")
+    return chunk
