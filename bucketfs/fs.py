@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 XATTR_PID = "user.bucketfs.pid"
+#: readdir asks for the metadata of at most this many listed entries ahead of the kernel
+PREFETCH_ENTRIES = 4096
+PREFETCH_PARALLEL = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,10 @@ class BucketFS:
         )
         self._limiter = trio.CapacityLimiter(options.max_parallel)
         self._data: FileData | None = None
+        self._nursery: trio.Nursery | None = None
+        #: HEADs started by readdir for nodes known only from a listing, by inode
+        self._prefetching: dict[int, trio.Event] = {}
+        self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_PARALLEL)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -157,6 +164,7 @@ class BucketFS:
                 self._staging_dir,
                 DataOptions(part_size=self.opts.part_size, max_parallel=self.opts.max_parallel),
             )
+            self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
 
@@ -254,12 +262,20 @@ class BucketFS:
 
     async def _find(self, parent: Node, name: str) -> Node:
         node = self.table.child(parent, name)
+        if node is not None and not node.full:
+            await self._await_prefetch(node)
         if node is not None and (
             node.pinned or (node.full and node.attr_expiry > time.monotonic())
         ):
             return node
         if (parent.ino, name) in self._negative:
             raise NoEntry()
+        if node is not None and node.kind is not Kind.DIR and node.bucket is not None:
+            # revalidate a known file with one HEAD; only if it is gone ask what is there now
+            info = await self._head_or_none(node.bucket, node.key)
+            if info is not None and self._file_entry(info).kind is node.kind:
+                self._apply(node, info, full=True)
+                return node
         entry = await self._resolve(parent, name)
         if entry is None:
             if node is not None:
@@ -327,8 +343,52 @@ class BucketFS:
         except NotFound:
             return None
 
+    async def _await_prefetch(self, node: Node) -> None:
+        event = self._prefetching.get(node.ino)
+        if event is not None:
+            await event.wait()
+
+    def _start_prefetch(self, nodes: list[Node]) -> None:
+        if self._nursery is None:
+            return
+        for node in nodes[:PREFETCH_ENTRIES]:
+            if node.ino not in self._prefetching:
+                self._prefetching[node.ino] = trio.Event()
+                self._nursery.start_soon(self._prefetch, node)
+
+    async def _prefetch(self, node: Node) -> None:
+        """HEAD one listed node so that its metadata is there when the kernel asks."""
+        try:
+            async with self._prefetch_limiter:
+                if not node.full and not node.pinned and node.bucket is not None:
+                    key = node.key
+                    info = await self._head_or_none(node.bucket, key)
+                    if info is not None and not node.full and node.key == key:
+                        if node.kind is Kind.DIR:
+                            node.has_marker = True
+                            self._apply(node, info, full=True)
+                        elif self._file_entry(info).kind is node.kind:
+                            self._apply(node, info, full=True)
+                    elif info is None and node.kind is Kind.DIR and node.key == key:
+                        node.has_marker = False
+                        node.full = True
+                    # metadata read on behalf of a listing is as fresh as the listing
+                    node.attr_expiry = time.monotonic() + max(
+                        self.opts.attr_timeout, self.opts.dir_timeout
+                    )
+        except BucketfsError as exc:
+            log.debug("prefetch of %s failed: %s", node.key, exc)
+        except Exception:
+            log.exception("prefetch of %s failed", node.key)
+        finally:
+            event = self._prefetching.pop(node.ino, None)
+            if event is not None:
+                event.set()
+
     async def getattr(self, ino: int) -> Node:
         node = self.node(ino)
+        if not node.full:
+            await self._await_prefetch(node)
         if node.pinned or node.unlinked or node.ino == ROOT_INO:
             return node
         if node.full and node.attr_expiry > time.monotonic():
@@ -418,6 +478,7 @@ class BucketFS:
         for node in self.table.known_children(directory):
             if node.name not in seen and node.pinned and not node.unlinked:
                 entries.append((node.name, node))
+        self._start_prefetch([node for _, node in entries if not node.full])
         return entries
 
     async def _list(self, directory: Node) -> dict[str, _Entry]:
@@ -832,7 +893,13 @@ class BucketFS:
         async with trio.open_nursery() as nursery:
             for info in keys:
                 nursery.start_soon(move_one, info)
-        await self.backend.delete_many(bucket, [info.key for info in keys])
+        # contents first, then markers deepest first: SeaweedFS keeps a marker whose
+        # "directory" still had children when the marker was deleted
+        contents = [info.key for info in keys if not info.key.endswith("/")]
+        markers = sorted((info.key for info in keys if info.key.endswith("/")), reverse=True)
+        await self.backend.delete_many(bucket, contents)
+        for marker in markers:
+            await self.backend.delete(bucket, marker)
 
     async def _upload_dirty_under(self, directory: Node) -> None:
         for child in list(self.table.known_children(directory)):

@@ -140,6 +140,8 @@ async def _watch_signals(mountpoint: Path) -> None:
 
 
 async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
+    if not cfg.debug:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     backend = make_backend(cfg)
     try:
         await preflight(backend, cfg)
