@@ -6,6 +6,7 @@ in a temporary directory; `stop()` always kills the process group, even after a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -94,8 +95,11 @@ class SeaweedServer:
             f"-s3.port={self.s3_port}",
             f"-s3.port.grpc={ports['sg']}",
             f"-s3.config={config}",
-            "-master.volumeSizeLimitMB=1024",
-            "-volume.max=0",
+            "-master.volumeSizeLimitMB=256",
+            # each bucket takes several volumes: room for the many buckets the tests create
+            "-volume.max=2000",
+            # S3 refuses to delete a non-empty bucket; SeaweedFS allows it unless told not to
+            "-s3.allowDeleteBucketNotEmpty=false",
             "-metricsPort=0",
             "-master.telemetry=false",
             # fixed default ports would collide between concurrent servers: disable or pick
@@ -118,7 +122,6 @@ class SeaweedServer:
 
     def _wait_ready(self, timeout: float) -> None:
         """Ready means: S3 answers and a bucket can be created (volumes are allocated)."""
-        import boto3
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -127,7 +130,7 @@ class SeaweedServer:
                 tail = (self.workdir / "weed.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"weed exited:\n{tail}")
             try:
-                urllib.request.urlopen(self.endpoint, timeout=1)  # noqa: S310
+                urllib.request.urlopen(self.endpoint, timeout=1)
             except urllib.error.HTTPError:
                 break  # it answered (403 without credentials)
             except OSError:
@@ -178,10 +181,8 @@ class SeaweedServer:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout=10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.proc.wait(timeout=10)
         shutil.rmtree(self.workdir, ignore_errors=True)
 

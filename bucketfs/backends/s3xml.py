@@ -1,0 +1,238 @@
+"""S3's XML: building request bodies and parsing response bodies, safely.
+
+Owns every `xml.etree` call of the S3 backend. Invariants: a body containing `<!DOCTYPE` or
+`<!ENTITY` is refused before the parser sees it (no entity expansion, no external entities);
+namespaces are stripped, so lookups use bare tag names; keys, prefixes and markers of listings
+requested with `encoding-type=url` are decoded here and nowhere else; ETags leave this module
+without quotes and times as POSIX seconds (UTC).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import unquote_plus
+
+from bucketfs.errors import Transient
+from bucketfs.types import BucketInfo, ListPage, ObjectInfo, VersionPage
+
+_S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+
+class UnsafeXML(Transient):
+    """The server sent XML we refuse to parse (DOCTYPE/ENTITY) or XML that does not parse."""
+
+
+def parse(body: bytes) -> ET.Element:
+    """Parse a response body into an element tree without namespaces."""
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        raise UnsafeXML("refusing XML with a DOCTYPE or ENTITY declaration")
+    try:
+        root = ET.fromstring(body)  # DTDs and entities refused above
+    except ET.ParseError as exc:
+        raise UnsafeXML(f"malformed XML from the server: {exc}") from exc
+    for element in root.iter():
+        if isinstance(element.tag, str) and element.tag.startswith("{"):
+            element.tag = element.tag.split("}", 1)[1]
+    return root
+
+
+def text(element: ET.Element | None, tag: str, default: str = "") -> str:
+    """Text of the child `tag` of `element`, or `default`."""
+    if element is None:
+        return default
+    child = element.find(tag)
+    if child is None or child.text is None:
+        return default
+    return child.text
+
+
+def strip_etag(etag: str) -> str:
+    etag = etag.strip()
+    if etag.startswith("W/"):
+        etag = etag[2:]
+    return etag.strip('"').replace("&quot;", "")
+
+
+def parse_time(value: str) -> float:
+    """ISO 8601 as S3 writes it ("2024-05-01T12:00:00.000Z") -> POSIX seconds; 0.0 if absent."""
+    if not value:
+        return 0.0
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    code: str
+    message: str
+
+
+def parse_error(body: bytes) -> ErrorBody | None:
+    """The `<Error>` of a body, None if it is not an S3 error document."""
+    if not body.lstrip().startswith(b"<"):
+        return None
+    try:
+        root = parse(body)
+    except UnsafeXML:
+        return None
+    if root.tag != "Error":
+        return None
+    return ErrorBody(text(root, "Code"), text(root, "Message"))
+
+
+# --- request bodies ----------------------------------------------------------------------
+
+
+def _serialize(root: ET.Element) -> bytes:
+    serialized: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return serialized
+
+
+def _element(tag: str, value: str | None = None) -> ET.Element:
+    element = ET.Element(tag)
+    if value is not None:
+        element.text = value
+    return element
+
+
+def _child(parent: ET.Element, tag: str, value: str | None = None) -> ET.Element:
+    element = ET.SubElement(parent, tag)
+    if value is not None:
+        element.text = value
+    return element
+
+
+def create_bucket_body(region: str) -> bytes:
+    root = _element("CreateBucketConfiguration")
+    root.set("xmlns", _S3_NS)
+    _child(root, "LocationConstraint", region)
+    return _serialize(root)
+
+
+def versioning_body(enabled: bool) -> bytes:
+    root = _element("VersioningConfiguration")
+    root.set("xmlns", _S3_NS)
+    _child(root, "Status", "Enabled" if enabled else "Suspended")
+    return _serialize(root)
+
+
+def delete_body(keys: Iterable[str]) -> bytes:
+    root = _element("Delete")
+    root.set("xmlns", _S3_NS)
+    _child(root, "Quiet", "true")
+    for key in keys:
+        _child(_child(root, "Object"), "Key", key)
+    return _serialize(root)
+
+
+def complete_body(parts: Sequence[tuple[int, str]]) -> bytes:
+    root = _element("CompleteMultipartUpload")
+    root.set("xmlns", _S3_NS)
+    for number, etag in sorted(parts):
+        part = _child(root, "Part")
+        _child(part, "PartNumber", str(number))
+        _child(part, "ETag", f'"{strip_etag(etag)}"')
+    return _serialize(root)
+
+
+# --- response bodies ---------------------------------------------------------------------
+
+
+def _decoder(root: ET.Element) -> Decoder:
+    return Decoder(text(root, "EncodingType").lower() == "url")
+
+
+@dataclass(frozen=True, slots=True)
+class Decoder:
+    """Undoes `encoding-type=url` (form encoding: `+` is a space) when the server applied it."""
+
+    url: bool
+
+    def __call__(self, value: str) -> str:
+        return unquote_plus(value) if self.url else value
+
+
+def parse_buckets(root: ET.Element) -> list[BucketInfo]:
+    buckets = root.find("Buckets")
+    if buckets is None:
+        return []
+    return [
+        BucketInfo(name=text(b, "Name"), created=parse_time(text(b, "CreationDate")))
+        for b in buckets.findall("Bucket")
+    ]
+
+
+def _object(element: ET.Element, decode: Decoder, *, versioned: bool) -> ObjectInfo:
+    return ObjectInfo(
+        key=decode(text(element, "Key")),
+        size=int(text(element, "Size", "0") or 0),
+        etag=strip_etag(text(element, "ETag")),
+        last_modified=parse_time(text(element, "LastModified")),
+        version_id=(text(element, "VersionId") or None) if versioned else None,
+        is_latest=text(element, "IsLatest", "true").lower() == "true",
+        is_delete_marker=element.tag == "DeleteMarker",
+        storage_class=text(element, "StorageClass") or None,
+    )
+
+
+def _prefixes(root: ET.Element, decode: Decoder) -> tuple[str, ...]:
+    return tuple(decode(text(p, "Prefix")) for p in root.findall("CommonPrefixes"))
+
+
+def parse_list_v2(root: ET.Element) -> ListPage:
+    decode = _decoder(root)
+    objects = tuple(_object(c, decode, versioned=False) for c in root.findall("Contents"))
+    truncated = text(root, "IsTruncated").lower() == "true"
+    token = text(root, "NextContinuationToken") or None
+    return ListPage(
+        objects=tuple(sorted(objects, key=lambda o: o.key.encode())),
+        prefixes=tuple(sorted(_prefixes(root, decode), key=str.encode)),
+        next_token=token if truncated else None,
+    )
+
+
+def parse_versions(root: ET.Element) -> VersionPage:
+    decode = _decoder(root)
+    versions = tuple(
+        _object(child, decode, versioned=True)
+        for child in root
+        if child.tag in ("Version", "DeleteMarker")
+    )
+    truncated = text(root, "IsTruncated").lower() == "true"
+    return VersionPage(
+        versions=versions,
+        prefixes=tuple(sorted(_prefixes(root, decode), key=str.encode)),
+        next_key_marker=(decode(text(root, "NextKeyMarker")) or None) if truncated else None,
+        next_version_marker=(text(root, "NextVersionIdMarker") or None) if truncated else None,
+    )
+
+
+def parse_upload_id(root: ET.Element) -> str:
+    upload_id = text(root, "UploadId")
+    if not upload_id:
+        raise UnsafeXML("InitiateMultipartUpload answer without an UploadId")
+    return upload_id
+
+
+def parse_etag_result(root: ET.Element) -> str:
+    """ETag of a CopyObjectResult, CopyPartResult or CompleteMultipartUploadResult."""
+    return strip_etag(text(root, "ETag"))
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteFailure:
+    key: str
+    code: str
+    message: str
+
+
+def parse_delete_errors(root: ET.Element) -> list[DeleteFailure]:
+    return [
+        DeleteFailure(text(e, "Key"), text(e, "Code"), text(e, "Message"))
+        for e in root.findall("Error")
+    ]

@@ -1,0 +1,73 @@
+"""The `backend` fixture: every store behind `base.Backend`, one test body for all of them.
+
+Each parametrized test gets a fresh backend object and runs its body with `run(body)`, which
+starts trio, creates a fresh bucket, awaits `body(bucket)` and closes the backend in the same
+trio run (an httpx client belongs to the event loop that first used it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from bucketfs.backends.base import Backend
+from bucketfs.backends.s3 import S3Backend, S3Credentials
+from tests.servers import SeaweedServer, unique_bucket
+
+BACKENDS = ["memory", "local", "s3"]
+
+Body = Callable[[str], Awaitable[None]]
+Runner = Callable[..., None]
+
+
+def make_s3(seaweed: SeaweedServer, **kwargs: Any) -> S3Backend:
+    """An S3Backend on the session's SeaweedFS with the test credentials."""
+    kwargs.setdefault("credentials", S3Credentials(seaweed.access_key, seaweed.secret_key))
+    kwargs.setdefault("retry_deadline", 10.0)
+    return S3Backend(seaweed.endpoint, seaweed.region, **kwargs)
+
+
+def run_with(backend: Backend, body: Body, *, create_bucket: bool = True) -> None:
+    """Run `body(bucket)` under trio with a fresh bucket, then close `backend`."""
+
+    async def main() -> None:
+        try:
+            bucket = unique_bucket()
+            if create_bucket:
+                await backend.create_bucket(bucket)
+            await body(bucket)
+        finally:
+            await backend.aclose()
+
+    trio.run(main)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    kind = request.param
+    if kind == "memory":
+        from bucketfs.backends.memory import MemoryBackend
+
+        yield MemoryBackend()
+    elif kind == "local":
+        from bucketfs.backends.local import LocalBackend
+
+        root = tmp_path / "store"
+        root.mkdir()
+        yield LocalBackend(root)
+    else:
+        yield make_s3(request.getfixturevalue("seaweed"))
+
+
+@pytest.fixture
+def run(backend: Backend) -> Runner:
+    """`run(body)`: await `body(bucket)` on `backend` with a fresh bucket."""
+
+    def runner(body: Body, *, create_bucket: bool = True) -> None:
+        run_with(backend, body, create_bucket=create_bucket)
+
+    return runner
