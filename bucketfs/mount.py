@@ -39,7 +39,7 @@ from bucketfs.options import MountConfig
 
 log = logging.getLogger(__name__)
 
-PREFLIGHT_TIMEOUT = 20.0
+PREFLIGHT_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 600.0
 
 
@@ -142,7 +142,8 @@ async def _watch_signals(mountpoint: Path) -> None:
 async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
     if not cfg.debug:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    backend = make_backend(cfg)
+    # botocore's credential chain may block (files, instance metadata): not in the event loop
+    backend = await trio.to_thread.run_sync(make_backend, cfg)
     try:
         await preflight(backend, cfg)
         staging = _staging_dir(cfg)
