@@ -13,7 +13,6 @@ generation it read; a failed multipart upload is aborted; an unlinked node is ne
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import mimetypes
 import os
@@ -188,13 +187,7 @@ class FileData:
                 bucket, key, upload_id, sorted(etags.items())
             )
         except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(30):
-                try:
-                    await self._backend.abort_multipart(bucket, key, upload_id)
-                except BucketfsError as exc:
-                    log.warning(
-                        "could not abort upload %s of %s/%s: %s", upload_id, bucket, key, exc
-                    )
+            await self._abort(bucket, key, upload_id)
             raise
 
     async def copy_object(
@@ -231,7 +224,13 @@ class FileData:
                 bucket, dst_key, upload_id, sorted(etags.items())
             )
         except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(30):
-                with contextlib.suppress(BucketfsError):
-                    await self._backend.abort_multipart(bucket, dst_key, upload_id)
+            await self._abort(bucket, dst_key, upload_id)
             raise
+
+    async def _abort(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort a failed multipart upload, even while being cancelled; never raise."""
+        with trio.CancelScope(shield=True), trio.move_on_after(30):
+            try:
+                await self._backend.abort_multipart(bucket, key, upload_id)
+            except BucketfsError as exc:
+                log.warning("could not abort upload %s of %s/%s: %s", upload_id, bucket, key, exc)

@@ -37,6 +37,7 @@ from bucketfs.errors import (
     FileExists,
     InvalidArgument,
     IsADirectory,
+    NameTooLong,
     NoAttribute,
     NoEntry,
     NotADirectory,
@@ -47,7 +48,7 @@ from bucketfs.errors import (
 )
 from bucketfs.files import DataOptions, FileData, write_options
 from bucketfs.inodes import ROOT_INO, InodeTable, Kind, Node
-from bucketfs.meta import Defaults, check_new_name, parse_posix, valid_name
+from bucketfs.meta import NAME_MAX, Defaults, check_new_name, parse_posix, valid_name
 from bucketfs.reader import ChunkReader, ReadState
 from bucketfs.types import ObjectInfo, WriteOptions
 
@@ -256,6 +257,10 @@ class BucketFS:
 
     async def lookup(self, parent_ino: int, name: str) -> Node:
         """Find `name` in the directory and count one kernel reference to it."""
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise NameTooLong()
+        if not valid_name(name):
+            raise NoEntry()
         node = await self._find(self._dir(parent_ino), name)
         self.table.remember(node)
         return node
@@ -363,13 +368,15 @@ class BucketFS:
                 if not node.full and not node.pinned and node.bucket is not None:
                     key = node.key
                     info = await self._head_or_none(node.bucket, key)
-                    if info is not None and not node.full and node.key == key:
+                    if node.pinned or node.full or node.key != key:
+                        return  # changed through this mount while we asked
+                    if info is not None:
                         if node.kind is Kind.DIR:
                             node.has_marker = True
                             self._apply(node, info, full=True)
                         elif self._file_entry(info).kind is node.kind:
                             self._apply(node, info, full=True)
-                    elif info is None and node.kind is Kind.DIR and node.key == key:
+                    elif node.kind is Kind.DIR:
                         node.has_marker = False
                         node.full = True
                     # metadata read on behalf of a listing is as fresh as the listing
@@ -456,7 +463,6 @@ class BucketFS:
         self._listings[directory.ino] = listed
         entries: list[tuple[str, Node]] = []
         seen: set[str] = set()
-        now = time.monotonic()
         for name, entry in listed.items():
             node = self.table.child(directory, name)
             if node is not None and node.pinned:
@@ -469,7 +475,8 @@ class BucketFS:
             ):
                 node = self._new_node(directory, name, entry.kind, full=False)
             if entry.kind is not Kind.DIR and entry.info is not None:
-                if not (node.full and node.etag == entry.info.etag and node.attr_expiry > now):
+                # same ETag: keep the metadata we know (a listing does not carry it)
+                if not (node.full and node.etag == entry.info.etag):
                     self._apply(node, entry.info, full=False)
             elif entry.kind is Kind.DIR and not node.full:
                 node.attr_expiry = 0.0
@@ -760,6 +767,9 @@ class BucketFS:
     ) -> Node:
         self._writable()
         node = self.node(ino)
+        if not node.full:
+            # the object's metadata must be known before we write it back
+            await self.getattr(ino)
         if size is not None:
             if node.kind is Kind.DIR:
                 raise IsADirectory()
@@ -785,6 +795,9 @@ class BucketFS:
             node.mtime = time.time()
             if node.opens == 0:
                 await self.data.upload_locked(node)
+                if not node.dirty and node.staging is not None:
+                    node.staging.close()  # nobody reads it: later opens see the server
+                    node.staging = None
 
     async def _persist_attrs(self, node: Node) -> None:
         if node.pinned or node.unlinked or node.bucket is None:

@@ -11,6 +11,7 @@ bytes in UTF-8.
 from __future__ import annotations
 
 import logging
+import math
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 POSIX_KEYS = ("mode", "uid", "gid", "mtime")
 NAME_MAX = 255
+#: st_mtime_ns is a signed 64-bit count of nanoseconds
+MAX_MTIME = 2**63 / 1e9 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,8 @@ def parse_posix(metadata: Mapping[str, str]) -> PosixAttrs:
         try:
             mtime = float(raw_mtime)
         except ValueError:
+            mtime = None
+        if mtime is not None and not (math.isfinite(mtime) and abs(mtime) < MAX_MTIME):
             mtime = None
     uid = _int(metadata.get("uid"))
     gid = _int(metadata.get("gid"))

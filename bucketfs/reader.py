@@ -84,7 +84,17 @@ class ChunkReader:
         nchunks = (obj.size + self.chunk_size - 1) // self.chunk_size
         if state.window:
             ahead_end = min(last + 1 + state.window, nchunks)
-            self._start_missing(obj, last + 1, ahead_end, self._fetch_chunks)
+            missing = sum(
+                1
+                for index in range(last + 1, ahead_end)
+                if (obj.bucket, obj.key, obj.etag, index) not in self._chunks
+                and (obj.bucket, obj.key, obj.etag, index) not in self._inflight
+            )
+            # top the window up in whole GETs, not a chunk at a time
+            if missing >= min(self._fetch_chunks, state.window) or (
+                missing and ahead_end == nchunks
+            ):
+                self._start_missing(obj, last + 1, ahead_end, self._fetch_chunks)
         parts = []
         for index in range(first, last + 1):
             chunk = await self._chunk(obj, index, last)
