@@ -17,12 +17,14 @@ import logging
 import mimetypes
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from bucketfs.backends.base import MAX_PARTS, MAX_PUT_SIZE, Backend
+from bucketfs.concurrency import for_each
 from bucketfs.errors import BucketfsError
 from bucketfs.inodes import Kind, Node
 from bucketfs.meta import posix_metadata
@@ -168,27 +170,12 @@ class FileData:
         self, bucket: str, key: str, staging: Staging, opts: WriteOptions
     ) -> PutResult:
         size = staging.size
-        part = self.part_size_for(size)
-        upload_id = await self._backend.create_multipart(bucket, key, opts)
-        etags: dict[int, str] = {}
 
-        async def send(number: int, start: int) -> None:
-            async with self._limiter:
-                data = await trio.to_thread.run_sync(staging.read, start, min(part, size - start))
-                etags[number] = await self._backend.upload_part(
-                    bucket, key, upload_id, number, data
-                )
+        async def send(upload_id: str, number: int, start: int, end: int) -> str:
+            data = await trio.to_thread.run_sync(staging.read, start, end - start)
+            return await self._backend.upload_part(bucket, key, upload_id, number, data)
 
-        try:
-            async with trio.open_nursery() as nursery:
-                for number, start in enumerate(range(0, size, part), start=1):
-                    nursery.start_soon(send, number, start)
-            return await self._backend.complete_multipart(
-                bucket, key, upload_id, sorted(etags.items())
-            )
-        except BaseException:
-            await self._abort(bucket, key, upload_id)
-            raise
+        return await self._multipart_upload(bucket, key, opts, size, self.part_size_for(size), send)
 
     async def copy_object(
         self,
@@ -206,25 +193,40 @@ class FileData:
         if opts is None:
             info = await self._backend.head(bucket, src_key)
             opts = WriteOptions(info.metadata, info.content_type, dict(info.system))
+
+        async def send(upload_id: str, number: int, start: int, end: int) -> str:
+            return await self._backend.upload_part_copy(
+                bucket, dst_key, upload_id, number, src_key, start, end, if_match=etag
+            )
+
         part = max(self.part_size_for(size), 512 << 20)
-        upload_id = await self._backend.create_multipart(bucket, dst_key, opts)
+        return await self._multipart_upload(bucket, dst_key, opts, size, part, send)
+
+    async def _multipart_upload(
+        self,
+        bucket: str,
+        key: str,
+        opts: WriteOptions,
+        size: int,
+        part: int,
+        send: Callable[[str, int, int, int], Awaitable[str]],
+    ) -> PutResult:
+        """One multipart upload whose parts `send(upload_id, number, start, end)` makes, at
+        most `max_parallel` at a time; aborted on any failure."""
+        upload_id = await self._backend.create_multipart(bucket, key, opts)
         etags: dict[int, str] = {}
 
-        async def send(number: int, start: int) -> None:
-            async with self._limiter:
-                etags[number] = await self._backend.upload_part_copy(
-                    bucket, dst_key, upload_id, number, src_key, start, min(start + part, size)
-                )
+        async def one(item: tuple[int, int]) -> None:
+            number, start = item
+            etags[number] = await send(upload_id, number, start, min(start + part, size))
 
         try:
-            async with trio.open_nursery() as nursery:
-                for number, start in enumerate(range(0, size, part), start=1):
-                    nursery.start_soon(send, number, start)
+            await for_each(enumerate(range(0, size, part), start=1), one, self._limiter)
             return await self._backend.complete_multipart(
-                bucket, dst_key, upload_id, sorted(etags.items())
+                bucket, key, upload_id, sorted(etags.items())
             )
         except BaseException:
-            await self._abort(bucket, dst_key, upload_id)
+            await self._abort(bucket, key, upload_id)
             raise
 
     async def _abort(self, bucket: str, key: str, upload_id: str) -> None:

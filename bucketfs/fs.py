@@ -28,6 +28,7 @@ import trio
 from cachetools import TTLCache
 
 from bucketfs.backends.base import Backend
+from bucketfs.concurrency import for_each, gather
 from bucketfs.errors import (
     BadHandle,
     BucketfsError,
@@ -330,9 +331,7 @@ class BucketFS:
             page = await self.backend.list_page(bucket, key + "/", delimiter="/", max_keys=1)
             is_dir = bool(page.objects or page.prefixes)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(do_head)
-            nursery.start_soon(do_list)
+        await gather(do_head, do_list)
         if is_dir:
             return _Entry(Kind.DIR, await self._head_or_none(bucket, key + "/"))
         return None if head is None else self._file_entry(head)
@@ -894,18 +893,15 @@ class BucketFS:
                 break
 
         async def move_one(info: ObjectInfo) -> None:
-            async with self._limiter:
-                dst = new_prefix + info.key[len(old_prefix) :]
-                if info.key.endswith("/"):
-                    marker = await self.backend.head(bucket, info.key)
-                    opts = WriteOptions(marker.metadata, marker.content_type, dict(marker.system))
-                    await self.backend.put(bucket, dst, b"", opts)
-                else:
-                    await self.data.copy_object(bucket, info.key, dst, info.size, None)
+            dst = new_prefix + info.key[len(old_prefix) :]
+            if info.key.endswith("/"):
+                marker = await self.backend.head(bucket, info.key)
+                opts = WriteOptions(marker.metadata, marker.content_type, dict(marker.system))
+                await self.backend.put(bucket, dst, b"", opts)
+            else:
+                await self.data.copy_object(bucket, info.key, dst, info.size, None)
 
-        async with trio.open_nursery() as nursery:
-            for info in keys:
-                nursery.start_soon(move_one, info)
+        await for_each(keys, move_one, self._limiter)
         # contents first, then markers deepest first: SeaweedFS keeps a marker whose
         # "directory" still had children when the marker was deleted
         contents = [info.key for info in keys if not info.key.endswith("/")]

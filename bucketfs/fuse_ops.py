@@ -13,13 +13,14 @@ import errno
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
-from bucketfs.errors import BucketfsError, InvalidArgument
+from bucketfs.errors import AccessDenied, BucketfsError, CacheError, InvalidArgument, Transient
 from bucketfs.fs import BucketFS
 from bucketfs.inodes import Node
 
@@ -37,7 +38,10 @@ def _errors(op: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
         except pyfuse3.FUSEError:
             raise
         except BucketfsError as exc:
-            log.debug("%s: %s (errno %d)", op.__name__, exc, exc.errno)
+            if isinstance(exc, Transient | AccessDenied | CacheError):
+                _warn(op.__name__, exc)
+            else:
+                log.debug("%s: %s (errno %d)", op.__name__, exc, exc.errno)
             raise pyfuse3.FUSEError(exc.errno) from exc
         except trio.Cancelled:
             raise
@@ -46,6 +50,23 @@ def _errors(op: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+WARN_INTERVAL = 10.0
+_last_warning = -WARN_INTERVAL
+_suppressed = 0
+
+
+def _warn(op: str, exc: BucketfsError) -> None:
+    """Store and cache trouble is worth a WARNING, but at most one every WARN_INTERVAL s."""
+    global _last_warning, _suppressed
+    now = time.monotonic()
+    if now - _last_warning < WARN_INTERVAL:
+        _suppressed += 1
+        return
+    more = f" ({_suppressed} more failures since the last warning)" if _suppressed else ""
+    log.warning("%s failed: %s%s", op, exc, more)
+    _last_warning, _suppressed = now, 0
 
 
 def _name(raw: bytes) -> str:

@@ -57,6 +57,7 @@ def make_backend(cfg: MountConfig) -> Backend:
         cfg.profile,
         path_style=cfg.path_style,
         max_connections=cfg.max_connections,
+        retry_deadline=cfg.retry_timeout,
     )
 
 

@@ -143,6 +143,7 @@ class MountConfig:
     debug: bool = False
     log_level: str = "INFO"
     max_connections: int = 32
+    retry_timeout: float = 60.0  # -o retry_timeout=SECONDS: give up on a request (EIO) after
     part_size: int = 16 * MiB
     fsname: str = ""  # "": str(source), as shown in /proc/mounts
 
@@ -339,6 +340,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "debug": ("debug", parse_flag),
     "log_level": ("log_level", _log_level),
     "max_connections": ("max_connections", _count),
+    "retry_timeout": ("retry_timeout", _seconds),
     "part_size": ("part_size", _part_size),
 }
 _S3_ONLY = ("endpoint", "region", "profile", "addressing")

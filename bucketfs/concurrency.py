@@ -1,0 +1,69 @@
+"""Fan-out helpers: run requests concurrently and report failure as one typed error.
+
+Owns the translation of trio's `ExceptionGroup`s back into a single `BucketfsError`. Invariants:
+every task runs inside a nursery owned by the caller's scope (nothing outlives the call); when
+every failure in a group is a `BucketfsError`, the first one is raised alone, so errno mapping
+still works; a group holding anything else (a bug, a cancellation) is re-raised untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import trio
+
+from bucketfs.errors import BucketfsError
+
+T = TypeVar("T")
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BucketfsError | None:
+    errors: list[BaseException] = []
+
+    def flatten(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                flatten(inner)
+        else:
+            errors.append(exc)
+
+    flatten(group)
+    if errors and all(isinstance(exc, BucketfsError) for exc in errors):
+        first = errors[0]
+        assert isinstance(first, BucketfsError)
+        return first
+    return None
+
+
+async def gather(*fns: Callable[[], Awaitable[object]]) -> None:
+    """Run the functions concurrently; raise one BucketfsError if any failed."""
+    try:
+        async with trio.open_nursery() as nursery:
+            for fn in fns:
+                nursery.start_soon(fn)
+    except BaseExceptionGroup as group:
+        single = _single(group)
+        if single is None:
+            raise
+        raise single from group
+
+
+async def for_each(
+    items: Iterable[T], fn: Callable[[T], Awaitable[object]], limiter: trio.CapacityLimiter
+) -> None:
+    """Call `fn(item)` for every item, at most `limiter` at a time; one error if any failed."""
+
+    async def bounded(item: T) -> None:
+        async with limiter:
+            await fn(item)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for item in items:
+                nursery.start_soon(bounded, item)
+    except BaseExceptionGroup as group:
+        single = _single(group)
+        if single is None:
+            raise
+        raise single from group
