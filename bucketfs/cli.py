@@ -7,7 +7,17 @@ messages users read. Invariants:
 - `mount` checks the mountpoint and the FUSE tooling before it starts a daemon, and clears a
   stale mount (its daemon died: ENOTCONN) instead of failing on it;
 - `umount` returns only after the daemon has exited, i.e. after it uploaded what was pending,
-  or after a timeout that it reports.
+  or after a timeout that it reports;
+- no credential is ever taken from the command line (it shows in ps): they come from a config
+  file (`config.py`), the environment or the AWS credential chain;
+- a `--foreground` mount tells systemd about itself when `$NOTIFY_SOCKET` is set: STATUS lines,
+  READY=1 only from `on_ready` (the mount is live), STOPPING=1 once unmounted.
+
+Four ways in, one code path: `bucketfs mount ...`; `bucketfs SOURCE MOUNTPOINT -o ...` (how
+mount.fuse3 runs us for `mount -t fuse.bucketfs`); `mount.bucketfs` (mount(8)'s helper for
+`-t bucketfs`); and `umount.fuse.bucketfs`, umount(8)'s helper, which makes a plain
+`umount MOUNTPOINT` wait for the uploads too. The helpers are this same program under another
+name (`scripts/install-systemd` links them); `main` dispatches on the name it was called by.
 """
 
 from __future__ import annotations
@@ -23,14 +33,16 @@ import stat
 import subprocess
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from bucketfs import __version__
+from bucketfs.config import build_mount_config, load_mount_file
 from bucketfs.daemon import LOG_FORMAT, run_in_background, wait_gone
 from bucketfs.errors import BucketfsError, ConfigError
-from bucketfs.options import build_config, option_names, parse_flag, parse_options
+from bucketfs.notify import notify
+from bucketfs.options import MountConfig, option_names, parse_flag, parse_options
 
 PROG = "bucketfs"
 DEV_FUSE = "/dev/fuse"
@@ -39,6 +51,9 @@ READY_TIMEOUT = 60.0
 UMOUNT_TIMEOUT = 600.0
 UMOUNT_REPORT_INTERVAL = 10.0
 PID_XATTR = "user.bucketfs.pid"
+COMMANDS = ("mount", "umount", "unmount")
+#: the journal adds its own time stamp and our pid
+JOURNAL_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 class UsageError(ConfigError):
@@ -65,12 +80,17 @@ def _parser() -> argparse.ArgumentParser:
     mount = commands.add_parser(
         "mount",
         help="mount SOURCE at MOUNTPOINT",
-        description="Mount SOURCE (s3://[BUCKET[/PREFIX]] or local://[BUCKET[/PREFIX]]) at "
-        "MOUNTPOINT. Without --foreground the command returns once the mount is ready.",
+        description="Mount SOURCE (s3://[BUCKET[/PREFIX]], local://[BUCKET[/PREFIX]] or "
+        "REMOTE:[BUCKET[/PREFIX]] for a remote of a remotes file) at MOUNTPOINT. Without "
+        "--foreground the command returns once the mount is ready.",
         epilog="options (-o): " + ", ".join(option_names()) + ". See README.rst.",
     )
-    mount.add_argument("source", metavar="SOURCE")
-    mount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    mount.add_argument("source", metavar="SOURCE", nargs="?")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
+    mount.add_argument(
+        "--config", metavar="FILE", type=Path,
+        help="a mount file ([mount] source, mountpoint, options; remotes), as systemd units use",
+    )  # fmt: skip
     mount.add_argument(
         "-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
         help="mount options, comma-separated; may be repeated",
@@ -83,7 +103,11 @@ def _parser() -> argparse.ArgumentParser:
         aliases=["unmount"],
         help="upload what is pending, unmount, and wait for the daemon to exit",
     )
-    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
+    umount.add_argument("--config", metavar="FILE", type=Path, help="unmount this mount file's")
+    umount.add_argument(
+        "--if-mounted", action="store_true", help="exit 0 when MOUNTPOINT is not mounted"
+    )
     return parser
 
 
@@ -97,16 +121,26 @@ def _wants_debug(argv: Sequence[str]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The `bucketfs` console script."""
+    """The `bucketfs` console script (also `mount.*` and `umount.*` under those names)."""
+    if argv is None:
+        name = os.path.basename(sys.argv[0])
+        if name.startswith("mount."):
+            return mount_helper_main()
+        if name.startswith("umount."):
+            return umount_helper_main()
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and "://" in args[0]:  # `bucketfs SOURCE MOUNTPOINT -o ...`, as mount.fuse3 calls
-        args.insert(0, "mount")
+    if args and args[0] not in COMMANDS and not args[0].startswith("-") and ":" in args[0]:
+        args.insert(0, "mount")  # `bucketfs SOURCE MOUNTPOINT -o ...`, as mount.fuse3 calls
     debug = _wants_debug(args)
     try:
         ns = _parser().parse_args(args)
         if ns.command == "mount":
-            return cmd_mount(ns.source, ns.mountpoint, ns.options, ns.foreground)
-        return cmd_umount(ns.mountpoint)
+            return cmd_mount(ns.source, ns.mountpoint, ns.options, ns.foreground, ns.config)
+        if ns.config is not None and ns.mountpoint is None:
+            ns.mountpoint = load_mount_file(ns.config).mountpoint
+        if not ns.mountpoint:
+            raise UsageError("umount needs MOUNTPOINT (or --config FILE with one)")
+        return cmd_umount(ns.mountpoint, if_mounted=ns.if_mounted)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
@@ -127,19 +161,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- mount ---------------------------------------------------------------------------------
 
 
-def cmd_mount(source: str, mountpoint: str, options: Sequence[str], foreground: bool) -> int:
-    cfg = build_config(source, mountpoint, options, foreground)
+def cmd_mount(
+    source: str | None,
+    mountpoint: str | None,
+    options: Sequence[str],
+    foreground: bool,
+    config_file: Path | None = None,
+) -> int:
+    cfg = build_mount_config(source, mountpoint, options, foreground, config_file=config_file)
     check_mountpoint(cfg.mountpoint)
     check_fuse()
     from bucketfs.mount import serve  # imports pyfuse3: only once the checks passed
 
     if foreground:
-        logging.basicConfig(level=cfg.log_level, stream=sys.stderr, format=LOG_FORMAT)
-        logging.captureWarnings(True)
-        serve(cfg, lambda: None)  # serve() logs the mount itself
+        serve_foreground(cfg, serve)
         return 0
     run_in_background(cfg, serve, ready_timeout=READY_TIMEOUT)
     return 0
+
+
+def serve_foreground(
+    cfg: MountConfig, serve: Callable[[MountConfig, Callable[[], None]], None]
+) -> None:
+    """Serve in this process, logging to stderr (the journal under systemd) and telling
+    systemd READY=1 once the mount is live."""
+    logging.basicConfig(level=cfg.log_level, stream=sys.stderr, format=foreground_log_format())
+    logging.captureWarnings(True)
+    what = f"{cfg.fsname} on {cfg.mountpoint}"
+    notify(STATUS=f"mounting {what}")
+
+    def on_ready() -> None:  # serve() logs the mount itself
+        notify(READY=1, STATUS=f"mounted {what}")
+
+    try:
+        serve(cfg, on_ready)
+    except BucketfsError as exc:
+        notify(STATUS=f"failed: {exc}")
+        raise
+    notify(STOPPING=1, STATUS=f"unmounted {what}")
+
+
+def foreground_log_format(env: Mapping[str, str] | None = None) -> str:
+    """Without a time stamp when stderr is the journal (`$JOURNAL_STREAM` names it)."""
+    stream = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return LOG_FORMAT
+    return JOURNAL_LOG_FORMAT if stream == f"{st.st_dev}:{st.st_ino}" else LOG_FORMAT
 
 
 def check_mountpoint(path: Path) -> None:
@@ -207,7 +276,7 @@ def _fusermount(path: Path, *flags: str) -> None:
 # --- umount --------------------------------------------------------------------------------
 
 
-def cmd_umount(mountpoint: str) -> int:
+def cmd_umount(mountpoint: str, *, if_mounted: bool = False) -> int:
     path = Path(os.path.abspath(mountpoint))
     if is_stale(path):
         lazy_unmount(path)
@@ -220,6 +289,8 @@ def cmd_umount(mountpoint: str) -> int:
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
     if not os.path.ismount(path):
+        if if_mounted:
+            return 0
         raise ConfigError(f"{path} is not mounted")
     pid = daemon_pid(path)
     try:
@@ -254,7 +325,7 @@ def daemon_pid(path: Path) -> int | None:
         return int(xattr.getxattr(str(path), PID_XATTR))
     except (OSError, ValueError):
         fstype, source = mount_entry(path)
-        if fstype in ("fuse.bucketfs", "fuse") and source.startswith(("s3://", "local://")):
+        if fstype == "fuse.bucketfs" or (fstype == "fuse" and "://" in source):
             warn(f"{path} does not tell its daemon's pid; not waiting for uploads")
             return None
         raise ConfigError(f"{path} is not a bucketfs mount (it is {fstype or 'unknown'})") from None
@@ -296,7 +367,7 @@ def mount_helper_main(argv: Sequence[str] | None = None) -> int:
     try:
         ns = parser.parse_args(args)
         if ns.fake:
-            build_config(ns.source, ns.mountpoint, ns.options, foreground=False)
+            build_mount_config(ns.source, ns.mountpoint, ns.options, foreground=False)
             return 0
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
@@ -304,3 +375,33 @@ def mount_helper_main(argv: Sequence[str] | None = None) -> int:
         note(str(exc))
         return 1
     return main(["mount", ns.source, ns.mountpoint, *(f"-o{o}" for o in ns.options)])
+
+
+def umount_helper_main(argv: Sequence[str] | None = None) -> int:
+    """`umount.fuse.bucketfs MOUNTPOINT [-flnrv] [-N NS] [-t TYPE]`, as umount(8) calls it.
+
+    Makes `umount MOUNTPOINT` (and systemd stopping a .mount unit) wait for the uploads, as
+    `bucketfs umount` does. `-l` detaches lazily and `-f` forces (neither waits for uploads:
+    the daemon finishes in the background); `-n`, `-r`, `-v`, `-N` and `-t` are ignored.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = _Parser(prog="umount.bucketfs", add_help=True)
+    parser.add_argument("mountpoint")
+    for flag in ("-f", "-l", "-n", "-r", "-v"):
+        parser.add_argument(flag, action="store_true")
+    parser.add_argument("-t", dest="type")
+    parser.add_argument("-N", dest="namespace")
+    try:
+        ns = parser.parse_args(args)
+        if ns.l:
+            lazy_unmount(Path(os.path.abspath(ns.mountpoint)))
+            return 0
+        if ns.f:  # umount(8) itself, without helpers (-i): aborts the FUSE connection
+            done = subprocess.run(["umount", "-i", "-f", ns.mountpoint], check=False)
+            return done.returncode
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    except BucketfsError as exc:
+        note(str(exc))
+        return 1
+    return main(["umount", ns.mountpoint])

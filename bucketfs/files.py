@@ -1,38 +1,31 @@
-"""File contents: reading clean objects, staging writes, uploading whole files.
+"""File contents for the namespace core: a façade over the block cache and write-back.
 
-Owns the data path of one mount. Reads of a file nobody is writing go to the `ChunkReader`
-(ranged GETs conditional on the ETag). The first write or truncate of a file copies the object
-into a `Staging` file; later reads and writes of that file use the staging copy; `upload`
-sends the staging copy to the server (one PUT up to `part_size`, parallel multipart above) with
-the node's metadata, and marks it clean only if nothing changed meanwhile.
+Owns the link between a `Node` and its `CachedFile`, and server-side copies. Reads and writes
+go to `cache.store.BlockCache`; dirty files are uploaded by `cache.writeback.WriteBack` after
+close (`schedule`), on fsync (`flush`) and at unmount (`drain`).
 
-Invariants: a node's content lock is held for every staging change and for a whole upload, so
-an upload never reads a half-applied write; `Staging.dirty` is cleared only by an upload of the
-generation it read; a failed multipart upload is aborted; an unlinked node is never uploaded.
+Invariants: a node's `cached` is the cache's current file for its key (re-attached when the
+cache dropped it); the metadata a dirty file will be uploaded with is refreshed from the node
+before every change the node's attributes see; a writer waits (throttled) while the cache holds
+more than `max_dirty` dirty bytes, instead of filling the disk.
 """
 
 from __future__ import annotations
 
-import logging
 import mimetypes
-import os
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import trio
 
 from bucketfs.backends.base import MAX_PARTS, MAX_PUT_SIZE, Backend
+from bucketfs.cache.store import BlockCache, CachedFile, ReadState
+from bucketfs.cache.writeback import WriteBack, abort_quietly
 from bucketfs.concurrency import for_each
-from bucketfs.errors import BucketfsError
 from bucketfs.inodes import Kind, Node
 from bucketfs.meta import posix_metadata
-from bucketfs.reader import ChunkReader, ObjectRef, ReadState
-from bucketfs.staging import Staging
 from bucketfs.types import PutResult, WriteOptions
-
-log = logging.getLogger(__name__)
 
 DIRECTORY_CONTENT_TYPE = "application/x-directory"
 
@@ -41,6 +34,7 @@ DIRECTORY_CONTENT_TYPE = "application/x-directory"
 class DataOptions:
     part_size: int = 16 << 20
     max_parallel: int = 8
+    max_dirty: int = 1 << 30
 
 
 def write_options(node: Node) -> WriteOptions:
@@ -56,20 +50,30 @@ def write_options(node: Node) -> WriteOptions:
     return WriteOptions(metadata=metadata, content_type=content_type, system=dict(node.system))
 
 
+def upload_meta(node: Node) -> dict[str, Any]:
+    opts = write_options(node)
+    return {
+        "metadata": dict(opts.metadata),
+        "content_type": opts.content_type,
+        "system": dict(opts.system),
+    }
+
+
 class FileData:
     def __init__(
         self,
         backend: Backend,
-        reader: ChunkReader,
-        staging_dir: Path,
+        cache: BlockCache,
+        writeback: WriteBack,
         options: DataOptions,
     ) -> None:
         self._backend = backend
-        self._reader = reader
-        self._staging_dir = staging_dir
+        self.cache = cache
+        self.writeback = writeback
         self._opts = options
         self._limiter = trio.CapacityLimiter(options.max_parallel)
         self.locks: dict[int, trio.Lock] = {}
+        self._clean = trio.Event()  # set whenever an upload finished: throttled writers retry
 
     def lock(self, node: Node) -> trio.Lock:
         lock = self.locks.get(node.ino)
@@ -82,100 +86,93 @@ class FileData:
         if lock is not None and not lock.locked():
             del self.locks[ino]
 
-    # --- reading ---------------------------------------------------------------------------
+    def uploaded(self) -> None:
+        event, self._clean = self._clean, trio.Event()
+        event.set()
+
+    # --- the node's cached file --------------------------------------------------------------
+
+    def cached(self, node: Node) -> CachedFile:
+        cf = node.cached
+        if cf is not None and cf.id in self.cache.files:
+            if cf.dirty or cf.key is None or cf.base_etag == node.etag:
+                return cf
+            node.cached = None  # the object changed on the server since it was cached
+        assert node.bucket is not None
+        cf = self.cache.find(node.bucket, node.key)
+        if cf is None or (not cf.dirty and cf.base_etag != node.etag):
+            cf = self.cache.attach(node.bucket, node.key, node.etag, node.size)
+        node.cached = cf
+        return cf
+
+    def create(self, node: Node) -> CachedFile:
+        assert node.bucket is not None
+        cf = self.cache.create(node.bucket, node.key, upload_meta(node))
+        node.cached = cf
+        return cf
+
+    def refresh_meta(self, node: Node) -> None:
+        """A dirty file's pending upload carries the node's current attributes."""
+        cf = node.cached
+        if cf is not None and cf.dirty:
+            self.cache.set_meta(cf, upload_meta(node))
+
+    # --- reading and writing -----------------------------------------------------------------
 
     async def read(self, node: Node, offset: int, size: int, state: ReadState) -> bytes:
-        staging = node.staging
-        if staging is not None and staging.loaded:
-            return staging.read(offset, size)
-        if node.etag is None or node.bucket is None:
+        if node.etag is None and node.cached is None:
             return b""
-        ref = ObjectRef(node.bucket, node.key, node.etag, node.size)
-        return await self._reader.read(ref, offset, size, state)
+        return await self.cache.read(self.cached(node), offset, size, state)
 
     async def read_all(self, node: Node) -> bytes:
-        assert node.bucket is not None
-        if node.staging is not None and node.staging.loaded:
-            return node.staging.read(0, node.staging.size)
-        return await self._backend.get(node.bucket, node.key, if_match=node.etag or None)
+        cf = self.cached(node)
+        return await self.cache.read(cf, 0, cf.size, ReadState())
 
-    # --- staging -----------------------------------------------------------------------------
+    async def write(self, node: Node, offset: int, data: bytes) -> int:
+        await self._throttle()
+        cf = self.cached(node)
+        if not cf.dirty:
+            self.cache.set_meta(cf, upload_meta(node))
+        written = await self.cache.write(cf, offset, data)
+        node.size = cf.size
+        return written
 
-    async def staging_for(self, node: Node, *, load: bool) -> Staging:
-        """The node's staging copy, holding the object's content when `load` (lock held)."""
-        staging = node.staging
-        if staging is None:
-            staging = node.staging = Staging(self._staging_dir)
-        if staging.loaded:
-            return staging
-        if load and node.etag is not None and node.size > 0:
-            await self._download(node, staging)
-        staging.loaded = True
-        staging.size = staging.size if staging.dirty else (node.size if load else 0)
-        return staging
+    async def truncate(self, node: Node, size: int) -> None:
+        cf = self.cached(node)
+        if not cf.dirty:
+            self.cache.set_meta(cf, upload_meta(node))
+        await self.cache.truncate(cf, size)
+        node.size = size
 
-    async def _download(self, node: Node, staging: Staging) -> None:
-        assert node.bucket is not None
-        assert node.etag is not None
-        offset = 0
-        async with self._backend.get_stream(node.bucket, node.key, if_match=node.etag) as body:
-            async for chunk in body:
-                os.pwrite(staging.fd, chunk, offset)
-                offset += len(chunk)
-        os.ftruncate(staging.fd, offset)
-        staging.size = offset
+    async def _throttle(self) -> None:
+        while self.cache.dirty_bytes > self._opts.max_dirty:
+            for cf in self.cache.dirty_files():
+                self.writeback.schedule(cf, now=True)
+            await self._clean.wait()
 
-    # --- uploading ---------------------------------------------------------------------------
+    # --- uploads -------------------------------------------------------------------------------
 
-    async def upload(self, node: Node) -> None:
-        """Send the staging copy to the server if it changed (takes the node's lock)."""
-        async with self.lock(node):
-            await self.upload_locked(node)
+    def closed(self, node: Node) -> None:
+        """A handle was closed: upload the file in the background if it changed."""
+        cf = node.cached
+        if cf is not None and cf.dirty:
+            self.cache.set_meta(cf, upload_meta(node))
+            self.writeback.schedule(cf)
 
-    async def upload_locked(self, node: Node) -> None:
-        staging = node.staging
-        if staging is None or not staging.dirty or node.unlinked or node.bucket is None:
-            return
-        generation = staging.generation
-        opts = write_options(node)
-        started = time.monotonic()
-        if staging.size <= self._opts.part_size:
-            data = await trio.to_thread.run_sync(staging.read, 0, staging.size)
-            result = await self._backend.put(node.bucket, node.key, data, opts)
-        else:
-            result = await self._multipart(node.bucket, node.key, staging, opts)
-        log.debug(
-            "uploaded %s/%s (%d bytes) in %.3fs",
-            node.bucket,
-            node.key,
-            staging.size,
-            time.monotonic() - started,
-        )
-        node.etag = result.etag
-        node.version_id = result.version_id
-        node.size = staging.size
-        node.metadata = dict(opts.metadata)
-        node.content_type = opts.content_type
-        node.kernel_etag = result.etag
-        if staging.generation == generation:
-            staging.dirty = False
+    async def flush(self, node: Node) -> None:
+        """Return once the node's content as of now is on the server."""
+        cf = node.cached
+        if cf is not None and (cf.dirty or cf.upload_scope is not None):
+            self.cache.set_meta(cf, upload_meta(node))
+            await self.writeback.flush(cf)
+
+    # --- server-side copies --------------------------------------------------------------------
 
     def part_size_for(self, size: int) -> int:
         part = self._opts.part_size
         while (size + part - 1) // part > MAX_PARTS:
             part *= 2
         return part
-
-    async def _multipart(
-        self, bucket: str, key: str, staging: Staging, opts: WriteOptions
-    ) -> PutResult:
-        size = staging.size
-
-        async def send(upload_id: str, number: int, start: int, end: int) -> str:
-            data = await trio.to_thread.run_sync(staging.read, start, end - start)
-            return await self._backend.upload_part(bucket, key, upload_id, number, data)
-
-        return await self._multipart_upload(bucket, key, opts, size, self.part_size_for(size), send)
 
     async def copy_object(
         self,
@@ -193,46 +190,31 @@ class FileData:
         if opts is None:
             info = await self._backend.head(bucket, src_key)
             opts = WriteOptions(info.metadata, info.content_type, dict(info.system))
-
-        async def send(upload_id: str, number: int, start: int, end: int) -> str:
-            return await self._backend.upload_part_copy(
-                bucket, dst_key, upload_id, number, src_key, start, end, if_match=etag
-            )
-
         part = max(self.part_size_for(size), 512 << 20)
-        return await self._multipart_upload(bucket, dst_key, opts, size, part, send)
-
-    async def _multipart_upload(
-        self,
-        bucket: str,
-        key: str,
-        opts: WriteOptions,
-        size: int,
-        part: int,
-        send: Callable[[str, int, int, int], Awaitable[str]],
-    ) -> PutResult:
-        """One multipart upload whose parts `send(upload_id, number, start, end)` makes, at
-        most `max_parallel` at a time; aborted on any failure."""
-        upload_id = await self._backend.create_multipart(bucket, key, opts)
+        upload_id = await self._backend.create_multipart(bucket, dst_key, opts)
         etags: dict[int, str] = {}
 
         async def one(item: tuple[int, int]) -> None:
             number, start = item
-            etags[number] = await send(upload_id, number, start, min(start + part, size))
+            etags[number] = await self._backend.upload_part_copy(
+                bucket,
+                dst_key,
+                upload_id,
+                number,
+                src_key,
+                start,
+                min(start + part, size),
+                if_match=etag,
+            )
 
         try:
             await for_each(enumerate(range(0, size, part), start=1), one, self._limiter)
             return await self._backend.complete_multipart(
-                bucket, key, upload_id, sorted(etags.items())
+                bucket, dst_key, upload_id, sorted(etags.items())
             )
         except BaseException:
-            await self._abort(bucket, key, upload_id)
+            await abort_quietly(self._backend, bucket, dst_key, upload_id)
             raise
 
-    async def _abort(self, bucket: str, key: str, upload_id: str) -> None:
-        """Abort a failed multipart upload, even while being cancelled; never raise."""
-        with trio.CancelScope(shield=True), trio.move_on_after(30):
-            try:
-                await self._backend.abort_multipart(bucket, key, upload_id)
-            except BucketfsError as exc:
-                log.warning("could not abort upload %s of %s/%s: %s", upload_id, bucket, key, exc)
+
+OnUploaded = Callable[[CachedFile], None]

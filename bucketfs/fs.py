@@ -17,6 +17,7 @@ and invalidated by every change made through this mount.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -28,6 +29,8 @@ import trio
 from cachetools import TTLCache
 
 from bucketfs.backends.base import Backend
+from bucketfs.cache.store import BlockCache, CachedFile, ReadState
+from bucketfs.cache.writeback import Uploaded, WriteBack
 from bucketfs.concurrency import for_each, gather
 from bucketfs.errors import (
     BadHandle,
@@ -50,7 +53,6 @@ from bucketfs.errors import (
 from bucketfs.files import DataOptions, FileData, write_options
 from bucketfs.inodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.meta import NAME_MAX, Defaults, check_new_name, parse_posix, valid_name
-from bucketfs.reader import ChunkReader, ReadState
 from bucketfs.types import ObjectInfo, WriteOptions
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,9 @@ log = logging.getLogger(__name__)
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 XATTR_PID = "user.bucketfs.pid"
+XATTR_STATUS = "user.bucketfs.status"
+XATTR_FLUSH = "user.bucketfs.flush"
+XATTR_UPLOAD_STATE = "user.bucketfs.upload_state"
 #: readdir asks for the metadata of at most this many listed entries ahead of the kernel
 PREFETCH_ENTRIES = 4096
 PREFETCH_PARALLEL = 32
@@ -76,6 +81,10 @@ class FsOptions:
     read_only: bool = False
     part_size: int = 16 << 20
     max_parallel: int = 16
+    block_size: int = 1 << 20
+    cache_size: int = 10 << 30
+    writeback_delay: float = 0.0
+    max_dirty: int = 2 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +126,14 @@ class BucketFS:
         bucket: str | None,
         prefix: str,
         options: FsOptions,
-        staging_dir: Path,
+        cache_dir: Path,
     ) -> None:
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         self.backend = backend
         self.opts = options
         self.defaults = Defaults(options.uid, options.gid, options.file_mode, options.dir_mode)
-        self._staging_dir = staging_dir
+        self._cache_dir = cache_dir
         root = Node(
             ino=ROOT_INO,
             kind=Kind.DIR,
@@ -157,18 +166,60 @@ class BucketFS:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the background tasks (readahead) until cancelled."""
+        """Own the cache, the uploads and readahead until cancelled.
+
+        Dirty files left by an earlier run are queued for upload before `started()`, so before
+        the mount becomes visible."""
+        opts = self.opts
         async with trio.open_nursery() as nursery:
-            reader = ChunkReader(self.backend, nursery)
-            self._data = FileData(
+            cache = BlockCache(
+                self._cache_dir,
                 self.backend,
-                reader,
-                self._staging_dir,
-                DataOptions(part_size=self.opts.part_size, max_parallel=self.opts.max_parallel),
+                nursery,
+                block_size=opts.block_size,
+                cache_size=opts.cache_size,
             )
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+            try:
+                writeback = WriteBack(
+                    cache,
+                    self.backend,
+                    delay=opts.writeback_delay,
+                    part_size=opts.part_size,
+                    on_uploaded=self._uploaded,
+                )
+                self._data = FileData(
+                    self.backend,
+                    cache,
+                    writeback,
+                    DataOptions(
+                        part_size=opts.part_size,
+                        max_parallel=opts.max_parallel,
+                        max_dirty=opts.max_dirty,
+                    ),
+                )
+                self._nursery = nursery
+                await nursery.start(writeback.run)
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                cache.close()
+
+    def _uploaded(self, done: Uploaded) -> None:
+        """The write-back confirmed an upload: the node (if any) now matches the server."""
+        cf = done.file
+        if cf.key is not None:
+            ino = self.table.by_path.get((cf.bucket, cf.key))
+            node = self.table.get(ino) if ino is not None else None
+            if node is not None and node.cached is cf:
+                node.etag = done.result.etag
+                node.version_id = done.result.version_id
+                node.size = done.size
+                node.metadata = dict(cf.meta.get("metadata", {}))
+                node.content_type = cf.meta.get("content_type")
+                node.kernel_etag = done.result.etag
+                node.full = True
+                node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+        self.data.uploaded()
 
     @property
     def data(self) -> FileData:
@@ -177,21 +228,15 @@ class BucketFS:
         return self._data
 
     async def drain(self) -> list[str]:
-        """Upload every dirty file; returns the paths that could not be uploaded."""
-        failed: list[str] = []
-
-        async def one(node: Node) -> None:
-            try:
-                await self.data.upload(node)
-            except BucketfsError as exc:
-                log.error("could not upload %s/%s: %s", node.bucket, node.key, exc)
-                failed.append(f"{node.bucket}/{node.key}")
-
-        async with trio.open_nursery() as nursery:
-            for node in list(self.table.by_ino.values()):
-                if node.dirty and not node.unlinked:
-                    nursery.start_soon(one, node)
-        return failed
+        """Upload every dirty file; returns those that could not be uploaded (they stay in
+        the cache's index and are uploaded by the next mount of this cache directory)."""
+        if self._data is None:
+            return []
+        failed = await self.data.writeback.drain()
+        names = [f"{cf.bucket}/{cf.key}" for cf in failed]
+        for cf in failed:
+            log.error("could not upload %s/%s: %s", cf.bucket, cf.key, cf.error)
+        return names
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -274,6 +319,10 @@ class BucketFS:
             node.pinned or (node.full and node.attr_expiry > time.monotonic())
         ):
             return node
+        if node is None and parent.bucket is not None and self._data is not None:
+            cf = self.data.cache.find(parent.bucket, parent.key + name)
+            if cf is not None and cf.dirty:
+                return self._node_from_cache(parent, name, cf)
         if (parent.ino, name) in self._negative:
             raise NoEntry()
         if node is not None and node.kind is not Kind.DIR and node.bucket is not None:
@@ -299,6 +348,28 @@ class BucketFS:
                 node.attr_expiry = time.monotonic() + self.opts.attr_timeout
         elif entry.info is not None:
             self._apply(node, entry.info, full=True)
+        return node
+
+    def _node_from_cache(self, parent: Node, name: str, cf: CachedFile) -> Node:
+        """A node for a file the cache holds but the server may not have yet (after a crash)."""
+        metadata = dict(cf.meta.get("metadata", {}))
+        posix = parse_posix(metadata)
+        kind = Kind.LINK if posix.kind is Kind.LINK else Kind.FILE
+        node = self._new_node(
+            parent,
+            name,
+            kind,
+            mode=posix.mode if posix.mode is not None else self.defaults.file_mode,
+            uid=posix.uid if posix.uid is not None else self.defaults.uid,
+            gid=posix.gid if posix.gid is not None else self.defaults.gid,
+            mtime=posix.mtime if posix.mtime is not None else time.time(),
+            size=cf.size,
+            etag=cf.base_etag if cf.base_key == cf.key else None,
+            metadata=metadata,
+            content_type=cf.meta.get("content_type"),
+            system=dict(cf.meta.get("system", {})),
+        )
+        node.cached = cf
         return node
 
     async def _resolve(self, parent: Node, name: str) -> _Entry | None:
@@ -462,8 +533,15 @@ class BucketFS:
         self._listings[directory.ino] = listed
         entries: list[tuple[str, Node]] = []
         seen: set[str] = set()
+        cached: dict[str, CachedFile] = {}
+        if directory.bucket is not None and self._data is not None:
+            for cf in self.data.cache.dirty_children(directory.bucket, directory.key):
+                assert cf.key is not None
+                cached[cf.key[len(directory.key) :]] = cf
         for name, entry in listed.items():
             node = self.table.child(directory, name)
+            if node is None and name in cached and entry.kind is not Kind.DIR:
+                node = self._node_from_cache(directory, name, cached[name])
             if node is not None and node.pinned:
                 entries.append((name, node))
                 seen.add(name)
@@ -484,6 +562,10 @@ class BucketFS:
         for node in self.table.known_children(directory):
             if node.name not in seen and node.pinned and not node.unlinked:
                 entries.append((node.name, node))
+                seen.add(node.name)
+        for name, cf in cached.items():
+            if name not in seen and valid_name(name):
+                entries.append((name, self._node_from_cache(directory, name, cf)))
         self._start_prefetch([node for _, node in entries if not node.full])
         return entries
 
@@ -616,8 +698,7 @@ class BucketFS:
             ctime=now,
             bucket=bucket,
         )
-        staging = await self.data.staging_for(node, load=False)
-        staging.touch()
+        self.data.create(node)
         self._changed(parent, name)
         self.table.remember(node)
         return self._handle(node, writable=True), node
@@ -645,10 +726,7 @@ class BucketFS:
             self._apply(node, info, full=True)
         if writable and flags & os.O_TRUNC:
             async with self.data.lock(node):
-                staging = await self.data.staging_for(node, load=False)
-                if staging.size or not staging.dirty:
-                    staging.truncate(0)
-                node.size = 0
+                await self.data.truncate(node, 0)
                 node.mtime = time.time()
         keep = not node.pinned and node.kernel_etag is not None and node.kernel_etag == node.etag
         node.kernel_etag = node.etag if not node.pinned else None
@@ -664,41 +742,50 @@ class BucketFS:
             raise BadHandle("file not open for writing")
         node = handle.node
         async with self.data.lock(node):
-            staging = await self.data.staging_for(node, load=True)
-            written = staging.write(offset, data)
-            node.size = staging.size
             node.mtime = time.time()
+            written = await self.data.write(node, offset, data)
         return written
 
     async def flush(self, fh: int) -> None:
+        """close(): the upload starts in the background (write-back); it does not wait."""
         handle = self.handle(fh)
-        if handle.writable:
-            await self.data.upload(handle.node)
+        if handle.writable and not handle.node.unlinked:
+            self.data.closed(handle.node)
 
     async def fsync(self, fh: int) -> None:
-        await self.data.upload(self.handle(fh).node)
+        """Return only when the file's content is durable on the server."""
+        node = self.handle(fh).node
+        if not node.unlinked:
+            await self.data.flush(node)
+
+    async def sync_path(self, ino: int) -> None:
+        """`bucketfs flush PATH`: upload a file, or everything under a directory, now."""
+        node = self.node(ino)
+        if node.kind is not Kind.DIR:
+            await self.data.flush(node)
+            return
+        prefix = node.key
+        pending = [
+            cf
+            for cf in self.data.cache.dirty_files()
+            if cf.key is not None
+            and (node.bucket is None or cf.bucket == node.bucket)
+            and cf.key.startswith(prefix)
+        ]
+        for cf in pending:
+            await self.data.writeback.flush(cf)
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
         node = handle.node
-        try:
-            if node.dirty and node.opens == 1 and not node.unlinked:
-                await self.data.upload(node)
-        except BucketfsError as exc:
-            log.error(
-                "upload of %s/%s failed after close, data kept in %s: %s",
-                node.bucket,
-                node.key,
-                node.staging.path if node.staging else "?",
-                exc,
-            )
-        finally:
-            if node.opens == 1 and node.staging is not None and not node.dirty:
-                node.staging.close()
-                node.staging = None
-            self.table.release(node)
+        if handle.writable and node.dirty and not node.unlinked:
+            self.data.closed(node)  # in case no flush came (the kernel sends one on close)
+        if node.unlinked and node.opens == 1 and node.cached is not None:
+            self.data.cache.forget(node.cached)  # the last handle of a deleted file
+            node.cached = None
+        self.table.release(node)
 
     async def readlink(self, ino: int) -> str:
         node = self.node(ino)
@@ -739,18 +826,29 @@ class BucketFS:
         if node.kind is Kind.DIR:
             raise IsADirectory()
         assert node.bucket is not None
-        if node.opens > 0:
-            # an open file stays readable until closed: keep its content locally
-            async with self.data.lock(node):
-                staging = await self.data.staging_for(node, load=True)
-                staging.dirty = False
-        if node.etag is not None:
-            await self.backend.delete(node.bucket, node.key)
+        async with self.data.lock(node):
+            await self._drop_content(node)
+            if node.etag is not None:
+                await self.backend.delete(node.bucket, node.key)
         node.unlinked = True
-        if node.staging is not None:
-            node.staging.dirty = False
         self.table.detach(node)
         self._changed(parent, name)
+
+    async def _drop_content(self, node: Node) -> None:
+        """The name goes away: cancel its upload; open handles keep reading a local copy."""
+        assert node.bucket is not None
+        cf = node.cached or self.data.cache.find(node.bucket, node.key)
+        if cf is None:
+            return
+        while cf.upload_scope is not None:  # let an upload in flight land, then delete it
+            await cf.progress.wait()
+        if node.opens > 0:
+            node.cached = cf
+            await self.data.cache.materialize(cf, 0, cf.size)
+            self.data.cache.detach(cf)
+        else:
+            self.data.cache.forget(cf)
+            node.cached = None
 
     # --- attributes ----------------------------------------------------------------------------
 
@@ -788,19 +886,17 @@ class BucketFS:
 
     async def _truncate(self, node: Node, size: int) -> None:
         async with self.data.lock(node):
-            staging = await self.data.staging_for(node, load=size > 0)
-            staging.truncate(size)
-            node.size = size
             node.mtime = time.time()
+            await self.data.truncate(node, size)
             if node.opens == 0:
-                await self.data.upload_locked(node)
-                if not node.dirty and node.staging is not None:
-                    node.staging.close()  # nobody reads it: later opens see the server
-                    node.staging = None
+                self.data.closed(node)  # no handle will close it: upload now
 
     async def _persist_attrs(self, node: Node) -> None:
+        if node.dirty:
+            self.data.refresh_meta(node)  # the pending upload carries them
+            return
         if node.pinned or node.unlinked or node.bucket is None:
-            return  # the pending upload carries them
+            return
         if node.kind is Kind.DIR:
             if node.is_bucket or node.key == "":
                 log.debug("attributes of a bucket root are kept in memory only")
@@ -816,6 +912,8 @@ class BucketFS:
             node.etag, node.version_id = result.etag, result.version_id
             node.metadata = dict(opts.metadata)
             node.kernel_etag = result.etag if node.kernel_etag else None
+            if node.cached is not None and not node.cached.dirty:
+                self.data.cache.rebase(node.cached, result.etag)  # same bytes, new ETag
             node.attr_expiry = time.monotonic() + self.opts.attr_timeout
 
     # --- rename ------------------------------------------------------------------------------
@@ -858,26 +956,35 @@ class BucketFS:
                 pass  # the moved marker (or its absence) replaces the target's
         else:
             await self._rename_file(node, new_key)
-        if target is not None:
-            target.unlinked = target.kind is not Kind.DIR or target.unlinked
-            if target.staging is not None:
-                target.staging.dirty = False
+        if target is not None and target.kind is not Kind.DIR:
+            async with self.data.lock(target):
+                await self._drop_content(target)
+            target.unlinked = True
         self.table.move(node, dst_dir, new_name)
         self._changed(src_dir, old_name)
         self._changed(dst_dir, new_name)
 
     async def _rename_file(self, node: Node, new_key: str) -> None:
+        """Upload pending content under the old name, then copy on the server and delete."""
         assert node.bucket is not None
-        if node.dirty and node.etag is not None:
-            await self.data.upload(node)
-        if node.etag is None:
-            return  # never uploaded: the upload at close goes to the new name
         async with self.data.lock(node):
+            cf = node.cached
+            while cf is not None and cf.upload_scope is not None:
+                await cf.progress.wait()  # an upload in flight lands under the old name first
+            if node.etag is None:
+                if cf is not None:  # nothing on the server yet: the pending upload moves
+                    self.data.cache.move(cf, node.bucket, new_key)
+                return
+            # unchanged ranges of a modified object come from the old key: upload, then move
+            await self.data.flush(node)
             result = await self.data.copy_object(
                 node.bucket, node.key, new_key, node.size, None, etag=node.etag
             )
             await self.backend.delete(node.bucket, node.key)
             node.etag, node.version_id = result.etag, result.version_id
+            if cf is not None:
+                self.data.cache.move(cf, node.bucket, new_key)
+                self.data.cache.rebase(cf, result.etag)
 
     async def _rename_dir(self, node: Node, new_prefix: str) -> None:
         assert node.bucket is not None
@@ -911,33 +1018,69 @@ class BucketFS:
             await self.backend.delete(bucket, marker)
 
     async def _upload_dirty_under(self, directory: Node) -> None:
-        for child in list(self.table.known_children(directory)):
-            if child.kind is Kind.DIR:
-                await self._upload_dirty_under(child)
-            elif child.dirty and child.etag is not None:
-                await self.data.upload(child)
+        """Before a directory moves, everything pending under it reaches the server."""
+        await self.sync_path(directory.ino)
+        cache = self.data.cache
+        for cf in list(cache.files.values()):
+            under = cf.key is not None and cf.key.startswith(directory.key)
+            if under and cf.bucket == directory.bucket and not cf.dirty and cf.opens == 0:
+                cache.forget(cf)  # its object moves: cached blocks would be stale
 
     # --- misc ------------------------------------------------------------------------------------
 
     def statfs(self) -> StatFs:
         return StatFs()
 
+    def status(self) -> dict[str, object]:
+        """What `bucketfs status` prints: where the data is."""
+        cache, writeback = self.data.cache, self.data.writeback
+        dirty = cache.dirty_files()
+        lookups = cache.hits + cache.misses
+        return {
+            "dirty_files": len([cf for cf in dirty if cf.key is not None]),
+            "dirty_bytes": cache.dirty_bytes,
+            "dirty": sorted(f"{cf.bucket}/{cf.key}" for cf in dirty if cf.key is not None)[:100],
+            "uploading": sum(1 for cf in dirty if cf.upload_scope is not None),
+            "failed": {f"{cf.bucket}/{cf.key}": cf.error for cf in dirty if cf.state == "failed"},
+            "uploads": writeback.uploads,
+            "uploaded_bytes": writeback.uploaded_bytes,
+            "upload_rate": round(writeback.upload_rate()),
+            "last_errors": writeback.last_errors,
+            "cache_dir": str(self._cache_dir),
+            "cache_bytes": cache.clean_bytes + cache.dirty_bytes,
+            "cache_size": cache.cache_size,
+            "hit_ratio": round(cache.hits / lookups, 3) if lookups else None,
+        }
+
     def getxattr(self, ino: int, name: str) -> bytes:
         node = self.node(ino)
         if ino == ROOT_INO and name == XATTR_PID:
             return str(os.getpid()).encode()
+        if ino == ROOT_INO and name == XATTR_STATUS:
+            return json.dumps(self.status(), indent=1).encode()
         if name == "user.bucketfs.etag" and node.etag:
             return node.etag.encode()
+        if name == XATTR_UPLOAD_STATE and node.kind is not Kind.DIR:
+            cf = node.cached
+            return (cf.upload_state if cf is not None else "clean").encode()
         raise NoAttribute()
 
     def listxattr(self, ino: int) -> list[str]:
-        names = [XATTR_PID] if ino == ROOT_INO else []
-        if self.node(ino).etag:
+        node = self.node(ino)
+        names = [XATTR_PID, XATTR_STATUS] if ino == ROOT_INO else []
+        if node.etag:
             names.append("user.bucketfs.etag")
+        if node.kind is not Kind.DIR:
+            names.append(XATTR_UPLOAD_STATE)
         return names
 
-    def setxattr(self, ino: int, name: str, value: bytes) -> None:
-        self.node(ino)
+    async def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        node = self.node(ino)
+        if name == XATTR_FLUSH:
+            # `bucketfs flush`: returns once the file (or everything below the directory) is
+            # on the server; the kernel waits for our answer
+            await self.sync_path(node.ino)
+            return
         raise NotSupported("extended attributes arrive with the metadata issue")
 
     def removexattr(self, ino: int, name: str) -> None:

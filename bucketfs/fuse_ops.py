@@ -278,7 +278,7 @@ class FuseOps(pyfuse3.Operations):
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        self.fs.setxattr(inode, _name(name), value)
+        await self.fs.setxattr(inode, _name(name), value)
 
     @_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bucketfs.staging import Staging
+    from bucketfs.cache.store import CachedFile
 
 ROOT_INO = 1
 
@@ -65,7 +65,7 @@ class Node:
     link_target: str | None = None
     #: ETag of the content the kernel's page cache holds for this inode (keep_cache)
     kernel_etag: str | None = None
-    staging: Staging | None = None
+    cached: CachedFile | None = None
 
     @property
     def path(self) -> str:
@@ -78,7 +78,7 @@ class Node:
 
     @property
     def dirty(self) -> bool:
-        return self.staging is not None and self.staging.dirty
+        return self.cached is not None and self.cached.dirty
 
     @property
     def pinned(self) -> bool:
@@ -223,9 +223,7 @@ class InodeTable:
             return
         self.by_ino.pop(node.ino, None)
         self.children.pop(node.ino, None)
-        if node.staging is not None:
-            node.staging.close()
-            node.staging = None
+        node.cached = None
 
     def __len__(self) -> int:
         return len(self.by_ino)

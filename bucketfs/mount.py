@@ -49,7 +49,7 @@ def make_backend(cfg: MountConfig) -> Backend:
 
         cfg.store.mkdir(parents=True, exist_ok=True)
         return LocalBackend(cfg.store)
-    from bucketfs.backends.s3 import S3Backend
+    from bucketfs.backends.s3 import S3Backend, S3Credentials
 
     return S3Backend(
         cfg.endpoint,
@@ -58,6 +58,11 @@ def make_backend(cfg: MountConfig) -> Backend:
         path_style=cfg.path_style,
         max_connections=cfg.max_connections,
         retry_deadline=cfg.retry_timeout,
+        credentials=(
+            S3Credentials(cfg.access_key_id or "", cfg.secret_access_key, cfg.session_token)
+            if cfg.secret_access_key is not None
+            else None
+        ),
     )
 
 
@@ -97,6 +102,10 @@ def fs_options(cfg: MountConfig) -> FsOptions:
         negative_timeout=cfg.negative_timeout,
         read_only=cfg.ro,
         part_size=cfg.part_size,
+        block_size=cfg.block_size,
+        cache_size=cfg.cache_size,
+        writeback_delay=cfg.writeback_delay,
+        max_dirty=cfg.max_dirty,
     )
 
 
@@ -114,13 +123,13 @@ def fuse_options(cfg: MountConfig) -> set[str]:
     return opts
 
 
-def _staging_dir(cfg: MountConfig) -> Path:
-    path = cfg.cache_dir / "staging"
+def _cache_dir(cfg: MountConfig) -> Path:
+    path = cfg.cache_dir
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(cfg.cache_dir, 0o700)
+        os.chmod(path, 0o700)
     except OSError as exc:
-        raise ConfigError(f"cannot use cache directory {cfg.cache_dir}: {exc}") from exc
+        raise ConfigError(f"cannot use cache directory {path}: {exc}") from exc
     return path
 
 
@@ -147,13 +156,12 @@ async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
     backend = await trio.to_thread.run_sync(make_backend, cfg)
     try:
         await preflight(backend, cfg)
-        staging = _staging_dir(cfg)
         fs = BucketFS(
             backend,
             bucket=cfg.source.bucket,
             prefix=cfg.source.prefix,
             options=fs_options(cfg),
-            staging_dir=staging,
+            cache_dir=_cache_dir(cfg),
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.run)

@@ -145,7 +145,16 @@ class MountConfig:
     max_connections: int = 32
     retry_timeout: float = 60.0  # -o retry_timeout=SECONDS: give up on a request (EIO) after
     part_size: int = 16 * MiB
+    cache_size: int = 10 * 1024 * MiB  # -o cache_size=: clean cached bytes kept at most
+    block_size: int = MiB  # -o block_size=: unit of caching and of ranged GETs
+    max_dirty: int = 2 * 1024 * MiB  # -o max_dirty=: writers wait above this many dirty bytes
+    writeback_delay: float = 0.0  # -o writeback_delay=SECONDS: wait after close, then upload
     fsname: str = ""  # "": str(source), as shown in /proc/mounts
+    # S3 keys from a remote in a config file (bucketfs.config); None: botocore's chain. Never
+    # in a repr, never an -o option (the command line shows in ps).
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.cache_dir == _UNSET:
@@ -318,6 +327,22 @@ def _part_size(key: str, value: str) -> int:
     return size
 
 
+def _byte_count(key: str, value: str) -> int:
+    size = parse_size(key, value)
+    if size <= 0:
+        raise ConfigError(f"bad value for option '{key}': {value!r} (a size above 0)")
+    return size
+
+
+def _block_size(key: str, value: str) -> int:
+    size = parse_size(key, value)
+    if size < 4096 or size > 64 * MiB or size & (size - 1):
+        raise ConfigError(
+            f"bad value for option '{key}': {value!r} (a power of two from 4KiB to 64MiB)"
+        )
+    return size
+
+
 #: -o name -> (MountConfig field, parser). Every option the README documents is here.
 _OPTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "endpoint": ("endpoint", _endpoint),
@@ -342,8 +367,16 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "max_connections": ("max_connections", _count),
     "retry_timeout": ("retry_timeout", _seconds),
     "part_size": ("part_size", _part_size),
+    "cache_size": ("cache_size", _byte_count),
+    "block_size": ("block_size", _block_size),
+    "max_dirty": ("max_dirty", _byte_count),
+    "writeback_delay": ("writeback_delay", _seconds),
 }
 _S3_ONLY = ("endpoint", "region", "profile", "addressing")
+#: Credentials are refused as -o options: a command line shows in ps and /proc/PID/cmdline.
+SECRET_OPTIONS = frozenset(
+    {"access_key_id", "secret_access_key", "session_token", "access_key", "secret_key"}
+)
 _LOCAL_ONLY = ("store",)
 
 
@@ -370,6 +403,11 @@ def build_config(
         raise ConfigError("the mountpoint is empty")
     values: dict[str, object] = {}
     for key, value in parse_options(options).items():
+        if key in SECRET_OPTIONS:
+            raise ConfigError(
+                f"option '{key}' is not accepted: a command line is visible to every user "
+                "(ps); put credentials in a remotes file (chmod 600) or the environment"
+            )
         if key in IGNORED_OPTIONS or key.startswith("x-"):
             continue
         if key not in _OPTIONS:

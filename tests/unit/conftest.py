@@ -91,16 +91,27 @@ class Harness:
         assert self.bucket is not None
         return await self.store.put(self.bucket, key, data, WriteOptions(metadata=metadata))
 
+    async def settle(self) -> None:
+        """Let the write-back finish the uploads it has scheduled (what was closed), without
+        forcing new ones; the mock clock makes the wait instant."""
+        workers = self.fs.data.writeback._workers
+        with trio.move_on_after(600):
+            while workers:
+                await trio.sleep(0.001)
+
     async def body(self, key: str) -> bytes:
         assert self.bucket is not None
+        await self.settle()
         return await self.store.get(self.bucket, key)
 
     async def head(self, key: str) -> ObjectInfo:
         assert self.bucket is not None
+        await self.settle()
         return await self.store.head(self.bucket, key)
 
     async def keys(self, prefix: str = "") -> list[str]:
         assert self.bucket is not None
+        await self.settle()
         return await self.store.keys(self.bucket, prefix)
 
     async def lookup(self, path: str) -> Node:
@@ -168,8 +179,7 @@ def run_fs(tmp_path: Path) -> RunFs:
     `bucket=None` makes an all-buckets mount; then no bucket is created. `options` go to
     `FsOptions` (uid and gid are 0 unless given).
     """
-    staging = tmp_path / "staging"
-    staging.mkdir()
+    cache = tmp_path / "cache"
 
     def run(
         body: Body,
@@ -184,7 +194,7 @@ def run_fs(tmp_path: Path) -> RunFs:
             if bucket is not None:
                 await store.create_bucket(bucket)
             opts = FsOptions(**{"uid": 0, "gid": 0, **options})
-            fs = BucketFS(store, bucket=bucket, prefix=prefix, options=opts, staging_dir=staging)
+            fs = BucketFS(store, bucket=bucket, prefix=prefix, options=opts, cache_dir=cache)
             async with trio.open_nursery() as nursery:
                 await nursery.start(fs.run)
                 store.calls.clear()

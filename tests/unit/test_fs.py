@@ -31,7 +31,7 @@ from bucketfs.errors import (
 )
 from bucketfs.fs import BucketFS
 from bucketfs.inodes import ROOT_INO, Kind, Node
-from bucketfs.reader import ChunkReader
+from bucketfs.cache.store import BlockCache
 from tests.unit.conftest import BUCKET, Harness, RunFs
 
 MiB = 1 << 20
@@ -39,8 +39,8 @@ RW = os.O_RDWR
 WO = os.O_WRONLY
 
 
-def reader_of(fs: BucketFS) -> ChunkReader:
-    return fs.data._reader
+def reader_of(fs: BucketFS) -> BlockCache:
+    return fs.data.cache
 
 
 def data_of(size: int, seed: int = 0) -> bytes:
@@ -486,8 +486,9 @@ def test_setattr_mode_survives_a_new_mount(run_fs: RunFs) -> None:
     async def body(h: Harness) -> None:
         node = await h.write_file("f", b"x", mode=0o644)
         await h.fs.setattr(node.ino, mode=0o751)
+        await h.settle()  # close does not wait for the upload (write-back)
         fresh = BucketFS(
-            h.store, bucket=BUCKET, prefix="", options=h.fs.opts, staging_dir=h.fs._staging_dir
+            h.store, bucket=BUCKET, prefix="", options=h.fs.opts, cache_dir=h.fs._cache_dir
         )
         again = await fresh.lookup(ROOT_INO, "f")
         assert again.st_mode == stat.S_IFREG | 0o751
@@ -528,7 +529,7 @@ def test_sequential_reads_issue_fewer_gets_than_chunks(run_fs: RunFs) -> None:
         await h.put("seq", blob)
         node = await h.fs.lookup(ROOT_INO, "seq")
         assert await h.read_file(node, chunk=128 << 10) == blob
-        chunks = size // reader_of(h.fs).chunk_size
+        chunks = size // reader_of(h.fs).block_size
         assert reader_of(h.fs).gets < chunks
         assert h.store.calls["get"] == reader_of(h.fs).gets
 
@@ -662,6 +663,7 @@ def test_truncate_then_another_client_writes_then_open_sees_it(run_fs: RunFs) ->
         await h.put("f", b"0123456789")
         node = await h.fs.lookup(ROOT_INO, "f")
         await h.fs.setattr(node.ino, size=3)
+        await h.settle()  # the truncated file is uploaded in the background first
         await h.put("f", b"written elsewhere")
         assert await h.read_file(node) == b"written elsewhere"
 
@@ -778,6 +780,7 @@ def test_flush_of_an_unchanged_file_sends_no_put(run_fs: RunFs) -> None:
         await h.fs.flush(fh)
         await h.fs.flush(fh)
         await h.fs.release(fh)
+        await h.settle()
         assert h.store.calls["put"] == 2
 
     run_fs(body)
@@ -901,7 +904,7 @@ def test_symlink_and_readlink(run_fs: RunFs) -> None:
         assert await h.fs.readlink(link.ino) == "../some/target"
         # a new mount (nothing cached) sees a symlink, not a file
         fresh = BucketFS(
-            h.store, bucket=BUCKET, prefix="", options=h.fs.opts, staging_dir=h.fs._staging_dir
+            h.store, bucket=BUCKET, prefix="", options=h.fs.opts, cache_dir=h.fs._cache_dir
         )
         again = await fresh.lookup(ROOT_INO, "ln")
         assert again.kind is Kind.LINK
@@ -939,6 +942,7 @@ def test_all_buckets_mount(run_fs: RunFs) -> None:
         assert await h.store.keys("gamma") == []
         # files inside a bucket directory are ordinary
         await h.write_file("g.txt", b"in gamma", parent=gamma.ino)
+        await h.settle()
         assert await h.store.get("gamma", "g.txt") == b"in gamma"
         alpha = await h.fs.lookup(ROOT_INO, "alpha")
         assert list(await h.ls(alpha.ino)) == ["f"]
@@ -1012,8 +1016,9 @@ def test_upload_failure_surfaces_and_file_stays_dirty(run_fs: RunFs) -> None:
         fh, node = await h.fs.create(ROOT_INO, "f", 0o644, WO | os.O_CREAT, 0, 0)
         await h.fs.write(fh, 0, b"precious")
         await h.store.delete_bucket(BUCKET)  # behind the filesystem's back
+        await h.fs.flush(fh)  # close does not wait: the upload fails in the background
         with pytest.raises(BucketfsError):
-            await h.fs.flush(fh)
+            await h.fs.fsync(fh)  # fsync waits, and reports the failure
         assert node.dirty
         await h.fs.release(fh)  # logs, keeps the data
         assert node.dirty
@@ -1035,7 +1040,7 @@ def test_key_the_store_rejects_fails_flush_and_keeps_data(run_fs: RunFs) -> None
         fh, node = await h.fs.create(parent.ino, "e" * 250, 0o644, WO | os.O_CREAT, 0, 0)
         await h.fs.write(fh, 0, b"data")
         with pytest.raises(BucketfsError) as info:
-            await h.fs.flush(fh)
+            await h.fs.fsync(fh)
         assert info.value.errno == errno.EINVAL
         assert node.dirty
         assert await h.fs.read(fh, 0, 10) == b"data"
@@ -1076,6 +1081,8 @@ def test_drain_uploads_every_dirty_file(run_fs: RunFs) -> None:
 def test_getxattr_etag_and_root_pid(run_fs: RunFs) -> None:
     async def body(h: Harness) -> None:
         node = await h.write_file("f", b"x")
+        await h.settle()
+        assert node.etag is not None
         assert h.fs.getxattr(node.ino, "user.bucketfs.etag") == node.etag.encode()
         assert h.fs.getxattr(ROOT_INO, "user.bucketfs.pid") == str(os.getpid()).encode()
         assert "user.bucketfs.etag" in h.fs.listxattr(node.ino)

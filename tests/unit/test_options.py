@@ -171,6 +171,12 @@ OPTION_CASES = [
     ("part_size=1G", "part_size", 1024 * MiB),
     ("part_size=10MB", "part_size", 10_000_000),
     ("part_size=5242880", "part_size", 5 * MiB),
+    ("retry_timeout=2.5", "retry_timeout", 2.5),
+    ("cache_size=20G", "cache_size", 20 * 1024 * MiB),
+    ("block_size=4M", "block_size", 4 * MiB),
+    ("block_size=4096", "block_size", 4096),
+    ("max_dirty=512M", "max_dirty", 512 * MiB),
+    ("writeback_delay=5", "writeback_delay", 5.0),
 ]
 
 
@@ -228,6 +234,12 @@ def test_endpoint_from_environment() -> None:
         ("dir_timeout=inf", "'dir_timeout': 'inf'"),
         ("negative_timeout=nan", "'negative_timeout': 'nan'"),
         ("max_connections=0", "'max_connections': '0'"),
+        ("block_size=3M", "'block_size': '3M'"),
+        ("block_size=1K", "'block_size': '1K'"),
+        ("cache_size=0", "'cache_size': '0'"),
+        ("max_dirty=lots", "'max_dirty': 'lots'"),
+        ("writeback_delay=-1", "'writeback_delay': '-1'"),
+        ("retry_timeout=never", "'retry_timeout': 'never'"),
         ("max_connections=many", "'max_connections': 'many'"),
         ("part_size=1M", "'part_size': '1M'"),
         ("part_size=6G", "'part_size': '6G'"),

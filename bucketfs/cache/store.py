@@ -1,0 +1,621 @@
+"""The on-disk block cache: file contents in sparse data files, by blocks.
+
+Owns `CACHE_DIR/data/<file id>` and the in-memory state of every cached file (`CachedFile`).
+A file's content is: its dirty blocks (written here), else its present clean blocks (fetched
+from the *base* object, the server object it was opened from), else the base object's bytes
+(fetched on demand with ranged GETs conditional on the base ETag), else zeros (past the end
+of the base object).
+
+Invariants (README and docs/cache.md say them in prose):
+- a dirty block is never evicted; a block is marked clean only after the backend confirmed an
+  upload that contained it;
+- every dirty block and the file's size are in the index before the write that changed them
+  returns;
+- a block that the base object could fill is present before any write lands in it, so a fetch
+  never overwrites written bytes;
+- clean blocks are cached only under the ETag they were fetched with: `attach` drops them when
+  the server's object changed;
+- clean bytes stay under `cache_size` (least recently used evicted first); dirty bytes are not
+  counted against it (`max_dirty` throttles writers instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bucketfs.backends.base import Backend
+from bucketfs.cache.index import CacheIndex, FileRow
+from bucketfs.errors import BucketfsError, CacheError, CacheFull
+
+log = logging.getLogger(__name__)
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Give the disk space of [offset, offset+length) back; reads there return zeros."""
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    if _libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _cache_error(exc: OSError, what: str) -> CacheError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CacheFull(f"cache disk full while {what}")
+    return CacheError(f"cache I/O error while {what}: {exc}")
+
+
+@dataclass(slots=True)
+class ReadState:
+    """Per-handle sequential-access detection."""
+
+    next_offset: int = 0
+    window: int = 0
+
+
+@dataclass(slots=True)
+class _Fetch:
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+@dataclass(eq=False, slots=True)
+class CachedFile:
+    id: int
+    bucket: str
+    key: str | None
+    size: int
+    base_key: str | None  # where the base object lives (the key it was opened under)
+    base_etag: str | None
+    base_size: int
+    meta: dict[str, Any]
+    dirty: bool = False
+    state: str = "clean"
+    error: str | None = None
+    #: what the last failed upload raised (its errno is what fsync reports)
+    failure: BucketfsError | None = None
+    present: set[int] = field(default_factory=set)
+    dirty_blocks: set[int] = field(default_factory=set)
+    generation: int = 0
+    uploaded_generation: int = 0
+    fd: int = -1
+    inflight: dict[int, _Fetch] = field(default_factory=dict)
+    #: set while an upload runs; a write cancels it (the upload is then stale)
+    upload_scope: trio.CancelScope | None = None
+    #: set (and replaced) whenever an upload finished or failed, for waiters
+    progress: trio.Event = field(default_factory=trio.Event)
+    opens: int = 0
+
+    @property
+    def upload_state(self) -> str:
+        if not self.dirty:
+            return "clean"
+        if self.state == "failed":
+            return f"failed: {self.error}"
+        return self.state
+
+
+class BlockCache:
+    def __init__(
+        self,
+        root: Path,
+        backend: Backend,
+        nursery: trio.Nursery,
+        *,
+        block_size: int = 1 << 20,
+        cache_size: int = 10 << 30,
+        max_parallel: int = 4,
+        max_window: int = 64,
+        fetch_blocks: int = 8,
+    ) -> None:
+        self.root = root
+        self.backend = backend
+        self._nursery = nursery
+        self.block_size = block_size
+        self.cache_size = cache_size
+        (root / "data").mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = self._take_lock(root)
+        self.index = CacheIndex(root / "index.sqlite")
+        stored = self.index.setting("block_size")
+        if stored is not None and int(stored) != block_size:
+            log.warning("cache %s uses %s-byte blocks; keeping them", root, stored)
+            self.block_size = int(stored)
+        self.index.set_setting("block_size", str(self.block_size))
+        self.files: dict[int, CachedFile] = {}
+        self.by_key: dict[tuple[str, str], CachedFile] = {}
+        self._lru: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._limiter = trio.CapacityLimiter(max_parallel)
+        self._max_window = max_window
+        self._fetch_blocks = fetch_blocks
+        self.gets = 0
+        self.hits = 0
+        self.misses = 0
+        self.dirty_blocks = 0  # over every file, kept in step by every change
+        self._load()
+
+    @staticmethod
+    def _take_lock(root: Path) -> int:
+        fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise CacheError(
+                f"cache directory {root} is in use by another bucketfs mount"
+            ) from None
+        return fd
+
+    def _load(self) -> None:
+        """Dirty files from an earlier run come back; clean ones are adopted lazily."""
+        for row in self.index.dirty_files():
+            cf = self._from_row(row)
+            for idx, dirty in self.index.blocks(row.id):
+                cf.present.add(idx)
+                if dirty:
+                    cf.dirty_blocks.add(idx)
+            cf.generation = 1
+            self.dirty_blocks += len(cf.dirty_blocks)
+            self._register(cf)
+        # clean files of an earlier run: their blocks are valid only for their base ETag and
+        # we do not know their ages: drop them rather than account for them
+        for file_id in self.index.clean_files():
+            self.index.remove(file_id)
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / "data" / str(file_id)).unlink()
+
+    def _from_row(self, row: FileRow) -> CachedFile:
+        return CachedFile(
+            id=row.id,
+            bucket=row.bucket,
+            key=row.key,
+            size=row.size,
+            base_key=row.meta.get("base_key", row.key),
+            base_etag=row.base_etag,
+            base_size=row.base_size,
+            meta=row.meta,
+            dirty=row.dirty,
+            state=row.state,
+            error=row.error,
+        )
+
+    def _register(self, cf: CachedFile) -> None:
+        self.files[cf.id] = cf
+        if cf.key is not None:
+            self.by_key[(cf.bucket, cf.key)] = cf
+
+    def close(self) -> None:
+        for cf in self.files.values():
+            if cf.fd >= 0:
+                os.close(cf.fd)
+                cf.fd = -1
+        self.index.close()
+        os.close(self._lock_fd)
+
+    # --- finding and creating files -----------------------------------------------------
+
+    def find(self, bucket: str, key: str) -> CachedFile | None:
+        return self.by_key.get((bucket, key))
+
+    def dirty_files(self) -> list[CachedFile]:
+        return [cf for cf in self.files.values() if cf.dirty]
+
+    def dirty_children(self, bucket: str, prefix: str) -> list[CachedFile]:
+        """Dirty files directly in directory `prefix` (they may not be on the server yet)."""
+        return [
+            cf
+            for (b, k), cf in self.by_key.items()
+            if b == bucket and cf.dirty and k.startswith(prefix) and "/" not in k[len(prefix) :]
+        ]
+
+    def attach(self, bucket: str, key: str, etag: str | None, size: int) -> CachedFile:
+        """The cached file for object `key` as the server has it now (ETag `etag`)."""
+        cf = self.by_key.get((bucket, key))
+        if cf is not None:
+            if cf.dirty or cf.base_etag == etag:
+                return cf
+            self._reset_clean(cf, etag, size)  # the object changed on the server
+            return cf
+        file_id = self.index.add(bucket, key, size, etag)
+        cf = CachedFile(
+            id=file_id,
+            bucket=bucket,
+            key=key,
+            size=size,
+            base_key=key,
+            base_etag=etag,
+            base_size=size if etag else 0,
+            meta={},
+        )
+        self._register(cf)
+        return cf
+
+    def _reset_clean(self, cf: CachedFile, etag: str | None, size: int) -> None:
+        self._drop_blocks(cf, set(cf.present))
+        cf.base_etag, cf.base_size, cf.size, cf.base_key = etag, size if etag else 0, size, cf.key
+        self.index.update(cf.id, base_etag=etag, base_size=cf.base_size, size=size)
+
+    # --- reading -----------------------------------------------------------------------
+
+    def _fd(self, cf: CachedFile) -> int:
+        if cf.fd < 0:
+            try:
+                cf.fd = os.open(self.root / "data" / str(cf.id), os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise _cache_error(exc, "opening a data file") from exc
+        return cf.fd
+
+    def _fetchable(self, cf: CachedFile, idx: int) -> bool:
+        return (
+            cf.base_etag is not None
+            and idx * self.block_size < cf.base_size
+            and idx not in cf.present
+        )
+
+    async def read(self, cf: CachedFile, offset: int, size: int, state: ReadState) -> bytes:
+        end = min(offset + size, cf.size)
+        if offset >= end:
+            return b""
+        bs = self.block_size
+        first, last = offset // bs, (end - 1) // bs
+        if offset == state.next_offset and offset > 0:
+            state.window = min(max(2, state.window * 2), self._max_window)
+        elif offset != state.next_offset:
+            state.window = 0
+        state.next_offset = end
+        if state.window and cf.base_etag is not None:
+            stop = min(last + 1 + state.window, (cf.base_size + bs - 1) // bs)
+            missing = [i for i in range(last + 1, stop) if self._fetchable(cf, i)]
+            if len(missing) >= min(self._fetch_blocks, state.window) or (
+                missing and stop * bs >= cf.base_size
+            ):
+                self._start_fetches(cf, missing)
+        await self.materialize_blocks(cf, first, last + 1)
+        try:
+            data = os.pread(self._fd(cf), end - offset, offset)
+        except OSError as exc:
+            raise _cache_error(exc, "reading") from exc
+        for idx in range(first, last + 1):
+            self._touch(cf, idx)
+        if len(data) < end - offset:  # a sparse tail past what was written
+            data += bytes(end - offset - len(data))
+        return data
+
+    async def read_local(self, cf: CachedFile, start: int, end: int) -> bytes:
+        """Bytes [start, end) as the cache has them (materialize first); zeros in holes."""
+        fd = self._fd(cf)
+        try:
+            if end - start > 4 * self.block_size:
+                data = await trio.to_thread.run_sync(os.pread, fd, end - start, start)
+            else:
+                data = os.pread(fd, end - start, start)
+        except OSError as exc:
+            raise _cache_error(exc, "reading") from exc
+        if len(data) < end - start:
+            data += bytes(end - start - len(data))
+        return data
+
+    async def materialize(self, cf: CachedFile, start: int, end: int) -> None:
+        """Make every block of [start, end) that the base object fills present."""
+        if end > start:
+            await self.materialize_blocks(
+                cf, start // self.block_size, (end - 1) // self.block_size + 1
+            )
+
+    async def materialize_blocks(self, cf: CachedFile, first: int, stop: int) -> None:
+        missing = [i for i in range(first, stop) if self._fetchable(cf, i)]
+        if missing:
+            self.misses += 1
+            self._start_fetches(cf, missing)
+        else:
+            self.hits += 1
+        for idx in range(first, stop):
+            for _ in range(3):
+                fetch = cf.inflight.get(idx)
+                if fetch is None:
+                    if self._fetchable(cf, idx):
+                        self._start_fetches(cf, [idx])
+                        continue
+                    break
+                await fetch.done.wait()
+                if fetch.error is not None:
+                    raise fetch.error
+
+    def _start_fetches(self, cf: CachedFile, indexes: list[int]) -> None:
+        run: list[int] = []
+        for idx in indexes:
+            if idx in cf.inflight or not self._fetchable(cf, idx):
+                continue
+            if run and (idx != run[-1] + 1 or len(run) == self._fetch_blocks):
+                self._spawn(cf, run)
+                run = []
+            run.append(idx)
+        if run:
+            self._spawn(cf, run)
+
+    def _spawn(self, cf: CachedFile, indexes: list[int]) -> None:
+        fetch = _Fetch()
+        for idx in indexes:
+            cf.inflight[idx] = fetch
+        self._nursery.start_soon(self._fetch, cf, indexes, fetch)
+
+    async def _fetch(self, cf: CachedFile, indexes: list[int], fetch: _Fetch) -> None:
+        bs = self.block_size
+        start = indexes[0] * bs
+        end = min((indexes[-1] + 1) * bs, cf.base_size)
+        etag, base_key = cf.base_etag, cf.base_key
+        try:
+            assert etag is not None
+            assert base_key is not None
+            async with self._limiter:
+                self.gets += 1
+                data = await self.backend.get(cf.bucket, base_key, start, end, if_match=etag)
+            if cf.base_etag != etag:
+                return  # reset while we fetched: these bytes belong to no one
+            got = [i for i in indexes if i not in cf.present]
+            if got:
+                self._write_fetched(cf, start, data, got)
+        except BucketfsError as exc:
+            fetch.error = exc
+        except Exception as exc:
+            log.exception("fetching %s/%s [%d, %d) failed", cf.bucket, base_key, start, end)
+            fetch.error = exc
+        finally:
+            for idx in indexes:
+                if cf.inflight.get(idx) is fetch:
+                    del cf.inflight[idx]
+            fetch.done.set()
+
+    def _write_fetched(self, cf: CachedFile, start: int, data: bytes, indexes: list[int]) -> None:
+        fd = self._fd(cf)
+        bs = self.block_size
+        for idx in indexes:
+            lo = idx * bs - start
+            piece = data[lo : lo + bs]
+            try:
+                self._pwrite(fd, piece, idx * bs)
+            except CacheFull:
+                raise
+            cf.present.add(idx)
+            self._touch(cf, idx)
+        self.index.set_blocks(cf.id, indexes, dirty=False)
+        self._evict()
+
+    def _pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        """pwrite, evicting clean blocks and trying once more when the disk is full."""
+        try:
+            return os.pwrite(fd, data, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._lru:
+                raise _cache_error(exc, "writing") from exc
+        self._evict(target=0)
+        try:
+            return os.pwrite(fd, data, offset)
+        except OSError as exc:
+            raise _cache_error(exc, "writing") from exc
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def write(self, cf: CachedFile, offset: int, data: bytes) -> int:
+        if not data:
+            return 0
+        bs = self.block_size
+        end = offset + len(data)
+        first, last = offset // bs, (end - 1) // bs
+        # blocks only partly overwritten must hold the base's bytes first
+        edges = {first, last}
+        for idx in edges:
+            lo, hi = idx * bs, (idx + 1) * bs
+            if not (offset <= lo and end >= hi):
+                await self.materialize_blocks(cf, idx, idx + 1)
+        for idx in range(first, last + 1):
+            fetch = cf.inflight.get(idx)
+            if fetch is not None:  # a readahead of a block we overwrite whole: let it land first
+                await fetch.done.wait()
+        written = self._pwrite(self._fd(cf), data, offset)
+        new_dirty = [idx for idx in range(first, last + 1) if idx not in cf.dirty_blocks]
+        self._changed(cf, new_dirty, max(cf.size, offset + written))
+        return written
+
+    def _changed(self, cf: CachedFile, new_dirty: list[int], size: int) -> None:
+        """Record a change: index first (before the write is acknowledged), then memory."""
+        with self.index.transaction():
+            if new_dirty:
+                self.index.set_blocks(cf.id, new_dirty, dirty=True)
+            if size != cf.size or not cf.dirty or cf.state != "dirty":
+                self.index.update(cf.id, size=size, dirty=True, state="dirty", error=None)
+        self.dirty_blocks += len(new_dirty)
+        for idx in new_dirty:
+            cf.dirty_blocks.add(idx)
+            cf.present.add(idx)
+            self._lru.pop((cf.id, idx), None)
+        cf.size = size
+        cf.dirty = True
+        cf.state = "dirty"
+        cf.error = None
+        cf.generation += 1
+        if cf.upload_scope is not None:
+            cf.upload_scope.cancel()  # that upload is stale now
+
+    async def truncate(self, cf: CachedFile, size: int) -> None:
+        """No block needs fetching: bytes past `size` are cut (and no longer taken from the
+        base object), bytes up to it keep coming from where they came from."""
+        bs = self.block_size
+        for fetch in {f for i, f in cf.inflight.items() if i * bs + bs > size}:
+            await fetch.done.wait()  # a readahead must not land past the new end
+        try:
+            os.ftruncate(self._fd(cf), size)
+        except OSError as exc:
+            raise _cache_error(exc, "truncating") from exc
+        keep = (size + bs - 1) // bs
+        gone = {idx for idx in cf.present if idx >= keep}
+        self._drop_blocks(cf, gone, punch=False)
+        self.dirty_blocks -= len(gone & cf.dirty_blocks)
+        cf.dirty_blocks -= gone
+        if size < cf.base_size:
+            cf.base_size = size  # the base's bytes past here are no longer part of the file
+            self.index.update(cf.id, base_size=size)
+        self._changed(cf, [], size)
+
+    def create(self, bucket: str, key: str, meta: dict[str, Any]) -> CachedFile:
+        """A new, empty, dirty file (replacing any cached state for the key)."""
+        old = self.by_key.get((bucket, key))
+        if old is not None:
+            self.forget(old)
+        file_id = self.index.add(bucket, key, 0, None)
+        cf = CachedFile(
+            id=file_id,
+            bucket=bucket,
+            key=key,
+            size=0,
+            base_key=None,
+            base_etag=None,
+            base_size=0,
+            meta=dict(meta),
+        )
+        self._register(cf)
+        self._changed(cf, [], 0)
+        self.index.update(cf.id, meta=cf.meta)
+        return cf
+
+    def set_meta(self, cf: CachedFile, meta: dict[str, Any]) -> None:
+        cf.meta = {**meta, "base_key": cf.base_key}
+        self.index.update(cf.id, meta=cf.meta)
+
+    # --- after an upload, rename, delete ------------------------------------------------
+
+    def mark_clean(self, cf: CachedFile, generation: int, etag: str, size: int) -> bool:
+        """The server confirmed an upload of `generation`: its blocks are clean now."""
+        cf.uploaded_generation = max(cf.uploaded_generation, generation)
+        if cf.generation != generation or cf.key is None:
+            return False
+        with self.index.transaction():
+            self.index.mark_blocks_clean(cf.id)
+            self.index.update(
+                cf.id, dirty=False, state="clean", error=None, base_etag=etag, base_size=size
+            )
+        cf.dirty = False
+        cf.state = "clean"
+        cf.error = None
+        cf.base_etag, cf.base_size, cf.base_key = etag, size, cf.key
+        cf.meta["base_key"] = cf.key
+        dirty, cf.dirty_blocks = cf.dirty_blocks, set()
+        self.dirty_blocks -= len(dirty)
+        for idx in dirty:
+            self._touch(cf, idx)
+        self._evict()
+        return True
+
+    def rebase(self, cf: CachedFile, etag: str) -> None:
+        """The server object got a new ETag with the same content (metadata copied in place)."""
+        cf.base_etag = etag
+        self.index.update(cf.id, base_etag=etag)
+
+    def mark_failed(self, cf: CachedFile, reason: str) -> None:
+        cf.state, cf.error = "failed", reason
+        self.index.update(cf.id, state="failed", error=reason)
+
+    def mark_uploading(self, cf: CachedFile) -> None:
+        cf.state = "uploading"
+
+    def move(self, cf: CachedFile, bucket: str, key: str) -> None:
+        other = self.by_key.get((bucket, key))
+        if other is not None and other is not cf:
+            self.forget(other)
+        if cf.key is not None and self.by_key.get((cf.bucket, cf.key)) is cf:
+            del self.by_key[(cf.bucket, cf.key)]
+        self.index.move(cf.id, bucket, key)
+        cf.bucket, cf.key = bucket, key
+        if not cf.dirty:
+            cf.base_key = key  # a clean file's object moved with it
+        cf.meta["base_key"] = cf.base_key
+        self.index.update(cf.id, meta=cf.meta)
+        self._register(cf)
+
+    def detach(self, cf: CachedFile) -> None:
+        """Unlinked while open: keep the content for the handles, never upload it."""
+        if cf.key is not None and self.by_key.get((cf.bucket, cf.key)) is cf:
+            del self.by_key[(cf.bucket, cf.key)]
+        if cf.upload_scope is not None:
+            cf.upload_scope.cancel()
+        self.index.detach(cf.id)
+        self.dirty_blocks -= len(cf.dirty_blocks)
+        cf.dirty_blocks.clear()
+        cf.key = None
+        cf.dirty = False
+
+    def forget(self, cf: CachedFile) -> None:
+        """Drop a file from the cache entirely (deleted, or replaced)."""
+        if cf.upload_scope is not None:
+            cf.upload_scope.cancel()
+        if cf.key is not None and self.by_key.get((cf.bucket, cf.key)) is cf:
+            del self.by_key[(cf.bucket, cf.key)]
+        for idx in cf.present:
+            self._lru.pop((cf.id, idx), None)
+        self.dirty_blocks -= len(cf.dirty_blocks)
+        cf.dirty_blocks.clear()
+        self.files.pop(cf.id, None)
+        self.index.remove(cf.id)
+        if cf.fd >= 0:
+            os.close(cf.fd)
+            cf.fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "data" / str(cf.id)).unlink()
+        cf.key = None
+        cf.dirty = False
+
+    # --- eviction ----------------------------------------------------------------------------
+
+    def _touch(self, cf: CachedFile, idx: int) -> None:
+        if idx in cf.dirty_blocks:
+            return
+        key = (cf.id, idx)
+        self._lru[key] = None
+        self._lru.move_to_end(key)
+
+    @property
+    def clean_bytes(self) -> int:
+        return len(self._lru) * self.block_size
+
+    @property
+    def dirty_bytes(self) -> int:
+        return self.dirty_blocks * self.block_size
+
+    def _evict(self, target: int | None = None) -> None:
+        limit = self.cache_size if target is None else target
+        victims: dict[int, set[int]] = {}
+        while self._lru and len(self._lru) * self.block_size > limit:
+            (file_id, idx), _ = self._lru.popitem(last=False)
+            victims.setdefault(file_id, set()).add(idx)
+        for file_id, indexes in victims.items():
+            cf = self.files.get(file_id)
+            if cf is not None:
+                self._drop_blocks(cf, indexes - cf.dirty_blocks)
+
+    def _drop_blocks(self, cf: CachedFile, indexes: set[int], *, punch: bool = True) -> None:
+        if not indexes:
+            return
+        bs = self.block_size
+        for idx in indexes:
+            cf.present.discard(idx)
+            self._lru.pop((cf.id, idx), None)
+            if punch and cf.fd >= 0:
+                try:
+                    punch_hole(cf.fd, idx * bs, bs)
+                except OSError as exc:
+                    log.warning("could not free cache block %d of file %d: %s", idx, cf.id, exc)
+        self.index.drop_blocks(cf.id, indexes)

@@ -1,0 +1,295 @@
+"""Write-back: uploading dirty cached files to the server, in the background.
+
+Owns the upload workers (one per dirty file at most, all in the nursery of `run`). A file is
+scheduled on close, on fsync, after a crash (at start), and when dirty bytes pass `max_dirty`;
+its worker waits `delay`, uploads a consistent snapshot, and marks it clean — or, when the file
+changed meanwhile, abandons the stale upload and starts again; on failure it retries with a
+growing delay (the file stays dirty, its state says why).
+
+Invariants:
+- an upload is a snapshot of one generation: every byte is read while the generation is
+  unchanged, and `complete` is not sent if it changed, so the server never holds a mix;
+- a multipart upload that does not complete is aborted;
+- unchanged ranges of a large object are copied on the server (UploadPartCopy), not re-sent;
+- `flush(cf)` returns only once a generation at least as new as the one it saw is uploaded,
+  and raises the error of a failed attempt instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from bucketfs.backends.base import MAX_PARTS, MIN_PART_SIZE, Backend
+from bucketfs.cache.store import BlockCache, CachedFile
+from bucketfs.concurrency import for_each
+from bucketfs.errors import BucketfsError, CacheError
+from bucketfs.types import PutResult, WriteOptions
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
+
+
+class StaleUpload(BucketfsError):
+    """The file changed while it was being uploaded: that upload is abandoned."""
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    file: CachedFile
+    generation: int
+    result: PutResult
+    size: int
+
+
+class WriteBack:
+    def __init__(
+        self,
+        cache: BlockCache,
+        backend: Backend,
+        *,
+        delay: float = 0.0,
+        part_size: int = 16 << 20,
+        max_files: int = 4,
+        max_parts: int = 4,
+        on_uploaded: Callable[[Uploaded], None] = lambda _: None,
+    ) -> None:
+        self.cache = cache
+        self.backend = backend
+        self.delay = delay
+        self.part_size = part_size
+        self._files = trio.CapacityLimiter(max_files)
+        self._parts = trio.CapacityLimiter(max_parts)
+        self._on_uploaded = on_uploaded
+        self._nursery: trio.Nursery | None = None
+        self._workers: dict[int, trio.Event] = {}  # file id -> "run now" (skip the delay)
+        self.uploaded_bytes = 0
+        self.uploads = 0
+        self.last_errors: list[str] = []
+        self._rate: list[tuple[float, int]] = []
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for cf in self.cache.dirty_files():
+                if cf.key is not None:
+                    log.info("recovering %s/%s from the cache (%s)", cf.bucket, cf.key, cf.state)
+                    self.schedule(cf, now=True)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # --- scheduling --------------------------------------------------------------------------
+
+    def schedule(self, cf: CachedFile, *, now: bool = False) -> None:
+        if not cf.dirty or cf.key is None:
+            return
+        kick = self._workers.get(cf.id)
+        if kick is not None:
+            if now:
+                kick.set()
+            return
+        kick = trio.Event()
+        if now:
+            kick.set()
+        self._workers[cf.id] = kick
+        assert self._nursery is not None, "WriteBack.run() has not started"
+        self._nursery.start_soon(self._worker, cf)
+
+    async def flush(self, cf: CachedFile) -> None:
+        """Return once the file's content as of now is on the server."""
+        target = cf.generation
+        while cf.dirty and cf.key is not None and cf.uploaded_generation < target:
+            progress = cf.progress
+            self.schedule(cf, now=True)
+            kick = self._workers.get(cf.id)
+            if kick is not None:
+                kick.set()
+            await progress.wait()
+            if cf.state == "failed" and cf.uploaded_generation < target:
+                errno = cf.failure.errno if cf.failure is not None else CacheError.errno
+                raise CacheError(f"upload failed: {cf.error}", errno=errno)
+
+    async def drain(self) -> list[CachedFile]:
+        """Upload every dirty file now; returns those that could not be uploaded."""
+        failed: list[CachedFile] = []
+
+        async def one(cf: CachedFile) -> None:
+            try:
+                await self.flush(cf)
+            except BucketfsError:
+                failed.append(cf)
+
+        async with trio.open_nursery() as nursery:
+            for cf in self.cache.dirty_files():
+                if cf.key is not None:
+                    nursery.start_soon(one, cf)
+        return failed
+
+    # --- the worker --------------------------------------------------------------------------
+
+    async def _worker(self, cf: CachedFile) -> None:
+        retry = RETRY_FIRST
+        try:
+            while cf.dirty and cf.key is not None:
+                kick = self._workers[cf.id]
+                if self.delay and not kick.is_set():
+                    with trio.move_on_after(self.delay):
+                        await kick.wait()
+                self._workers[cf.id] = trio.Event()
+                try:
+                    await self._attempt(cf)
+                    retry = RETRY_FIRST
+                except StaleUpload:
+                    continue
+                except BucketfsError as exc:
+                    cf.failure = exc
+                    self.cache.mark_failed(cf, str(exc))
+                    self._note_error(cf, exc)
+                    self._progress(cf)
+                    log.warning(
+                        "upload of %s/%s failed, retrying in %.0f s: %s",
+                        cf.bucket,
+                        cf.key,
+                        retry,
+                        exc,
+                    )
+                    with trio.move_on_after(retry * (0.5 + random.random())):
+                        await self._workers[cf.id].wait()
+                    retry = min(retry * 2, RETRY_MAX)
+        finally:
+            self._workers.pop(cf.id, None)
+            self._progress(cf)
+
+    def _progress(self, cf: CachedFile) -> None:
+        event, cf.progress = cf.progress, trio.Event()
+        event.set()
+
+    def _note_error(self, cf: CachedFile, exc: BaseException) -> None:
+        self.last_errors = [*self.last_errors[-9:], f"{cf.bucket}/{cf.key}: {exc}"]
+
+    async def _attempt(self, cf: CachedFile) -> None:
+        generation = cf.generation
+        async with self._files:
+            if cf.generation != generation or not cf.dirty or cf.key is None:
+                raise StaleUpload()
+            self.cache.mark_uploading(cf)
+            with trio.CancelScope() as scope:
+                cf.upload_scope = scope
+                try:
+                    size = cf.size
+                    started = time.monotonic()
+                    result = await self._upload(cf, generation, size)
+                finally:
+                    cf.upload_scope = None
+            if scope.cancelled_caught:
+                raise StaleUpload()
+        self.uploads += 1
+        self.uploaded_bytes += size
+        self._rate = [*self._rate[-19:], (time.monotonic(), size)]
+        log.debug(
+            "uploaded %s/%s (%d bytes) in %.3f s",
+            cf.bucket,
+            cf.key,
+            size,
+            time.monotonic() - started,
+        )
+        if self.cache.mark_clean(cf, generation, result.etag, size):
+            self._on_uploaded(Uploaded(cf, generation, result, size))
+        self._progress(cf)
+
+    def upload_rate(self) -> float:
+        """Bytes per second over the last uploads (0 when idle for a minute)."""
+        now = time.monotonic()
+        recent = [(t, n) for t, n in self._rate if now - t < 60]
+        if not recent:
+            return 0.0
+        span = max(now - recent[0][0], 1.0)
+        return sum(n for _, n in recent) / span
+
+    # --- one upload --------------------------------------------------------------------------
+
+    def _options(self, cf: CachedFile) -> WriteOptions:
+        meta = cf.meta
+        return WriteOptions(
+            metadata=dict(meta.get("metadata", {})),
+            content_type=meta.get("content_type"),
+            system=dict(meta.get("system", {})),
+        )
+
+    async def _snapshot(self, cf: CachedFile, generation: int, start: int, end: int) -> bytes:
+        await self.cache.materialize(cf, start, end)
+        if cf.generation != generation:
+            raise StaleUpload()
+        data = await self.cache.read_local(cf, start, end)
+        if cf.generation != generation:
+            raise StaleUpload()
+        return data
+
+    def part_size_for(self, size: int) -> int:
+        part = max(self.part_size, MIN_PART_SIZE)
+        while (size + part - 1) // part > MAX_PARTS:
+            part *= 2
+        return part
+
+    async def _upload(self, cf: CachedFile, generation: int, size: int) -> PutResult:
+        assert cf.key is not None
+        bucket, key = cf.bucket, cf.key
+        opts = self._options(cf)
+        if size <= self.part_size:
+            data = await self._snapshot(cf, generation, 0, size)
+            return await self.backend.put(bucket, key, data, opts)
+        part = self.part_size_for(size)
+        bs = self.cache.block_size
+        base_key, base_etag, base_size = cf.base_key, cf.base_etag, cf.base_size
+
+        def copyable(start: int, end: int) -> bool:
+            if base_etag is None or base_key is None or end > base_size:
+                return False
+            if end - start < MIN_PART_SIZE and end != size:
+                return False
+            return not any(i in cf.dirty_blocks for i in range(start // bs, (end - 1) // bs + 1))
+
+        upload_id = await self.backend.create_multipart(bucket, key, opts)
+        etags: dict[int, str] = {}
+
+        async def one(item: tuple[int, int]) -> None:
+            number, start = item
+            end = min(start + part, size)
+            async with self._parts:
+                if copyable(start, end):
+                    assert base_key is not None
+                    etags[number] = await self.backend.upload_part_copy(
+                        bucket, key, upload_id, number, base_key, start, end, if_match=base_etag
+                    )
+                else:
+                    data = await self._snapshot(cf, generation, start, end)
+                    etags[number] = await self.backend.upload_part(
+                        bucket, key, upload_id, number, data
+                    )
+
+        try:
+            await for_each(enumerate(range(0, size, part), start=1), one, trio.CapacityLimiter(64))
+            if cf.generation != generation:
+                raise StaleUpload()
+            return await self.backend.complete_multipart(
+                bucket, key, upload_id, sorted(etags.items())
+            )
+        except BaseException:
+            await abort_quietly(self.backend, bucket, key, upload_id)
+            raise
+
+
+async def abort_quietly(backend: Backend, bucket: str, key: str, upload_id: str) -> None:
+    """Abort a failed multipart upload, even while being cancelled; never raise."""
+    with trio.CancelScope(shield=True), trio.move_on_after(30):
+        try:
+            await backend.abort_multipart(bucket, key, upload_id)
+        except BucketfsError as exc:
+            log.warning("could not abort upload %s of %s/%s: %s", upload_id, bucket, key, exc)

@@ -1,0 +1,227 @@
+"""The pure parts of the benchmark harness (scripts/benchlib): formatting, medians and ratios,
+the JSON document's shape, and the counting proxy against a real local HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from benchlib import stats
+from benchlib.proxy import CountingProxy, RequestParser
+from benchlib.stats import Result
+
+
+def result(system: str, workload: str, rep: int, **metrics: float) -> Result:
+    counts = {"requests": {"GET": 2}, "requests_total": 2, "bytes_up": 10, "bytes_down": 2**20}
+    return Result(system, workload, rep, metrics=metrics, counts=counts, counted_by="proxy")
+
+
+# --- formatting and medians ---------------------------------------------------------------------
+
+
+def test_value_formatting_keeps_about_three_digits() -> None:
+    assert stats.fmt_value(None) == "-"
+    assert stats.fmt_value(1234.5) == "1,234"
+    assert stats.fmt_value(123.4) == "123"
+    assert stats.fmt_value(12.34) == "12.3"
+    assert stats.fmt_value(1.234) == "1.23"
+    assert stats.fmt_value(0.001234) == "0.001"
+
+
+def test_ratio_is_system_over_bucketfs() -> None:
+    assert stats.ratio(3.0, 1.5) == 2.0
+    assert stats.ratio(1.0, 0.0) is None
+    assert stats.ratio(None, 1.0) is None
+    assert stats.fmt_cell(3.0, 1.5, is_reference=False) == "3.00 (2.00x)"
+    assert stats.fmt_cell(1.5, 1.5, is_reference=True) == "1.50"
+
+
+def test_metric_units_and_labels() -> None:
+    assert stats.metric_label("close_s") == "close [s]"
+    assert stats.metric_label("mb_s") == "MB/s"
+    assert stats.metric_label("iops") == "IOPS"
+    assert stats.higher_is_better("mb_s")
+    assert not stats.higher_is_better("server_s")
+
+
+def test_summary_takes_medians_of_successful_runs_only() -> None:
+    runs = [result("bucketfs", "stat_1000", i, time_s=t) for i, t in enumerate([3.0, 1.0, 2.0])]
+    failed = Result("bucketfs", "stat_1000", 3, ok=False, error="OSError: boom")
+    summary = stats.summarize([*runs, failed])
+    entry = summary["bucketfs"]["stat_1000"]
+    assert entry["metrics"] == {"time_s": 2.0}
+    assert (entry["ok"], entry["failed"], entry["errors"]) == (3, 1, ["OSError: boom"])
+    assert entry["requests_total"] == 2
+
+
+def test_table_shows_ratios_failures_and_missing_systems() -> None:
+    results = [
+        result("bucketfs", "read_1g_cold", 0, mb_s=500.0),
+        result("s3fs", "read_1g_cold", 0, mb_s=1000.0),
+        Result("rclone-full", "read_1g_cold", 0, ok=False, error="EIO"),
+    ]
+    systems = ["bucketfs", "rclone-full", "s3fs", "rclone-off"]
+    status = {"bucketfs": "ok", "rclone-full": "ok", "s3fs": "ok", "rclone-off": "not installed"}
+    table = stats.render_table(
+        [("read_1g_cold", "mb_s")], systems, status, stats.summarize(results)
+    )
+    header, rule, row = table.splitlines()
+    assert header.split() == ["workload", "metric", *systems]
+    assert set(rule) <= {"-", " "}
+    assert row.split(maxsplit=2)[:2] == ["read_1g_cold", "MB/s"]
+    assert "500" in row
+    assert "1,000 (2.00x)" in row
+    assert "FAILED" in row
+    assert row.endswith("not installed")
+
+
+def test_traffic_table_gives_requests_and_mib() -> None:
+    summary = stats.summarize([result("bucketfs", "tar_c", 0, time_s=1.0)])
+    status = {"s3fs": "not installed"}
+    table = stats.render_traffic(["tar_c"], ["bucketfs", "s3fs"], status, summary)
+    row = table.splitlines()[2]
+    assert row.split(maxsplit=1)[1] == "2 req 0.000/1.00  not installed"
+
+
+def test_daemon_totals_count_each_mount_once() -> None:
+    a = result("bucketfs", "read_1g_cold", 0, mb_s=1.0)
+    b = result("bucketfs", "read_1g_warm", 0, mb_s=2.0)
+    c = result("bucketfs", "stat_1000", 0, time_s=1.0)
+    a.daemon = b.daemon = {"pid": 7, "mount_id": 1, "rss_peak_mib": 80.0, "cpu_s": 2.0}
+    c.daemon = {"pid": 8, "mount_id": 2, "rss_peak_mib": 120.0, "cpu_s": 1.0}
+    totals = stats.daemon_totals([a, b, c])["bucketfs"]
+    assert totals == {"rss_peak_mib": 120.0, "cpu_s_per_rep": 3.0, "mounts": 2}
+
+
+def test_json_document_shape() -> None:
+    results = [
+        result("bucketfs", "write_1g", 0, close_s=1.0, server_s=2.0, mb_s=500.0),
+        Result("raw", "write_1g", 0, ok=False, error="TimeoutError: slow"),
+    ]
+    doc = stats.build_json(
+        {"quick": True}, {"bucketfs": {"status": "ok"}, "raw": {"status": "ok"}}, results
+    )
+    doc = json.loads(json.dumps(doc))  # everything is plain JSON
+    assert doc["version"] == stats.JSON_VERSION
+    assert doc["reference"] == "bucketfs"
+    assert set(doc) == {"version", "meta", "reference", "systems", "results", "summary", "daemons"}
+    first = doc["results"][0]
+    assert {"system", "workload", "rep", "ok", "error", "metrics", "counts", "daemon"} <= set(first)
+    assert first["counts"]["requests"] == {"GET": 2}
+    assert doc["summary"]["bucketfs"]["write_1g"]["metrics"]["server_s"] == 2.0
+    assert doc["summary"]["raw"]["write_1g"]["failed"] == 1
+
+
+# --- the request parser and the counting proxy ----------------------------------------------------
+
+
+def test_parser_finds_requests_split_anywhere() -> None:
+    seen: list[str] = []
+    body: dict[str, int] = {}
+
+    def on_body(method: str, n: int) -> None:
+        body[method] = body.get(method, 0) + n
+
+    stream = (
+        b"PUT /b/k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+        b"POST /b/k?uploads HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Trailer: 1\r\n\r\n"
+        b"GET /b/k HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    parser = RequestParser(seen.append, on_body)
+    for i in range(len(stream)):  # worst case: one byte at a time
+        parser.feed(stream[i : i + 1])
+    assert seen == ["PUT", "POST", "GET"]
+    assert body == {"PUT": 5, "POST": 7}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _reply(self, payload: bytes, *, head: bool = False) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(payload)
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = b""
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                out += self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()
+            return out
+        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+    def do_GET(self) -> None:
+        self._reply(b"x" * int(self.path.strip("/") or 0))
+
+    def do_HEAD(self) -> None:
+        self._reply(b"x" * 10, head=True)
+
+    def do_PUT(self) -> None:
+        self._reply(hashlib.md5(self._body()).hexdigest().encode())
+
+    do_POST = do_PUT
+
+
+@pytest.fixture
+def origin() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("splice", [True, False])
+def test_proxy_forwards_and_counts(origin: ThreadingHTTPServer, splice: bool) -> None:
+    proxy = CountingProxy("127.0.0.1", origin.server_address[1], splice=splice).start()
+    try:
+        port = int(proxy.endpoint.rsplit(":", 1)[1])
+        before = proxy.snapshot()
+        big = bytes(range(256)) * 16384  # 4 MiB: the body goes the splice way when it can
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("PUT", "/k", body=big)
+            assert conn.getresponse().read() == hashlib.md5(big).hexdigest().encode()
+            conn.request("GET", "/3000000")  # same connection: keep-alive
+            assert len(conn.getresponse().read()) == 3_000_000
+            conn.request("HEAD", "/k")
+            head = conn.getresponse()
+            assert head.getheader("Content-Length") == "10"
+            assert head.read() == b""
+            conn.request("POST", "/k", body=iter([b"ab", b"cde"]), encode_chunked=True)
+            assert conn.getresponse().read() == hashlib.md5(b"abcde").hexdigest().encode()
+        finally:
+            conn.close()
+        after = proxy.snapshot()
+        counts = after.minus(before)
+        assert counts.requests == {"PUT": 1, "GET": 1, "HEAD": 1, "POST": 1}
+        assert counts.body_up == {"PUT": len(big), "POST": 5}
+        assert len(big) < counts.bytes_up < len(big) + 2000
+        assert 3_000_000 < counts.bytes_down < 3_000_000 + 2000
+        assert counts.connections == 1
+        assert counts.parse_errors == 0
+        assert counts.as_json()["requests_total"] == 4
+    finally:
+        proxy.close()
