@@ -70,6 +70,7 @@ class WriteBack:
         self._on_uploaded = on_uploaded
         self._nursery: trio.Nursery | None = None
         self._workers: dict[int, trio.Event] = {}  # file id -> "run now" (skip the delay)
+        self._worker_ended = trio.Event()
         self.uploaded_bytes = 0
         self.uploads = 0
         self.last_errors: list[str] = []
@@ -166,6 +167,14 @@ class WriteBack:
         finally:
             self._workers.pop(cf.id, None)
             self._progress(cf)
+            ended, self._worker_ended = self._worker_ended, trio.Event()
+            ended.set()
+
+    async def wait_idle(self) -> None:
+        """Until no upload is scheduled or running (those that fail keep retrying: bound
+        this wait with a timeout)."""
+        while self._workers:
+            await self._worker_ended.wait()
 
     def _progress(self, cf: CachedFile) -> None:
         event, cf.progress = cf.progress, trio.Event()

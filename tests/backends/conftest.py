@@ -17,8 +17,12 @@ import trio
 from bucketfs.backends.base import Backend
 from bucketfs.backends.s3 import S3Backend, S3Credentials
 from tests.servers import SeaweedServer, unique_bucket
+from tests.swift_fixtures import make_swift, swift
+from tests.swift_server import KEY, USER, SwiftServer
 
-BACKENDS = ["memory", "local", "s3"]
+__all__ = ["swift"]  # the session fixture, imported so that tests here can request it
+
+BACKENDS = ["memory", "local", "s3", "swift", "swift-s3api"]
 
 Body = Callable[[str], Awaitable[None]]
 Runner = Callable[..., None]
@@ -29,6 +33,14 @@ def make_s3(seaweed: SeaweedServer, **kwargs: Any) -> S3Backend:
     kwargs.setdefault("credentials", S3Credentials(seaweed.access_key, seaweed.secret_key))
     kwargs.setdefault("retry_deadline", 10.0)
     return S3Backend(seaweed.endpoint, seaweed.region, **kwargs)
+
+
+def make_s3api(server: SwiftServer, **kwargs: Any) -> S3Backend:
+    """An S3Backend on the session's Swift through its s3api middleware (tempauth's user and
+    key are the S3 access key and secret)."""
+    kwargs.setdefault("credentials", S3Credentials(USER, KEY))
+    kwargs.setdefault("retry_deadline", 10.0)
+    return S3Backend(server.endpoint, "us-east-1", path_style=True, **kwargs)
 
 
 def run_with(backend: Backend, body: Body, *, create_bucket: bool = True) -> None:
@@ -59,6 +71,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         root = tmp_path / "store"
         root.mkdir()
         yield LocalBackend(root)
+    elif kind == "swift":
+        yield make_swift(request.getfixturevalue("swift"))
+    elif kind == "swift-s3api":
+        yield make_s3api(request.getfixturevalue("swift"))
     else:
         yield make_s3(request.getfixturevalue("seaweed"))
 

@@ -94,10 +94,8 @@ class Harness:
     async def settle(self) -> None:
         """Let the write-back finish the uploads it has scheduled (what was closed), without
         forcing new ones; the mock clock makes the wait instant."""
-        workers = self.fs.data.writeback._workers
         with trio.move_on_after(600):
-            while workers:
-                await trio.sleep(0.001)
+            await self.fs.data.writeback.wait_idle()
 
     async def body(self, key: str) -> bytes:
         assert self.bucket is not None

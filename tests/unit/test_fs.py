@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
+from bucketfs.cache.store import BlockCache
 from bucketfs.errors import (
     BucketfsError,
     DirectoryNotEmpty,
@@ -31,7 +32,6 @@ from bucketfs.errors import (
 )
 from bucketfs.fs import BucketFS
 from bucketfs.inodes import ROOT_INO, Kind, Node
-from bucketfs.cache.store import BlockCache
 from tests.unit.conftest import BUCKET, Harness, RunFs
 
 MiB = 1 << 20
