@@ -1038,7 +1038,9 @@ class BucketFS:
         lookups = cache.hits + cache.misses
         return {
             "dirty_files": len([cf for cf in dirty if cf.key is not None]),
-            "dirty_bytes": cache.dirty_bytes,
+            "dirty_bytes": sum(
+                min(len(cf.dirty_blocks) * cache.block_size, cf.size) for cf in dirty
+            ),
             "dirty": sorted(f"{cf.bucket}/{cf.key}" for cf in dirty if cf.key is not None)[:100],
             "uploading": sum(1 for cf in dirty if cf.upload_scope is not None),
             "failed": {f"{cf.bucket}/{cf.key}": cf.error for cf in dirty if cf.state == "failed"},
