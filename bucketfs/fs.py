@@ -171,21 +171,23 @@ class BucketFS:
         Dirty files left by an earlier run are queued for upload before `started()`, so before
         the mount becomes visible."""
         opts = self.opts
-        async with trio.open_nursery() as nursery:
-            cache = BlockCache(
-                self._cache_dir,
-                self.backend,
-                nursery,
-                block_size=opts.block_size,
-                cache_size=opts.cache_size,
-            )
-            try:
+        cache: BlockCache | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                cache = BlockCache(
+                    self._cache_dir,
+                    self.backend,
+                    nursery,
+                    block_size=opts.block_size,
+                    cache_size=opts.cache_size,
+                )
                 writeback = WriteBack(
                     cache,
                     self.backend,
                     delay=opts.writeback_delay,
                     part_size=opts.part_size,
                     on_uploaded=self._uploaded,
+                    on_conflict=self._conflicted,
                 )
                 self._data = FileData(
                     self.backend,
@@ -201,8 +203,21 @@ class BucketFS:
                 await nursery.start(writeback.run)
                 task_status.started()
                 await trio.sleep_forever()
-            finally:
+        finally:
+            # only once every task that used it is gone (threads finish before cancelling)
+            if cache is not None:
                 cache.close()
+
+    def _conflicted(self, cf: CachedFile, key: str) -> None:
+        """Our version of `key` went to a conflict name: the name shows the server's again."""
+        ino = self.table.by_path.get((cf.bucket, key))
+        node = self.table.get(ino) if ino is not None else None
+        if node is not None:
+            node.cached = None
+            node.attr_expiry = 0.0
+            node.kernel_etag = None
+        self._negative.clear()
+        self._listings.clear()
 
     def _uploaded(self, done: Uploaded) -> None:
         """The write-back confirmed an upload: the node (if any) now matches the server."""
@@ -955,7 +970,7 @@ class BucketFS:
             if target is not None and target.has_marker and target.bucket is not None:
                 pass  # the moved marker (or its absence) replaces the target's
         else:
-            await self._rename_file(node, new_key)
+            await self._rename_file(node, new_key, target.etag if target is not None else None)
         if target is not None and target.kind is not Kind.DIR:
             async with self.data.lock(target):
                 await self._drop_content(target)
@@ -964,7 +979,7 @@ class BucketFS:
         self._changed(src_dir, old_name)
         self._changed(dst_dir, new_name)
 
-    async def _rename_file(self, node: Node, new_key: str) -> None:
+    async def _rename_file(self, node: Node, new_key: str, replaces: str | None) -> None:
         """Upload pending content under the old name, then copy on the server and delete."""
         assert node.bucket is not None
         async with self.data.lock(node):
@@ -974,6 +989,9 @@ class BucketFS:
             if node.etag is None:
                 if cf is not None:  # nothing on the server yet: the pending upload moves
                     self.data.cache.move(cf, node.bucket, new_key)
+                    if replaces is not None:  # and knowingly replaces the target's object
+                        cf.meta["replaces"] = replaces
+                        self.data.cache.set_meta(cf, cf.meta)
                 return
             # unchanged ranges of a modified object come from the old key: upload, then move
             await self.data.flush(node)

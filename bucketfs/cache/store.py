@@ -493,7 +493,9 @@ class BlockCache:
         return cf
 
     def set_meta(self, cf: CachedFile, meta: dict[str, Any]) -> None:
-        cf.meta = {**meta, "base_key": cf.base_key}
+        """What the next upload sends as metadata (bookkeeping keys are kept)."""
+        kept = {k: cf.meta[k] for k in ("replaces",) if k in cf.meta}
+        cf.meta = {**meta, **kept, "base_key": cf.base_key}
         self.index.update(cf.id, meta=cf.meta)
 
     # --- after an upload, rename, delete ------------------------------------------------

@@ -28,7 +28,7 @@ import trio
 from bucketfs.backends.base import MAX_PARTS, MIN_PART_SIZE, Backend
 from bucketfs.cache.store import BlockCache, CachedFile
 from bucketfs.concurrency import for_each
-from bucketfs.errors import BucketfsError, CacheError
+from bucketfs.errors import BucketfsError, CacheError, NotFound, PreconditionFailed
 from bucketfs.types import PutResult, WriteOptions
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class WriteBack:
         max_files: int = 4,
         max_parts: int = 4,
         on_uploaded: Callable[[Uploaded], None] = lambda _: None,
+        on_conflict: Callable[[CachedFile, str], None] = lambda _cf, _key: None,
     ) -> None:
         self.cache = cache
         self.backend = backend
@@ -68,6 +69,7 @@ class WriteBack:
         self._files = trio.CapacityLimiter(max_files)
         self._parts = trio.CapacityLimiter(max_parts)
         self._on_uploaded = on_uploaded
+        self._on_conflict = on_conflict
         self._nursery: trio.Nursery | None = None
         self._workers: dict[int, trio.Event] = {}  # file id -> "run now" (skip the delay)
         self._worker_ended = trio.Event()
@@ -247,13 +249,37 @@ class WriteBack:
             part *= 2
         return part
 
+    def _expected(self, cf: CachedFile) -> str | None:
+        """The ETag the server must still have for our upload to replace it ("" = absent)."""
+        if cf.base_etag is not None and cf.base_key == cf.key:
+            return cf.base_etag
+        replaces = cf.meta.get("replaces")
+        return replaces if isinstance(replaces, str) else ""
+
     async def _upload(self, cf: CachedFile, generation: int, size: int) -> PutResult:
         assert cf.key is not None
         bucket, key = cf.bucket, cf.key
         opts = self._options(cf)
+        expected = self._expected(cf)
         if size <= self.part_size:
             data = await self._snapshot(cf, generation, 0, size)
-            return await self.backend.put(bucket, key, data, opts)
+            try:
+                return await self.backend.put(
+                    bucket,
+                    key,
+                    data,
+                    opts,
+                    if_match=expected or None,
+                    if_none_match=expected == "",
+                )
+            except NotFound:
+                # deleted by another client meanwhile: our edit brings it back
+                return await self.backend.put(bucket, key, data, opts, if_none_match=True)
+            except PreconditionFailed:
+                return await self._conflict(cf, generation, data, opts)
+        if expected and await self._changed_on_server(cf, expected):
+            data = await self._snapshot(cf, generation, 0, size)  # fails if ours is partial
+            return await self._conflict(cf, generation, data, opts)
         part = self.part_size_for(size)
         bs = self.cache.block_size
         base_key, base_etag, base_size = cf.base_key, cf.base_etag, cf.base_size
@@ -287,12 +313,53 @@ class WriteBack:
             await for_each(enumerate(range(0, size, part), start=1), one, trio.CapacityLimiter(64))
             if cf.generation != generation:
                 raise StaleUpload()
+            if expected and await self._changed_on_server(cf, expected):
+                raise PreconditionFailed(f"{key} changed on the server during the upload")
             return await self.backend.complete_multipart(
                 bucket, key, upload_id, sorted(etags.items())
             )
         except BaseException:
             await abort_quietly(self.backend, bucket, key, upload_id)
             raise
+
+    async def _changed_on_server(self, cf: CachedFile, expected: str) -> bool:
+        assert cf.key is not None
+        try:
+            info = await self.backend.head(cf.bucket, cf.key)
+        except NotFound:
+            return False
+        return info.etag != expected
+
+    async def _conflict(
+        self, cf: CachedFile, generation: int, data: bytes, opts: WriteOptions
+    ) -> PutResult:
+        """Another client changed the object since we based our edit on it: keep both. Ours
+        goes to a conflict name next to it; theirs stays under the name."""
+        assert cf.key is not None
+        name = conflict_name(cf.key, time.time())
+        log.warning(
+            "%s/%s was changed by another client since it was opened here: keeping theirs, "
+            "saving ours as %s",
+            cf.bucket,
+            cf.key,
+            name,
+        )
+        result = await self.backend.put(cf.bucket, name, data, opts, if_none_match=True)
+        original = cf.key
+        self.cache.move(cf, cf.bucket, name)
+        self._on_conflict(cf, original)
+        return result
+
+
+def conflict_name(key: str, when: float) -> str:
+    """`dir/report.txt` -> `dir/report.conflict-20261121T101500Z.txt`."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+    head, _, name = key.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, ext = name, ""
+    new = f"{stem}.conflict-{stamp}" + (f".{ext}" if ext else "")
+    return f"{head}/{new}" if head else new
 
 
 async def abort_quietly(backend: Backend, bucket: str, key: str, upload_id: str) -> None:

@@ -1,0 +1,244 @@
+"""The write-back block cache through BucketFS on the memory backend: crash recovery, conflicts,
+server-side copies of unchanged ranges, abandoned stale uploads, eviction, throttling."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from bucketfs.cache.store import BlockCache
+from bucketfs.cache.writeback import conflict_name
+from bucketfs.errors import CacheError
+from bucketfs.fs import BucketFS
+from bucketfs.inodes import ROOT_INO
+from tests.unit.conftest import BUCKET, CountingBackend, Harness, RunFs
+
+MiB = 1 << 20
+RW = os.O_RDWR
+
+
+class PartCounting(CountingBackend):
+    async def upload_part(self, *args: Any, **kwargs: Any) -> str:
+        self.calls["upload_part"] += 1
+        return await super().upload_part(*args, **kwargs)
+
+    async def upload_part_copy(self, *args: Any, **kwargs: Any) -> str:
+        self.calls["upload_part_copy"] += 1
+        return await super().upload_part_copy(*args, **kwargs)
+
+
+def test_conflict_name_keeps_the_extension() -> None:
+    when = 1795300000.0
+    assert conflict_name("dir/report.txt", when) == "dir/report.conflict-20261121T222640Z.txt"
+    assert conflict_name("Makefile", when) == "Makefile.conflict-20261121T222640Z"
+    assert conflict_name("a/.hidden", when) == "a/.hidden.conflict-20261121T222640Z"
+
+
+def test_dirty_files_survive_a_crash_and_are_uploaded_by_the_next_mount(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    store = CountingBackend(0.0)
+    opts: Any = {"uid": 0, "gid": 0, "writeback_delay": 3600.0}
+
+    async def first_life() -> None:
+        from bucketfs.fs import FsOptions
+
+        await store.create_bucket(BUCKET)
+        fs = BucketFS(
+            store, bucket=BUCKET, prefix="", options=FsOptions(**opts), cache_dir=cache_dir
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            fh, _node = await fs.create(ROOT_INO, "precious", 0o640, RW | os.O_CREAT, 0, 0)
+            await fs.write(fh, 0, b"closed but not uploaded")
+            await fs.flush(fh)
+            await fs.release(fh)
+            # the daemon dies here: no drain, no unmount
+            nursery.cancel_scope.cancel()
+        assert await store.keys(BUCKET) == []
+
+    async def second_life() -> None:
+        from bucketfs.fs import FsOptions
+
+        fs = BucketFS(
+            store, bucket=BUCKET, prefix="", options=FsOptions(uid=0, gid=0), cache_dir=cache_dir
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            # visible before it is uploaded, with its attributes
+            node = await fs.lookup(ROOT_INO, "precious")
+            assert node.size == len(b"closed but not uploaded")
+            assert node.mode == 0o640
+            with trio.fail_after(60):
+                await fs.data.writeback.wait_idle()
+            assert await store.get(BUCKET, "precious") == b"closed but not uploaded"
+            nursery.cancel_scope.cancel()
+
+    trio.run(first_life, clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(second_life, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_concurrent_change_by_another_client_is_kept_and_ours_saved_aside(
+    run_fs: RunFs,
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("doc.txt", b"original")
+        node = await h.fs.lookup(ROOT_INO, "doc.txt")
+        fh, _keep = await h.fs.open(node.ino, RW)
+        await h.fs.write(fh, 0, b"OURS....")
+        await h.put("doc.txt", b"theirs, written meanwhile")  # another client
+        await h.fs.flush(fh)
+        await h.fs.release(fh)
+        await h.settle()
+        assert await h.body("doc.txt") == b"theirs, written meanwhile"
+        keys = await h.keys()
+        conflicts = [k for k in keys if k.startswith("doc.conflict-") and k.endswith(".txt")]
+        assert len(conflicts) == 1
+        assert await h.body(conflicts[0]) == b"OURS...."
+        # the name shows theirs again through the mount
+        again = await h.fs.lookup(ROOT_INO, "doc.txt")
+        assert await h.read_file(again) == b"theirs, written meanwhile"
+
+    run_fs(body)
+
+
+def test_a_new_file_does_not_overwrite_one_another_client_created(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        fh, _node = await h.fs.create(ROOT_INO, "new.txt", 0o644, RW | os.O_CREAT, 0, 0)
+        await h.fs.write(fh, 0, b"mine")
+        await h.put("new.txt", b"someone else's")
+        await h.fs.flush(fh)
+        await h.fs.release(fh)
+        await h.settle()
+        assert await h.body("new.txt") == b"someone else's"
+        assert any(k.startswith("new.conflict-") for k in await h.keys())
+
+    run_fs(body)
+
+
+def test_renaming_a_new_file_over_an_existing_one_is_no_conflict(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        await h.write_file("target", b"old target")
+        await h.settle()
+        fh, _node = await h.fs.create(ROOT_INO, "tmp", 0o644, RW | os.O_CREAT, 0, 0)
+        await h.fs.write(fh, 0, b"new content")
+        await h.fs.rename(ROOT_INO, "tmp", ROOT_INO, "target", 0)  # as editors save
+        await h.fs.flush(fh)
+        await h.fs.release(fh)
+        await h.settle()
+        assert await h.keys() == ["target"]
+        assert await h.body("target") == b"new content"
+
+    run_fs(body)
+
+
+def test_an_edit_in_a_large_object_copies_unchanged_parts_on_the_server(tmp_path: Path) -> None:
+    store = PartCounting(0.0)
+    size = 40 * MiB
+    data = bytearray(os.urandom(size))
+
+    async def main() -> None:
+        from bucketfs.fs import FsOptions
+
+        await store.create_bucket(BUCKET)
+        await store.put(BUCKET, "big", bytes(data))
+        opts = FsOptions(uid=0, gid=0, part_size=8 * MiB)
+        fs = BucketFS(store, bucket=BUCKET, prefix="", options=opts, cache_dir=tmp_path / "c")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            node = await fs.lookup(ROOT_INO, "big")
+            fh, _keep = await fs.open(node.ino, RW)
+            await fs.write(fh, 20 * MiB + 5, b"EDIT")
+            await fs.flush(fh)
+            await fs.release(fh)
+            store.calls.clear()
+            with trio.fail_after(60):
+                await fs.data.writeback.wait_idle()
+            assert store.calls["upload_part"] == 1
+            assert store.calls["upload_part_copy"] == 4
+            # only the rest of the edited part is fetched (the blocks before and after the
+            # edited one: two ranged GETs), never the whole object
+            assert store.calls["get"] <= 2
+            nursery.cancel_scope.cancel()
+        data[20 * MiB + 5 : 20 * MiB + 9] = b"EDIT"
+        assert await store.get(BUCKET, "big") == bytes(data)
+
+    trio.run(main)  # real clock: the upload reads parts in worker threads
+
+
+def test_a_write_during_an_upload_abandons_it_and_the_latest_content_wins(
+    run_fs: RunFs,
+) -> None:
+    async def body(h: Harness) -> None:
+        fh, node = await h.fs.create(ROOT_INO, "f", 0o644, RW | os.O_CREAT, 0, 0)
+        await h.fs.write(fh, 0, b"A" * 1000)
+        await h.fs.flush(fh)  # upload starts (each request takes 0.5 s)
+        await trio.sleep(0.1)
+        await h.fs.write(fh, 0, b"B" * 1000)  # while it runs
+        await h.fs.flush(fh)
+        await h.fs.release(fh)
+        await h.settle()
+        assert await h.body("f") == b"B" * 1000
+        assert not node.dirty
+
+    run_fs(body, latency=0.5)
+
+
+def test_fsync_waits_for_the_upload(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        fh, _node = await h.fs.create(ROOT_INO, "f", 0o644, RW | os.O_CREAT, 0, 0)
+        await h.fs.write(fh, 0, b"durable")
+        await h.fs.fsync(fh)
+        assert await h.store.get(BUCKET, "f") == b"durable"  # no settle: fsync did it
+        await h.fs.write(fh, 7, b"!")  # still writable after fsync
+        await h.fs.fsync(fh)
+        assert await h.store.get(BUCKET, "f") == b"durable!"
+        await h.fs.release(fh)
+
+    run_fs(body, writeback_delay=3600.0)
+
+
+def test_clean_blocks_are_evicted_to_stay_under_cache_size_dirty_ones_never(
+    run_fs: RunFs,
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("big", os.urandom(10 * MiB))
+        node = await h.fs.lookup(ROOT_INO, "big")
+        await h.read_file(node)
+        cache = h.fs.data.cache
+        assert cache.clean_bytes <= 4 * MiB
+        fh, _dirty = await h.fs.create(ROOT_INO, "d", 0o644, RW | os.O_CREAT, 0, 0)
+        await h.fs.write(fh, 0, os.urandom(6 * MiB))
+        await h.read_file(node)  # pressure from clean reads
+        assert cache.find(BUCKET, "d") is not None
+        assert len(cache.find(BUCKET, "d").dirty_blocks) == 6  # type: ignore[union-attr]
+        assert await h.fs.read(fh, 0, 4) != b""
+        await h.fs.release(fh)
+
+    run_fs(body, cache_size=4 * MiB, writeback_delay=3600.0)
+
+
+def test_writers_wait_above_max_dirty_and_finish(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        for i in range(6):
+            await h.write_file(f"f{i}", os.urandom(MiB))
+        await h.settle()
+        assert sorted(await h.keys()) == [f"f{i}" for i in range(6)]
+        assert h.fs.data.cache.dirty_bytes == 0
+
+    run_fs(body, max_dirty=2 * MiB)
+
+
+def test_two_mounts_never_share_a_cache_directory(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            store = CountingBackend(0.0)
+            first = BlockCache(tmp_path, store, nursery)
+            with pytest.raises(CacheError, match="in use by another bucketfs mount"):
+                BlockCache(tmp_path, store, nursery)
+            first.close()
+
+    trio.run(main)
