@@ -68,8 +68,7 @@ def cmd_status(mountpoint: str, *, as_json: bool = False) -> int:
     ratio = status.get("hit_ratio")
     print(
         f"cache:          {_size(status['cache_bytes'])} of {_size(status['cache_size'])}"
-        f" in {status['cache_dir']}"
-        + (f", hit ratio {ratio:.0%}" if ratio is not None else "")
+        f" in {status['cache_dir']}" + (f", hit ratio {ratio:.0%}" if ratio is not None else "")
     )
     return 0
 

@@ -522,6 +522,16 @@ class BlockCache:
         self._evict()
         return True
 
+    def stored(self, cf: CachedFile, key: str, etag: str, size: int) -> None:
+        """The server now holds an upload of ours (maybe of an older generation): it is the
+        base from now on. Blocks clean now were clean then too, so they still match it."""
+        if cf.key != key:
+            return
+        base_size = min(cf.base_size, size) if cf.base_etag is not None else 0
+        cf.base_key, cf.base_etag, cf.base_size = key, etag, base_size
+        cf.meta["base_key"] = key
+        self.index.update(cf.id, base_etag=etag, base_size=base_size, meta=cf.meta)
+
     def rebase(self, cf: CachedFile, etag: str) -> None:
         """The server object got a new ETag with the same content (metadata copied in place)."""
         cf.base_etag = etag

@@ -263,20 +263,25 @@ class WriteBack:
         expected = self._expected(cf)
         if size <= self.part_size:
             data = await self._snapshot(cf, generation, 0, size)
-            try:
-                return await self.backend.put(
-                    bucket,
-                    key,
-                    data,
-                    opts,
-                    if_match=expected or None,
-                    if_none_match=expected == "",
-                )
-            except NotFound:
-                # deleted by another client meanwhile: our edit brings it back
-                return await self.backend.put(bucket, key, data, opts, if_none_match=True)
-            except PreconditionFailed:
-                return await self._conflict(cf, generation, data, opts)
+            # once sent, a request is let finish even if a write makes it stale: we must know
+            # which version the server holds, or our next upload would see it as a conflict
+            with trio.CancelScope(shield=True):
+                try:
+                    result = await self.backend.put(
+                        bucket,
+                        key,
+                        data,
+                        opts,
+                        if_match=expected or None,
+                        if_none_match=expected == "",
+                    )
+                except NotFound:
+                    # deleted by another client meanwhile: our edit brings it back
+                    result = await self.backend.put(bucket, key, data, opts, if_none_match=True)
+                except PreconditionFailed:
+                    return await self._conflict(cf, generation, data, opts)
+                self.cache.stored(cf, key, result.etag, size)
+                return result
         if expected and await self._changed_on_server(cf, expected):
             data = await self._snapshot(cf, generation, 0, size)  # fails if ours is partial
             return await self._conflict(cf, generation, data, opts)
@@ -315,9 +320,12 @@ class WriteBack:
                 raise StaleUpload()
             if expected and await self._changed_on_server(cf, expected):
                 raise PreconditionFailed(f"{key} changed on the server during the upload")
-            return await self.backend.complete_multipart(
-                bucket, key, upload_id, sorted(etags.items())
-            )
+            with trio.CancelScope(shield=True):
+                result = await self.backend.complete_multipart(
+                    bucket, key, upload_id, sorted(etags.items())
+                )
+                self.cache.stored(cf, key, result.etag, size)
+            return result
         except BaseException:
             await abort_quietly(self.backend, bucket, key, upload_id)
             raise

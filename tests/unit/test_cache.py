@@ -242,3 +242,39 @@ def test_two_mounts_never_share_a_cache_directory(tmp_path: Path) -> None:
             first.close()
 
     trio.run(main)
+
+
+class LateAnswer(CountingBackend):
+    """Like a real server: the PUT takes effect at once, its answer arrives 0.5 s later."""
+
+    async def put(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super().put(*args, **kwargs)
+        await trio.sleep(0.5)
+        return result
+
+
+def test_an_upload_overtaken_by_a_write_is_no_conflict_with_ourselves(tmp_path: Path) -> None:
+    """bash's `echo one > f` closes a dup of the new file before writing: the empty version
+    is uploaded while "one" is written. Our own stale upload must not count as a conflict."""
+    store = LateAnswer(0.0)
+
+    async def main() -> None:
+        from bucketfs.fs import FsOptions
+
+        await store.create_bucket(BUCKET)
+        opts = FsOptions(uid=0, gid=0)
+        fs = BucketFS(store, bucket=BUCKET, prefix="", options=opts, cache_dir=tmp_path / "c")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            fh, _node = await fs.create(ROOT_INO, "one.txt", 0o644, RW | os.O_CREAT, 0, 0)
+            await fs.flush(fh)  # the empty file is stored, its answer is on the way
+            await trio.sleep(0.1)
+            await fs.write(fh, 0, b"one\n")  # the upload in flight is stale now
+            await fs.flush(fh)
+            await fs.release(fh)
+            await fs.data.writeback.wait_idle()
+            nursery.cancel_scope.cancel()
+        assert await store.keys(BUCKET) == ["one.txt"]
+        assert await store.get(BUCKET, "one.txt") == b"one\n"
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
