@@ -33,13 +33,13 @@ import stat
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from bucketfs import __version__
 from bucketfs.config import build_mount_config, load_mount_file
-from bucketfs.daemon import LOG_FORMAT, run_in_background, wait_gone
+from bucketfs.daemon import LOG_FORMAT, ServeFn, run_in_background, wait_gone
 from bucketfs.errors import BucketfsError, ConfigError
 from bucketfs.notify import notify
 from bucketfs.options import MountConfig, option_names, parse_flag, parse_options
@@ -180,9 +180,7 @@ def cmd_mount(
     return 0
 
 
-def serve_foreground(
-    cfg: MountConfig, serve: Callable[[MountConfig, Callable[[], None]], None]
-) -> None:
+def serve_foreground(cfg: MountConfig, serve: ServeFn) -> None:
     """Serve in this process, logging to stderr (the journal under systemd) and telling
     systemd READY=1 once the mount is live."""
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr, format=foreground_log_format())

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bucketfs.cli import JOURNAL_LOG_FORMAT, foreground_log_format
+from bucketfs.daemon import LOG_FORMAT
 from bucketfs.notify import format_message, notify, socket_address
 
 
@@ -84,3 +87,14 @@ def test_reads_os_environ(
 
 def test_nobody_listening_is_not_an_error(tmp_path: Path) -> None:
     assert notify(env={"NOTIFY_SOCKET": str(tmp_path / "gone")}, READY=1) is False
+
+
+def test_foreground_log_format_under_the_journal() -> None:
+    """Under systemd ($JOURNAL_STREAM names stderr) the journal's own time stamp is enough."""
+    st = os.fstat(sys.stderr.fileno())
+    assert foreground_log_format({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}) == (
+        JOURNAL_LOG_FORMAT
+    )
+    assert foreground_log_format({"JOURNAL_STREAM": "1:2"}) == LOG_FORMAT
+    assert foreground_log_format({}) == LOG_FORMAT
+    assert "asctime" not in JOURNAL_LOG_FORMAT
