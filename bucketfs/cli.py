@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from bucketfs import __version__
+from bucketfs import __version__, control
 from bucketfs.config import build_mount_config, load_mount_file
 from bucketfs.daemon import LOG_FORMAT, ServeFn, run_in_background, wait_gone
 from bucketfs.errors import BucketfsError, ConfigError
@@ -51,7 +51,7 @@ READY_TIMEOUT = 60.0
 UMOUNT_TIMEOUT = 600.0
 UMOUNT_REPORT_INTERVAL = 10.0
 PID_XATTR = "user.bucketfs.pid"
-COMMANDS = ("mount", "umount", "unmount")
+COMMANDS = ("mount", "umount", "unmount", "status", "flush")
 #: the journal adds its own time stamp and our pid
 JOURNAL_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -108,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     umount.add_argument(
         "--if-mounted", action="store_true", help="exit 0 when MOUNTPOINT is not mounted"
     )
+    status = commands.add_parser(
+        "status", help="what is not uploaded yet, uploads in flight, errors, cache use"
+    )
+    status.add_argument("mountpoint", metavar="MOUNTPOINT")
+    status.add_argument("--json", action="store_true", help="print the daemon's JSON report")
+    flush = commands.add_parser(
+        "flush", help="return once everything (or PATH) is on the server; non-zero if not"
+    )
+    flush.add_argument("mountpoint", metavar="MOUNTPOINT")
+    flush.add_argument("path", metavar="PATH", nargs="?", help="a file or directory in it")
     return parser
 
 
@@ -136,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = _parser().parse_args(args)
         if ns.command == "mount":
             return cmd_mount(ns.source, ns.mountpoint, ns.options, ns.foreground, ns.config)
+        if ns.command == "status":
+            return control.cmd_status(ns.mountpoint, as_json=ns.json)
+        if ns.command == "flush":
+            return control.cmd_flush(ns.mountpoint, ns.path)
         if ns.config is not None and ns.mountpoint is None:
             ns.mountpoint = load_mount_file(ns.config).mountpoint
         if not ns.mountpoint:

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bucketfs.errors import ConfigError
+
 XATTR_STATUS = "user.bucketfs.status"
 XATTR_FLUSH = "user.bucketfs.flush"
 
@@ -34,8 +36,8 @@ def _read_status(root: Path) -> dict[str, Any]:
         raw = os.getxattr(root, XATTR_STATUS)
     except OSError as exc:
         if exc.errno in (errno.ENODATA, errno.ENOTSUP):
-            raise SystemExit(f"bucketfs: {root} is not a bucketfs mount") from None
-        raise SystemExit(f"bucketfs: cannot ask {root}: {exc.strerror}") from None
+            raise ConfigError(f"{root} (the mount holding that path) is not bucketfs") from None
+        raise ConfigError(f"cannot ask {root}: {exc.strerror}") from None
     data: dict[str, Any] = json.loads(raw)
     return data
 

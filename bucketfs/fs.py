@@ -237,6 +237,10 @@ class BucketFS:
         self.data.uploaded()
 
     @property
+    def ready(self) -> bool:
+        return self._data is not None
+
+    @property
     def data(self) -> FileData:
         if self._data is None:
             raise RuntimeError("BucketFS.run() has not started")

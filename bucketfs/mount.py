@@ -35,6 +35,7 @@ from bucketfs.errors import (
 )
 from bucketfs.fs import BucketFS, FsOptions
 from bucketfs.fuse_ops import FuseOps
+from bucketfs.notify import notify
 from bucketfs.options import MountConfig
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,18 @@ def make_backend(cfg: MountConfig) -> Backend:
 
         cfg.store.mkdir(parents=True, exist_ok=True)
         return LocalBackend(cfg.store)
+    if cfg.source.scheme == "swift":
+        from bucketfs.backends.swift import SwiftBackend
+
+        # credentials from the environment only (ST_*, OS_*): see backends/swift_auth.py
+        return SwiftBackend.from_env(
+            os.environ,
+            auth_url=cfg.auth_url,
+            region=cfg.region,
+            max_connections=cfg.max_connections,
+            retry_deadline=cfg.retry_timeout,
+            create_tempurl_key=cfg.create_tempurl_key,
+        )
     from bucketfs.backends.s3 import S3Backend, S3Credentials
 
     return S3Backend(
@@ -149,6 +162,24 @@ async def _watch_signals(mountpoint: Path) -> None:
             await trio.to_thread.run_sync(_unmount, mountpoint)
 
 
+STATUS_INTERVAL = 10.0
+
+
+async def _report_status(fs: BucketFS, what: str) -> None:
+    """systemd's STATUS= line: how much is waiting to be uploaded (only while under systemd)."""
+    last = ""
+    while True:
+        status = fs.status()
+        line = f"mounted {what}; {status['dirty_files']} files ({status['dirty_bytes']} bytes) "
+        line += "not uploaded yet"
+        if status["failed"]:
+            line += f", {len(status['failed'])} failing"  # type: ignore[arg-type]
+        if line != last:
+            notify(STATUS=line)
+            last = line
+        await trio.sleep(STATUS_INTERVAL)
+
+
 async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
     if not cfg.debug:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
@@ -174,9 +205,12 @@ async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
                 log.info("mounted %s on %s", cfg.fsname or cfg.source, cfg.mountpoint)
                 on_ready()
                 nursery.start_soon(_watch_signals, cfg.mountpoint)
+                nursery.start_soon(_report_status, fs, str(cfg.fsname or cfg.source))
                 await pyfuse3.main()
             finally:
                 with trio.CancelScope(shield=True):
+                    pending = fs.status()["dirty_bytes"] if fs.ready else 0
+                    notify(STOPPING=1, STATUS=f"uploading {pending} bytes before unmounting")
                     with trio.move_on_after(DRAIN_TIMEOUT) as scope:
                         failed = await fs.drain()
                     if scope.cancelled_caught or failed:
