@@ -33,7 +33,8 @@ MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * 1024 * MiB
 
-SCHEMES = ("s3", "local")
+SCHEMES = ("s3", "local", "swift")
+Scheme = Literal["s3", "local", "swift"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 #: Generic mount(8)/fstab options that mean nothing to bucketfs and are accepted silently
@@ -69,6 +70,12 @@ IGNORED_OPTIONS = frozenset(
         "async",
         "loud",
         "silent",
+        # mount(8) keeps these in /run/mount/utab: `helper=bucketfs` makes umount(8) run
+        # umount.bucketfs, which waits for the uploads (see cli.umount_helper_main)
+        "helper",
+        "uhelper",
+        "comment",
+        "_rnetdev",
     }
 )
 
@@ -81,7 +88,7 @@ _SIZE_RE = re.compile(r"^(\d+)\s*([kmgt]?)(i?b?)$", re.IGNORECASE)
 class Source:
     """Where the files come from: a whole store, one bucket, or a prefix inside a bucket."""
 
-    scheme: Literal["s3", "local"]
+    scheme: Scheme
     bucket: str | None  # None: every bucket is a top-level directory
     prefix: str = ""  # "" or ends with "/"
 
@@ -127,6 +134,10 @@ class MountConfig:
     region: str | None = None  # None: botocore's chain (AWS_REGION, profile) decides
     profile: str | None = None  # None: AWS_PROFILE or "default"
     path_style: bool | None = None  # -o addressing=path|virtual|auto (None)
+    # swift: -o auth_url=URL, else ST_AUTH / OS_AUTH_URL / OS_STORAGE_URL of the environment
+    # (the credentials themselves come from the environment only: see backends/swift_auth.py)
+    auth_url: str | None = None
+    create_tempurl_key: bool = False  # swift: -o create_tempurl_key, if the account has none
     store: Path = field(default_factory=default_store_root)  # local:// root directory
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
@@ -158,7 +169,8 @@ class MountConfig:
 
     def __post_init__(self) -> None:
         if self.cache_dir == _UNSET:
-            derived = default_cache_root() / cache_name(self.source, self.endpoint, self.store)
+            where = self.auth_url if self.source.scheme == "swift" else self.endpoint
+            derived = default_cache_root() / cache_name(self.source, where, self.store)
             object.__setattr__(self, "cache_dir", derived)
         for name in ("mountpoint", "store", "cache_dir"):
             path: Path = getattr(self, name)
@@ -169,8 +181,9 @@ class MountConfig:
 
 
 def cache_name(source: Source, endpoint: str | None, store: Path) -> str:
-    """A file name for this source's cache: readable, and unique per store and endpoint."""
-    where = (endpoint or "") if source.scheme == "s3" else str(store)
+    """A file name for this source's cache: readable, and unique per store and endpoint (for
+    swift:// the auth URL)."""
+    where = (endpoint or "") if source.scheme in ("s3", "swift") else str(store)
     ident = f"{source.scheme}\0{where}\0{source.bucket or ''}\0{source.prefix}"
     digest = hashlib.sha256(ident.encode()).hexdigest()[:12]
     readable = "-".join(p for p in (source.scheme, source.bucket, source.prefix) if p)
@@ -182,17 +195,21 @@ def cache_name(source: Source, endpoint: str | None, store: Path) -> str:
 
 
 def parse_source(text: str) -> Source:
-    """`s3://`, `s3://BUCKET`, `s3://BUCKET/PRE/FIX`, and the same with `local://`."""
-    usage = "expected s3://[BUCKET[/PREFIX]] or local://[BUCKET[/PREFIX]]"
+    """`s3://`, `s3://BUCKET`, `s3://BUCKET/PRE/FIX`, and the same with `local://` and
+    `swift://` (a Swift container name is 1-256 bytes of anything but '/' and NUL)."""
+    usage = "expected s3://[BUCKET[/PREFIX]], swift://[CONTAINER[/PREFIX]] or local://..."
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise ConfigError(f"bad source {text!r}: {usage}")
     if scheme not in SCHEMES:
         raise ConfigError(f"bad source {text!r}: unknown scheme {scheme!r} ({usage})")
     if not rest:
-        return Source(cast(Literal["s3", "local"], scheme), None, "")
+        return Source(cast(Scheme, scheme), None, "")
     bucket, _, prefix = rest.partition("/")
-    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+    if scheme == "swift":
+        if not 1 <= len(bucket.encode()) <= 256 or "\0" in bucket or bucket in (".", ".."):
+            raise ConfigError(f"bad source {text!r}: {bucket!r} is not a valid container name")
+    elif not _BUCKET_RE.match(bucket) or ".." in bucket:
         raise ConfigError(
             f"bad source {text!r}: {bucket!r} is not a valid bucket name "
             "(3-255 letters, digits, '.', '-' or '_', starting and ending with a letter or digit)"
@@ -204,7 +221,7 @@ def parse_source(text: str) -> Source:
                 f"bad source {text!r}: the prefix {prefix!r} has an empty, '.' or '..' part"
             )
         prefix = "/".join(segments) + "/"
-    return Source(cast(Literal["s3", "local"], scheme), bucket, prefix)
+    return Source(cast(Scheme, scheme), bucket, prefix)
 
 
 # --- the -o options ------------------------------------------------------------------------
@@ -371,13 +388,27 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "block_size": ("block_size", _block_size),
     "max_dirty": ("max_dirty", _byte_count),
     "writeback_delay": ("writeback_delay", _seconds),
+    "auth_url": ("auth_url", _endpoint),
+    "create_tempurl_key": ("create_tempurl_key", parse_flag),
 }
-_S3_ONLY = ("endpoint", "region", "profile", "addressing")
+_S3_ONLY = ("endpoint", "profile", "addressing")
+_SWIFT_ONLY = ("auth_url", "create_tempurl_key")
+_S3_OR_SWIFT = ("region",)  # swift: the Keystone catalog's region
 #: Credentials are refused as -o options: a command line shows in ps and /proc/PID/cmdline.
 SECRET_OPTIONS = frozenset(
     {"access_key_id", "secret_access_key", "session_token", "access_key", "secret_key"}
+    | {"password", "st_key", "os_password", "application_credential_secret", "auth_token"}
 )
 _LOCAL_ONLY = ("store",)
+
+
+def swift_auth_url(env: Mapping[str, str]) -> str | None:
+    """The URL the environment authenticates Swift at, with the precedence of
+    `backends.swift_auth.auth_from_env`: ST_AUTH (with ST_USER and ST_KEY), OS_AUTH_URL,
+    OS_STORAGE_URL. None: no Swift settings (the backend then names what is missing)."""
+    if env.get("ST_AUTH") and env.get("ST_USER") and env.get("ST_KEY"):
+        return env["ST_AUTH"]
+    return env.get("OS_AUTH_URL") or env.get("OS_STORAGE_URL") or None
 
 
 def option_names() -> list[str]:
@@ -416,12 +447,20 @@ def build_config(
             raise ConfigError(f"option '{key}' applies to s3:// sources only")
         if key in _LOCAL_ONLY and src.scheme != "local":
             raise ConfigError(f"option '{key}' applies to local:// sources only")
+        if key in _SWIFT_ONLY and src.scheme != "swift":
+            raise ConfigError(f"option '{key}' applies to swift:// sources only")
+        if key in _S3_OR_SWIFT and src.scheme not in ("s3", "swift"):
+            raise ConfigError(f"option '{key}' applies to s3:// and swift:// sources only")
         name, parse = _OPTIONS[key]
         values[name] = parse(key, value)
     if src.scheme == "s3" and "endpoint" not in values:
         from_env = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
         if from_env:
             values["endpoint"] = _endpoint("AWS_ENDPOINT_URL", from_env)
+    if src.scheme == "swift" and "auth_url" not in values:
+        from_env = swift_auth_url(env)
+        if from_env:
+            values["auth_url"] = from_env.rstrip("/")
     if values.get("debug") and "log_level" not in values:
         values["log_level"] = "DEBUG"
     return MountConfig(

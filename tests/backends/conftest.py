@@ -24,6 +24,14 @@ __all__ = ["swift"]  # the session fixture, imported so that tests here can requ
 
 BACKENDS = ["memory", "local", "s3", "swift", "swift-s3api"]
 
+#: (contract test, backend) pairs that fail because the store differs, not because of a bug in
+#: bucketfs: strict xfail, so a store that starts to pass shows up. Each is in docs/swift.md.
+KNOWN_DIFFERENCES = {
+    ("test_conditional_requests", "swift-s3api"): (
+        "Swift's s3api answers 501 NotImplemented to a PUT with If-None-Match or If-Match"
+    ),
+}
+
 Body = Callable[[str], Awaitable[None]]
 Runner = Callable[..., None]
 
@@ -56,6 +64,15 @@ def run_with(backend: Backend, body: Body, *, create_bucket: bool = True) -> Non
             await backend.aclose()
 
     trio.run(main)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        kind = callspec.params.get("backend") if callspec is not None else None
+        reason = KNOWN_DIFFERENCES.get((getattr(item, "originalname", item.name), kind))
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 
 
 @pytest.fixture(params=BACKENDS)
