@@ -305,6 +305,12 @@ def cmd_umount(mountpoint: str, *, if_mounted: bool = False) -> int:
             return 0
         raise ConfigError(f"{path} is not mounted")
     pid = daemon_pid(path)
+    # upload first, while the mount still answers: so we can say whether everything made it
+    not_uploaded = None
+    try:
+        os.setxattr(path, control.XATTR_FLUSH, b"")
+    except OSError as exc:
+        not_uploaded = exc.strerror
     try:
         _fusermount(path, "-u")
     except BucketfsError as exc:
@@ -325,6 +331,11 @@ def cmd_umount(mountpoint: str, *, if_mounted: bool = False) -> int:
         raise BucketfsError(
             f"unmounted {path}, but the daemon (pid {pid}) is still uploading after "
             f"{UMOUNT_TIMEOUT:g} s; what it has not uploaded is uploaded at the next mount"
+        )
+    if not_uploaded is not None:
+        raise BucketfsError(
+            f"unmounted {path}, but some files could not be uploaded ({not_uploaded}); they "
+            "stay in the cache directory and are uploaded by the next mount of this source"
         )
     return 0
 

@@ -42,7 +42,6 @@ from bucketfs.errors import (
     InvalidArgument,
     IsADirectory,
     NameTooLong,
-    NoAttribute,
     NoEntry,
     NotADirectory,
     NotFound,
@@ -54,6 +53,8 @@ from bucketfs.files import DataOptions, FileData, write_options
 from bucketfs.inodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.meta import NAME_MAX, Defaults, check_new_name, parse_posix, valid_name
 from bucketfs.types import ObjectInfo, WriteOptions
+from bucketfs.versions import Versions
+from bucketfs.xattrs import Xattrs
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class FsOptions:
     cache_size: int = 10 << 30
     writeback_delay: float = 0.0
     max_dirty: int = 2 << 30
+    noversions: bool = False  # hide the .versions/ tree (versions.py)
+    url_ttl: int = 3600  # seconds a user.bucketfs.url stays valid (xattrs.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,21 @@ class BucketFS:
         #: HEADs started by readdir for nodes known only from a listing, by inode
         self._prefetching: dict[int, trio.Event] = {}
         self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_PARALLEL)
+        # hook: the .versions/ tree and object metadata as xattrs (versions.py, xattrs.py)
+        self.versions = Versions(
+            backend,
+            self.table,
+            self.defaults,
+            enabled=not options.noversions,
+            ttl=options.dir_timeout,
+        )
+        self.xattrs = Xattrs(
+            backend,
+            url_ttl=options.url_ttl,
+            persist=self._persist_attrs,
+            flush=self.sync_path,
+            read_only=options.read_only,
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -294,10 +312,13 @@ class BucketFS:
             node.size = info.size
             node.etag = info.etag
             node.version_id = info.version_id
-        node.ctime = info.last_modified or node.ctime
         node.mtime = (posix.mtime if posix and posix.mtime is not None else None) or (
             info.last_modified or node.mtime
         )
+        # S3 has no ctime: it is when we last saw a change, and never goes backwards (tar
+        # and rsync compare it before and after reading a file)
+        derived = max(node.mtime, info.last_modified or 0.0)
+        node.ctime = max(node.ctime, derived) if node.full else derived
         node.mode = posix.mode if posix and posix.mode is not None else default_mode
         node.uid = posix.uid if posix and posix.uid is not None else self.defaults.uid
         node.gid = posix.gid if posix and posix.gid is not None else self.defaults.gid
@@ -326,7 +347,9 @@ class BucketFS:
             raise NameTooLong()
         if not valid_name(name):
             raise NoEntry()
-        node = await self._find(self._dir(parent_ino), name)
+        parent = self._dir(parent_ino)
+        # hook: .versions/ and everything below it (versions.py)
+        node = await self.versions.lookup(parent, name) or await self._find(parent, name)
         self.table.remember(node)
         return node
 
@@ -483,6 +506,8 @@ class BucketFS:
 
     async def getattr(self, ino: int) -> Node:
         node = self.node(ino)
+        if node.virtual is not None:  # hook: versions never change (versions.py)
+            return node
         if not node.full:
             await self._await_prefetch(node)
         if node.pinned or node.unlinked or node.ino == ROOT_INO:
@@ -540,7 +565,8 @@ class BucketFS:
         if handle is None:
             raise BadHandle()
         if handle.entries is None or offset == 0:
-            handle.entries = await self._snapshot(handle.node)
+            # hook: the .versions/ tree lists itself; real listings never show it
+            handle.entries = await self.versions.readdir(handle.node, self._snapshot)
         return [
             (name, node, index + 1)
             for index, (name, node) in enumerate(handle.entries)
@@ -618,6 +644,7 @@ class BucketFS:
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Node:
         self._writable()
         parent = self._dir(parent_ino)
+        self.versions.refuse(parent, name)  # hook: EROFS in .versions/
         check_new_name(name)
         if self.table.child(parent, name) is not None:
             raise FileExists()
@@ -650,6 +677,7 @@ class BucketFS:
     async def rmdir(self, parent_ino: int, name: str) -> None:
         self._writable()
         parent = self._dir(parent_ino)
+        self.versions.refuse(parent, name)  # hook: EROFS in .versions/
         node = await self._find(parent, name)
         if node.kind is not Kind.DIR:
             raise NotADirectory()
@@ -692,6 +720,7 @@ class BucketFS:
     ) -> tuple[int, Node]:
         self._writable()
         parent = self._dir(parent_ino)
+        self.versions.refuse(parent, name)  # hook: EROFS in .versions/
         check_new_name(name)
         bucket = self._bucket_of(parent)
         existing = self.table.child(parent, name)
@@ -737,6 +766,10 @@ class BucketFS:
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
         if writable:
             self._writable()
+        if node.virtual is not None:  # hook: a version file is read-only and never changes
+            if writable:
+                self.versions.refuse(node)
+            return self._handle(node, writable=False), True
         if not node.pinned and not node.unlinked and node.bucket is not None:
             # close-to-open consistency: see the object as it is now
             info = await self._head_or_none(node.bucket, node.key)
@@ -753,6 +786,8 @@ class BucketFS:
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self.handle(fh)
+        if handle.node.virtual is not None:  # hook: a version file (versions.py)
+            return await self.versions.read(handle.node, offset, size)
         return await self.data.read(handle.node, offset, size, handle.read_state)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -818,6 +853,7 @@ class BucketFS:
     async def symlink(self, parent_ino: int, name: str, target: str, uid: int, gid: int) -> Node:
         self._writable()
         parent = self._dir(parent_ino)
+        self.versions.refuse(parent, name)  # hook: EROFS in .versions/
         check_new_name(name)
         bucket = self._bucket_of(parent)
         now = time.time()
@@ -841,6 +877,7 @@ class BucketFS:
     async def unlink(self, parent_ino: int, name: str) -> None:
         self._writable()
         parent = self._dir(parent_ino)
+        self.versions.refuse(parent, name)  # hook: EROFS in .versions/
         node = await self._find(parent, name)
         if node.kind is Kind.DIR:
             raise IsADirectory()
@@ -857,6 +894,8 @@ class BucketFS:
         """The name goes away: cancel its upload; open handles keep reading a local copy."""
         assert node.bucket is not None
         cf = node.cached or self.data.cache.find(node.bucket, node.key)
+        if cf is None and node.opens > 0 and node.etag is not None:
+            cf = self.data.cached(node)  # never read yet: attach, to copy it locally below
         if cf is None:
             return
         while cf.upload_scope is not None:  # let an upload in flight land, then delete it
@@ -883,6 +922,7 @@ class BucketFS:
     ) -> Node:
         self._writable()
         node = self.node(ino)
+        self.versions.refuse(node)  # hook: EROFS in .versions/
         if not node.full:
             # the object's metadata must be known before we write it back
             await self.getattr(ino)
@@ -944,6 +984,8 @@ class BucketFS:
         if flags & RENAME_EXCHANGE:
             raise NotSupported("RENAME_EXCHANGE is not supported on an object store")
         src_dir, dst_dir = self._dir(old_parent), self._dir(new_parent)
+        self.versions.refuse(src_dir, old_name)  # hook: EROFS in .versions/
+        self.versions.refuse(dst_dir, new_name)
         check_new_name(new_name)
         node = await self._find(src_dir, old_name)
         if node.is_bucket and src_dir.bucket is None:
@@ -974,7 +1016,7 @@ class BucketFS:
             if target is not None and target.has_marker and target.bucket is not None:
                 pass  # the moved marker (or its absence) replaces the target's
         else:
-            await self._rename_file(node, new_key, target.etag if target is not None else None)
+            await self._rename_file(node, new_key, replaces=target is not None)
         if target is not None and target.kind is not Kind.DIR:
             async with self.data.lock(target):
                 await self._drop_content(target)
@@ -983,7 +1025,7 @@ class BucketFS:
         self._changed(src_dir, old_name)
         self._changed(dst_dir, new_name)
 
-    async def _rename_file(self, node: Node, new_key: str, replaces: str | None) -> None:
+    async def _rename_file(self, node: Node, new_key: str, *, replaces: bool) -> None:
         """Upload pending content under the old name, then copy on the server and delete."""
         assert node.bucket is not None
         async with self.data.lock(node):
@@ -993,8 +1035,8 @@ class BucketFS:
             if node.etag is None:
                 if cf is not None:  # nothing on the server yet: the pending upload moves
                     self.data.cache.move(cf, node.bucket, new_key)
-                    if replaces is not None:  # and knowingly replaces the target's object
-                        cf.meta["replaces"] = replaces
+                    if replaces:  # and knowingly replaces whatever the target's object is
+                        cf.meta["replaces"] = True
                         self.data.cache.set_meta(cf, cf.meta)
                 return
             # unchanged ranges of a modified object come from the old key: upload, then move
@@ -1076,27 +1118,24 @@ class BucketFS:
             "hit_ratio": round(cache.hits / lookups, 3) if lookups else None,
         }
 
-    def getxattr(self, ino: int, name: str) -> bytes:
+    async def getxattr(self, ino: int, name: str) -> bytes:
         node = self.node(ino)
         if ino == ROOT_INO and name == XATTR_PID:
             return str(os.getpid()).encode()
         if ino == ROOT_INO and name == XATTR_STATUS:
             return json.dumps(self.status(), indent=1).encode()
-        if name == "user.bucketfs.etag" and node.etag:
-            return node.etag.encode()
-        if name == XATTR_UPLOAD_STATE and node.kind is not Kind.DIR:
+        if name == XATTR_UPLOAD_STATE and node.kind is not Kind.DIR and node.virtual is None:
             cf = node.cached
             return (cf.upload_state if cf is not None else "clean").encode()
-        raise NoAttribute()
+        # hook: object metadata and fields (xattrs.py), with the object's metadata known
+        return await self.xattrs.get(await self.getattr(ino), name)
 
-    def listxattr(self, ino: int) -> list[str]:
-        node = self.node(ino)
+    async def listxattr(self, ino: int) -> list[str]:
+        node = await self.getattr(ino)
         names = [XATTR_PID, XATTR_STATUS] if ino == ROOT_INO else []
-        if node.etag:
-            names.append("user.bucketfs.etag")
-        if node.kind is not Kind.DIR:
+        if node.kind is not Kind.DIR and node.virtual is None:
             names.append(XATTR_UPLOAD_STATE)
-        return names
+        return names + self.xattrs.names(node)  # hook: xattrs.py
 
     async def setxattr(self, ino: int, name: str, value: bytes) -> None:
         node = self.node(ino)
@@ -1105,8 +1144,11 @@ class BucketFS:
             # on the server; the kernel waits for our answer
             await self.sync_path(node.ino)
             return
-        raise NotSupported("extended attributes arrive with the metadata issue")
+        if name in (XATTR_PID, XATTR_STATUS, XATTR_UPLOAD_STATE):
+            raise NotPermitted(f"{name} is read-only")
+        await self.xattrs.set(await self.getattr(ino), name, value)  # hook: xattrs.py
 
-    def removexattr(self, ino: int, name: str) -> None:
-        self.node(ino)
-        raise NoAttribute()
+    async def removexattr(self, ino: int, name: str) -> None:
+        if name in (XATTR_PID, XATTR_STATUS, XATTR_UPLOAD_STATE, XATTR_FLUSH):
+            raise NotPermitted(f"{name} is read-only")
+        await self.xattrs.remove(await self.getattr(ino), name)  # hook: xattrs.py

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bucketfs.cache.store import CachedFile
+    from bucketfs.types import ObjectInfo
+    from bucketfs.versions import Virtual
 
 ROOT_INO = 1
 
@@ -48,7 +50,7 @@ class Node:
     gid: int
     size: int = 0
     mtime: float = field(default_factory=time.time)
-    ctime: float = field(default_factory=time.time)
+    ctime: float = 0.0  # 0: not known yet (st_ctime shows mtime then)
     etag: str | None = None  # None: not (yet) on the server
     version_id: str | None = None
     #: user metadata as last seen or to be written, POSIX keys included
@@ -66,6 +68,10 @@ class Node:
     #: ETag of the content the kernel's page cache holds for this inode (keep_cache)
     kernel_etag: str | None = None
     cached: CachedFile | None = None
+    #: a node of the read-only `.versions/` tree (versions.py); None for names of keys
+    virtual: Virtual | None = None
+    #: the last HEAD of the object for its xattrs (xattrs.py); stale once `etag` differs
+    head_info: ObjectInfo | None = None
 
     @property
     def path(self) -> str:
@@ -141,6 +147,20 @@ class InodeTable:
         self._link(node)
         if kind is Kind.DIR:
             self.children[node.ino] = {}
+        return node
+
+    def add_virtual(self, parent: Node, name: str, kind: Kind, **attrs: object) -> Node:
+        """A node outside the key namespace (the `.versions/` tree): in `by_ino` only, never
+        found by `child()` or `by_path`, dropped like any node once forgotten and closed."""
+        node = Node(
+            ino=self._next,
+            kind=kind,
+            parent=parent.ino,
+            name=name,
+            **attrs,  # type: ignore[arg-type]
+        )
+        self._next += 1
+        self.by_ino[node.ino] = node
         return node
 
     def _link(self, node: Node) -> None:

@@ -493,10 +493,19 @@ class BlockCache:
         return cf
 
     def set_meta(self, cf: CachedFile, meta: dict[str, Any]) -> None:
-        """What the next upload sends as metadata (bookkeeping keys are kept)."""
+        """What the next upload sends as metadata (bookkeeping keys are kept). A change while
+        the file is dirty is a new generation: an upload in flight with the old metadata is
+        stale."""
         kept = {k: cf.meta[k] for k in ("replaces",) if k in cf.meta}
-        cf.meta = {**meta, **kept, "base_key": cf.base_key}
+        new = {**meta, **kept, "base_key": cf.base_key}
+        if new == cf.meta:
+            return
+        cf.meta = new
         self.index.update(cf.id, meta=cf.meta)
+        if cf.dirty:
+            cf.generation += 1
+            if cf.upload_scope is not None:
+                cf.upload_scope.cancel()
 
     # --- after an upload, rename, delete ------------------------------------------------
 

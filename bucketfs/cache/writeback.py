@@ -151,7 +151,10 @@ class WriteBack:
                     retry = RETRY_FIRST
                 except StaleUpload:
                     continue
-                except BucketfsError as exc:
+                except Exception as exc:
+                    if not isinstance(exc, BucketfsError):
+                        log.exception("upload of %s/%s failed", cf.bucket, cf.key)
+                        exc = CacheError(f"internal error: {exc!r}")
                     cf.failure = exc
                     self.cache.mark_failed(cf, str(exc))
                     self._note_error(cf, exc)
@@ -250,11 +253,11 @@ class WriteBack:
         return part
 
     def _expected(self, cf: CachedFile) -> str | None:
-        """The ETag the server must still have for our upload to replace it ("" = absent)."""
+        """The ETag the server must still have for our upload to replace it: "" = no object,
+        None = anything (a rename through this mount replaced the target on purpose)."""
         if cf.base_etag is not None and cf.base_key == cf.key:
             return cf.base_etag
-        replaces = cf.meta.get("replaces")
-        return replaces if isinstance(replaces, str) else ""
+        return None if cf.meta.get("replaces") else ""
 
     async def _upload(self, cf: CachedFile, generation: int, size: int) -> PutResult:
         assert cf.key is not None
