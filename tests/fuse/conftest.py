@@ -1,0 +1,41 @@
+"""Fixtures for the kernel-level tests: every test body runs against every store.
+
+`store_env` is parametrized over the stores ("local": a local directory store in the test's
+tmp dir; "s3": a fresh bucket on the session's SeaweedFS). `mount_factory` starts mounts with
+any source and options and tears them all down; `mnt` is a mounted fresh bucket (see
+`tests.helpers.Mount`: `.path`, `.store`, `.bucket`, `.remount()`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    Mount,
+    MountFactory,
+    StoreEnv,
+    local_store_env,
+    mount_factory_for,
+    s3_store_env,
+)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> StoreEnv:
+    if request.param == "s3":
+        return s3_store_env(request.getfixturevalue("seaweed"))
+    return local_store_env(tmp_path / "store")
+
+
+@pytest.fixture
+def mount_factory(store_env: StoreEnv, tmp_path: Path) -> Iterator[MountFactory]:
+    with mount_factory_for(store_env, tmp_path / "mounts") as factory:
+        yield factory
+
+
+@pytest.fixture
+def mnt(mount_factory: MountFactory) -> Mount:
+    return mount_factory()

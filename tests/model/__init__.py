@@ -1,0 +1,1 @@
+"""Layer 4: random operations on the mount and on a reference directory, compared."""
