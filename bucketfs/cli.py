@@ -310,7 +310,8 @@ def cmd_umount(mountpoint: str, *, if_mounted: bool = False) -> int:
     try:
         os.setxattr(path, control.XATTR_FLUSH, b"")
     except OSError as exc:
-        not_uploaded = exc.strerror
+        if exc.errno != errno.EROFS:  # a read-only mount has nothing to upload
+            not_uploaded = exc.strerror
     try:
         _fusermount(path, "-u")
     except BucketfsError as exc:

@@ -346,7 +346,8 @@ class WriteBack:
     ) -> PutResult:
         """Another client changed the object since we based our edit on it: keep both. Ours
         goes to a conflict name next to it; theirs stays under the name."""
-        assert cf.key is not None
+        if cf.key is None:
+            raise StaleUpload()  # deleted or replaced through the mount meanwhile
         name = conflict_name(cf.key, time.time())
         log.warning(
             "%s/%s was changed by another client since it was opened here: keeping theirs, "
