@@ -43,6 +43,7 @@ from typing import Any
 from urllib.parse import quote
 
 import botocore.session
+import httpcore._async.http11 as _httpcore_http11
 import httpx
 import trio
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
@@ -203,6 +204,24 @@ def write_headers(opts: WriteOptions | None) -> dict[str, str]:
     return headers
 
 
+#: httpcore reads a response 64 KiB at a time, each through h11's buffer copies: for 8 MiB
+#: ranged GETs that costs about a quarter of the throughput (measured: 354 -> 459 MB/s with
+#: 4 GETs in flight on SeaweedFS). It is a class attribute of httpcore's HTTP/1.1
+#: connection; only this package uses httpx in the daemon.
+RESPONSE_READ_SIZE = 1 << 20
+if getattr(_httpcore_http11.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < RESPONSE_READ_SIZE:
+    _httpcore_http11.AsyncHTTP11Connection.READ_NUM_BYTES = RESPONSE_READ_SIZE
+
+#: request bodies above this are handed to httpx in slices of this size
+BODY_SLICE = 1 << 20
+
+
+async def _slices(body: bytes) -> AsyncIterator[bytes]:
+    view = memoryview(body)
+    for start in range(0, len(body), BODY_SLICE):
+        yield bytes(view[start : start + BODY_SLICE])
+
+
 class S3Backend:
     """An S3-compatible object store reached over HTTP(S)."""
 
@@ -348,7 +367,13 @@ class S3Backend:
         async def attempt() -> tuple[httpx.Response, bytes]:
             creds = await self._frozen_credentials()
             signed = self._signed_headers(method, url, all_headers, payload_hash, creds)
-            request = self._client.build_request(method, url, headers=signed, content=body)
+            content: bytes | AsyncIterator[bytes] = body
+            if len(body) > BODY_SLICE:
+                # h11 joins what it sends into one bytes object: a 16 MiB part would be copied
+                # whole (and the allocator keeps such copies); send it in slices instead
+                signed = [*signed, (b"Content-Length", str(len(body)).encode())]
+                content = _slices(body)
+            request = self._client.build_request(method, url, headers=signed, content=content)
             started = time.monotonic()
             try:
                 response = await self._client.send(request, stream=True)
