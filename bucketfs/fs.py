@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from bucketfs.backends.base import Backend
 from bucketfs.cache.store import BlockCache, CachedFile, ReadState
@@ -165,6 +165,7 @@ class BucketFS:
         #: HEADs started by readdir for nodes known only from a listing, by inode
         self._prefetching: dict[int, trio.Event] = {}
         self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_PARALLEL)
+        self._deferred_prefetch: LRUCache[int, list[Node]] = LRUCache(maxsize=256)
         # hook: the .versions/ tree and object metadata as xattrs (versions.py, xattrs.py)
         self.versions = Versions(
             backend,
@@ -178,6 +179,7 @@ class BucketFS:
             url_ttl=options.url_ttl,
             persist=self._persist_attrs,
             flush=self.sync_path,
+            refresh=self.getattr,
             read_only=options.read_only,
         )
 
@@ -293,10 +295,16 @@ class BucketFS:
         if self.opts.read_only:
             raise ReadOnly()
 
-    def _changed(self, directory: Node, name: str | None = None) -> None:
-        self._listings.pop(directory.ino, None)
-        if name is not None:
-            self._negative.pop((directory.ino, name), None)
+    def _changed(self, directory: Node, name: str, kind: Kind | None = None) -> None:
+        """A change made through this mount: a listing we hold is kept in step (not dropped),
+        so lookups of new names need no request; `kind` None means `name` is gone."""
+        self._negative.pop((directory.ino, name), None)
+        listing = self._listings.get(directory.ino)
+        if listing is not None:
+            if kind is None:
+                listing.pop(name, None)
+            else:
+                listing[name] = _Entry(Kind.FILE if kind is Kind.LINK else kind, None)
 
     def _bucket_of(self, directory: Node) -> str:
         if directory.bucket is None:
@@ -317,7 +325,7 @@ class BucketFS:
         )
         # S3 has no ctime: it is when we last saw a change, and never goes backwards (tar
         # and rsync compare it before and after reading a file)
-        derived = max(node.mtime, info.last_modified or 0.0)
+        derived = node.mtime if posix and posix.mtime is not None else info.last_modified
         node.ctime = max(node.ctime, derived) if node.full else derived
         node.mode = posix.mode if posix and posix.mode is not None else default_mode
         node.uid = posix.uid if posix and posix.uid is not None else self.defaults.uid
@@ -356,6 +364,7 @@ class BucketFS:
     async def _find(self, parent: Node, name: str) -> Node:
         node = self.table.child(parent, name)
         if node is not None and not node.full:
+            self._kick_prefetch(node)
             await self._await_prefetch(node)
         if node is not None and (
             node.pinned or (node.full and node.attr_expiry > time.monotonic())
@@ -465,6 +474,13 @@ class BucketFS:
         if event is not None:
             await event.wait()
 
+    def _kick_prefetch(self, node: Node) -> None:
+        """The kernel asks for a listed file: HEAD its siblings from that listing too."""
+        if node.kind is not Kind.DIR:
+            nodes = self._deferred_prefetch.pop(node.parent, None)
+            if nodes:
+                self._start_prefetch(nodes)
+
     def _start_prefetch(self, nodes: list[Node]) -> None:
         if self._nursery is None:
             return
@@ -509,6 +525,7 @@ class BucketFS:
         if node.virtual is not None:  # hook: versions never change (versions.py)
             return node
         if not node.full:
+            self._kick_prefetch(node)
             await self._await_prefetch(node)
         if node.pinned or node.unlinked or node.ino == ROOT_INO:
             return node
@@ -611,7 +628,11 @@ class BucketFS:
         for name, cf in cached.items():
             if name not in seen and valid_name(name):
                 entries.append((name, self._node_from_cache(directory, name, cf)))
-        self._start_prefetch([node for _, node in entries if not node.full])
+        # metadata of listed files is fetched only once the kernel asks for one of them (ls -l,
+        # du, rsync do; find and plain ls do not)
+        partial = [node for _, node in entries if not node.full]
+        if partial:
+            self._deferred_prefetch[directory.ino] = partial
         return entries
 
     async def _list(self, directory: Node) -> dict[str, _Entry]:
@@ -661,7 +682,8 @@ class BucketFS:
             except BaseException:
                 self.table.detach(node)
                 raise
-        self._changed(parent, name)
+        self._changed(parent, name, Kind.DIR)
+        self._listings[node.ino] = {}  # we just made it: it is empty
         self.table.remember(node)
         return node
 
@@ -747,7 +769,7 @@ class BucketFS:
             bucket=bucket,
         )
         self.data.create(node)
-        self._changed(parent, name)
+        self._changed(parent, name, Kind.FILE)
         self.table.remember(node)
         return self._handle(node, writable=True), node
 
@@ -870,7 +892,7 @@ class BucketFS:
         node.link_target = target
         node.metadata = dict(write_options(node).metadata)
         node.attr_expiry = time.monotonic() + self.opts.attr_timeout
-        self._changed(parent, name)
+        self._changed(parent, name, Kind.LINK)
         self.table.remember(node)
         return node
 
@@ -1013,17 +1035,16 @@ class BucketFS:
             if new_prefix.startswith(node.key):
                 raise InvalidArgument("cannot move a directory into itself")
             await self._rename_dir(node, new_prefix)
-            if target is not None and target.has_marker and target.bucket is not None:
-                pass  # the moved marker (or its absence) replaces the target's
         else:
+            if target is not None:
+                # the target's own pending upload must not land after (over) ours
+                async with self.data.lock(target):
+                    await self._drop_content(target)
+                target.unlinked = True
             await self._rename_file(node, new_key, replaces=target is not None)
-        if target is not None and target.kind is not Kind.DIR:
-            async with self.data.lock(target):
-                await self._drop_content(target)
-            target.unlinked = True
         self.table.move(node, dst_dir, new_name)
         self._changed(src_dir, old_name)
-        self._changed(dst_dir, new_name)
+        self._changed(dst_dir, new_name, node.kind)
 
     async def _rename_file(self, node: Node, new_key: str, *, replaces: bool) -> None:
         """Upload pending content under the old name, then copy on the server and delete."""
@@ -1032,7 +1053,8 @@ class BucketFS:
             cf = node.cached
             while cf is not None and cf.upload_scope is not None:
                 await cf.progress.wait()  # an upload in flight lands under the old name first
-            if node.etag is None:
+            stored = cf is not None and cf.base_etag is not None and cf.base_key == node.key
+            if node.etag is None and not stored:
                 if cf is not None:  # nothing on the server yet: the pending upload moves
                     self.data.cache.move(cf, node.bucket, new_key)
                     if replaces:  # and knowingly replaces whatever the target's object is
@@ -1041,8 +1063,9 @@ class BucketFS:
                 return
             # unchanged ranges of a modified object come from the old key: upload, then move
             await self.data.flush(node)
+            etag = cf.base_etag if cf is not None and cf.base_key == node.key else node.etag
             result = await self.data.copy_object(
-                node.bucket, node.key, new_key, node.size, None, etag=node.etag
+                node.bucket, node.key, new_key, node.size, None, etag=etag
             )
             await self.backend.delete(node.bucket, node.key)
             node.etag, node.version_id = result.etag, result.version_id
@@ -1092,8 +1115,14 @@ class BucketFS:
 
     # --- misc ------------------------------------------------------------------------------------
 
-    def statfs(self) -> StatFs:
-        return StatFs()
+    async def statfs(self) -> StatFs:
+        # hook: bytes and objects used where the store says (xattrs.py); free stays "plenty"
+        used = await self.xattrs.usage(self.table.root.bucket)
+        if used is None:
+            return StatFs()
+        free = StatFs()
+        blocks = free.blocks + (used[0] + free.bsize - 1) // free.bsize
+        return StatFs(blocks=blocks, files=free.files + used[1])
 
     def status(self) -> dict[str, object]:
         """What `bucketfs status` prints: where the data is."""
@@ -1128,14 +1157,14 @@ class BucketFS:
             cf = node.cached
             return (cf.upload_state if cf is not None else "clean").encode()
         # hook: object metadata and fields (xattrs.py), with the object's metadata known
-        return await self.xattrs.get(await self.getattr(ino), name)
+        return await self.xattrs.get(node, name)
 
     async def listxattr(self, ino: int) -> list[str]:
         node = await self.getattr(ino)
         names = [XATTR_PID, XATTR_STATUS] if ino == ROOT_INO else []
         if node.kind is not Kind.DIR and node.virtual is None:
             names.append(XATTR_UPLOAD_STATE)
-        return names + self.xattrs.names(node)  # hook: xattrs.py
+        return names + await self.xattrs.names(node)  # hook: xattrs.py
 
     async def setxattr(self, ino: int, name: str, value: bytes) -> None:
         node = self.node(ino)
@@ -1146,9 +1175,9 @@ class BucketFS:
             return
         if name in (XATTR_PID, XATTR_STATUS, XATTR_UPLOAD_STATE):
             raise NotPermitted(f"{name} is read-only")
-        await self.xattrs.set(await self.getattr(ino), name, value)  # hook: xattrs.py
+        await self.xattrs.set(node, name, value)  # hook: xattrs.py
 
     async def removexattr(self, ino: int, name: str) -> None:
         if name in (XATTR_PID, XATTR_STATUS, XATTR_UPLOAD_STATE, XATTR_FLUSH):
             raise NotPermitted(f"{name} is read-only")
-        await self.xattrs.remove(await self.getattr(ino), name)  # hook: xattrs.py
+        await self.xattrs.remove(self.node(ino), name)  # hook: xattrs.py

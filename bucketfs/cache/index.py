@@ -16,12 +16,19 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bucketfs.errors import CacheError, CacheFull
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -63,10 +70,91 @@ class FileRow:
     error: str | None
 
 
+def _cache_error(exc: sqlite3.Error) -> CacheError:
+    text = str(exc)
+    if "full" in text:
+        return CacheFull(f"cache disk full (index): {text}")
+    return CacheError(f"cache index error: {text}")
+
+
+#: bytes kept aside on the cache disk so the index can still record deletes and uploads
+#: when the disk is full (given up on the first "disk full", taken again when there is room)
+RESERVE_SIZE = 1 << 20
+
+
+class _GuardedDb:
+    """The SQLite connection, with every error turned into a CacheError (ENOSPC when full).
+
+    A statement that fails for want of space frees the reserve file and is tried once more."""
+
+    def __init__(self, db: sqlite3.Connection, reserve: Path) -> None:
+        self._db = db
+        self._reserve = reserve
+        self._take_reserve()
+
+    def _take_reserve(self) -> None:
+        if self._reserve.exists():
+            return
+        try:
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_SIZE)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._reserve.unlink()
+
+    def _run(self, call: Any) -> sqlite3.Cursor:
+        standalone = not self._db.in_transaction
+        try:
+            cursor: sqlite3.Cursor = call()
+            return cursor
+        except sqlite3.Error as exc:
+            error = _cache_error(exc)
+            if not isinstance(error, CacheFull) or not self._reserve.exists():
+                raise error from exc
+            log.warning("cache disk full: giving up the index's reserve")
+            with contextlib.suppress(OSError):
+                self._reserve.unlink()
+            if not standalone:
+                raise error from exc  # SQLite rolled the transaction back: the caller's ENOSPC
+        try:
+            cursor = call()
+            return cursor
+        except sqlite3.Error as exc:
+            raise _cache_error(exc) from exc
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        args = tuple(params)
+        return self._run(lambda: self._db.execute(sql, args))
+
+    def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> sqlite3.Cursor:
+        batch = [tuple(row) for row in rows]
+        return self._run(lambda: self._db.executemany(sql, batch))
+
+    def retake_reserve(self) -> None:
+        """After space was freed (eviction, a deleted file): set the reserve aside again."""
+        self._take_reserve()
+
+    def executescript(self, sql: str) -> None:
+        try:
+            self._db.executescript(sql)
+        except sqlite3.Error as exc:
+            raise _cache_error(exc) from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class CacheIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _cache_error(exc) from exc
+        self.db = _GuardedDb(connection, path.with_name("index.reserve"))
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
@@ -190,14 +278,26 @@ class CacheIndex:
         return [row[0] for row in self.db.execute("SELECT id FROM files WHERE dirty=0")]
 
     class _Txn:
-        def __init__(self, db: sqlite3.Connection) -> None:
+        def __init__(self, db: _GuardedDb) -> None:
             self.db = db
 
         def __enter__(self) -> None:
             self.db.execute("BEGIN")
 
         def __exit__(self, exc_type: object, *_: object) -> None:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is not None:
+                self._rollback()
+                return
+            try:
+                self.db.execute("COMMIT")
+            except CacheError:
+                self._rollback()
+                raise
+
+        def _rollback(self) -> None:
+            # SQLite may have rolled back already (a full disk during COMMIT does)
+            with contextlib.suppress(CacheError):
+                self.db.execute("ROLLBACK")
 
     def transaction(self) -> CacheIndex._Txn:
         return CacheIndex._Txn(self.db)

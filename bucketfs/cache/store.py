@@ -426,18 +426,27 @@ class BlockCache:
             fetch = cf.inflight.get(idx)
             if fetch is not None:  # a readahead of a block we overwrite whole: let it land first
                 await fetch.done.wait()
-        written = self._pwrite(self._fd(cf), data, offset)
         new_dirty = [idx for idx in range(first, last + 1) if idx not in cf.dirty_blocks]
-        self._changed(cf, new_dirty, max(cf.size, offset + written))
+        # the index first: if the disk is full, nothing is touched (a clean block is never
+        # left holding bytes it does not own)
+        self._record(cf, new_dirty, max(cf.size, end))
+        written = self._pwrite(self._fd(cf), data, offset)
+        self._changed(cf, new_dirty, max(cf.size, offset + written), recorded=True)
         return written
 
-    def _changed(self, cf: CachedFile, new_dirty: list[int], size: int) -> None:
-        """Record a change: index first (before the write is acknowledged), then memory."""
+    def _record(self, cf: CachedFile, new_dirty: list[int], size: int) -> None:
         with self.index.transaction():
             if new_dirty:
                 self.index.set_blocks(cf.id, new_dirty, dirty=True)
             if size != cf.size or not cf.dirty or cf.state != "dirty":
                 self.index.update(cf.id, size=size, dirty=True, state="dirty", error=None)
+
+    def _changed(
+        self, cf: CachedFile, new_dirty: list[int], size: int, *, recorded: bool = False
+    ) -> None:
+        """Record a change: index first (before the write is acknowledged), then memory."""
+        if not recorded:
+            self._record(cf, new_dirty, size)
         self.dirty_blocks += len(new_dirty)
         for idx in new_dirty:
             cf.dirty_blocks.add(idx)
@@ -598,6 +607,7 @@ class BlockCache:
             (self.root / "data" / str(cf.id)).unlink()
         cf.key = None
         cf.dirty = False
+        self.index.db.retake_reserve()
 
     # --- eviction ----------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from bucketfs.types import PutResult, WriteOptions
 log = logging.getLogger(__name__)
 
 RETRY_FIRST = 1.0
+STALE_SETTLE = 1.0
 RETRY_MAX = 60.0
 
 
@@ -150,13 +151,18 @@ class WriteBack:
                     await self._attempt(cf)
                     retry = RETRY_FIRST
                 except StaleUpload:
+                    await self._settle(cf)
                     continue
                 except Exception as exc:
                     if not isinstance(exc, BucketfsError):
                         log.exception("upload of %s/%s failed", cf.bucket, cf.key)
                         exc = CacheError(f"internal error: {exc!r}")
                     cf.failure = exc
-                    self.cache.mark_failed(cf, str(exc))
+                    try:
+                        self.cache.mark_failed(cf, str(exc))
+                    except BucketfsError as also:  # e.g. the cache disk is full too
+                        log.warning("could not record the failure of %s: %s", cf.key, also)
+                        cf.state, cf.error = "failed", str(exc)
                     self._note_error(cf, exc)
                     self._progress(cf)
                     log.warning(
@@ -180,6 +186,17 @@ class WriteBack:
         this wait with a timeout)."""
         while self._workers:
             await self._worker_ended.wait()
+
+    async def _settle(self, cf: CachedFile) -> None:
+        """After a stale upload: wait until the file has been quiet for STALE_SETTLE seconds
+        (it is still being written) unless someone waits for it (fsync, flush, unmount)."""
+        while True:
+            generation = cf.generation
+            with trio.move_on_after(STALE_SETTLE):
+                await self._workers[cf.id].wait()
+                return
+            if cf.generation == generation:
+                return
 
     def _progress(self, cf: CachedFile) -> None:
         event, cf.progress = cf.progress, trio.Event()

@@ -5,9 +5,12 @@ on the server, and leave the daemon serving.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,10 +23,10 @@ from tests.servers import SeaweedServer
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs to put the cache directory on, so that it fills up."""
+    """A 4 MiB tmpfs to put the cache directory on, so that it fills up."""
     where = tmp_path / "tiny"
     where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], check=True)
     try:
         yield where
     finally:
@@ -39,14 +42,19 @@ def errno_of(fn: Callable[[], object]) -> int:
     raise AssertionError(f"{fn} did not fail")
 
 
-def _fill(path: Path) -> None:
+def _fill(path: Path) -> int:
+    """Write 16 MiB into a 4 MiB cache disk; the errno of the write that failed (0: none)."""
     chunk = os.urandom(256 * 1024)
     fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
     try:
-        for _ in range(64):  # 16 MiB into a 2 MiB cache disk
+        for _ in range(64):
             os.write(fd, chunk)
+    except OSError as exc:
+        return exc.errno or 0
     finally:
-        os.close(fd)
+        with contextlib.suppress(OSError):  # close may report the full disk too
+            os.close(fd)
+    return 0
 
 
 def _mount_with_workdir(store_env: StoreEnv, workdir: Path, mnt_path: Path) -> Mount:
@@ -57,7 +65,7 @@ def _mount_with_workdir(store_env: StoreEnv, workdir: Path, mnt_path: Path) -> M
         options=list(store_env.options),
         env=store_env.env,
         workdir=workdir,
-        store=store_env.client(bucket),
+        raw_store=store_env.client(bucket),
         bucket=bucket,
     )
     mount.start()
@@ -71,9 +79,14 @@ def test_full_cache_disk_gives_enospc_and_keeps_data(
     assert mount.store is not None
     try:
         (mount.path / "kept.txt").write_bytes(b"already on the server")
-        assert errno_of(lambda: _fill(mount.path / "big.bin")) == errno.ENOSPC
-        # what was on the server is untouched, and the mount goes on serving
-        assert mount.store.get("kept.txt") == b"already on the server"
+        assert _fill(mount.path / "big.bin") == errno.ENOSPC
+        # what was on the server is untouched (read without flushing: with the cache disk
+        # full, the mount cannot record upload progress either), and the mount goes on serving
+        assert mount.raw_store is not None
+        deadline = time.monotonic() + 30
+        while not mount.raw_store.exists("kept.txt") and time.monotonic() < deadline:
+            time.sleep(0.1)  # closed before the disk filled: uploaded in the background
+        assert mount.raw_store.get("kept.txt") == b"already on the server"
         assert (mount.path / "kept.txt").read_bytes() == b"already on the server"
         os.unlink(mount.path / "big.bin")
         (mount.path / "small.txt").write_bytes(b"after")
@@ -113,18 +126,32 @@ def test_server_gone_after_mount_gives_eio_in_bounded_time(
         assert time.monotonic() - started < 30
 
         started = time.monotonic()
-        # the upload at close fails: close reports it
-        assert errno_of(lambda: os.close(pending)) == errno.EIO
+        # write-back: close does not wait for the upload, fsync does and reports its failure
+        assert errno_of(lambda: os.fsync(pending)) == errno.EIO
         assert time.monotonic() - started < 30
+        os.close(pending)
+        assert json.loads(os.getxattr(mount.path, "user.bucketfs.status"))["dirty_files"] == 1
 
         # the daemon is still there and answers what needs no server
         assert os.statvfs(mount.path).f_blocks > 0
         assert mount.proc is not None
         assert mount.proc.poll() is None
-        # unmounting does not hang on the dirty file it cannot upload
+        # unmounting does not hang on the dirty file it cannot upload, and says so
         started = time.monotonic()
-        mount.stop()
-        assert time.monotonic() - started < 60
+        done = subprocess.run(
+            [sys.executable, "-m", "bucketfs", "umount", str(mount.path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=mount.env,
+            check=False,
+        )
+        assert done.returncode == 1
+        assert "could not be uploaded" in done.stderr
+        assert "uploaded by the next mount" in done.stderr
+        assert mount.proc.wait(timeout=60) is not None
+        assert time.monotonic() - started < 90
+        mount.proc = None
         log = mount.log.read_text()
         assert "not uploaded" in log
         assert "pending.txt" in log
