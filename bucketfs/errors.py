@@ -172,6 +172,12 @@ class CrossDevice(FsError):
     errno = _errno.EXDEV
 
 
+class MetadataTooLarge(FsError):
+    """The object's metadata would exceed what the store accepts (2 KiB of user metadata on S3)."""
+
+    errno = _errno.E2BIG
+
+
 # --- cache ---------------------------------------------------------------------------------
 
 

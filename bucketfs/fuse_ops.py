@@ -253,7 +253,7 @@ class FuseOps(pyfuse3.Operations):
 
     @_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        figures = self.fs.statfs()
+        figures = await self.fs.statfs()
         data = pyfuse3.StatvfsData()
         data.f_bsize = figures.bsize
         data.f_frsize = figures.bsize
@@ -268,11 +268,11 @@ class FuseOps(pyfuse3.Operations):
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return self.fs.getxattr(inode, _name(name))
+        return await self.fs.getxattr(inode, _name(name))
 
     @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return [n.encode() for n in self.fs.listxattr(inode)]
+        return [n.encode() for n in await self.fs.listxattr(inode)]
 
     @_errors
     async def setxattr(
@@ -282,4 +282,4 @@ class FuseOps(pyfuse3.Operations):
 
     @_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self.fs.removexattr(inode, _name(name))
+        await self.fs.removexattr(inode, _name(name))

@@ -160,6 +160,8 @@ class MountConfig:
     block_size: int = MiB  # -o block_size=: unit of caching and of ranged GETs
     max_dirty: int = 2 * 1024 * MiB  # -o max_dirty=: writers wait above this many dirty bytes
     writeback_delay: float = 0.0  # -o writeback_delay=SECONDS: wait after close, then upload
+    noversions: bool = False  # -o noversions: no .versions/ directories
+    url_ttl: int = 3600  # -o url_ttl=SECONDS: lifetime of a user.bucketfs.url
     fsname: str = ""  # "": str(source), as shown in /proc/mounts
     # S3 keys from a remote in a config file (bucketfs.config); None: botocore's chain. Never
     # in a repr, never an -o option (the command line shows in ps).
@@ -360,6 +362,13 @@ def _block_size(key: str, value: str) -> int:
     return size
 
 
+def _url_ttl(key: str, value: str) -> int:
+    """Seconds a presigned URL lives: 1 to 604800 (7 days, SigV4's limit)."""
+    if not _needs_value(key, value).isdigit() or not 1 <= int(value) <= 604800:
+        raise ConfigError(f"bad value for option '{key}': {value!r} (seconds, 1 to 604800)")
+    return int(value)
+
+
 #: -o name -> (MountConfig field, parser). Every option the README documents is here.
 _OPTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "endpoint": ("endpoint", _endpoint),
@@ -388,6 +397,8 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "block_size": ("block_size", _block_size),
     "max_dirty": ("max_dirty", _byte_count),
     "writeback_delay": ("writeback_delay", _seconds),
+    "noversions": ("noversions", parse_flag),
+    "url_ttl": ("url_ttl", _url_ttl),
     "auth_url": ("auth_url", _endpoint),
     "create_tempurl_key": ("create_tempurl_key", parse_flag),
 }

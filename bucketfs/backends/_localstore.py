@@ -149,6 +149,15 @@ class LocalStore:
             fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
 
+    def usage(self, bucket: str) -> tuple[int, int]:
+        """(bytes, objects) of the current objects, for `df`."""
+        with self.bucket(bucket).read() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM versions "
+                "WHERE is_latest = 1 AND is_delete_marker = 0"
+            ).fetchone()
+        return int(row[0]), int(row[1])
+
     def get_versioning(self, bucket: str) -> str:
         with self.bucket(bucket).read() as conn:
             return BucketIndex.versioning_locked(conn)

@@ -106,6 +106,10 @@ class LocalBackend:
     async def delete_bucket(self, bucket: str) -> None:
         await self._run(self._store.delete_bucket, bucket)
 
+    async def usage(self, bucket: str) -> tuple[int, int]:
+        """(bytes, objects) of the current objects: what `df` shows as used."""
+        return await self._run(self._store.usage, bucket)
+
     async def get_versioning(self, bucket: str) -> str:
         return await self._run(self._store.get_versioning, bucket)
 

@@ -162,6 +162,13 @@ class MemoryBackend:
             raise BucketNotEmpty(f"bucket {bucket!r} is not empty")
         del self._buckets[bucket]
 
+    async def usage(self, bucket: str) -> tuple[int, int]:
+        """(bytes, objects) of the current objects: what `df` shows as used."""
+        await self._request()
+        b = self._bucket(bucket)
+        live = [v for v in (b.latest_live(kb) for kb in b.keys) if v is not None]
+        return sum(v.info.size for v in live), len(live)
+
     async def get_versioning(self, bucket: str) -> str:
         await self._request()
         return self._bucket(bucket).versioning

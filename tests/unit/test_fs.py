@@ -1083,8 +1083,8 @@ def test_getxattr_etag_and_root_pid(run_fs: RunFs) -> None:
         node = await h.write_file("f", b"x")
         await h.settle()
         assert node.etag is not None
-        assert h.fs.getxattr(node.ino, "user.bucketfs.etag") == node.etag.encode()
-        assert h.fs.getxattr(ROOT_INO, "user.bucketfs.pid") == str(os.getpid()).encode()
-        assert "user.bucketfs.etag" in h.fs.listxattr(node.ino)
+        assert await h.fs.getxattr(node.ino, "user.bucketfs.etag") == node.etag.encode()
+        assert await h.fs.getxattr(ROOT_INO, "user.bucketfs.pid") == str(os.getpid()).encode()
+        assert "user.bucketfs.etag" in await h.fs.listxattr(node.ino)
 
     run_fs(body)

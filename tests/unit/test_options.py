@@ -177,6 +177,8 @@ OPTION_CASES = [
     ("block_size=4096", "block_size", 4096),
     ("max_dirty=512M", "max_dirty", 512 * MiB),
     ("writeback_delay=5", "writeback_delay", 5.0),
+    ("noversions", "noversions", True),
+    ("url_ttl=60", "url_ttl", 60),
 ]
 
 
@@ -242,6 +244,8 @@ def test_endpoint_from_environment() -> None:
         ("cache_size=0", "'cache_size': '0'"),
         ("max_dirty=lots", "'max_dirty': 'lots'"),
         ("writeback_delay=-1", "'writeback_delay': '-1'"),
+        ("url_ttl=0", "'url_ttl': '0'"),
+        ("url_ttl=1h", "'url_ttl': '1h'"),
         ("retry_timeout=never", "'retry_timeout': 'never'"),
         ("max_connections=many", "'max_connections': 'many'"),
         ("part_size=1M", "'part_size': '1M'"),

@@ -1,0 +1,446 @@
+"""Object metadata as extended attributes.
+
+Owns the mapping between xattr names and what an object carries:
+
+- `user.K`: user metadata key `K` (`x-amz-meta-K` on S3, `X-Object-Meta-K` on Swift). Names are
+  case-insensitive like HTTP header names and listed in lower case. The POSIX keys kept in
+  metadata (`mode`, `uid`, `gid`, `mtime`: what `stat` shows) and keys under `bucketfs.` are
+  not xattrs.
+- `user.bucketfs.F`: the object's own fields. Read-only: `etag`, `version_id`,
+  `last_modified`, `storage_class`, `size` (and on version files `is_latest`,
+  `delete_marker`); read-write: `content_type`, `cache_control`, `content_encoding`,
+  `content_disposition`, `content_language`, `expires`; computed: `url` (a presigned URL,
+  never logged); on the mount root and bucket directories `versioning` (read-write) and
+  `region`. `url` is only given when asked for by name (never listed).
+
+The mount's control attributes (`pid`, `status`, `flush`, `upload_state`) stay in `fs.py`.
+
+Invariants: a change is validated completely before anything is sent; it reaches the server
+through `persist` (fs.py: copy in place with the metadata replaced for a clean file, the
+pending upload for a dirty one, a marker PUT for a directory) and, if that fails, the node is
+left as it was; every refusal logs one INFO line that says why (a missing attribute only at
+DEBUG: the kernel and `ls` ask for `security.*` names all the time).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bucketfs.backends.base import Backend
+from bucketfs.errors import (
+    BucketfsError,
+    InvalidArgument,
+    MetadataTooLarge,
+    NoAttribute,
+    NotPermitted,
+    NotSupported,
+    ReadOnly,
+)
+from bucketfs.files import write_options
+from bucketfs.inodes import ROOT_INO, Kind, Node
+from bucketfs.meta import POSIX_KEYS
+from bucketfs.types import SYSTEM_HEADERS, ObjectInfo
+from bucketfs.versions import NULL_VERSION, VKind, get_args, iso, millis
+
+log = logging.getLogger(__name__)
+
+USER = "user."
+NS = "user.bucketfs."
+READ_ONLY = ("etag", "version_id", "last_modified", "storage_class", "size")
+READ_WRITE = SYSTEM_HEADERS  # content_type, cache_control, content_encoding, ...
+VERSION_FIELDS = ("is_latest", "delete_marker")
+URL = "url"
+VERSIONING = "versioning"
+REGION = "region"
+#: what S3 allows of user metadata (keys and values, UTF-8 bytes, POSIX keys included)
+MAX_METADATA_BYTES = 2048
+#: the default lifetime of a presigned URL (-o url_ttl=)
+URL_TTL = 3600
+#: seconds the bytes and objects used (df) are reused
+USAGE_TTL = 30.0
+
+_KEY_RE = re.compile(r"^[a-z0-9._-]+$")
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE_RE = re.compile(rf"^{_TOKEN}/{_TOKEN}(\s*;.*)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a node's metadata becomes after one setxattr or removexattr."""
+
+    metadata: dict[str, str]
+    content_type: str | None
+    system: dict[str, str]
+
+
+Persist = Callable[[Node], Awaitable[None]]
+Flush = Callable[[int], Awaitable[None]]
+Refresh = Callable[[int], Awaitable[Node]]
+
+
+def _refuse(exc: BucketfsError, node: Node, name: str, why: str) -> BucketfsError:
+    log.info("xattr %s of %s: %s (%s)", name, node.key or "/", why, exc.__class__.__name__)
+    return exc.__class__(why)
+
+
+def _text(node: Node, name: str, value: bytes) -> str:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _refuse(InvalidArgument(), node, name, "the value is not UTF-8 text") from None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise _refuse(InvalidArgument(), node, name, "control characters cannot be sent")
+    if text != text.strip(" \t"):
+        raise _refuse(InvalidArgument(), node, name, "HTTP drops leading and trailing blanks")
+    return text
+
+
+def _header_value(node: Node, field: str, name: str, value: bytes) -> str:
+    """A system header's value, validated (and `expires` normalised to an HTTP date)."""
+    text = _text(node, name, value)
+    if not text or not text.isascii():
+        raise _refuse(InvalidArgument(), node, name, "a header value must be non-empty ASCII")
+    if field == "content_type" and not _MEDIA_TYPE_RE.match(text):
+        raise _refuse(InvalidArgument(), node, name, f"{text!r} is not a media type (a/b)")
+    if field == "expires":
+        when = _parse_date(text)
+        if when is None:
+            raise _refuse(InvalidArgument(), node, name, "not an HTTP date or ISO-8601 instant")
+        text = email.utils.format_datetime(when, usegmt=True)
+    return text
+
+
+def _parse_date(text: str) -> datetime | None:
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+def metadata_bytes(metadata: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
+
+
+def user_keys(metadata: dict[str, str]) -> list[str]:
+    """The metadata keys shown as `user.K`: not the POSIX ones, not `bucketfs.*`."""
+    return sorted(
+        k for k in metadata if k.lower() not in POSIX_KEYS and not k.lower().startswith("bucketfs.")
+    )
+
+
+class Xattrs:
+    """getxattr/listxattr/setxattr/removexattr of files and directories (not the control
+    attributes of fs.py)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        url_ttl: int,
+        persist: Persist,
+        flush: Flush,
+        refresh: Refresh,
+        read_only: bool,
+    ) -> None:
+        self.backend = backend
+        self.url_ttl = url_ttl
+        self._persist = persist
+        self._refresh = refresh
+        self._flush = flush
+        self._read_only = read_only
+        self._usage: tuple[float, tuple[int, int]] | None = None
+
+    # --- reading -----------------------------------------------------------------------------
+
+    async def names(self, node: Node) -> list[str]:
+        """The attributes `node` has (listxattr); a version's metadata needs one HEAD. `url` is
+        never listed: `getfattr -d`, `cp -a` and `rsync -X` would sign and copy a credential."""
+        v = node.virtual
+        if v is not None and v.version is not None:
+            await self._head_version(node)
+        names = [USER + k for k in user_keys(dict(node.metadata))]
+        if v is not None:
+            if v.kind is not VKind.VERSION or v.version is None:
+                return []
+            fields = ["etag", "version_id", "last_modified", "storage_class", "size"]
+            fields += list(VERSION_FIELDS)
+            if not v.version.is_delete_marker:
+                fields += ["content_type", *self._system(node)]
+            return names + [NS + f for f in fields]
+        if node.ino == ROOT_INO or node.is_bucket:
+            names += [NS + VERSIONING] if node.bucket is not None else []
+            names += [NS + REGION] if self._region() else []
+        if node.kind is Kind.DIR:
+            if node.has_marker:
+                names += [NS + f for f in ("content_type", *self._system(node))]
+            return names
+        fields = []
+        if node.etag is not None:
+            fields += ["etag", *(["version_id"] if node.version_id else [])]
+            fields += ["last_modified", "storage_class"]
+        fields += ["size", "content_type", *self._system(node)]
+        return names + [NS + f for f in fields]
+
+    @staticmethod
+    def _system(node: Node) -> list[str]:
+        return [f for f in READ_WRITE if f != "content_type" and f in node.system]
+
+    async def get(self, node: Node, name: str) -> bytes:
+        if name.startswith(USER):  # the kernel asks for security.* on every write: no HEAD
+            node = await self._refresh(node.ino)
+        value = await self._value(node, name)
+        if value is None:
+            log.debug("xattr %s of %s: no such attribute", name, node.key or "/")
+            raise NoAttribute()
+        return value.encode()
+
+    async def _value(self, node: Node, name: str) -> str | None:
+        if not name.startswith(USER):
+            return None
+        if not name.startswith(NS):
+            if node.virtual is not None and node.virtual.version is not None:
+                await self._head_version(node)
+            key = name[len(USER) :].lower()
+            if key in POSIX_KEYS or key.startswith("bucketfs."):
+                return None
+            return node.metadata.get(key)
+        field = name[len(NS) :]
+        if field == URL:
+            return await self._url(node, name)
+        if node.ino == ROOT_INO or node.is_bucket:
+            if field == VERSIONING and node.bucket is not None:
+                return await self.backend.get_versioning(node.bucket)
+            if field == REGION:
+                return self._region()
+        if node.virtual is not None:
+            return await self._version_value(node, field)
+        if field in READ_WRITE:
+            if node.kind is Kind.DIR and not node.has_marker:
+                return None
+            if field == "content_type":
+                return node.content_type or write_options(node).content_type
+            return node.system.get(field)
+        if node.kind is Kind.DIR:
+            return None
+        if field == "size":
+            return str(node.size)
+        if node.etag is None:
+            return None
+        if field == "etag":
+            return node.etag
+        if field == "version_id":
+            return node.version_id
+        if field in ("last_modified", "storage_class"):
+            info = await self._head(node)
+            if info is None:
+                return None
+            if field == "last_modified":
+                return iso(millis(info.last_modified))
+            return info.storage_class or "STANDARD"
+        return None
+
+    async def _version_value(self, node: Node, field: str) -> str | None:
+        v = node.virtual
+        if v is None or v.version is None:
+            return None
+        info = v.version
+        simple = {
+            "etag": info.etag or None,
+            "version_id": info.version_id or NULL_VERSION,
+            "last_modified": iso(millis(info.last_modified)),
+            "storage_class": info.storage_class or "STANDARD",
+            "size": str(info.size),
+            "is_latest": str(info.is_latest).lower(),
+            "delete_marker": str(info.is_delete_marker).lower(),
+        }
+        if field in simple:
+            return simple[field]
+        if field in READ_WRITE and not info.is_delete_marker:
+            await self._head_version(node)
+            if field == "content_type":
+                return node.content_type
+            return node.system.get(field)
+        return None
+
+    async def _head(self, node: Node) -> ObjectInfo | None:
+        """The object as the server has it, asked once per ETag."""
+        if node.head_info is None or node.head_info.etag != node.etag:
+            if node.bucket is None or node.etag is None:
+                return None
+            node.head_info = await self.backend.head(node.bucket, node.key)
+        return node.head_info
+
+    async def _head_version(self, node: Node) -> None:
+        """A version's metadata (a version listing carries none), asked once."""
+        v = node.virtual
+        if v is None or v.version is None or node.head_info is not None:
+            return
+        if v.version.is_delete_marker:
+            node.head_info = v.version
+            return
+        version_id, _ = get_args(v.version)
+        info = await self.backend.head(v.bucket, v.path, version_id=version_id)
+        node.head_info = info
+        node.metadata = dict(info.metadata)
+        node.content_type = info.content_type
+        node.system = dict(info.system)
+
+    async def usage(self, bucket: str | None) -> tuple[int, int] | None:
+        """(bytes, objects) used in the mounted bucket, for `df`, where the store says so
+        cheaply (an optional `usage(bucket)` of the backend: local store, Swift's container
+        HEAD). S3 has no such request: None. Asked at most every USAGE_TTL seconds; a failure
+        is None, never an error (df must not fail because the store is slow)."""
+        usage = getattr(self.backend, "usage", None)
+        if bucket is None or usage is None:
+            return None
+        now = time.monotonic()
+        if self._usage is not None and now - self._usage[0] < USAGE_TTL:
+            return self._usage[1]
+        try:
+            figures = await usage(bucket)
+        except BucketfsError as exc:
+            log.debug("usage of %s unknown: %s", bucket, exc)
+            return None
+        self._usage = (now, (int(figures[0]), int(figures[1])))
+        return self._usage[1]
+
+    def _region(self) -> str | None:
+        region = getattr(self.backend, "region", None)
+        return region if isinstance(region, str) and region else None
+
+    async def _url(self, node: Node, name: str) -> str | None:
+        """A presigned GET of the file (of that version under `.versions/`). Never logged."""
+        if node.kind is not Kind.FILE or node.bucket is None:
+            return None
+        v = node.virtual
+        if v is not None:
+            if v.version is None or v.version.is_delete_marker:
+                return None
+            version_id, _ = get_args(v.version)
+            key = v.path
+        else:
+            if node.dirty or node.etag is None:
+                await self._flush(node.ino)  # the URL serves what was written
+            version_id, key = None, node.key
+        try:
+            return self.backend.presign(node.bucket, key, self.url_ttl, version_id=version_id)
+        except NotSupported:
+            raise _refuse(NotSupported(), node, name, "this store has no URLs") from None
+
+    # --- changing ----------------------------------------------------------------------------
+
+    async def set(self, node: Node, name: str, value: bytes) -> None:
+        self._check_writable(node, name)
+        node = await self._refresh(node.ino)  # the metadata must be known to be written back
+        if name == NS + VERSIONING and (node.ino == ROOT_INO or node.is_bucket):
+            await self._set_versioning(node, name, value)
+            return
+        await self._apply(node, name, self._change(node, name, value))
+
+    async def remove(self, node: Node, name: str) -> None:
+        self._check_writable(node, name)
+        node = await self._refresh(node.ino)
+        await self._apply(node, name, self._change(node, name, None))
+
+    def _check_writable(self, node: Node, name: str) -> None:
+        if node.virtual is not None:
+            raise _refuse(ReadOnly(), node, name, "versions are read-only")
+        if self._read_only:
+            raise _refuse(ReadOnly(), node, name, "the mount is read-only")
+
+    async def _set_versioning(self, node: Node, name: str, value: bytes) -> None:
+        assert node.bucket is not None
+        state = _text(node, name, value).capitalize()
+        if state not in ("Enabled", "Suspended"):
+            why = "versioning is Enabled or Suspended (it cannot be turned Off again)"
+            raise _refuse(InvalidArgument(), node, name, why)
+        await self.backend.set_versioning(node.bucket, state == "Enabled")
+        log.info("versioning of bucket %s: %s", node.bucket, state)
+
+    def _change(self, node: Node, name: str, value: bytes | None) -> Change:
+        """The node's metadata with `name` set to `value` (None: removed), validated."""
+        if not name.startswith(USER):
+            raise _refuse(NotSupported(), node, name, "only user.* attributes are kept")
+        if node.kind is Kind.DIR and (node.is_bucket or node.key == "" or node.bucket is None):
+            raise _refuse(NotSupported(), node, name, "a bucket has no object to hold metadata")
+        metadata = dict(node.metadata)
+        content_type = node.content_type
+        system = dict(node.system)
+        if name.startswith(NS):
+            field = name[len(NS) :]
+            if field in READ_ONLY or field in (URL, VERSIONING, REGION, *VERSION_FIELDS):
+                raise _refuse(NotPermitted(), node, name, "a read-only attribute")
+            if field not in READ_WRITE:
+                why = "unknown bucketfs attribute (user.bucketfs.* is reserved)"
+                raise _refuse(InvalidArgument(), node, name, why)
+            if field == "content_type":
+                if value is None and content_type is None:
+                    raise NoAttribute()
+                # removing it goes back to the type guessed from the name
+                content_type = None if value is None else _header_value(node, field, name, value)
+            elif value is None:
+                if field not in system:
+                    raise NoAttribute()
+                del system[field]
+            else:
+                system[field] = _header_value(node, field, name, value)
+            return Change(metadata, content_type, system)
+        key = name[len(USER) :].lower()
+        if not _KEY_RE.match(key):
+            why = "a metadata name is letters, digits, '-', '_' and '.' (an HTTP header token)"
+            raise _refuse(InvalidArgument(), node, name, why)
+        if key in POSIX_KEYS:
+            why = f"{key} is what stat shows: use chmod, chown or touch"
+            raise _refuse(NotPermitted(), node, name, why)
+        if value is None:
+            if key not in metadata:
+                raise NoAttribute()
+            del metadata[key]
+        else:
+            metadata[key] = _text(node, name, value)
+        return Change(metadata, content_type, system)
+
+    async def _check_kept(self, node: Node, name: str, change: Change) -> None:
+        """Some stores keep no metadata on a directory marker (SeaweedFS: its directories are
+        not objects): say so instead of showing a change that the next HEAD loses."""
+        assert node.bucket is not None
+        info = await self.backend.head(node.bucket, node.key)
+        wanted = {k: change.metadata[k] for k in user_keys(change.metadata)}
+        kept = {k: info.metadata[k] for k in user_keys(dict(info.metadata))}
+        if kept != wanted or any(info.system.get(k) != v for k, v in change.system.items()):
+            why = "this store keeps no metadata on directories"
+            raise _refuse(NotSupported(), node, name, why)
+
+    async def _apply(self, node: Node, name: str, change: Change) -> None:
+        before = (node.metadata, node.content_type, node.system)
+        node.metadata, node.content_type, node.system = (
+            change.metadata,
+            change.content_type,
+            change.system,
+        )
+        size = metadata_bytes(dict(write_options(node).metadata))
+        limit = int(getattr(self.backend, "max_metadata_bytes", MAX_METADATA_BYTES))
+        try:
+            if size > limit:
+                why = f"user metadata would be {size} bytes, more than the {limit} allowed"
+                raise _refuse(MetadataTooLarge(), node, name, why)
+            await self._persist(node)
+            if node.kind is Kind.DIR:
+                await self._check_kept(node, name, change)
+        except BaseException:
+            node.metadata, node.content_type, node.system = before
+            raise
+        node.head_info = None
+        log.debug("xattr %s of %s changed", name, node.key)
