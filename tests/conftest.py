@@ -7,6 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.servers import SeaweedServer, unique_bucket
+from tests.swift_fixtures import swift
+
+__all__ = ["swift"]  # a real single-node Swift, one per session (tests/swift_server.py)
 
 
 @pytest.fixture(scope="session")

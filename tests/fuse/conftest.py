@@ -21,12 +21,15 @@ from tests.helpers import (
     mount_factory_for,
     s3_store_env,
 )
+from tests.swift_fixtures import swift_store_env
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "swift"])
 def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> StoreEnv:
     if request.param == "s3":
         return s3_store_env(request.getfixturevalue("seaweed"))
+    if request.param == "swift":
+        return swift_store_env(request.getfixturevalue("swift"))
     return local_store_env(tmp_path / "store")
 
 
