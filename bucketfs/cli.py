@@ -310,7 +310,8 @@ def cmd_umount(mountpoint: str, *, if_mounted: bool = False) -> int:
     try:
         os.setxattr(path, control.XATTR_FLUSH, b"")
     except OSError as exc:
-        if exc.errno != errno.EROFS:  # a read-only mount has nothing to upload
+        # a read-only mount has nothing to upload; ENOTSUP: a daemon without flush
+        if exc.errno not in (errno.EROFS, errno.ENOTSUP, errno.EOPNOTSUPP):
             not_uploaded = exc.strerror
     try:
         _fusermount(path, "-u")
