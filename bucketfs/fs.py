@@ -591,15 +591,18 @@ class BucketFS:
         ]
 
     async def _snapshot(self, directory: Node) -> list[tuple[str, Node]]:
-        listed = await self._list(directory)
-        self._listings[directory.ino] = listed
-        entries: list[tuple[str, Node]] = []
-        seen: set[str] = set()
+        # what is only local must be taken before the listing is asked for: an upload may land
+        # while we wait, after the server made the listing without it
+        local = [n for n in self.table.known_children(directory) if n.pinned and not n.unlinked]
         cached: dict[str, CachedFile] = {}
         if directory.bucket is not None and self._data is not None:
             for cf in self.data.cache.dirty_children(directory.bucket, directory.key):
                 assert cf.key is not None
                 cached[cf.key[len(directory.key) :]] = cf
+        listed = await self._list(directory)
+        self._listings[directory.ino] = listed
+        entries: list[tuple[str, Node]] = []
+        seen: set[str] = set()
         for name, entry in listed.items():
             node = self.table.child(directory, name)
             if node is None and name in cached and entry.kind is not Kind.DIR:
@@ -621,12 +624,12 @@ class BucketFS:
                 node.attr_expiry = 0.0
             entries.append((name, node))
             seen.add(name)
-        for node in self.table.known_children(directory):
-            if node.name not in seen and node.pinned and not node.unlinked:
+        for node in local:
+            if node.name not in seen and not node.unlinked and node.parent == directory.ino:
                 entries.append((node.name, node))
                 seen.add(node.name)
         for name, cf in cached.items():
-            if name not in seen and valid_name(name):
+            if name not in seen and valid_name(name) and cf.key is not None:
                 entries.append((name, self._node_from_cache(directory, name, cf)))
         # metadata of listed files is fetched only once the kernel asks for one of them (ls -l,
         # du, rsync do; find and plain ls do not)
