@@ -157,7 +157,8 @@ class FileData:
         cf = node.cached
         if cf is not None and cf.dirty:
             self.cache.set_meta(cf, upload_meta(node))
-            self.writeback.schedule(cf)
+            # without a configured delay, a close also ends a worker's wait for quiet
+            self.writeback.schedule(cf, now=self.writeback.delay == 0)
 
     async def flush(self, node: Node) -> None:
         """Return once the node's content as of now is on the server."""
