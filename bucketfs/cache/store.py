@@ -28,6 +28,7 @@ import errno
 import fcntl
 import logging
 import os
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,10 @@ class BlockCache:
             log.warning("cache %s uses %s-byte blocks; keeping them", root, stored)
             self.block_size = int(stored)
         self.index.set_setting("block_size", str(self.block_size))
+        #: tags our uploads (metadata `bucketfs.upload`), to know our own object when an
+        #: upload's answer was lost (killed daemon, reset connection)
+        self.cache_id = self.index.setting("cache_id") or uuid.uuid4().hex
+        self.index.set_setting("cache_id", self.cache_id)
         self.files: dict[int, CachedFile] = {}
         self.by_key: dict[tuple[str, str], CachedFile] = {}
         self._lru: OrderedDict[tuple[int, int], None] = OrderedDict()

@@ -33,6 +33,8 @@ from bucketfs.types import PutResult, WriteOptions
 
 log = logging.getLogger(__name__)
 
+#: metadata key tagging our uploads with "<cache id>:<file id>" (hidden from xattrs)
+UPLOAD_TAG = "bucketfs.upload"
 RETRY_FIRST = 1.0
 STALE_SETTLE = 1.0
 RETRY_MAX = 60.0
@@ -72,7 +74,8 @@ class WriteBack:
         self._on_uploaded = on_uploaded
         self._on_conflict = on_conflict
         self._nursery: trio.Nursery | None = None
-        self._workers: dict[int, trio.Event] = {}  # file id -> "run now" (skip the delay)
+        #: a worker per file object (ids of deleted files may be reused) -> "run now"
+        self._workers: dict[CachedFile, trio.Event] = {}
         self._worker_ended = trio.Event()
         self.uploaded_bytes = 0
         self.uploads = 0
@@ -94,7 +97,7 @@ class WriteBack:
     def schedule(self, cf: CachedFile, *, now: bool = False) -> None:
         if not cf.dirty or cf.key is None:
             return
-        kick = self._workers.get(cf.id)
+        kick = self._workers.get(cf)
         if kick is not None:
             if now:
                 kick.set()
@@ -102,7 +105,7 @@ class WriteBack:
         kick = trio.Event()
         if now:
             kick.set()
-        self._workers[cf.id] = kick
+        self._workers[cf] = kick
         assert self._nursery is not None, "WriteBack.run() has not started"
         self._nursery.start_soon(self._worker, cf)
 
@@ -112,7 +115,7 @@ class WriteBack:
         while cf.dirty and cf.key is not None and cf.uploaded_generation < target:
             progress = cf.progress
             self.schedule(cf, now=True)
-            kick = self._workers.get(cf.id)
+            kick = self._workers.get(cf)
             if kick is not None:
                 kick.set()
             await progress.wait()
@@ -142,11 +145,11 @@ class WriteBack:
         retry = RETRY_FIRST
         try:
             while cf.dirty and cf.key is not None:
-                kick = self._workers[cf.id]
+                kick = self._workers[cf]
                 if self.delay and not kick.is_set():
                     with trio.move_on_after(self.delay):
                         await kick.wait()
-                self._workers[cf.id] = trio.Event()
+                self._workers[cf] = trio.Event()
                 try:
                     await self._attempt(cf)
                     retry = RETRY_FIRST
@@ -173,10 +176,10 @@ class WriteBack:
                         exc,
                     )
                     with trio.move_on_after(retry * (0.5 + random.random())):
-                        await self._workers[cf.id].wait()
+                        await self._workers[cf].wait()
                     retry = min(retry * 2, RETRY_MAX)
         finally:
-            self._workers.pop(cf.id, None)
+            self._workers.pop(cf, None)
             self._progress(cf)
             ended, self._worker_ended = self._worker_ended, trio.Event()
             ended.set()
@@ -193,7 +196,7 @@ class WriteBack:
         while True:
             generation = cf.generation
             with trio.move_on_after(STALE_SETTLE):
-                await self._workers[cf.id].wait()
+                await self._workers[cf].wait()
                 return
             if cf.generation == generation:
                 return
@@ -246,10 +249,13 @@ class WriteBack:
 
     # --- one upload --------------------------------------------------------------------------
 
+    def _tag(self, cf: CachedFile) -> str:
+        return f"{self.cache.cache_id}:{cf.id}"
+
     def _options(self, cf: CachedFile) -> WriteOptions:
         meta = cf.meta
         return WriteOptions(
-            metadata=dict(meta.get("metadata", {})),
+            metadata={**meta.get("metadata", {}), UPLOAD_TAG: self._tag(cf)},
             content_type=meta.get("content_type"),
             system=dict(meta.get("system", {})),
         )
@@ -299,7 +305,11 @@ class WriteBack:
                     # deleted by another client meanwhile: our edit brings it back
                     result = await self.backend.put(bucket, key, data, opts, if_none_match=True)
                 except PreconditionFailed:
-                    return await self._conflict(cf, generation, data, opts)
+                    ours = await self._our_object(cf)
+                    if ours is None:
+                        return await self._conflict(cf, generation, data, opts)
+                    # our own upload whose answer never came: build on it
+                    result = await self.backend.put(bucket, key, data, opts, if_match=ours)
                 self.cache.stored(cf, key, result.etag, size)
                 return result
         if expected and await self._changed_on_server(cf, expected):
@@ -356,7 +366,24 @@ class WriteBack:
             info = await self.backend.head(cf.bucket, cf.key)
         except NotFound:
             return False
-        return info.etag != expected
+        if info.etag == expected:
+            return False
+        if info.metadata.get(UPLOAD_TAG) == self._tag(cf):
+            self.cache.stored(cf, cf.key, info.etag, info.size)  # ours, answer lost
+            return False
+        return True
+
+    async def _our_object(self, cf: CachedFile) -> str | None:
+        """The ETag of the object under the file's key if it is an upload of ours."""
+        assert cf.key is not None
+        try:
+            info = await self.backend.head(cf.bucket, cf.key)
+        except NotFound:
+            return None
+        if info.metadata.get(UPLOAD_TAG) != self._tag(cf):
+            return None
+        self.cache.stored(cf, cf.key, info.etag, info.size)
+        return info.etag
 
     async def _conflict(
         self, cf: CachedFile, generation: int, data: bytes, opts: WriteOptions
