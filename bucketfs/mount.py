@@ -71,10 +71,12 @@ def make_backend(cfg: MountConfig) -> Backend:
         path_style=cfg.path_style,
         max_connections=cfg.max_connections,
         retry_deadline=cfg.retry_timeout,
-        # one attempt may not outlast the whole retry budget (a server that accepts but
-        # never answers, e.g. stopped): reads of uncached data fail within about that time
-        connect_timeout=min(10.0, max(1.0, cfg.retry_timeout)),
-        read_timeout=min(60.0, max(2.0, cfg.retry_timeout)),
+        # an attempt gets at most half the retry budget (a server that accepts but never
+        # answers, e.g. stopped): uncached reads fail within about retry_timeout, and there is
+        # always a second attempt on a fresh connection (pooled ones may be stale after an
+        # outage)
+        connect_timeout=min(10.0, max(0.5, cfg.retry_timeout / 2)),
+        read_timeout=min(60.0, max(1.0, cfg.retry_timeout / 2)),
         credentials=(
             S3Credentials(cfg.access_key_id or "", cfg.secret_access_key, cfg.session_token)
             if cfg.secret_access_key is not None

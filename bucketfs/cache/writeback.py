@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 #: metadata key tagging our uploads with "<cache id>:<file id>" (hidden from xattrs)
 UPLOAD_TAG = "bucketfs.upload"
 RETRY_FIRST = 1.0
+#: attempts a waiting flush/fsync makes before it reports the upload's failure
+FLUSH_ATTEMPTS = 3
 STALE_SETTLE = 1.0
 RETRY_MAX = 60.0
 
@@ -112,6 +114,7 @@ class WriteBack:
     async def flush(self, cf: CachedFile) -> None:
         """Return once the file's content as of now is on the server."""
         target = cf.generation
+        failures = 0
         while cf.dirty and cf.key is not None and cf.uploaded_generation < target:
             progress = cf.progress
             self.schedule(cf, now=True)
@@ -120,6 +123,9 @@ class WriteBack:
                 kick.set()
             await progress.wait()
             if cf.state == "failed" and cf.uploaded_generation < target:
+                failures += 1
+                if failures < FLUSH_ATTEMPTS:
+                    continue  # at once again: a server just back often fails the first try
                 errno = cf.failure.errno if cf.failure is not None else CacheError.errno
                 raise CacheError(f"upload failed: {cf.error}", errno=errno)
 
