@@ -1,12 +1,16 @@
 """The one seam where HTTP answers and transport failures become `bucketfs.errors` classes.
 
-Owns `error_class` (status + S3 error code -> class) and `transport_error` (an httpx exception ->
-`Transient` or `Unreachable`). Invariants: every status a server can send maps to exactly one
-`BackendError` subclass; everything that `retry.retry_call` retries is a `Transient`, and nothing
-else is; `tests/unit/test_errors.py` walks `HANDLED_STATUSES` and fails on an unmapped one.
+Owns `error_class` (status + S3 error code -> class), `transport_error` (an httpx exception ->
+`Transient` or `Unreachable`), and what a ranged GET's answer means (`ranged_content`,
+`ranged_chunks`: 416 is an empty range, a 200 to a Range request is the whole object to slice).
+Invariants: every status a server can send maps to exactly one `BackendError` subclass;
+everything that `retry.retry_call` retries is a `Transient`, and nothing else is;
+`tests/unit/test_errors.py` walks `HANDLED_STATUSES` and fails on an unmapped one.
 """
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
@@ -104,3 +108,66 @@ def transport_error(exc: httpx.HTTPError, endpoint: str, what: str) -> Transient
     if isinstance(exc, httpx.TimeoutException):
         return Transient(f"{what}: timed out talking to {endpoint} ({type(exc).__name__})")
     return Transient(f"{what}: connection to {endpoint} failed: {type(exc).__name__}: {exc}")
+
+
+# --- ranged GETs -------------------------------------------------------------------------------
+
+#: the statuses a ranged GET may answer with
+RANGED_OK = frozenset({200, 206, 416})
+
+
+def ranged_content(
+    status: int, sent: Mapping[str, str], content: bytes, start: int, end: int | None
+) -> bytes:
+    """The bytes [start, end) from a buffered answer to a GET sent with headers `sent`."""
+    if status == 416:
+        return b""  # the range starts at or after the end: empty, not an error
+    if status == 200 and "Range" in sent:  # the server ignored Range
+        return content[start:end]
+    return content
+
+
+def ranged_chunks(
+    response: httpx.Response,
+    sent: Mapping[str, str],
+    start: int,
+    end: int | None,
+    endpoint: str,
+    what: str,
+) -> AsyncIterator[bytes]:
+    """The bytes [start, end) of a streamed answer, chunk by chunk; a broken connection while
+    reading becomes `transport_error`."""
+    if response.status_code == 416:
+        return no_chunks()
+    chunks = _chunks(response, endpoint, what)
+    if response.status_code == 200 and "Range" in sent:
+        return _sliced(chunks, start, end)
+    return chunks
+
+
+async def no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+async def _chunks(response: httpx.Response, endpoint: str, what: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except httpx.TransportError as exc:
+        raise transport_error(exc, endpoint, what) from exc
+
+
+async def _sliced(
+    chunks: AsyncIterator[bytes], start: int, end: int | None
+) -> AsyncIterator[bytes]:
+    """The bytes [start, end) of a whole-object stream (for servers that ignore Range)."""
+    offset = 0
+    async for chunk in chunks:
+        lo, hi = offset, offset + len(chunk)
+        offset = hi
+        if hi <= start:
+            continue
+        if end is not None and lo >= end:
+            break
+        yield chunk[max(start - lo, 0) : None if end is None else max(end - lo, 0)]

@@ -52,7 +52,14 @@ from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError
 
 from bucketfs.backends import s3xml
-from bucketfs.backends.http import error_class, transport_error
+from bucketfs.backends.http import (
+    RANGED_OK,
+    error_class,
+    no_chunks,
+    ranged_chunks,
+    ranged_content,
+    transport_error,
+)
 from bucketfs.backends.retry import retry_call
 from bucketfs.errors import (
     BackendError,
@@ -517,13 +524,9 @@ class S3Backend:
             return b""
         headers, query = self._get_args(start, end, if_match, version_id)
         response, content = await self._request(
-            "GET", bucket, key, query=query, headers=headers, ok=frozenset({200, 206, 416})
+            "GET", bucket, key, query=query, headers=headers, ok=RANGED_OK
         )
-        if response.status_code == 416:
-            return b""
-        if response.status_code == 200 and "Range" in headers:  # the server ignored Range
-            return content[start:end]
-        return content
+        return ranged_content(response.status_code, headers, content, start, end)
 
     def get_stream(
         self,
@@ -548,7 +551,7 @@ class S3Backend:
         version_id: str | None,
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         if end is not None and end <= start:
-            yield _no_chunks()
+            yield no_chunks()
             return
         headers, query = self._get_args(start, end, if_match, version_id)
         response, _ = await self._request(
@@ -557,27 +560,13 @@ class S3Backend:
             key,
             query=query,
             headers=headers,
-            ok=frozenset({200, 206, 416}),
+            ok=RANGED_OK,
             stream=True,
         )
         try:
-            if response.status_code == 416:
-                yield _no_chunks()
-            elif response.status_code == 200 and "Range" in headers:
-                yield _sliced(self._chunks(response, bucket, key), start, end)
-            else:
-                yield self._chunks(response, bucket, key)
+            yield ranged_chunks(response, headers, start, end, self.endpoint, f"GET {bucket}/{key}")
         finally:
             await response.aclose()
-
-    async def _chunks(
-        self, response: httpx.Response, bucket: str, key: str
-    ) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in response.aiter_raw():
-                yield chunk
-        except httpx.TransportError as exc:
-            raise transport_error(exc, self.endpoint, f"GET {bucket}/{key}") from exc
 
     # --- writing -----------------------------------------------------------------------
 
@@ -729,26 +718,6 @@ def _put_result(headers: httpx.Headers) -> PutResult:
         etag=s3xml.strip_etag(headers.get("etag", "")),
         version_id=headers.get("x-amz-version-id"),
     )
-
-
-async def _no_chunks() -> AsyncIterator[bytes]:
-    return
-    yield b""  # pragma: no cover - makes this an async generator
-
-
-async def _sliced(
-    chunks: AsyncIterator[bytes], start: int, end: int | None
-) -> AsyncIterator[bytes]:
-    """The bytes [start, end) of a whole-object stream (for servers that ignore Range)."""
-    offset = 0
-    async for chunk in chunks:
-        lo, hi = offset, offset + len(chunk)
-        offset = hi
-        if hi <= start:
-            continue
-        if end is not None and lo >= end:
-            break
-        yield chunk[max(start - lo, 0) : None if end is None else max(end - lo, 0)]
 
 
 def _session_region(session: botocore.session.Session) -> str:

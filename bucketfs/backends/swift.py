@@ -40,7 +40,13 @@ import httpx
 import trio
 
 from bucketfs.backends import swift_slo as slo
-from bucketfs.backends.http import transport_error
+from bucketfs.backends.http import (
+    RANGED_OK,
+    no_chunks,
+    ranged_chunks,
+    ranged_content,
+    transport_error,
+)
 from bucketfs.backends.retry import retry_call
 from bucketfs.backends.s3 import quote_key
 from bucketfs.backends.swift_auth import Authenticator, AuthResult, auth_from_env
@@ -492,13 +498,9 @@ class SwiftBackend:
             return b""
         headers, query = self._get_args(start, end, if_match, version_id)
         response, content = await self._request(
-            "GET", bucket, key, query=query, headers=headers, ok=frozenset({200, 206, 416})
+            "GET", bucket, key, query=query, headers=headers, ok=RANGED_OK
         )
-        if response.status_code == 416:
-            return b""
-        if response.status_code == 200 and "Range" in headers:  # Range ignored
-            return content[start:end]
-        return content
+        return ranged_content(response.status_code, headers, content, start, end)
 
     def get_stream(
         self,
@@ -523,7 +525,7 @@ class SwiftBackend:
         version_id: str | None,
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         if end is not None and end <= start:
-            yield _no_chunks()
+            yield no_chunks()
             return
         headers, query = self._get_args(start, end, if_match, version_id)
         response, _ = await self._request(
@@ -532,27 +534,15 @@ class SwiftBackend:
             key,
             query=query,
             headers=headers,
-            ok=frozenset({200, 206, 416}),
+            ok=RANGED_OK,
             stream=True,
         )
         try:
-            if response.status_code == 416:
-                yield _no_chunks()
-            elif response.status_code == 200 and "Range" in headers:
-                yield _sliced(self._chunks(response, bucket, key), start, end)
-            else:
-                yield self._chunks(response, bucket, key)
+            yield ranged_chunks(
+                response, headers, start, end, self.description, f"GET {bucket}/{key}"
+            )
         finally:
             await response.aclose()
-
-    async def _chunks(
-        self, response: httpx.Response, bucket: str, key: str
-    ) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in response.aiter_raw():
-                yield chunk
-        except httpx.TransportError as exc:
-            raise transport_error(exc, self.description, f"GET {bucket}/{key}") from exc
 
     # --- writing -----------------------------------------------------------------------
 
@@ -762,22 +752,3 @@ def _check_bulk(content: bytes) -> None:
     if not status.startswith(("2", "404")):
         cls = error_class(int(status.split()[0]))
         raise cls(f"bulk delete: {status}: {result.get('Response Body', '')}")
-
-
-async def _no_chunks() -> AsyncIterator[bytes]:
-    return
-    yield b""  # pragma: no cover - makes this an async generator
-
-
-async def _sliced(
-    chunks: AsyncIterator[bytes], start: int, end: int | None
-) -> AsyncIterator[bytes]:
-    offset = 0
-    async for chunk in chunks:
-        lo, hi = offset, offset + len(chunk)
-        offset = hi
-        if hi <= start:
-            continue
-        if end is not None and lo >= end:
-            break
-        yield chunk[max(start - lo, 0) : None if end is None else max(end - lo, 0)]
