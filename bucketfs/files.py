@@ -13,13 +13,12 @@ more than `max_dirty` dirty bytes, instead of filling the disk.
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from bucketfs.backends.base import MAX_PARTS, MAX_PUT_SIZE, Backend
+from bucketfs.backends.base import MAX_PUT_SIZE, Backend
 from bucketfs.cache.store import BlockCache, CachedFile, ReadState
 from bucketfs.cache.writeback import WriteBack, abort_quietly
 from bucketfs.concurrency import for_each
@@ -32,7 +31,6 @@ DIRECTORY_CONTENT_TYPE = "application/x-directory"
 
 @dataclass(frozen=True, slots=True)
 class DataOptions:
-    part_size: int = 16 << 20
     max_parallel: int = 8
     max_dirty: int = 1 << 30
 
@@ -169,12 +167,6 @@ class FileData:
 
     # --- server-side copies --------------------------------------------------------------------
 
-    def part_size_for(self, size: int) -> int:
-        part = self._opts.part_size
-        while (size + part - 1) // part > MAX_PARTS:
-            part *= 2
-        return part
-
     async def copy_object(
         self,
         bucket: str,
@@ -191,7 +183,7 @@ class FileData:
         if opts is None:
             info = await self._backend.head(bucket, src_key)
             opts = WriteOptions(info.metadata, info.content_type, dict(info.system))
-        part = max(self.part_size_for(size), 512 << 20)
+        part = max(self.writeback.part_size_for(size), 512 << 20)
         upload_id = await self._backend.create_multipart(bucket, dst_key, opts)
         etags: dict[int, str] = {}
 
@@ -216,6 +208,3 @@ class FileData:
         except BaseException:
             await abort_quietly(self._backend, bucket, dst_key, upload_id)
             raise
-
-
-OnUploaded = Callable[[CachedFile], None]

@@ -214,7 +214,6 @@ class BucketFS:
                     cache,
                     writeback,
                     DataOptions(
-                        part_size=opts.part_size,
                         max_parallel=opts.max_parallel,
                         max_dirty=opts.max_dirty,
                     ),

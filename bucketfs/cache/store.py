@@ -391,10 +391,7 @@ class BlockCache:
         for idx in indexes:
             lo = idx * bs - start
             piece = data[lo : lo + bs]
-            try:
-                self._pwrite(fd, piece, idx * bs)
-            except CacheFull:
-                raise
+            self._pwrite(fd, piece, idx * bs)
             cf.present.add(idx)
             self._touch(cf, idx)
         self.index.set_blocks(cf.id, indexes, dirty=False)
