@@ -241,7 +241,8 @@ async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
                 on_ready()
                 nursery.start_soon(_watch_signals, cfg.mountpoint)
                 nursery.start_soon(_raise_readahead, cfg.mountpoint)
-                nursery.start_soon(_report_status, fs, str(cfg.fsname or cfg.source))
+                if os.environ.get("NOTIFY_SOCKET"):  # only systemd reads these lines
+                    nursery.start_soon(_report_status, fs, str(cfg.fsname or cfg.source))
                 await pyfuse3.main()
             finally:
                 with trio.CancelScope(shield=True):
