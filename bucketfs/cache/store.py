@@ -17,6 +17,11 @@ Invariants (README and docs/cache.md say them in prose):
   the server's object changed;
 - clean bytes stay under `cache_size` (least recently used evicted first); dirty bytes are not
   counted against it (`max_dirty` throttles writers instead).
+
+Random readers: after `FILL_AFTER` non-sequential misses in one file no larger than
+`cache_size / 8`, the rest of the file is fetched in the background (`FILL_PARALLEL` ranged
+GETs of `fetch_blocks` blocks, beside the readers' own fetches), so a database or an archive
+read at random places soon reads at local-disk speed, at the cost of fetching the file once.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ from bucketfs.cache.index import CacheIndex, FileRow
 from bucketfs.errors import BucketfsError, CacheError, CacheFull
 
 log = logging.getLogger(__name__)
+
+#: non-sequential read misses in one file before the rest of it is fetched in the background
+FILL_AFTER = 4
+#: GETs a background fill keeps in flight
+FILL_PARALLEL = 2
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -101,6 +111,9 @@ class CachedFile:
     #: set (and replaced) whenever an upload finished or failed, for waiters
     progress: trio.Event = field(default_factory=trio.Event)
     opens: int = 0
+    #: non-sequential reads that missed; FILL_AFTER of them start a background fill
+    random_misses: int = 0
+    filling: bool = False
 
     @property
     def upload_state(self) -> str:
@@ -145,6 +158,7 @@ class BlockCache:
         self.by_key: dict[tuple[str, str], CachedFile] = {}
         self._lru: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._limiter = trio.CapacityLimiter(max_parallel)
+        self._fill_limiter = trio.CapacityLimiter(FILL_PARALLEL)
         self._max_window = max_window
         self._fetch_blocks = fetch_blocks
         self.gets = 0
@@ -282,6 +296,8 @@ class BlockCache:
         elif offset != state.next_offset:
             state.window = 0
         state.next_offset = end
+        if not state.window and cf.base_etag is not None:
+            self._count_random_miss(cf, first, last)
         if state.window and cf.base_etag is not None:
             stop = min(last + 1 + state.window, (cf.base_size + bs - 1) // bs)
             missing = [i for i in range(last + 1, stop) if self._fetchable(cf, i)]
@@ -299,6 +315,46 @@ class BlockCache:
         if len(data) < end - offset:  # a sparse tail past what was written
             data += bytes(end - offset - len(data))
         return data
+
+    def _count_random_miss(self, cf: CachedFile, first: int, last: int) -> None:
+        if cf.filling or not any(self._fetchable(cf, i) for i in range(first, last + 1)):
+            return
+        cf.random_misses += 1
+        if cf.random_misses >= FILL_AFTER and cf.base_size <= self.cache_size // 8:
+            cf.filling = True
+            self._nursery.start_soon(self._fill, cf)
+
+    async def _fill(self, cf: CachedFile) -> None:
+        """Fetch every block of `cf` not present yet, `FILL_PARALLEL` GETs at a time; stop when
+        the base object changed, the file left the cache or a fetch failed."""
+        etag, bs = cf.base_etag, self.block_size
+        nblocks = (cf.base_size + bs - 1) // bs
+        starts = iter(range(0, nblocks, self._fetch_blocks))
+
+        async def worker() -> None:
+            for start in starts:
+                stop = min(start + self._fetch_blocks, nblocks)
+                run = [i for i in range(start, stop) if self._fetchable(cf, i)]
+                run = [i for i in run if i not in cf.inflight]
+                if cf.base_etag != etag or self.files.get(cf.id) is not cf:
+                    return
+                if not run:
+                    continue
+                fetch = _Fetch()
+                for idx in run:
+                    cf.inflight[idx] = fetch
+                # a run with holes (blocks present or in flight) is fetched whole; what is
+                # already there is not written again
+                await self._fetch(cf, list(range(run[0], run[-1] + 1)), fetch, self._fill_limiter)
+                if fetch.error is not None:
+                    return
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(FILL_PARALLEL):
+                    nursery.start_soon(worker)
+        finally:
+            cf.filling = False
 
     async def read_local(self, cf: CachedFile, start: int, end: int) -> bytes:
         """Bytes [start, end) as the cache has them (materialize first); zeros in holes."""
@@ -358,7 +414,13 @@ class BlockCache:
             cf.inflight[idx] = fetch
         self._nursery.start_soon(self._fetch, cf, indexes, fetch)
 
-    async def _fetch(self, cf: CachedFile, indexes: list[int], fetch: _Fetch) -> None:
+    async def _fetch(
+        self,
+        cf: CachedFile,
+        indexes: list[int],
+        fetch: _Fetch,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
         bs = self.block_size
         start = indexes[0] * bs
         end = min((indexes[-1] + 1) * bs, cf.base_size)
@@ -366,7 +428,7 @@ class BlockCache:
         try:
             assert etag is not None
             assert base_key is not None
-            async with self._limiter:
+            async with limiter or self._limiter:
                 self.gets += 1
                 data = await self.backend.get(cf.bucket, base_key, start, end, if_match=etag)
             if cf.base_etag != etag:

@@ -148,6 +148,7 @@ def rand_4k(env: RawEnv) -> None:
         return {"time_s": elapsed, "iops": len(offsets) / elapsed}
 
     env.phase("rand_4k_256m", run)
+    env.phase("rand_4k_256m_cached", run)  # raw S3 has no cache: the same reads again
 
 
 def _put_all(env: RawEnv, files: dict[str, bytes]) -> None:

@@ -248,6 +248,25 @@ def _first_line(cmd: list[str]) -> str:
     return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
 
 
+def _profile(handle: MountHandle) -> None:
+    """With BENCH_PROFILE=DIR, sample the daemon with py-spy until it exits: collapsed stacks
+    in DIR/<system>-<mount id>.txt (one line per stack, `flamegraph.pl` or `sort -k2` reads it)."""
+    out_dir = os.environ.get("BENCH_PROFILE")
+    spy = VENV_BIN / "py-spy"
+    if not out_dir or handle.pid is None or not spy.exists():
+        return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir) / f"{handle.system}-{handle.mount_id}.txt"
+    cmd = [str(spy), "record", "--pid", str(handle.pid), "--format", "raw", "-o", str(out)]
+    subprocess.Popen(
+        [*cmd, "--rate", "250", "--nonblocking"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 class Bucketfs(System):
     name = "bucketfs"
 
@@ -277,6 +296,7 @@ class Bucketfs(System):
             if out.returncode != 0:
                 raise RuntimeError(f"bucketfs mount failed: {(out.stderr or out.stdout)[-1500:]}")
             handle.pid = int(os.getxattr(mp, "user.bucketfs.pid"))
+            _profile(handle)
         except BaseException:
             handle.abort()
             raise

@@ -278,3 +278,56 @@ def test_an_upload_overtaken_by_a_write_is_no_conflict_with_ourselves(tmp_path: 
         assert await store.get(BUCKET, "one.txt") == b"one\n"
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def _random_reads(h: Harness, node_ino: int, offsets: list[int]) -> list[bytes]:
+    fh, _keep = await h.fs.open(node_ino, os.O_RDONLY)
+    got = [await h.fs.read(fh, off, 4096) for off in offsets]
+    await h.fs.release(fh)
+    return got
+
+
+async def _fill_done(cache: BlockCache, key: str) -> None:
+    cf = cache.find(BUCKET, key)
+    assert cf is not None
+    with trio.fail_after(30):
+        while cf.filling:  # noqa: ASYNC110 - the cache keeps no event for a fill's end
+            await trio.sleep(0.01)
+
+
+def test_a_file_read_at_random_places_is_fetched_whole_in_the_background(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        data = os.urandom(10 * MiB)
+        await h.put("db", data)
+        node = await h.fs.lookup(ROOT_INO, "db")
+        offsets = [7 * MiB + 3, 2 * MiB, 9 * MiB + 100, 4 * MiB, 1 * MiB + 17]
+        got = await _random_reads(h, node.ino, offsets)
+        assert got == [data[o : o + 4096] for o in offsets]
+        cache = h.fs.data.cache
+        await _fill_done(cache, "db")
+        cf = cache.find(BUCKET, "db")
+        assert cf is not None
+        assert cf.present == set(range(10))
+        gets = cache.gets
+        others = [o * 12345 % (10 * MiB - 4096) for o in range(1, 200)]
+        assert await _random_reads(h, node.ino, others) == [data[o : o + 4096] for o in others]
+        assert cache.gets == gets  # every later random read came from the disk
+
+    run_fs(body, cache_size=100 * MiB)
+
+
+def test_no_background_fill_for_a_file_large_for_the_cache_or_read_in_order(
+    run_fs: RunFs,
+) -> None:
+    async def body(h: Harness) -> None:
+        data = os.urandom(10 * MiB)
+        await h.put("big", data)
+        node = await h.fs.lookup(ROOT_INO, "big")
+        offsets = [7 * MiB, 2 * MiB, 9 * MiB, 4 * MiB, 1 * MiB, 5 * MiB]
+        assert await _random_reads(h, node.ino, offsets) == [data[o : o + 4096] for o in offsets]
+        cf = h.fs.data.cache.find(BUCKET, "big")
+        assert cf is not None
+        assert not cf.filling
+        assert cf.present == {7, 2, 9, 4, 1, 5}  # only what was read: 10 MiB > cache_size / 8
+
+    run_fs(body, cache_size=64 * MiB)
