@@ -220,14 +220,21 @@ class WriteBack:
             if cf.generation != generation or not cf.dirty or cf.key is None:
                 raise StaleUpload()
             self.cache.mark_uploading(cf)
-            with trio.CancelScope() as scope:
-                cf.upload_scope = scope
-                try:
-                    size = cf.size
-                    started = time.monotonic()
-                    result = await self._upload(cf, generation, size)
-                finally:
-                    cf.upload_scope = None
+            try:
+                with trio.CancelScope() as scope:
+                    cf.upload_scope = scope
+                    try:
+                        size = cf.size
+                        started = time.monotonic()
+                        result = await self._upload(cf, generation, size)
+                    finally:
+                        cf.upload_scope = None
+            except BaseExceptionGroup as group:
+                # a write cancelled a multipart upload: once this scope took its Cancelled
+                # back, what is left of the parts' group may be only StaleUploads
+                if group.split(StaleUpload)[1] is None:
+                    raise StaleUpload() from None
+                raise
             if scope.cancelled_caught:
                 raise StaleUpload()
         self.uploads += 1

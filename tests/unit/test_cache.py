@@ -331,3 +331,37 @@ def test_no_background_fill_for_a_file_large_for_the_cache_or_read_in_order(
         assert cf.present == {7, 2, 9, 4, 1, 5}  # only what was read: 10 MiB > cache_size / 8
 
     run_fs(body, cache_size=64 * MiB)
+
+
+def test_a_write_during_a_multipart_upload_is_a_stale_upload_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Parts reading the cache in worker threads see the new generation and raise StaleUpload
+    together; that group is one abandoned upload, never an "internal error"."""
+    store = PartCounting(0.0)
+
+    async def main() -> None:
+        from bucketfs.fs import FsOptions
+
+        await store.create_bucket(BUCKET)
+        opts = FsOptions(uid=0, gid=0, part_size=5 * MiB)
+        fs = BucketFS(store, bucket=BUCKET, prefix="", options=opts, cache_dir=tmp_path / "c")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            fh, _node = await fs.create(ROOT_INO, "multi", 0o644, RW | os.O_CREAT, 0, 0)
+            content = bytearray(os.urandom(40 * MiB))
+            await fs.write(fh, 0, bytes(content))
+            for i in range(30):
+                await fs.flush(fh)  # an upload starts; the next write makes it stale
+                await trio.sleep(0.002 * (i % 5))
+                await fs.write(fh, i * MiB, b"x")
+                content[i * MiB] = ord("x")
+            await fs.fsync(fh)
+            await fs.release(fh)
+            nursery.cancel_scope.cancel()
+        assert await store.get(BUCKET, "multi") == bytes(content)
+
+    with caplog.at_level("DEBUG", logger="bucketfs.cache.writeback"):
+        trio.run(main)  # real clock: parts are read in worker threads
+    problems = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert problems == []
