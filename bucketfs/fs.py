@@ -66,6 +66,9 @@ XATTR_FLUSH = "user.bucketfs.flush"
 XATTR_UPLOAD_STATE = "user.bucketfs.upload_state"
 #: readdir asks for the metadata of at most this many listed entries ahead of the kernel
 PREFETCH_ENTRIES = 4096
+#: a directory whose last listing had at most this many entries is listed again (one page)
+#: to answer a lookup once its listing expired, instead of a HEAD and a LIST per name
+RELIST_ENTRIES = 1000
 PREFETCH_PARALLEL = 32
 
 
@@ -166,6 +169,10 @@ class BucketFS:
         self._prefetching: dict[int, trio.Event] = {}
         self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_PARALLEL)
         self._deferred_prefetch: LRUCache[int, list[Node]] = LRUCache(maxsize=256)
+        #: entries of each directory's last listing, by inode (to decide on relisting)
+        self._listing_sizes: LRUCache[int, int] = LRUCache(maxsize=65536)
+        #: counts changes made through this mount (a relisting that overlaps one is not kept)
+        self._changes = 0
         # hook: the .versions/ tree and object metadata as xattrs (versions.py, xattrs.py)
         self.versions = Versions(
             backend,
@@ -297,6 +304,7 @@ class BucketFS:
     def _changed(self, directory: Node, name: str, kind: Kind | None = None) -> None:
         """A change made through this mount: a listing we hold is kept in step (not dropped),
         so lookups of new names need no request; `kind` None means `name` is gone."""
+        self._changes += 1
         self._negative.pop((directory.ino, name), None)
         listing = self._listings.get(directory.ino)
         if listing is not None:
@@ -432,6 +440,10 @@ class BucketFS:
             return _Entry(Kind.DIR, None)
         bucket, key = parent.bucket, parent.key + name
         listed = self._listings.get(parent.ino)
+        if listed is None and self._listing_sizes.get(parent.ino, RELIST_ENTRIES + 1) <= (
+            RELIST_ENTRIES
+        ):
+            listed = await self._relist(parent)
         if listed is not None:
             entry = listed.get(name)
             if entry is None:
@@ -456,6 +468,19 @@ class BucketFS:
         if is_dir:
             return _Entry(Kind.DIR, await self._head_or_none(bucket, key + "/"))
         return None if head is None else self._file_entry(head)
+
+    async def _relist(self, directory: Node) -> dict[str, _Entry] | None:
+        """List a small directory again (one page) for lookups after its listing expired:
+        a loop creating files there then costs one LIST per `dir_timeout`, not two requests
+        per name. None if it no longer fits one page or this mount changed something while
+        the listing was made (the listing could lack that change)."""
+        changes = self._changes
+        listed = await self._list(directory, max_pages=1)
+        if listed is None or self._changes != changes:
+            return None
+        self._listings[directory.ino] = listed
+        self._listing_sizes[directory.ino] = len(listed)
+        return listed
 
     @staticmethod
     def _file_entry(info: ObjectInfo) -> _Entry:
@@ -599,7 +624,9 @@ class BucketFS:
                 assert cf.key is not None
                 cached[cf.key[len(directory.key) :]] = cf
         listed = await self._list(directory)
+        assert listed is not None
         self._listings[directory.ino] = listed
+        self._listing_sizes[directory.ino] = len(listed)
         entries: list[tuple[str, Node]] = []
         seen: set[str] = set()
         for name, entry in listed.items():
@@ -637,8 +664,11 @@ class BucketFS:
             self._deferred_prefetch[directory.ino] = partial
         return entries
 
-    async def _list(self, directory: Node) -> dict[str, _Entry]:
-        """Every child of `directory` on the server, by name (a directory wins over a file)."""
+    async def _list(
+        self, directory: Node, *, max_pages: int | None = None
+    ) -> dict[str, _Entry] | None:
+        """Every child of `directory` on the server, by name (a directory wins over a file);
+        None if that takes more than `max_pages` pages."""
         if directory.bucket is None:
             buckets = await self.backend.list_buckets()
             return {b.name: _Entry(Kind.DIR, None) for b in buckets if valid_name(b.name)}
@@ -661,6 +691,10 @@ class BucketFS:
             token = page.next_token
             if token is None:
                 break
+            if max_pages is not None:
+                max_pages -= 1
+                if max_pages <= 0:
+                    return None
         files.update(dirs)
         return dict(sorted(files.items()))
 
@@ -686,6 +720,7 @@ class BucketFS:
                 raise
         self._changed(parent, name, Kind.DIR)
         self._listings[node.ino] = {}  # we just made it: it is empty
+        self._listing_sizes[node.ino] = 0
         self.table.remember(node)
         return node
 

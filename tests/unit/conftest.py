@@ -28,7 +28,7 @@ import trio.testing
 from bucketfs.backends.memory import MemoryBackend
 from bucketfs.fs import BucketFS, FsOptions
 from bucketfs.inodes import ROOT_INO, Node
-from bucketfs.types import ObjectInfo, PutResult, WriteOptions
+from bucketfs.types import ListPage, ObjectInfo, PutResult, WriteOptions
 
 BUCKET = "bkt"  # the memory backend enforces S3 bucket names (3-63 characters)
 
@@ -65,6 +65,10 @@ class CountingBackend(MemoryBackend):
     async def delete(self, bucket: str, key: str) -> None:
         self.calls["delete"] += 1
         await super().delete(bucket, key)
+
+    async def list_page(self, bucket: str, prefix: str, *args: Any, **kw: Any) -> ListPage:
+        self.calls["list_page"] += 1
+        return await super().list_page(bucket, prefix, *args, **kw)
 
     # --- synchronous-looking helpers for "another client" -------------------------------
 

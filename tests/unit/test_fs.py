@@ -1088,3 +1088,46 @@ def test_getxattr_etag_and_root_pid(run_fs: RunFs) -> None:
         assert "user.bucketfs.etag" in await h.fs.listxattr(node.ino)
 
     run_fs(body)
+
+
+async def _list_once(h: Harness, ino: int) -> None:
+    fh = h.fs.opendir(ino)
+    await h.fs.readdir(fh, 0)
+    h.fs.releasedir(fh)
+
+
+def test_lookups_after_a_listing_expired_list_a_small_directory_again(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        for i in range(3):
+            await h.put(f"d/f{i}", b"x")
+        d = await h.fs.lookup(ROOT_INO, "d")
+        await _list_once(h, d.ino)
+        h.store.calls.clear()
+        for name in ("new1", "new2", "new3"):  # a loop creating files: each name is new
+            with pytest.raises(NoEntry):
+                await h.fs.lookup(d.ino, name)
+        assert h.store.calls["list_page"] == 3  # dir_timeout 0: one LIST per lookup, no HEAD
+        assert h.store.calls["head"] == 0
+        await h.put("d/other", b"yy")  # another client's file is seen at the next listing
+        assert (await h.fs.lookup(d.ino, "other")).size == 2
+
+    run_fs(body, negative_timeout=0, dir_timeout=0)
+
+
+def test_a_large_directory_is_not_listed_again_for_one_lookup(
+    run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bucketfs.fs.RELIST_ENTRIES", 2)
+
+    async def body(h: Harness) -> None:
+        for i in range(3):
+            await h.put(f"d/f{i}", b"x")
+        d = await h.fs.lookup(ROOT_INO, "d")
+        await _list_once(h, d.ino)
+        h.store.calls.clear()
+        with pytest.raises(NoEntry):
+            await h.fs.lookup(d.ino, "new")
+        assert h.store.calls["head"] == 1  # the name itself, and a LIST of `new/` only
+        assert h.store.calls["list_page"] == 1
+
+    run_fs(body, negative_timeout=0, dir_timeout=0)
