@@ -440,9 +440,8 @@ class BucketFS:
             return _Entry(Kind.DIR, None)
         bucket, key = parent.bucket, parent.key + name
         listed = self._listings.get(parent.ino)
-        if listed is None and self._listing_sizes.get(parent.ino, RELIST_ENTRIES + 1) <= (
-            RELIST_ENTRIES
-        ):
+        size = self._listing_sizes.get(parent.ino)
+        if listed is None and size is not None and size <= RELIST_ENTRIES:
             listed = await self._relist(parent)
         if listed is not None:
             entry = listed.get(name)
@@ -464,19 +463,38 @@ class BucketFS:
             page = await self.backend.list_page(bucket, key + "/", delimiter="/", max_keys=1)
             is_dir = bool(page.objects or page.prefixes)
 
-        await gather(do_head, do_list)
+        relisted: dict[str, _Entry] | None = None
+
+        async def do_relist() -> None:
+            nonlocal relisted
+            relisted = await self._relist(parent)
+
+        if size is None:
+            # the first lookup here: list the directory (one page) beside the HEAD; when it
+            # fits, later lookups there cost one request (stat of many files, a create loop)
+            await gather(do_head, do_relist)
+            if relisted is not None:
+                entry = relisted.get(name)
+                is_dir = entry is not None and entry.kind is Kind.DIR
+            else:
+                await do_list()
+        else:
+            await gather(do_head, do_list)
         if is_dir:
             return _Entry(Kind.DIR, await self._head_or_none(bucket, key + "/"))
         return None if head is None else self._file_entry(head)
 
     async def _relist(self, directory: Node) -> dict[str, _Entry] | None:
-        """List a small directory again (one page) for lookups after its listing expired:
-        a loop creating files there then costs one LIST per `dir_timeout`, not two requests
-        per name. None if it no longer fits one page or this mount changed something while
-        the listing was made (the listing could lack that change)."""
+        """List a small directory (one page) for lookups: first there, or after its listing
+        expired. A loop creating or stat'ing files there then costs one LIST per
+        `dir_timeout`, not a LIST per name. None if it does not fit one page or this mount
+        changed something while the listing was made (the listing could lack that change)."""
         changes = self._changes
         listed = await self._list(directory, max_pages=1)
-        if listed is None or self._changes != changes:
+        if listed is None:
+            self._listing_sizes[directory.ino] = RELIST_ENTRIES + 1
+            return None
+        if self._changes != changes:
             return None
         self._listings[directory.ino] = listed
         self._listing_sizes[directory.ino] = len(listed)
