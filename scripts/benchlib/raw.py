@@ -13,6 +13,7 @@ store sees the data, reads check sizes, `tar_c` compares md5s.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import tarfile
 import threading
 import time
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 from . import data
 from .data import Sizes
 from .store import Store
-from .workloads import DataFiles, Metrics, rand_offsets
+from .workloads import DataFiles, Metrics, edit_patch, rand_offsets
 
 RANGE = 16 << 20
 SMALL_THREADS = 16
@@ -301,6 +302,33 @@ def append_edit(env: RawEnv) -> None:
     env.phase("append_edit", run)
 
 
+def edit_1g(env: RawEnv) -> None:
+    """Without a cache a client re-sends the whole object: 1 GiB with the edit applied."""
+    from boto3.s3.transfer import TransferConfig
+
+    offset, patch = edit_patch(env.sizes)
+    edited = env.files.big_file.with_suffix(".edited")
+    shutil.copyfile(env.files.big_file, edited)
+    with open(edited, "r+b") as f:
+        f.seek(offset)
+        f.write(patch)
+    config = TransferConfig(
+        multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=8
+    )
+
+    def run() -> Metrics:
+        t0 = time.perf_counter()
+        env.s3.upload_file(str(edited), env.bucket, "edit1g.bin", Config=config)
+        env.store.wait_range("edit1g.bin", env.sizes.big, offset, patch, env.sizes.timeout)
+        elapsed = _since(t0)
+        return {"close_s": elapsed, "server_s": elapsed}
+
+    try:
+        env.phase("edit_1m_in_1g", run)
+    finally:
+        edited.unlink(missing_ok=True)
+
+
 RAW: dict[str, Callable[[RawEnv], None]] = {
     "write_1g": write_1g,
     "read_1g": read_1g,
@@ -315,4 +343,5 @@ RAW: dict[str, Callable[[RawEnv], None]] = {
     "mv_500": mv_500,
     "rm_rf": rm_rf,
     "append_edit": append_edit,
+    "edit_1m_in_1g": edit_1g,
 }

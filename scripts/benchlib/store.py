@@ -50,6 +50,9 @@ class Store(ABC):
     @abstractmethod
     def md5(self, key: str) -> str | None: ...
 
+    @abstractmethod
+    def read_range(self, key: str, start: int, end: int) -> bytes | None: ...
+
     def settle(self) -> None:  # noqa: B027 - a hook, empty on purpose
         """Make written data durable before checking (local disk: sync)."""
 
@@ -90,6 +93,20 @@ class Store(ABC):
         def check() -> str | None:
             got = self.size(key)
             return None if got == size else f"{key!r} has size {got}, want {size}"
+
+        self._poll(timeout, check)
+
+    def wait_range(self, key: str, size: int, start: int, want: bytes, timeout: float) -> None:
+        """Until the object has `size` bytes and `want` at `start` (an edit in a large object,
+        without downloading it whole at every poll)."""
+
+        def check() -> str | None:
+            got = self.size(key)
+            if got != size:
+                return f"{key!r} has size {got}, want {size}"
+            if self.read_range(key, start, start + len(want)) != want:
+                return f"{key!r} lacks the new bytes at {start}"
+            return None
 
         self._poll(timeout, check)
 
@@ -149,6 +166,20 @@ class S3Store(Store):
 
         try:
             return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError:
+            return None
+
+    def read_range(self, key: str, start: int, end: int) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}"
+            )["Body"]
+            try:
+                return bytes(body.read())
+            finally:
+                body.close()
         except ClientError:
             return None
 
@@ -212,6 +243,14 @@ class LocalStore(Store):
     def md5(self, key: str) -> str | None:
         try:
             return hashlib.md5((self.root / key).read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    def read_range(self, key: str, start: int, end: int) -> bytes | None:
+        try:
+            with open(self.root / key, "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
         except OSError:
             return None
 

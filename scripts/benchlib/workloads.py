@@ -354,6 +354,48 @@ def append_edit(env: Env) -> None:
     env.phase("append_edit", run)
 
 
+#: edit_1m_in_1g: where the 1 MiB is written (unaligned, mid-object)
+EDIT_OFFSET = 512 * data.MiB + 4097
+
+
+def prepare_edit_1g(store: Store, files: DataFiles) -> None:
+    store.put_file("edit1g.bin", files.big_file)
+
+
+def edit_patch(sizes: Sizes) -> tuple[int, bytes]:
+    """Where the edit goes in the big object and what it writes (1 MiB, or 64 KiB if quick)."""
+    size = data.MiB if sizes.big >= 1024 * data.MiB else 64 * 1024
+    offset = EDIT_OFFSET if sizes.big >= 1024 * data.MiB else sizes.big // 2 + 4097
+    return offset, hashlib.sha256(b"edit").digest() * (size // 32)
+
+
+def edit_1g(env: Env) -> None:
+    """A 1 MiB edit in the middle of a 1 GiB object: until the server has it (and bytes
+    uploaded, in the requests table); then the bytes around the edit are checked."""
+    root = env.mount(cold=False)
+    offset, patch = edit_patch(env.sizes)
+
+    def run() -> Metrics:
+        t0 = time.perf_counter()
+        with open(root / "edit1g.bin", "r+b") as f:
+            f.seek(offset)
+            f.write(patch)
+        close_s = _since(t0)
+        env.store.wait_range("edit1g.bin", env.sizes.big, offset, patch, env.sizes.timeout)
+        server_s = _since(t0)
+        with open(env.files.big_file, "rb") as f:
+            f.seek(offset - 4096)
+            before = f.read(4096)
+            f.seek(offset + len(patch))
+            after = f.read(4096)
+        got = env.store.read_range("edit1g.bin", offset - 4096, offset + len(patch) + 4096)
+        if got != before + patch + after:
+            raise RuntimeError("the bytes around the edit are wrong on the server")
+        return {"close_s": close_s, "server_s": server_s}
+
+    env.phase("edit_1m_in_1g", run)
+
+
 SCENARIOS: list[Scenario] = [
     Scenario("write_1g", ("write_1g",), write_1g),
     Scenario("read_1g", ("read_1g_cold", "read_1g_warm"), read_1g, dataset="bigread"),
@@ -368,6 +410,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("mv_500", ("mv_500",), mv_500, prepare=prepare_mv),
     Scenario("rm_rf", ("rm_rf",), rm_rf, prepare=prepare_src),
     Scenario("append_edit", ("append_edit",), append_edit, prepare=prepare_append),
+    Scenario("edit_1m_in_1g", ("edit_1m_in_1g",), edit_1g, prepare=prepare_edit_1g),
 ]
 
 #: the rows of the main table: (result, metric), in the order printed
@@ -392,6 +435,8 @@ TABLE_ROWS: list[tuple[str, str]] = [
     ("rm_rf", "server_s"),
     ("append_edit", "close_s"),
     ("append_edit", "server_s"),
+    ("edit_1m_in_1g", "close_s"),
+    ("edit_1m_in_1g", "server_s"),
 ]
 
 RESULT_NAMES: list[str] = [r for s in SCENARIOS for r in s.results]
