@@ -245,7 +245,7 @@ class FuseOps(pyfuse3.Operations):
 
     @_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None
+        await self.fs.fsyncdir()
 
     @_errors
     async def release(self, fh: int) -> None:

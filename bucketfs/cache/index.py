@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS blocks (
     PRIMARY KEY (file_id, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deletes (bucket TEXT NOT NULL, key TEXT NOT NULL,
+    PRIMARY KEY (bucket, key)) WITHOUT ROWID;
 """
 
 
@@ -273,6 +275,18 @@ class CacheIndex:
 
     def mark_blocks_clean(self, file_id: int) -> None:
         self.db.execute("UPDATE blocks SET dirty=0 WHERE file_id=?", (file_id,))
+
+    # --- deferred deletes (deletes.py): queued by unlink, sent in batches ------------------
+
+    def add_delete(self, bucket: str, key: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO deletes(bucket, key) VALUES (?, ?)", (bucket, key))
+
+    def remove_deletes(self, items: Iterable[tuple[str, str]]) -> None:
+        self.db.executemany("DELETE FROM deletes WHERE bucket=? AND key=?", items)
+
+    def pending_deletes(self) -> list[tuple[str, str]]:
+        rows = self.db.execute("SELECT bucket, key FROM deletes ORDER BY bucket, key")
+        return [(str(b), str(k)) for b, k in rows]
 
     def clean_files(self) -> list[int]:
         return [row[0] for row in self.db.execute("SELECT id FROM files WHERE dirty=0")]

@@ -101,6 +101,7 @@ class Harness:
         # no trio timeout: the mock clock jumps while an upload reads in a worker thread
         # (pytest-timeout bounds the test instead)
         await self.fs.data.writeback.wait_idle()
+        await self.fs.backend.flush()  # unlinks' deferred deletes
 
     async def body(self, key: str) -> bytes:
         assert self.bucket is not None

@@ -1,0 +1,155 @@
+"""Deferred deletes (bucketfs/deletes.py) on the memory backend: batching, the order every
+other request keeps with queued deletes, failures, and the journal that survives a crash."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from bucketfs.cache.index import CacheIndex
+from bucketfs.deletes import DeferredDeletes
+from bucketfs.errors import NotFound, Transient
+from bucketfs.inodes import ROOT_INO
+from tests.unit.conftest import BUCKET, CountingBackend, Harness, RunFs
+
+
+class Store(CountingBackend):
+    """Counts batches; `fail` makes the next delete_many calls fail; `hang` never answers."""
+
+    def __init__(self) -> None:
+        super().__init__(0.001)
+        self.batches: list[int] = []
+        self.single = 0
+        self.fail = 0
+        self.hang = False
+
+    async def delete(self, bucket: str, key: str) -> None:
+        self.single += 1
+        await super().delete(bucket, key)
+
+    async def delete_many(self, bucket: str, keys: Sequence[str]) -> None:
+        if self.hang:
+            await trio.sleep_forever()
+        if self.fail:
+            self.fail -= 1
+            raise Transient("server down")
+        self.batches.append(len(keys))
+        await super().delete_many(bucket, keys)
+
+
+def run(body: Any, store: Store, journal: CacheIndex | None = None) -> None:
+    async def main() -> None:
+        if BUCKET not in {b.name for b in await store.list_buckets()}:
+            await store.create_bucket(BUCKET)
+        deletes = DeferredDeletes(store)
+        if journal is not None:
+            deletes.attach(journal)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(deletes.run)
+            await body(deletes)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_unlinks_leave_in_batches_and_unlink_does_not_wait(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        for i in range(50):
+            await h.put(f"d/f{i:02d}", b"x")
+        d = await h.fs.lookup(ROOT_INO, "d")
+        fh = h.fs.opendir(d.ino)
+        await h.fs.readdir(fh, 0)
+        h.fs.releasedir(fh)
+        h.store.calls.clear()
+        for i in range(50):
+            await h.fs.unlink(d.ino, f"f{i:02d}")
+        assert h.store.calls["delete"] == 0  # nothing sent yet: unlink returned at once
+        await h.fs.rmdir(ROOT_INO, "d")  # lists d: waits for the queued deletes first
+        assert await h.keys() == []
+        assert h.store.calls["delete"] == 1  # only rmdir's marker: files went in batches
+
+    run_fs(body)
+
+
+def test_a_write_or_read_of_a_key_waits_for_its_queued_delete() -> None:
+    store = Store()
+
+    async def body(deletes: DeferredDeletes) -> None:
+        await store.put(BUCKET, "k", b"old")
+        await store.put(BUCKET, "dir/a", b"a")
+        await deletes.defer_delete(BUCKET, "k")
+        await deletes.put(BUCKET, "k", b"new")  # must not be overtaken by the delete
+        assert await store.get(BUCKET, "k") == b"new"
+        await deletes.defer_delete(BUCKET, "dir/a")
+        page = await deletes.list_page(BUCKET, "dir/")
+        assert not page.objects
+        await deletes.defer_delete(BUCKET, "k")
+        with pytest.raises(NotFound):
+            await deletes.head(BUCKET, "k")
+        assert store.single == 0
+
+    run(body, store)
+
+
+def test_a_failed_batch_is_retried_and_its_waiters_get_the_error() -> None:
+    store = Store()
+
+    async def body(deletes: DeferredDeletes) -> None:
+        await store.put(BUCKET, "k", b"x")
+        store.fail = 1
+        await deletes.defer_delete(BUCKET, "k")
+        with pytest.raises(Transient):
+            await deletes.head(BUCKET, "k")
+        await deletes.flush()  # the retry went through
+        assert await store.keys(BUCKET) == []
+        assert deletes.queued == 0
+
+    run(body, store)
+
+
+def test_deletes_queued_at_a_crash_are_sent_by_the_next_run(tmp_path: Path) -> None:
+    store = Store()
+    journal_path = tmp_path / "index.sqlite"
+
+    async def first_life(deletes: DeferredDeletes) -> None:
+        await store.put(BUCKET, "gone", b"x")
+        await store.put(BUCKET, "done", b"x")
+        await deletes.defer_delete(BUCKET, "done")
+        await deletes.flush()
+        store.hang = True  # the next batch never gets an answer: the daemon dies meanwhile
+        await deletes.defer_delete(BUCKET, "gone")
+        await trio.sleep(1)
+
+    run(first_life, store, CacheIndex(journal_path))
+    assert await_keys(store) == ["gone"]
+    store.hang = False
+    # another client writes "done" again: a replay must not delete it
+    trio.run(store.put, BUCKET, "done", b"newer")
+    journal = CacheIndex(journal_path)
+    assert journal.pending_deletes() == [(BUCKET, "gone")]
+
+    async def second_life(deletes: DeferredDeletes) -> None:
+        await deletes.flush()
+
+    run(second_life, store, journal)
+    assert await_keys(store) == ["done"]
+    assert journal.pending_deletes() == []
+
+
+def await_keys(store: Store) -> list[str]:
+    return trio.run(store.keys, BUCKET)
+
+
+def test_unmount_sends_what_is_queued(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("f", b"x")
+        await h.fs.unlink(ROOT_INO, "f")
+        assert await h.fs.drain() == []
+        assert await h.store.keys(BUCKET) == []
+
+    run_fs(body)
