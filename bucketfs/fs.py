@@ -770,7 +770,7 @@ class BucketFS:
         if node.bucket is not None and node.is_bucket and parent.bucket is None:
             await self.backend.delete_bucket(node.bucket)
         elif node.bucket is not None:
-            await self.backend.delete(node.bucket, node.key)
+            await self.backend.defer_delete(node.bucket, node.key)
         self.table.detach(node)
         self._changed(parent, name)
         self._listings.pop(node.ino, None)
@@ -1135,7 +1135,7 @@ class BucketFS:
             result = await self.data.copy_object(
                 node.bucket, node.key, new_key, node.size, None, etag=etag
             )
-            await self.backend.delete(node.bucket, node.key)
+            await self.backend.defer_delete(node.bucket, node.key)
             node.etag, node.version_id = result.etag, result.version_id
             if cf is not None:
                 self.data.cache.move(cf, node.bucket, new_key)
