@@ -471,32 +471,16 @@ class BucketFS:
             page = await self.backend.list_page(bucket, key + "/", delimiter="/", max_keys=1)
             is_dir = bool(page.objects or page.prefixes)
 
-        relisted: dict[str, _Entry] | None = None
-
-        async def do_relist() -> None:
-            nonlocal relisted
-            relisted = await self._relist(parent)
-
-        if size is None:
-            # the first lookup here: list the directory (one page) beside the HEAD; when it
-            # fits, later lookups there cost one request (stat of many files, a create loop)
-            await gather(do_head, do_relist)
-            if relisted is not None:
-                entry = relisted.get(name)
-                is_dir = entry is not None and entry.kind is Kind.DIR
-            else:
-                await do_list()
-        else:
-            await gather(do_head, do_list)
+        await gather(do_head, do_list)
         if is_dir:
             return _Entry(Kind.DIR, await self._head_or_none(bucket, key + "/"))
         return None if head is None else self._file_entry(head)
 
     async def _relist(self, directory: Node) -> dict[str, _Entry] | None:
-        """List a small directory (one page) for lookups: first there, or after its listing
-        expired. A loop creating or stat'ing files there then costs one LIST per
-        `dir_timeout`, not a LIST per name. None if it does not fit one page or this mount
-        changed something while the listing was made (the listing could lack that change)."""
+        """List a small directory again (one page) for lookups after its listing expired:
+        a loop creating files there then costs one LIST per `dir_timeout`, not two requests
+        per name. None if it no longer fits one page or this mount changed something while
+        the listing was made (the listing could lack that change)."""
         changes = self._changes
         listed = await self._list(directory, max_pages=1)
         if listed is None:
@@ -810,6 +794,10 @@ class BucketFS:
         bucket = self._bucket_of(parent)
         existing = self.table.child(parent, name)
         if existing is None and flags & os.O_EXCL:
+            # O_EXCL (lock files, mkstemp) asks the server, never a cached listing: another
+            # client may have made the name since
+            self._listings.pop(parent.ino, None)
+            self._negative.pop((parent.ino, name), None)
             existing = await self._find(parent, name) if await self._exists(parent, name) else None
         if existing is not None:
             if flags & os.O_EXCL:
