@@ -173,8 +173,9 @@ class BucketFS:
         self._deferred_prefetch: LRUCache[int, list[Node]] = LRUCache(maxsize=256)
         #: entries of each directory's last listing, by inode (to decide on relisting)
         self._listing_sizes: LRUCache[int, int] = LRUCache(maxsize=65536)
-        #: counts changes made through this mount (a relisting that overlaps one is not kept)
-        self._changes = 0
+        #: changes made through this mount, per directory inode (a relisting of a directory
+        #: that overlaps a change there is not kept)
+        self._changes: LRUCache[int, int] = LRUCache(maxsize=65536)
         # hook: the .versions/ tree and object metadata as xattrs (versions.py, xattrs.py)
         self.versions = Versions(
             self.backend,
@@ -312,7 +313,7 @@ class BucketFS:
     def _changed(self, directory: Node, name: str, kind: Kind | None = None) -> None:
         """A change made through this mount: a listing we hold is kept in step (not dropped),
         so lookups of new names need no request; `kind` None means `name` is gone."""
-        self._changes += 1
+        self._changes[directory.ino] = self._changes.get(directory.ino, 0) + 1
         self._negative.pop((directory.ino, name), None)
         listing = self._listings.get(directory.ino)
         if listing is not None:
@@ -481,12 +482,12 @@ class BucketFS:
         a loop creating files there then costs one LIST per `dir_timeout`, not two requests
         per name. None if it no longer fits one page or this mount changed something while
         the listing was made (the listing could lack that change)."""
-        changes = self._changes
+        changes = self._changes.get(directory.ino, 0)
         listed = await self._list(directory, max_pages=1)
         if listed is None:
             self._listing_sizes[directory.ino] = RELIST_ENTRIES + 1
             return None
-        if self._changes != changes:
+        if self._changes.get(directory.ino, 0) != changes:
             return None
         self._listings[directory.ino] = listed
         self._listing_sizes[directory.ino] = len(listed)
