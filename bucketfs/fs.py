@@ -1167,8 +1167,10 @@ class BucketFS:
         cache = self.data.cache
         for cf in list(cache.files.values()):
             under = cf.key is not None and cf.key.startswith(directory.key)
-            if under and cf.bucket == directory.bucket and not cf.dirty and cf.opens == 0:
-                cache.forget(cf)  # its object moves: cached blocks would be stale
+            if under and cf.bucket == directory.bucket and not cf.dirty:
+                # its object moves: the blocks are dropped; an open handle fetches again
+                # under the new key (`FileData.cached` attaches anew)
+                cache.forget(cf)
 
     # --- misc ------------------------------------------------------------------------------------
 

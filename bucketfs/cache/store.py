@@ -110,7 +110,6 @@ class CachedFile:
     upload_scope: trio.CancelScope | None = None
     #: set (and replaced) whenever an upload finished or failed, for waiters
     progress: trio.Event = field(default_factory=trio.Event)
-    opens: int = 0
     #: non-sequential reads that missed; FILL_AFTER of them start a background fill
     random_misses: int = 0
     filling: bool = False

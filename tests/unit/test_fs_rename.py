@@ -272,3 +272,20 @@ def test_rename_onto_itself_is_a_no_op(run_fs: RunFs) -> None:
         assert h.store.calls["copy"] == 0
 
     run_fs(body)
+
+
+def test_a_file_open_under_a_renamed_directory_still_reads_its_bytes(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        blob = os.urandom(3 * 1024 * 1024)
+        await h.put("d/f", blob)
+        d = await h.fs.lookup(ROOT_INO, "d")
+        f = await h.fs.lookup(d.ino, "f")
+        fh, _keep = await h.fs.open(f.ino, os.O_RDONLY)
+        assert await h.fs.read(fh, 0, 100) == blob[:100]  # block 0 is now cached
+        await h.fs.rename(ROOT_INO, "d", ROOT_INO, "e", 0)
+        assert await h.fs.read(fh, 0, 100) == blob[:100]
+        assert await h.fs.read(fh, 2 * 1024 * 1024, 100) == blob[2 * 1024 * 1024 :][:100]
+        await h.fs.release(fh)
+        assert await h.keys() == ["e/f"]
+
+    run_fs(body)
