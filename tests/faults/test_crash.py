@@ -358,3 +358,31 @@ def test_new_file_after_deleting_a_dirty_one_is_uploaded(crash_mounts: CrashMoun
     restart(mount)
     mount.flush_all(timeout=15)
     check_exact(mount, {"next.txt": blob(2, 2000), "next2.txt": blob(4, 2000)})
+
+
+# --- deletes queued at the kill (bucketfs/deletes.py) -------------------------------------------
+
+
+def test_deletes_queued_at_a_kill_are_sent_by_the_next_mount(crash_mounts: CrashMounts) -> None:
+    """Unlinks of a tree and an unlink-then-rewrite of one name, killed right after the last
+    unlink (deletes leave after 10 ms, so the last ones are usually still queued): nothing
+    deleted comes back, and the rewritten file (uploaded by the recovery) is not deleted by
+    the replayed delete of its name."""
+    mount = crash_mounts(["writeback_delay=3600"])
+    server = mount.server
+    for i in range(300):
+        server.put(f"tree/d{i % 7}/f{i:03d}", blob(1, 100 + i))
+    server.put("keep.txt", blob(2, 500))
+    server.put("same.txt", blob(3, 700))
+    root = mount.path
+    names = [os.path.join(d, f) for d, _, files in os.walk(root / "tree") for f in files]
+    assert len(names) == 300
+    assert (root / "same.txt").read_bytes() == blob(3, 700)
+    os.unlink(root / "same.txt")
+    write_file(root / "same.txt", blob(4, 900))  # dirty: its upload waits (writeback_delay)
+    for name in names:
+        os.unlink(name)
+    mount.kill()
+    restart(mount)
+    mount.flush_all(timeout=30)
+    check_exact(mount, {"keep.txt": blob(2, 500), "same.txt": blob(4, 900)})
