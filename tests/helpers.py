@@ -594,18 +594,7 @@ class MountFactory:
 
     def close(self) -> None:
         self._watchdog.cancel()
-        problems: list[str] = []
-        for mount in self.mounts:
-            try:
-                mount.stop()
-            except MountError as exc:
-                problems.append(f"{mount.source} on {mount.path}: {exc}")
-            finally:
-                mount._force_down()
-        for mount in self.mounts:
-            print(f"===== daemon logs of {mount.source} =====")
-            for log in mount.logs:
-                print(f"--- {log} ---\n{tail(log)}")
+        problems = stop_mounts(self.mounts)
         if self.watchdog_fired:
             problems.append(f"watchdog killed the daemons after {WATCHDOG_SECONDS}s")
         if self.fail_on_tracebacks:
@@ -613,6 +602,24 @@ class MountFactory:
                 problems.extend(mount.tracebacks())
         if problems:
             raise MountError("\n\n".join(problems))
+
+
+def stop_mounts(mounts: Sequence[Mount]) -> list[str]:
+    """Stop every mount, forcing it down whatever happened, and print each daemon's log;
+    returns what went wrong on the way."""
+    problems: list[str] = []
+    for mount in mounts:
+        try:
+            mount.stop()
+        except MountError as exc:
+            problems.append(f"{mount.source} on {mount.path}: {exc}")
+        finally:
+            mount._force_down()
+    for mount in mounts:
+        print(f"===== daemon logs of {mount.source} =====")
+        for log in mount.logs:
+            print(f"--- {log} ---\n{tail(log)}")
+    return problems
 
 
 @contextlib.contextmanager

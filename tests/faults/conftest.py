@@ -39,6 +39,7 @@ from tests.helpers import (
     is_mounted,
     local_store_env,
     s3_store_env,
+    stop_mounts,
     tail,
 )
 
@@ -261,18 +262,7 @@ class CrashMounts:
         teardown = threading.Timer(UMOUNT_GRACE, self._on_watchdog)
         teardown.daemon = True
         teardown.start()
-        problems: list[str] = []
-        for mount in self.mounts:
-            try:
-                mount.stop()
-            except MountError as exc:
-                problems.append(f"{mount.source} on {mount.path}: {exc}")
-            finally:
-                mount._force_down()
-        for mount in self.mounts:
-            print(f"===== daemon logs of {mount.source} =====")
-            for log in mount.logs:
-                print(f"--- {log} ---\n{tail(log)}")
+        problems = stop_mounts(self.mounts)
         teardown.cancel()
         if self.watchdog_fired:
             problems.append("watchdog killed the daemons (test or teardown stuck)")
