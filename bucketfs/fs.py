@@ -799,7 +799,10 @@ class BucketFS:
             # client may have made the name since
             self._listings.pop(parent.ino, None)
             self._negative.pop((parent.ino, name), None)
-            existing = await self._find(parent, name) if await self._exists(parent, name) else None
+            try:
+                existing = await self._find(parent, name)
+            except NoEntry:
+                existing = None
         if existing is not None:
             if flags & os.O_EXCL:
                 raise FileExists()
@@ -824,13 +827,6 @@ class BucketFS:
         self._changed(parent, name, Kind.FILE)
         self.table.remember(node)
         return self._handle(node, writable=True), node
-
-    async def _exists(self, parent: Node, name: str) -> bool:
-        try:
-            await self._find(parent, name)
-        except NoEntry:
-            return False
-        return True
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """A handle on the file; the bool says whether the kernel may keep its page cache."""
