@@ -332,16 +332,15 @@ class BlockCache:
 
         async def worker() -> None:
             for start in starts:
-                stop = min(start + self._fetch_blocks, nblocks)
-                run = [i for i in range(start, stop) if self._fetchable(cf, i)]
-                run = [i for i in run if i not in cf.inflight]
                 if cf.base_etag != etag or self.files.get(cf.id) is not cf:
                     return
+                stop = min(start + self._fetch_blocks, nblocks)
+                run = [
+                    i for i in range(start, stop) if self._fetchable(cf, i) and i not in cf.inflight
+                ]
                 if not run:
                     continue
-                fetch = _Fetch()
-                for idx in run:
-                    cf.inflight[idx] = fetch
+                fetch = self._claim(cf, run)
                 # a run with holes (blocks present or in flight) is fetched whole; what is
                 # already there is not written again
                 await self._fetch(cf, list(range(run[0], run[-1] + 1)), fetch, self._fill_limiter)
@@ -408,10 +407,15 @@ class BlockCache:
             self._spawn(cf, run)
 
     def _spawn(self, cf: CachedFile, indexes: list[int]) -> None:
+        self._nursery.start_soon(self._fetch, cf, indexes, self._claim(cf, indexes))
+
+    @staticmethod
+    def _claim(cf: CachedFile, indexes: list[int]) -> _Fetch:
+        """One fetch for `indexes`: readers of those blocks wait for it meanwhile."""
         fetch = _Fetch()
         for idx in indexes:
             cf.inflight[idx] = fetch
-        self._nursery.start_soon(self._fetch, cf, indexes, fetch)
+        return fetch
 
     async def _fetch(
         self,
