@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from . import data
 from .data import Sizes
-from .store import Store
+from .store import Store, get_range
 from .workloads import DataFiles, Metrics, edit_patch, rand_offsets
 
 RANGE = 16 << 20
@@ -91,11 +91,16 @@ def _since(t0: float) -> float:
     return time.perf_counter() - t0
 
 
-def write_1g(env: RawEnv) -> None:
+def _upload_config() -> Any:
+    """How the raw baseline uploads a large file: parts of RANGE, 8 in parallel."""
     from boto3.s3.transfer import TransferConfig
 
+    return TransferConfig(multipart_threshold=RANGE, multipart_chunksize=RANGE, max_concurrency=8)
+
+
+def write_1g(env: RawEnv) -> None:
     size = env.sizes.big
-    config = TransferConfig(multipart_threshold=RANGE, multipart_chunksize=RANGE, max_concurrency=8)
+    config = _upload_config()
 
     def run() -> Metrics:
         t0 = time.perf_counter()
@@ -108,12 +113,7 @@ def write_1g(env: RawEnv) -> None:
 
 
 def _get_range(env: RawEnv, key: str, start: int, length: int) -> bytes:
-    rng = f"bytes={start}-{start + length - 1}"
-    body = env.s3.get_object(Bucket=env.bucket, Key=key, Range=rng)["Body"]
-    try:
-        return bytes(body.read())
-    finally:
-        body.close()
+    return get_range(env.s3, env.bucket, key, start, start + length)
 
 
 def read_1g(env: RawEnv) -> None:
@@ -304,17 +304,13 @@ def append_edit(env: RawEnv) -> None:
 
 def edit_1g(env: RawEnv) -> None:
     """Without a cache a client re-sends the whole object: 1 GiB with the edit applied."""
-    from boto3.s3.transfer import TransferConfig
-
     offset, patch = edit_patch(env.sizes)
     edited = env.files.big_file.with_suffix(".edited")
     shutil.copyfile(env.files.big_file, edited)
     with open(edited, "r+b") as f:
         f.seek(offset)
         f.write(patch)
-    config = TransferConfig(
-        multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=8
-    )
+    config = _upload_config()
 
     def run() -> Metrics:
         t0 = time.perf_counter()

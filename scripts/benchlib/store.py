@@ -121,6 +121,15 @@ class Store(ABC):
         self._poll(timeout, check)
 
 
+def get_range(client: Any, bucket: str, key: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of an object with a boto3 client."""
+    body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"]
+    try:
+        return bytes(body.read())
+    finally:
+        body.close()
+
+
 class S3Store(Store):
     def __init__(self, client: Any, bucket: str) -> None:
         self.client = client
@@ -173,13 +182,7 @@ class S3Store(Store):
         from botocore.exceptions import ClientError
 
         try:
-            body = self.client.get_object(
-                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}"
-            )["Body"]
-            try:
-                return bytes(body.read())
-            finally:
-                body.close()
+            return get_range(self.client, self.bucket, key, start, end)
         except ClientError:
             return None
 
