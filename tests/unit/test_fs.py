@@ -1090,18 +1090,12 @@ def test_getxattr_etag_and_root_pid(run_fs: RunFs) -> None:
     run_fs(body)
 
 
-async def _list_once(h: Harness, ino: int) -> None:
-    fh = h.fs.opendir(ino)
-    await h.fs.readdir(fh, 0)
-    h.fs.releasedir(fh)
-
-
 def test_lookups_after_a_listing_expired_list_a_small_directory_again(run_fs: RunFs) -> None:
     async def body(h: Harness) -> None:
         for i in range(3):
             await h.put(f"d/f{i}", b"x")
         d = await h.fs.lookup(ROOT_INO, "d")
-        await _list_once(h, d.ino)
+        await h.ls(d.ino)
         h.store.calls.clear()
         for name in ("new1", "new2", "new3"):  # a loop creating files: each name is new
             with pytest.raises(NoEntry):
@@ -1123,7 +1117,7 @@ def test_a_large_directory_is_not_listed_again_for_one_lookup(
         for i in range(3):
             await h.put(f"d/f{i}", b"x")
         d = await h.fs.lookup(ROOT_INO, "d")
-        await _list_once(h, d.ino)
+        await h.ls(d.ino)
         h.store.calls.clear()
         with pytest.raises(NoEntry):
             await h.fs.lookup(d.ino, "new")
@@ -1135,7 +1129,7 @@ def test_a_large_directory_is_not_listed_again_for_one_lookup(
 
 def test_o_excl_asks_the_server_even_with_a_cached_listing(run_fs: RunFs) -> None:
     async def body(h: Harness) -> None:
-        await _list_once(h, ROOT_INO)  # the root's listing is cached (dir_timeout)
+        await h.ls(ROOT_INO)  # the root's listing is cached (dir_timeout)
         await h.put("lock", b"theirs")  # another client takes the lock meanwhile
         with pytest.raises(FileExists):
             await h.fs.create(ROOT_INO, "lock", 0o644, WO | os.O_CREAT | os.O_EXCL, 0, 0)
