@@ -71,6 +71,10 @@ PREFETCH_ENTRIES = 4096
 #: to answer a lookup once its listing expired, instead of a HEAD and a LIST per name
 RELIST_ENTRIES = 1000
 PREFETCH_PARALLEL = 32
+#: `open` reuses a HEAD of the same key sent at most this long before it instead of sending
+#: another: the kernel looks a name up (one HEAD) right before it opens it, within one
+#: syscall. A HEAD serves one `open` at most, so two opens never share one.
+OPEN_REUSES_HEAD = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +169,11 @@ class BucketFS:
             maxsize=1024, ttl=max(options.dir_timeout, 1e-6)
         )
         self._limiter = trio.CapacityLimiter(options.max_parallel)
+        #: when the last HEAD that found each key was sent, and the ETag it saw (for `open`,
+        #: OPEN_REUSES_HEAD)
+        self._heads_sent: TTLCache[tuple[str, str], tuple[float, str]] = TTLCache(
+            maxsize=4096, ttl=OPEN_REUSES_HEAD
+        )
         self._data: FileData | None = None
         self._nursery: trio.Nursery | None = None
         #: HEADs started by readdir for nodes known only from a listing, by inode
@@ -499,10 +508,26 @@ class BucketFS:
         return _Entry(kind, info)
 
     async def _head_or_none(self, bucket: str, key: str) -> ObjectInfo | None:
+        sent = time.monotonic()
         try:
-            return await self.backend.head(bucket, key)
+            info = await self.backend.head(bucket, key)
         except NotFound:
+            self._heads_sent.pop((bucket, key), None)
             return None
+        self._heads_sent[(bucket, key)] = (sent, info.etag)
+        return info
+
+    def _headed_just_now(self, node: Node) -> bool:
+        """Whether a HEAD of `node`'s key was sent within OPEN_REUSES_HEAD and applied (and
+        no other open used it)."""
+        assert node.bucket is not None
+        head = self._heads_sent.pop((node.bucket, node.key), None)
+        return (
+            head is not None
+            and node.full
+            and node.etag == head[1]
+            and time.monotonic() - head[0] <= OPEN_REUSES_HEAD
+        )
 
     async def _await_prefetch(self, node: Node) -> None:
         event = self._prefetching.get(node.ino)
@@ -840,9 +865,16 @@ class BucketFS:
             if writable:
                 self.versions.refuse(node)
             return self._handle(node, writable=False), True
-        if not node.pinned and not node.unlinked and node.bucket is not None:
-            # close-to-open consistency: see the object as it is now
+        if (
+            not node.pinned
+            and not node.unlinked
+            and node.bucket is not None
+            and not self._headed_just_now(node)
+        ):
+            # close-to-open consistency: see the object as it is now (a HEAD sent during
+            # this open's own path lookup counts)
             info = await self._head_or_none(node.bucket, node.key)
+            self._heads_sent.pop((node.bucket, node.key), None)  # it served this open
             if info is None:
                 raise NoEntry()
             self._apply(node, info, full=True)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
+from bucketfs import fs as fs_module
 from bucketfs.cache.store import BlockCache
 from bucketfs.errors import (
     BucketfsError,
@@ -536,7 +537,20 @@ def test_sequential_reads_issue_fewer_gets_than_chunks(run_fs: RunFs) -> None:
     run_fs(body)
 
 
-def test_open_sees_the_object_as_it_is_now(run_fs: RunFs) -> None:
+@pytest.fixture
+def no_head_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests change the object right after a lookup, faster than any real program
+    could between its lookup and its open: open must not reuse the lookup's HEAD."""
+    monkeypatch.setattr(fs_module, "OPEN_REUSES_HEAD", 0.0)
+
+
+@pytest.fixture
+def slow_head_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window a loaded test machine cannot overrun between two steps of a test."""
+    monkeypatch.setattr(fs_module, "OPEN_REUSES_HEAD", 60.0)
+
+
+def test_open_sees_the_object_as_it_is_now(run_fs: RunFs, no_head_reuse: None) -> None:
     async def body(h: Harness) -> None:
         await h.put("f", b"version one")
         node = await h.fs.lookup(ROOT_INO, "f")
@@ -547,7 +561,7 @@ def test_open_sees_the_object_as_it_is_now(run_fs: RunFs) -> None:
     run_fs(body, attr_timeout=60)
 
 
-def test_open_of_a_file_deleted_by_another_client(run_fs: RunFs) -> None:
+def test_open_of_a_file_deleted_by_another_client(run_fs: RunFs, no_head_reuse: None) -> None:
     async def body(h: Harness) -> None:
         await h.put("f", b"x")
         node = await h.fs.lookup(ROOT_INO, "f")
@@ -556,6 +570,54 @@ def test_open_of_a_file_deleted_by_another_client(run_fs: RunFs) -> None:
             await h.fs.open(node.ino, os.O_RDONLY)
 
     run_fs(body)
+
+
+def test_open_right_after_its_lookup_reuses_the_lookups_head_once(
+    run_fs: RunFs, slow_head_reuse: None
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("f", b"x")
+        node = await h.fs.lookup(ROOT_INO, "f")
+        assert h.store.calls["head"] == 1
+        fh, _keep = await h.fs.open(node.ino, os.O_RDONLY)  # the HEAD of its path lookup
+        await h.fs.release(fh)
+        assert h.store.calls["head"] == 1
+        fh, _keep = await h.fs.open(node.ino, os.O_RDONLY)  # a HEAD serves one open
+        await h.fs.release(fh)
+        assert h.store.calls["head"] == 2
+        fh, _keep = await h.fs.open(node.ino, os.O_RDONLY)  # its own HEAD, too
+        await h.fs.release(fh)
+        assert h.store.calls["head"] == 3
+
+    run_fs(body, attr_timeout=60)
+
+
+def test_open_does_not_reuse_an_older_head(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("f", b"version one")
+        node = await h.fs.lookup(ROOT_INO, "f")
+        # real time: the window is on the monotonic clock, not trio's
+        await trio.to_thread.run_sync(time.sleep, fs_module.OPEN_REUSES_HEAD * 2)
+        await h.put("f", b"version two!")
+        assert await h.read_file(node) == b"version two!"
+        assert h.store.calls["head"] == 2
+
+    run_fs(body, attr_timeout=60)
+
+
+def test_open_does_not_reuse_a_head_of_content_changed_since(
+    run_fs: RunFs, slow_head_reuse: None
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("f", b"0123456789")
+        node = await h.fs.lookup(ROOT_INO, "f")
+        await h.fs.setattr(node.ino, size=3)
+        await h.settle()  # uploaded: the node's ETag is no longer the one the lookup saw
+        heads = h.store.calls["head"]
+        await h.read_file(node)
+        assert h.store.calls["head"] == heads + 1
+
+    run_fs(body, attr_timeout=60)
 
 
 def test_open_a_directory_is_refused(run_fs: RunFs) -> None:
@@ -658,7 +720,9 @@ def test_truncate_with_an_open_handle(run_fs: RunFs, new_size: int, expected: by
     run_fs(body)
 
 
-def test_truncate_then_another_client_writes_then_open_sees_it(run_fs: RunFs) -> None:
+def test_truncate_then_another_client_writes_then_open_sees_it(
+    run_fs: RunFs, no_head_reuse: None
+) -> None:
     async def body(h: Harness) -> None:
         await h.put("f", b"0123456789")
         node = await h.fs.lookup(ROOT_INO, "f")
