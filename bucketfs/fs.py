@@ -86,6 +86,7 @@ class FsOptions:
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     dir_timeout: float = 1.0
+    dir_attr_timeout: float = 60.0
     negative_timeout: float = 1.0
     read_only: bool = False
     part_size: int = 16 << 20
@@ -361,6 +362,14 @@ class BucketFS:
             node.system = dict(info.system)
         node.full = full
         node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+        if node.kind is Kind.DIR and full:
+            self._marker_seen(node)
+
+    def _marker_seen(self, node: Node) -> None:
+        """The directory's marker (or that it has none) was just read from the server."""
+        node.marker_expiry = time.monotonic() + max(
+            self.opts.attr_timeout, self.opts.dir_attr_timeout
+        )
 
     def _new_node(self, parent: Node, name: str, kind: Kind, **attrs: object) -> Node:
         mode = self.defaults.dir_mode if kind is Kind.DIR else self.defaults.file_mode
@@ -407,12 +416,22 @@ class BucketFS:
             if info is not None and self._file_entry(info).kind is node.kind:
                 self._apply(node, info, full=True)
                 return node
-        entry = await self._resolve(parent, name)
+        # a known directory's attributes outlive its entry: only ask whether it still exists
+        known_dir = (
+            node is not None
+            and node.kind is Kind.DIR
+            and node.full
+            and node.marker_expiry > time.monotonic()
+        )
+        entry = await self._resolve(parent, name, marker=not known_dir)
         if entry is None:
             if node is not None:
                 self.table.detach(node)
             self._negative[(parent.ino, name)] = True
             raise NoEntry()
+        if node is not None and known_dir and entry.kind is Kind.DIR:
+            node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+            return node
         if node is None or node.kind is not entry.kind:
             node = self._new_node(parent, name, entry.kind)
         if entry.kind is Kind.DIR:
@@ -422,6 +441,7 @@ class BucketFS:
             else:
                 node.full = True
                 node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+                self._marker_seen(node)
         elif entry.info is not None:
             self._apply(node, entry.info, full=True)
         return node
@@ -448,8 +468,9 @@ class BucketFS:
         node.cached = cf
         return node
 
-    async def _resolve(self, parent: Node, name: str) -> _Entry | None:
-        """What `name` in `parent` is on the server: a directory wins over a file."""
+    async def _resolve(self, parent: Node, name: str, *, marker: bool = True) -> _Entry | None:
+        """What `name` in `parent` is on the server: a directory wins over a file. A
+        directory's marker is read only if `marker` (else its entry has no info)."""
         if parent.bucket is None:
             try:
                 await self.backend.head_bucket(name)
@@ -466,6 +487,8 @@ class BucketFS:
             if entry is None:
                 return None
             if entry.kind is Kind.DIR:
+                if not marker:
+                    return entry
                 return _Entry(Kind.DIR, await self._head_or_none(bucket, key + "/"))
             info = await self._head_or_none(bucket, key)
             return None if info is None else self._file_entry(info)
@@ -481,7 +504,13 @@ class BucketFS:
             page = await self.backend.list_page(bucket, key + "/", delimiter="/", max_keys=1)
             is_dir = bool(page.objects or page.prefixes)
 
-        await gather(do_head, do_list)
+        if marker:
+            await gather(do_head, do_list)
+        else:  # a known directory: a HEAD only if it is no longer one
+            await do_list()
+            if is_dir:
+                return _Entry(Kind.DIR, None)
+            await do_head()
         if is_dir:
             return _Entry(Kind.DIR, await self._head_or_none(bucket, key + "/"))
         return None if head is None else self._file_entry(head)
@@ -567,6 +596,7 @@ class BucketFS:
                     elif node.kind is Kind.DIR:
                         node.has_marker = False
                         node.full = True
+                        self._marker_seen(node)
                     # metadata read on behalf of a listing is as fresh as the listing
                     node.attr_expiry = time.monotonic() + max(
                         self.opts.attr_timeout, self.opts.dir_timeout
@@ -594,6 +624,9 @@ class BucketFS:
         if node.bucket is None or node.is_bucket:
             return node
         if node.kind is Kind.DIR:
+            if node.full and node.marker_expiry > time.monotonic():
+                node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+                return node
             marker = await self._head_or_none(node.bucket, node.key)
             node.has_marker = marker is not None
             if marker is not None:
@@ -601,6 +634,7 @@ class BucketFS:
             else:
                 node.full = True
                 node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+                self._marker_seen(node)
             return node
         info = await self._head_or_none(node.bucket, node.key)
         if info is None:
@@ -767,6 +801,7 @@ class BucketFS:
         node.full = True
         node.metadata = dict(write_options(node).metadata)
         node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+        self._marker_seen(node)
         del result
 
     async def rmdir(self, parent_ino: int, name: str) -> None:

@@ -59,6 +59,8 @@ class Node:
     system: dict[str, str] = field(default_factory=dict)
     full: bool = True
     attr_expiry: float = 0.0
+    #: a directory's attributes from its marker (or their absence) are reused until then
+    marker_expiry: float = 0.0
     lookups: int = 0
     opens: int = 0
     unlinked: bool = False

@@ -118,6 +118,7 @@ def fs_options(cfg: MountConfig) -> FsOptions:
         attr_timeout=cfg.attr_timeout,
         entry_timeout=cfg.entry_timeout,
         dir_timeout=cfg.dir_timeout,
+        dir_attr_timeout=cfg.dir_attr_timeout,
         negative_timeout=cfg.negative_timeout,
         read_only=cfg.ro,
         part_size=cfg.part_size,

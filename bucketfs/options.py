@@ -150,6 +150,9 @@ class MountConfig:
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     dir_timeout: float = 1.0
+    #: how long a directory's own attributes (its `dir/` marker's mode, owner, mtime) are
+    #: reused; its existence is still checked with its parent's listing (dir_timeout)
+    dir_attr_timeout: float = 60.0
     negative_timeout: float = 1.0
     debug: bool = False
     log_level: str = "INFO"
@@ -387,6 +390,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "attr_timeout": ("attr_timeout", _seconds),
     "entry_timeout": ("entry_timeout", _seconds),
     "dir_timeout": ("dir_timeout", _seconds),
+    "dir_attr_timeout": ("dir_attr_timeout", _seconds),
     "negative_timeout": ("negative_timeout", _seconds),
     "debug": ("debug", parse_flag),
     "log_level": ("log_level", _log_level),

@@ -119,6 +119,51 @@ def test_empty_marker_directory(run_fs: RunFs) -> None:
     run_fs(body)
 
 
+def test_a_known_directory_is_revalidated_by_listing_without_reading_its_marker(
+    run_fs: RunFs,
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("d/", mode=str(stat.S_IFDIR | 0o700))
+        await h.put("d/f", b"1")
+        d = await h.fs.lookup(ROOT_INO, "d")
+        assert d.mode == 0o700
+        heads, lists = h.store.calls["head"], h.store.calls["list_page"]
+        # the kernel revalidates the entry and asks for attributes once they expired
+        assert await h.fs.lookup(ROOT_INO, "d") is d
+        assert (await h.fs.getattr(d.ino)).mode == 0o700
+        assert h.store.calls["head"] == heads
+        assert h.store.calls["list_page"] > lists  # whether it still exists was asked
+
+    run_fs(body, attr_timeout=0, entry_timeout=0, dir_timeout=0, negative_timeout=0)
+
+
+def test_a_known_directory_removed_by_another_client_is_gone_at_revalidation(
+    run_fs: RunFs,
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("d/", mode=str(stat.S_IFDIR | 0o700))
+        await h.put("d/f", b"1")
+        await h.fs.lookup(ROOT_INO, "d")
+        await h.store.delete_many(BUCKET, ["d/", "d/f"])
+        with pytest.raises(NoEntry):
+            await h.fs.lookup(ROOT_INO, "d")
+
+    run_fs(body, attr_timeout=0, entry_timeout=0, dir_timeout=0, negative_timeout=0)
+
+
+def test_directory_attributes_are_read_again_after_dir_attr_timeout(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("d/", mode=str(stat.S_IFDIR | 0o700))
+        await h.put("d/f", b"1")
+        d = await h.fs.lookup(ROOT_INO, "d")
+        await h.put("d/", mode=str(stat.S_IFDIR | 0o750))  # another client's chmod
+        assert (await h.fs.lookup(ROOT_INO, "d")).mode == 0o750
+        await h.put("d/", mode=str(stat.S_IFDIR | 0o705))
+        assert (await h.fs.getattr(d.ino)).mode == 0o705
+
+    run_fs(body, attr_timeout=0, dir_timeout=0, negative_timeout=0, dir_attr_timeout=0)
+
+
 def test_key_both_file_and_prefix_directory_wins(run_fs: RunFs) -> None:
     async def body(h: Harness) -> None:
         await h.put("both", b"file content")

@@ -162,6 +162,7 @@ OPTION_CASES = [
     ("attr_timeout=2.5", "attr_timeout", 2.5),
     ("entry_timeout=0", "entry_timeout", 0.0),
     ("dir_timeout=60", "dir_timeout", 60.0),
+    ("dir_attr_timeout=5", "dir_attr_timeout", 5.0),
     ("negative_timeout=0.1", "negative_timeout", 0.1),
     ("debug", "debug", True),
     ("log_level=warning", "log_level", "WARNING"),
