@@ -11,7 +11,8 @@ Invariants:
   reader sees a deleted key and no write is overtaken by an older delete;
 - a batch that fails stays queued and is sent again (growing delay); requests waiting on it
   get its error;
-- `flush()` (unmount, SIGTERM) returns when the queue is empty or raises why it is not;
+- `flush()` (unmount, SIGTERM) returns when the queue is empty or raises why it is not (with
+  `run()` not running, after one attempt per batch);
 - outside `run()` (before the mount serves, after it stopped) a delete is sent at once;
 - with a journal (the cache index), a key is recorded there before `defer_delete` returns and
   removed only after the server confirmed its delete and before any request waiting on it goes
@@ -133,7 +134,9 @@ class DeferredDeletes:
         finally:
             self._running = False
 
-    async def _send_all(self) -> None:
+    async def _send_all(self, *, retry: bool = True) -> None:
+        """Send the queue; a failed batch is queued again and retried after a growing delay,
+        or (`retry` False: nobody runs the queue) raised at once."""
         delay = RETRY_MIN
         while self._queued:
             taken, self._queued = self._queued[:BATCH], self._queued[BATCH:]
@@ -152,6 +155,8 @@ class DeferredDeletes:
                 )
                 self._fail(taken, exc)
                 self._queued = taken + self._queued
+                if not retry:
+                    raise
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
@@ -194,7 +199,7 @@ class DeferredDeletes:
         if not batches:
             return
         if not self._running:
-            await self._send_all()
+            await self._send_all(retry=False)
         self._urgent.set()
         self._wake.set()
         for batch in batches:

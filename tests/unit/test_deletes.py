@@ -139,6 +139,31 @@ def test_deletes_queued_at_a_crash_are_sent_by_the_next_run(tmp_path: Path) -> N
     assert journal.pending_deletes() == []
 
 
+def test_flush_without_run_tries_each_batch_once_and_raises(tmp_path: Path) -> None:
+    """A journal replayed by a flush while nobody runs the queue (e.g. a tool): a failing
+    server is an error, not a retry loop forever; the key stays queued and journaled."""
+    store = Store()
+    journal = CacheIndex(tmp_path / "index.sqlite")
+    journal.add_delete(BUCKET, "k")
+
+    async def main() -> None:
+        await store.create_bucket(BUCKET)
+        await store.put(BUCKET, "k", b"x")
+        deletes = DeferredDeletes(store)
+        deletes.attach(journal)
+        store.fail = 1
+        with trio.fail_after(5), pytest.raises(Transient):
+            await deletes.flush()
+        assert deletes.queued == 1
+        assert journal.pending_deletes() == [(BUCKET, "k")]
+        await deletes.flush()  # the server answers again
+        assert deletes.queued == 0
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert await_keys(store) == []
+    assert journal.pending_deletes() == []
+
+
 def await_keys(store: Store) -> list[str]:
     return trio.run(store.keys, BUCKET)
 
