@@ -1,6 +1,7 @@
 """The on-disk block cache: file contents in sparse data files, by blocks.
 
-Owns `CACHE_DIR/data/<file id>` and the in-memory state of every cached file (`CachedFile`).
+Owns the content of `CACHE_DIR/data/<file id>` (`datafiles.py` makes and removes the files)
+and the in-memory state of every cached file (`CachedFile`).
 A file's content is: its dirty blocks (written here), else its present clean blocks (fetched
 from the *base* object, the server object it was opened from), else the base object's bytes
 (fetched on demand with ranged GETs conditional on the base ETag), else zeros (past the end
@@ -26,7 +27,6 @@ read at random places soon reads at local-disk speed, at the cost of fetching th
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -42,6 +42,7 @@ from typing import Any
 import trio
 
 from bucketfs.backends.base import Backend
+from bucketfs.cache.datafiles import DataFiles
 from bucketfs.cache.index import CacheIndex, FileRow
 from bucketfs.errors import BucketfsError, CacheError, CacheFull
 
@@ -141,7 +142,7 @@ class BlockCache:
         self._nursery = nursery
         self.block_size = block_size
         self.cache_size = cache_size
-        (root / "data").mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.data_files = DataFiles(root)
         self._lock_fd = self._take_lock(root)
         self.index = CacheIndex(root / "index.sqlite")
         stored = self.index.setting("block_size")
@@ -193,8 +194,8 @@ class BlockCache:
         # we do not know their ages: drop them rather than account for them
         for file_id in self.index.clean_files():
             self.index.remove(file_id)
-            with contextlib.suppress(FileNotFoundError):
-                (self.root / "data" / str(file_id)).unlink()
+            self.data_files.remove(file_id)
+        self.data_files.sweep(self.files.keys())
 
     def _from_row(self, row: FileRow) -> CachedFile:
         return CachedFile(
@@ -249,6 +250,7 @@ class BlockCache:
             self._reset_clean(cf, etag, size)  # the object changed on the server
             return cf
         file_id = self.index.add(bucket, key, size, etag)
+        self.data_files.given_out(file_id, self._nursery)
         cf = CachedFile(
             id=file_id,
             bucket=bucket,
@@ -272,7 +274,7 @@ class BlockCache:
     def _fd(self, cf: CachedFile) -> int:
         if cf.fd < 0:
             try:
-                cf.fd = os.open(self.root / "data" / str(cf.id), os.O_RDWR | os.O_CREAT, 0o600)
+                cf.fd = self.data_files.open(cf.id)
             except OSError as exc:
                 raise _cache_error(exc, "opening a data file") from exc
         return cf.fd
@@ -553,6 +555,7 @@ class BlockCache:
         if old is not None:
             self.forget(old)
         file_id = self.index.add(bucket, key, 0, None)
+        self.data_files.given_out(file_id, self._nursery)
         cf = CachedFile(
             id=file_id,
             bucket=bucket,
@@ -670,8 +673,7 @@ class BlockCache:
         if cf.fd >= 0:
             os.close(cf.fd)
             cf.fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            (self.root / "data" / str(cf.id)).unlink()
+        self.data_files.remove(cf.id)
         cf.key = None
         cf.dirty = False
         self.index.db.retake_reserve()

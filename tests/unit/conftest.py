@@ -9,6 +9,10 @@ writing to the bucket directly.
 The core's attribute, entry, negative and listing timeouts are measured with `time.monotonic`
 (in `fs.py`, and by `cachetools.TTLCache`), which the mock clock does not move: a test that
 needs a cache to expire sets that timeout to 0 instead of sleeping.
+
+Data files are not created ahead here (`datafiles.SPARE = 0`, autouse fixture below): a worker
+thread in flight lets the autojump clock race through virtual time, turning the loop hundreds
+of thousands of times. `test_cache.py` tests the creation ahead on the real clock.
 """
 
 from __future__ import annotations
@@ -26,11 +30,17 @@ import trio
 import trio.testing
 
 from bucketfs.backends.memory import MemoryBackend
+from bucketfs.cache import datafiles
 from bucketfs.fs import BucketFS, FsOptions
 from bucketfs.inodes import ROOT_INO, Node
 from bucketfs.types import ListPage, ObjectInfo, PutResult, WriteOptions
 
 BUCKET = "bkt"  # the memory backend enforces S3 bucket names (3-63 characters)
+
+
+@pytest.fixture(autouse=True)
+def _no_data_files_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datafiles, "SPARE", 0)
 
 
 class CountingBackend(MemoryBackend):

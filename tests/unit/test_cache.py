@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import trio
 
+from bucketfs.cache import datafiles
+from bucketfs.cache.datafiles import DataFiles
 from bucketfs.cache.store import BlockCache
 from bucketfs.cache.writeback import conflict_name
 from bucketfs.errors import CacheError
@@ -365,3 +367,60 @@ def test_a_write_during_a_multipart_upload_is_a_stale_upload_not_an_error(
         trio.run(main)  # real clock: parts are read in worker threads
     problems = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
     assert problems == []
+
+
+def test_data_files_are_created_ahead_and_unknown_ones_swept(tmp_path: Path) -> None:
+    """On the real clock (the autojump clock races while a thread works): a new id's data
+    file exists before its file needs it; at the next start the ones never used go."""
+    files = DataFiles(tmp_path)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            files.given_out(1, nursery)
+        assert files.created_ahead == datafiles.SPARE
+        assert (tmp_path / "data" / str(1 + datafiles.SPARE)).exists()
+        async with trio.open_nursery() as nursery:
+            files.given_out(2, nursery)  # enough are still ready: nothing to do
+        assert files.created_ahead == datafiles.SPARE
+        async with trio.open_nursery() as nursery:
+            files.given_out(1 + datafiles.SPARE // 2, nursery)
+        assert (tmp_path / "data" / str(1 + datafiles.SPARE + datafiles.SPARE // 2)).exists()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datafiles, "SPARE", 8)
+        trio.run(main)
+        fd = files.open(3)
+        os.pwrite(fd, b"kept", 0)
+        os.close(fd)
+        assert files.sweep({3}) == len(range(2, 14)) - 1  # ids 2..13 made ahead, 3 used
+    assert sorted(os.listdir(tmp_path / "data")) == ["3"]
+
+
+def test_a_stray_data_file_is_swept_at_the_next_start(tmp_path: Path) -> None:
+    """A crash may leave a data file whose id has no row: the next start sweeps it, so a new
+    file never starts with bytes of an old one."""
+    store = CountingBackend()
+
+    async def first(cache: BlockCache) -> None:
+        cf = cache.create(BUCKET, "a", {})
+        await cache.write(cf, 0, b"old bytes" * 100)
+
+    async def second(cache: BlockCache) -> None:
+        (cache.root / "data" / "999").write_bytes(b"left by a crash")
+        assert len(os.listdir(cache.root / "data")) == 2
+
+    async def third(cache: BlockCache) -> None:
+        assert sorted(os.listdir(cache.root / "data")) == ["1"]  # dirty "a" stays
+
+    for body in (first, second, third):
+
+        async def main(body: Any = body) -> None:
+            async with trio.open_nursery() as nursery:
+                cache = BlockCache(tmp_path / "cache", store, nursery)
+                try:
+                    await body(cache)
+                finally:
+                    cache.close()
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
