@@ -245,3 +245,37 @@ def test_an_answer_lost_by_a_reset_is_not_taken_for_a_conflict(
             assert mount.server.keys() == ["w.bin"]
     finally:
         mounts.close()
+
+
+def test_status_counts_the_deletes_whose_answer_has_not_come(
+    seaweed: SeaweedServer, proxy: HoldingProxy, tmp_path: Path
+) -> None:
+    """Unlinks return before the server confirms their batch: `bucketfs status` shows them as
+    queued while DeleteObjects has no answer, and not once the answer came."""
+    mounts = CrashMounts(proxied_env(seaweed, proxy), tmp_path / "m")
+    try:
+        mount = mounts([])
+        for i in range(20):
+            mount.server.put(f"gone/f{i:02d}", blob(i, 100))
+        names = sorted(os.listdir(mount.path / "gone"))
+        assert len(names) == 20
+        proxy.arm(lambda line: line.startswith(b"POST ") and b"?delete" in line)
+        for name in names:
+            os.unlink(mount.path / "gone" / name)  # returns at once: the deletes are queued
+        wait_for("the DeleteObjects answer to be withheld", lambda: proxy.held_bytes > 0, 30, 0.05)
+        out = subprocess.run(
+            [sys.executable, "-m", "bucketfs", "status", str(mount.path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "deletes queued: 20" in out.stdout, out.stdout
+        proxy.release()
+        mount.flush_all(timeout=30)
+        assert mount.status()["deletes_queued"] == 0
+        assert mount.server.keys("gone/") == []
+    finally:
+        mounts.close()

@@ -310,6 +310,38 @@ def test_marker_without_children_is_an_empty_dir(mnt: Mount) -> None:
     assert os.listdir(mnt.path / "empty") == []
 
 
+def test_a_name_another_client_made_is_found_once_the_listing_expired(mnt: Mount) -> None:
+    """A lookup in a directory whose cached listing expired lists the directory again (one
+    page): another client's new name is found, and the names made through the mount too."""
+    assert mnt.store is not None
+    (mnt.path / "d").mkdir()
+    (mnt.path / "d" / "mine").write_bytes(b"1")
+    assert os.listdir(mnt.path / "d") == ["mine"]  # the listing is cached now
+    mnt.store.put("d/theirs", b"22")
+    time.sleep(1.5)  # past dir_timeout, entry_timeout and negative_timeout (1 s each)
+    assert os.stat(mnt.path / "d" / "theirs").st_size == 2
+    assert (mnt.path / "d" / "mine").read_bytes() == b"1"
+    assert sorted(os.listdir(mnt.path / "d")) == ["mine", "theirs"]
+
+
+def test_random_reads_fetch_the_rest_of_the_file_in_the_background(mnt: Mount) -> None:
+    """A few reads at random places start a fetch of the whole file (docs/cache.md): soon the
+    cache holds all of it, and what the mount reads is the object."""
+    assert mnt.store is not None
+    data = rand_bytes(24 * MiB, seed=5)
+    mnt.store.put("db.bin", data)
+    with open(mnt.path / "db.bin", "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        for block in (20, 3, 17, 9, 1, 22):
+            off = block * MiB + 123
+            assert os.pread(f.fileno(), 4096, off) == data[off : off + 4096]
+    deadline = time.monotonic() + 60
+    while mnt.status()["cache_bytes"] < len(data):
+        assert time.monotonic() < deadline, f"cache holds {mnt.status()['cache_bytes']} bytes"
+        time.sleep(0.1)
+    assert (mnt.path / "db.bin").read_bytes() == data
+
+
 @pytest.mark.slow
 def test_readdir_of_2500_objects(mnt: Mount) -> None:
     assert mnt.store is not None
