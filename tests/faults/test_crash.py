@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from tests.faults.conftest import (
     CrashMount,
     CrashMounts,
@@ -255,11 +257,19 @@ def test_kill_after_several_rewrites(crash_mounts: CrashMounts) -> None:
 # --- the window between "the server stored it" and "the daemon knows" --------------------------
 
 
-def _withheld_then_killed(
+@pytest.mark.parametrize(
+    ("size", "rewrite", "method", "marker"),
+    [
+        pytest.param(100_000, False, b"PUT ", b"/w.bin HTTP", id="new-file-put"),
+        pytest.param(100_000, True, b"PUT ", b"/w.bin HTTP", id="rewrite-put"),
+        # CompleteMultipartUpload (POST ?uploadId=) took effect, its answer was lost
+        pytest.param(12 * MiB, True, b"POST ", b"uploadId=", id="multipart-completion"),
+    ],
+)
+def test_kill_after_the_server_stored_an_upload_unacknowledged(
     seaweed: SeaweedServer,
     proxy: HoldingProxy,
-    crash_mounts: CrashMounts,
-    *,
+    s3_crash_mounts: CrashMounts,
     size: int,
     rewrite: bool,
     method: bytes,
@@ -268,7 +278,7 @@ def _withheld_then_killed(
     """The upload of version 2 reaches the server, its answer never reaches the daemon, which
     is killed; the next daemon must end with version 2 under the name and nothing else."""
     env = proxied_env(seaweed, proxy)
-    mount = crash_mounts(["part_size=5MiB"], store_env=env)
+    mount = s3_crash_mounts(["part_size=5MiB"], store_env=env)
     server = mount.server
     if rewrite:
         write_file(mount.path / "w.bin", blob(1, size))
@@ -292,50 +302,6 @@ def _withheld_then_killed(
     restart(mount)
     mount.flush_all()
     check_exact(mount, {"w.bin": blob(2, size)})
-
-
-def test_kill_after_the_server_stored_a_new_file_unacknowledged(
-    seaweed: SeaweedServer, proxy: HoldingProxy, s3_crash_mounts: CrashMounts
-) -> None:
-    _withheld_then_killed(
-        seaweed,
-        proxy,
-        s3_crash_mounts,
-        size=100_000,
-        rewrite=False,
-        method=b"PUT ",
-        marker=b"/w.bin HTTP",
-    )
-
-
-def test_kill_after_the_server_stored_a_rewrite_unacknowledged(
-    seaweed: SeaweedServer, proxy: HoldingProxy, s3_crash_mounts: CrashMounts
-) -> None:
-    _withheld_then_killed(
-        seaweed,
-        proxy,
-        s3_crash_mounts,
-        size=100_000,
-        rewrite=True,
-        method=b"PUT ",
-        marker=b"/w.bin HTTP",
-    )
-
-
-def test_kill_during_multipart_completion(
-    seaweed: SeaweedServer, proxy: HoldingProxy, s3_crash_mounts: CrashMounts
-) -> None:
-    """CompleteMultipartUpload (POST ?uploadId=) took effect, its answer was lost, then the
-    daemon died."""
-    _withheld_then_killed(
-        seaweed,
-        proxy,
-        s3_crash_mounts,
-        size=12 * MiB,
-        rewrite=True,
-        method=b"POST ",
-        marker=b"uploadId=",
-    )
 
 
 # --- deleted while dirty, then a new file -------------------------------------------------------
