@@ -1020,7 +1020,11 @@ class BucketFS:
         self._writable()
         parent = self._dir(parent_ino)
         self.versions.refuse(parent, name)  # hook: EROFS in .versions/
-        node = await self._find(parent, name)
+        # the kernel looked the name up within entry_timeout, or holds a listed entry of a
+        # sure kind: a listed file needs no HEAD to be deleted (rm -rf after readdir)
+        node = self.table.child(parent, name)
+        if node is None or node.kind is Kind.DIR:
+            node = await self._find(parent, name)
         if node.kind is Kind.DIR:
             raise IsADirectory()
         assert node.bucket is not None

@@ -89,8 +89,9 @@ class FuseOps(pyfuse3.Operations):
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = node.ino
         attrs.generation = 0
-        # attributes from a listing lack the object's metadata: let the kernel ask again
-        attrs.entry_timeout = opts.entry_timeout if node.full else 0
+        # attributes from a listing lack the object's metadata: let the kernel ask again for
+        # them, and for the entry too unless its kind is sure (a symlink looks like a file)
+        attrs.entry_timeout = opts.entry_timeout if node.kind_certain else 0
         attrs.attr_timeout = opts.attr_timeout if node.full else 0
         attrs.st_mode = node.st_mode
         attrs.st_nlink = 2 if node.st_mode & 0o040000 else 1

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from bucketfs.versions import Virtual
 
 ROOT_INO = 1
+#: the longest symlink target (PATH_MAX - 1): a symlink's object holds its target, so a listed
+#: object larger than this is a regular file whatever its metadata says
+SYMLINK_MAX = 4095
 
 
 class Kind(enum.Enum):
@@ -87,6 +90,14 @@ class Node:
     @property
     def dirty(self) -> bool:
         return self.cached is not None and self.cached.dirty
+
+    @property
+    def kind_certain(self) -> bool:
+        """Whether the kind is sure without the object's metadata: a node known only from a
+        listing is a directory (a prefix) or a file too large to be a symlink. The kernel may
+        then keep its entry (an `unlinkat` after `readdir` needs no lookup); its attributes
+        still expire at once until the metadata is read."""
+        return self.full or self.kind is Kind.DIR or self.size > SYMLINK_MAX
 
     @property
     def pinned(self) -> bool:

@@ -32,7 +32,7 @@ from bucketfs.errors import (
     ReadOnly,
 )
 from bucketfs.fs import BucketFS
-from bucketfs.inodes import ROOT_INO, Kind, Node
+from bucketfs.inodes import ROOT_INO, SYMLINK_MAX, Kind, Node
 from tests.unit.conftest import BUCKET, Harness, RunFs
 
 MiB = 1 << 20
@@ -347,6 +347,46 @@ def test_objects_without_metadata_get_mount_defaults(run_fs: RunFs) -> None:
         assert (d.st_mode, d.uid, d.gid) == (stat.S_IFDIR | 0o750, 55, 66)
 
     run_fs(body, uid=55, gid=66, file_mode=0o640, dir_mode=0o750)
+
+
+def test_the_kind_of_a_listed_node_is_certain_unless_it_could_be_a_symlink(
+    run_fs: RunFs,
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("small", b"x" * SYMLINK_MAX)  # could be a symlink's target
+        await h.put("large", b"x" * (SYMLINK_MAX + 1))  # cannot
+        await h.put("link", b"large", mode=str(stat.S_IFLNK | 0o777))
+        await h.put("dir/f", b"")
+        listed = await h.ls()
+        assert not any(node.full for node in listed.values())
+        assert not listed["small"].kind_certain
+        assert not listed["link"].kind_certain
+        assert listed["large"].kind_certain
+        assert listed["dir"].kind_certain
+        # which is why its entry is not kept: the kernel looks it up, and finds a symlink
+        link = await h.fs.lookup(ROOT_INO, "link")
+        assert link.kind is Kind.LINK
+        assert link.kind_certain
+
+    run_fs(body)
+
+
+def test_unlink_of_a_listed_file_needs_no_head(run_fs: RunFs) -> None:
+    """rm -rf: readdir, then unlinkat of each name; the listing is as fresh as the kernel's
+    entry, and a delete needs no metadata."""
+
+    async def body(h: Harness) -> None:
+        for name in ("a", "b", "tiny"):
+            await h.put(f"d/{name}", b"x" * (SYMLINK_MAX + 1 if name != "tiny" else 3))
+        d = await h.lookup("d")
+        await h.ls(d.ino)
+        h.store.calls.clear()
+        for name in ("a", "b", "tiny"):
+            await h.fs.unlink(d.ino, name)
+        assert h.store.calls["head"] == 0
+        assert await h.keys() == []
+
+    run_fs(body)
 
 
 def test_listing_nodes_are_partial_until_getattr_or_lookup(run_fs: RunFs) -> None:
