@@ -13,6 +13,8 @@ closed, even after a failure; the mountpoint is never left as a stale FUSE mount
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
@@ -261,8 +263,36 @@ async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
             await backend.aclose()
 
 
+#: glibc's mallopt() parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: buffers of this size or more (upload parts, fetched runs) get their own mapping, returned
+#: to the system when freed
+MMAP_THRESHOLD = 4 << 20
+TRIM_THRESHOLD = 64 << 20
+
+
+def limit_heap_retention() -> None:
+    """Keep glibc from holding on to freed upload and download buffers.
+
+    By default glibc raises its mmap threshold to the size of each large block freed, so after
+    the first 16 MiB part every later one comes from a heap (one per thread: parts are read in
+    worker threads) and its memory stays with the process: writing 1 GiB peaked at 211-227 MiB
+    of RSS, with these settings at 115 MiB (time within the machine's noise). No-op off glibc.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+
 def serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount and serve until unmounted. Raises BucketfsError before `on_ready` on failure."""
+    limit_heap_retention()
     try:
         trio.run(_serve, cfg, on_ready)
     except BucketfsError:
