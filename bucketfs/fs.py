@@ -371,6 +371,21 @@ class BucketFS:
             self.opts.attr_timeout, self.opts.dir_attr_timeout
         )
 
+    def _apply_marker(self, node: Node, marker: ObjectInfo | None) -> None:
+        """A directory's `dir/` marker as just read from the server (None: it has none)."""
+        node.has_marker = marker is not None
+        if marker is not None:
+            self._apply(node, marker, full=True)
+        else:
+            node.full = True
+            node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+            self._marker_seen(node)
+
+    @staticmethod
+    def _marker_fresh(node: Node) -> bool:
+        """A directory whose attributes (from its marker) may be reused without asking."""
+        return node.kind is Kind.DIR and node.full and node.marker_expiry > time.monotonic()
+
     def _new_node(self, parent: Node, name: str, kind: Kind, **attrs: object) -> Node:
         mode = self.defaults.dir_mode if kind is Kind.DIR else self.defaults.file_mode
         base: dict[str, object] = {"mode": mode, "uid": self.defaults.uid, "gid": self.defaults.gid}
@@ -417,12 +432,7 @@ class BucketFS:
                 self._apply(node, info, full=True)
                 return node
         # a known directory's attributes outlive its entry: only ask whether it still exists
-        known_dir = (
-            node is not None
-            and node.kind is Kind.DIR
-            and node.full
-            and node.marker_expiry > time.monotonic()
-        )
+        known_dir = node is not None and self._marker_fresh(node)
         entry = await self._resolve(parent, name, marker=not known_dir)
         if entry is None:
             if node is not None:
@@ -435,13 +445,7 @@ class BucketFS:
         if node is None or node.kind is not entry.kind:
             node = self._new_node(parent, name, entry.kind)
         if entry.kind is Kind.DIR:
-            node.has_marker = entry.info is not None
-            if entry.info is not None:
-                self._apply(node, entry.info, full=True)
-            else:
-                node.full = True
-                node.attr_expiry = time.monotonic() + self.opts.attr_timeout
-                self._marker_seen(node)
+            self._apply_marker(node, entry.info)
         elif entry.info is not None:
             self._apply(node, entry.info, full=True)
         return node
@@ -536,14 +540,19 @@ class BucketFS:
         kind = Kind.LINK if parse_posix(info.metadata).kind is Kind.LINK else Kind.FILE
         return _Entry(kind, info)
 
-    async def _head_or_none(self, bucket: str, key: str) -> ObjectInfo | None:
+    async def _head_or_none(
+        self, bucket: str, key: str, *, reusable: bool = True
+    ) -> ObjectInfo | None:
+        """The object's metadata, or None; a HEAD that found it may serve the next `open`
+        (OPEN_REUSES_HEAD) unless not `reusable`."""
         sent = time.monotonic()
         try:
             info = await self.backend.head(bucket, key)
         except NotFound:
             self._heads_sent.pop((bucket, key), None)
             return None
-        self._heads_sent[(bucket, key)] = (sent, info.etag)
+        if reusable:
+            self._heads_sent[(bucket, key)] = (sent, info.etag)
         return info
 
     def _headed_just_now(self, node: Node) -> bool:
@@ -587,16 +596,10 @@ class BucketFS:
                     info = await self._head_or_none(node.bucket, key)
                     if node.pinned or node.full or node.key != key:
                         return  # changed through this mount while we asked
-                    if info is not None:
-                        if node.kind is Kind.DIR:
-                            node.has_marker = True
-                            self._apply(node, info, full=True)
-                        elif self._file_entry(info).kind is node.kind:
-                            self._apply(node, info, full=True)
-                    elif node.kind is Kind.DIR:
-                        node.has_marker = False
-                        node.full = True
-                        self._marker_seen(node)
+                    if node.kind is Kind.DIR:
+                        self._apply_marker(node, info)
+                    elif info is not None and self._file_entry(info).kind is node.kind:
+                        self._apply(node, info, full=True)
                     # metadata read on behalf of a listing is as fresh as the listing
                     node.attr_expiry = time.monotonic() + max(
                         self.opts.attr_timeout, self.opts.dir_timeout
@@ -624,17 +627,10 @@ class BucketFS:
         if node.bucket is None or node.is_bucket:
             return node
         if node.kind is Kind.DIR:
-            if node.full and node.marker_expiry > time.monotonic():
+            if self._marker_fresh(node):
                 node.attr_expiry = time.monotonic() + self.opts.attr_timeout
-                return node
-            marker = await self._head_or_none(node.bucket, node.key)
-            node.has_marker = marker is not None
-            if marker is not None:
-                self._apply(node, marker, full=True)
             else:
-                node.full = True
-                node.attr_expiry = time.monotonic() + self.opts.attr_timeout
-                self._marker_seen(node)
+                self._apply_marker(node, await self._head_or_none(node.bucket, node.key))
             return node
         info = await self._head_or_none(node.bucket, node.key)
         if info is None:
@@ -908,8 +904,8 @@ class BucketFS:
         ):
             # close-to-open consistency: see the object as it is now (a HEAD sent during
             # this open's own path lookup counts)
-            info = await self._head_or_none(node.bucket, node.key)
-            self._heads_sent.pop((node.bucket, node.key), None)  # it served this open
+            # this HEAD serves this open only (`_headed_just_now` took any older one)
+            info = await self._head_or_none(node.bucket, node.key, reusable=False)
             if info is None:
                 raise NoEntry()
             self._apply(node, info, full=True)
