@@ -43,16 +43,18 @@ class DataFiles:
         return os.open(self.dir / str(file_id), os.O_RDWR | os.O_CREAT, 0o600)
 
     def remove(self, file_id: int) -> None:
+        self._unlink(str(file_id))
+
+    def _unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            (self.dir / str(file_id)).unlink()
+            (self.dir / name).unlink()
 
     def sweep(self, known: Collection[int]) -> int:
         """Remove the data files of ids the index does not know; how many there were."""
         removed = 0
         for name in os.listdir(self.dir):
             if not name.isdigit() or int(name) not in known:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.dir / name).unlink()
+                self._unlink(name)
                 removed += 1
         if removed:
             log.debug("removed %d data files the index does not know", removed)
