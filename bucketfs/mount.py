@@ -39,6 +39,7 @@ from bucketfs.fs import BucketFS, FsOptions
 from bucketfs.fuse_ops import FuseOps
 from bucketfs.notify import notify
 from bucketfs.options import MountConfig
+from bucketfs.taskdump import dump_on_signal
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,7 @@ async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.run)
+            await nursery.start(dump_on_signal)
             try:
                 pyfuse3.init(FuseOps(fs), str(cfg.mountpoint), fuse_options(cfg))
             except RuntimeError as exc:

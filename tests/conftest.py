@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
+from tests.helpers import dump_running_daemons
 from tests.servers import SeaweedServer, unique_bucket
 from tests.swift_fixtures import swift
 
@@ -27,3 +28,15 @@ def s3_bucket(seaweed: SeaweedServer) -> str:
     name = unique_bucket()
     seaweed.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A test that failed (a hang that timed out, too): its daemons log what each of their
+    tasks waits on before teardown stops them; the failure report shows the logs."""
+    report = yield
+    if report.when == "call" and report.failed:
+        dump_running_daemons()
+    return report

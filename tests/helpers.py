@@ -386,6 +386,17 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+#: the mounts whose daemon this test session started and has not stopped, by id()
+_running: dict[int, Mount] = {}
+
+
+def dump_running_daemons() -> None:
+    """Every running daemon logs what its tasks and threads wait on (before a test that
+    failed or hung takes them down: the log then says where a stuck request was parked)."""
+    for mount in list(_running.values()):
+        mount.dump_tasks()
+
+
 @dataclass
 class Mount:
     """One `bucketfs mount --foreground` daemon; `path` is the mount point."""
@@ -461,6 +472,7 @@ class Mount:
         with open(log, "wb") as out:
             out.write(f"$ {' '.join(argv)}\n".encode())
             out.flush()
+            _running[id(self)] = self
             self.proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -475,6 +487,7 @@ class Mount:
             if self.proc.poll() is not None:
                 rc = self.proc.returncode
                 self.proc = None
+                _running.pop(id(self), None)
                 raise MountError(f"mount exited with {rc} before mounting:\n{tail(log)}")
             if time.monotonic() > deadline:
                 self._force_down()
@@ -517,6 +530,23 @@ class Mount:
             self._force_down()
             raise MountError("; ".join(problems) + f"\ndaemon log:\n{tail(self.log)}")
         self.proc = None
+        _running.pop(id(self), None)
+
+    def dump_tasks(self, timeout: float = 5.0) -> None:
+        """Have a live daemon log what each of its tasks and threads waits on
+        (bucketfs/taskdump.py); returns once the dump is in the log or after `timeout`."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None or not is_mounted(self.path):
+            return  # not serving (yet): SIGUSR1 before its handler is set would kill it
+        before = self.log.read_text(errors="replace").count("task dump (SIGUSR1)")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log.read_text(errors="replace").count("task dump (SIGUSR1)") > before:
+                time.sleep(0.1)  # the rest of the dump's lines
+                return
+            time.sleep(0.05)
 
     def _force_down(self) -> None:
         """Kill the daemon (pending requests fail with ENOTCONN), detach the mount, reap."""
@@ -530,6 +560,7 @@ class Mount:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
         self.proc = None
+        _running.pop(id(self), None)
 
     def remount(self) -> None:
         """Unmount (uploads pending data) and mount again with the same options and a fresh
@@ -589,6 +620,7 @@ class MountFactory:
 
     def _on_watchdog(self) -> None:
         self.watchdog_fired = True
+        dump_running_daemons()
         for mount in self.mounts:
             mount._force_down()
 

@@ -36,6 +36,7 @@ from tests.helpers import (
     MountError,
     StoreClient,
     StoreEnv,
+    dump_running_daemons,
     is_mounted,
     local_store_env,
     s3_store_env,
@@ -252,6 +253,7 @@ class CrashMounts:
 
     def _on_watchdog(self) -> None:
         self.watchdog_fired = True
+        dump_running_daemons()
         for mount in self.mounts:
             mount._force_down()
 

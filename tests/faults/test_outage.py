@@ -279,3 +279,43 @@ def test_status_counts_the_deletes_whose_answer_has_not_come(
         assert mount.server.keys("gone/") == []
     finally:
         mounts.close()
+
+
+def test_the_task_dump_names_what_a_stuck_read_waits_for(
+    seaweed: SeaweedServer, proxy: HoldingProxy, tmp_path: Path
+) -> None:
+    """SIGUSR1 makes the daemon log every task's await chain (bucketfs/taskdump.py; the test
+    harness asks for it before it takes down a daemon that hangs): a read whose GET gets no
+    answer shows as the FUSE read waiting for the fetch, and the fetch waiting in the S3
+    backend's get. The mount keeps serving after the dump."""
+    mounts = CrashMounts(proxied_env(seaweed, proxy), tmp_path / "m")
+    try:
+        mount = mounts([])
+        mount.server.put("cold.bin", blob(1, 100_000))
+        proxy.arm(lambda line: line.startswith(b"GET ") and b"/cold.bin" in line)
+        reader = subprocess.Popen(
+            [sys.executable, "-c", _READ_ERRNO, str(mount.path / "cold.bin")],
+            start_new_session=True,
+        )
+        try:
+            wait_for("the GET answer to be withheld", lambda: proxy.held_bytes > 0, 30, 0.05)
+            mount.dump_tasks()
+            dump = mount.log.read_text(errors="replace").split("task dump (SIGUSR1)")[-1]
+            tasks = dump.splitlines()
+            assert any(
+                t.startswith("request: fuse_ops.py") and " read > " in t and "materialize" in t
+                for t in tasks
+            ), dump
+            assert any("_fetch" in t and "s3.py" in t and " get" in t for t in tasks), dump
+            assert any(t.startswith("thread ") for t in tasks), dump
+            proxy.release()
+            assert reader.wait(timeout=30) == 0
+        finally:
+            proxy.release()
+            if reader.poll() is None:
+                reader.kill()
+                mount.kill_hard()
+            reader.wait(timeout=30)
+        assert (mount.path / "cold.bin").read_bytes() == blob(1, 100_000)
+    finally:
+        mounts.close()

@@ -1,0 +1,113 @@
+"""What the daemon is waiting for: every trio task, every kernel request, every thread.
+
+Owns the answer to SIGUSR1 (`kill -USR1 <daemon pid>`): a dump in the daemon's log at
+WARNING, one line per task, outermost call first (`a > b > c`: a awaits b, which awaits c),
+showing bucketfs's own frames and the innermost one. A request that never returns shows up as
+a chain parked on an event, a lock, a socket or a thread; the test harness asks for a dump
+before it takes down a daemon that hangs, so a hang seen once in CI can be read from its log.
+
+pyfuse3 runs each kernel request in Cython coroutines, which hide what they await from trio's
+task walk: the chains below them are found as live coroutines of this package that nothing
+else in the dump accounts for ("request:" lines).
+
+Invariants: dumping never changes state and never awaits (it runs in one step of the loop).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from types import CoroutineType, FrameType
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_TRIO_CORE = os.path.join("trio", "_core", "")
+
+
+def _frames(coro: Any) -> Iterator[tuple[Any, FrameType]]:
+    """(coroutine, its frame) from `coro` down what each awaits, while they are Python's."""
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            return
+        yield coro, frame
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+
+
+def _ours(frame: FrameType) -> bool:
+    return frame.f_code.co_filename.startswith(_PACKAGE)
+
+
+def _where(frame: FrameType) -> str:
+    code = frame.f_code
+    return f"{os.path.basename(code.co_filename)}:{frame.f_lineno} {code.co_name}"
+
+
+def _chain(frames: list[FrameType]) -> str:
+    """Our own frames and the innermost one outside trio's core (what is awaited: an event,
+    a lock, a socket, a sleep), outermost first."""
+    frames = [f for f in frames if _TRIO_CORE not in f.f_code.co_filename] or frames
+    shown = [f for i, f in enumerate(frames) if _ours(f) or i == len(frames) - 1]
+    return " > ".join(_where(f) for f in shown)
+
+
+def _tasks(task: trio.lowlevel.Task, seen: set[int], depth: int = 0) -> Iterator[str]:
+    frames = []
+    for coro, frame in _frames(task.coro):
+        seen.add(id(coro))
+        frames.append(frame)
+    yield f"{'  ' * depth}{task.name}: {_chain(frames)}"
+    for nursery in task.child_nurseries:
+        for child in nursery.child_tasks:
+            yield from _tasks(child, seen, depth + 1)
+
+
+def _requests(seen: set[int]) -> Iterator[str]:
+    """Chains of our coroutines that no task's walk reached (under pyfuse3's Cython ones)."""
+    live = [
+        obj
+        for obj in gc.get_objects()
+        if isinstance(obj, CoroutineType)
+        and obj.cr_frame is not None
+        and id(obj) not in seen
+        and _ours(obj.cr_frame)
+    ]
+    awaited = {id(obj.cr_await) for obj in live if obj.cr_await is not None}
+    for root in live:
+        if id(root) not in awaited:
+            yield f"request: {_chain([frame for _, frame in _frames(root)])}"
+
+
+def _threads() -> Iterator[str]:
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        if ident == threading.get_ident():
+            continue  # the loop's own thread: its tasks are above
+        stack = traceback.extract_stack(frame)[-6:]
+        where = " > ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in stack)
+        yield f"thread {names.get(ident, ident)}: {where}"
+
+
+def dump() -> str:
+    """Every task of the running trio loop (a tree), every kernel request, every thread."""
+    seen: set[int] = set()
+    lines = list(_tasks(trio.lowlevel.current_root_task(), seen))  # type: ignore[arg-type]
+    return "\n".join([*lines, *_requests(seen), *_threads()])
+
+
+async def dump_on_signal(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Log a dump at every SIGUSR1 until cancelled."""
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        task_status.started()
+        async for _ in signals:
+            log.warning("task dump (SIGUSR1):\n%s", dump())
