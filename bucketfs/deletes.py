@@ -12,7 +12,8 @@ Invariants:
 - a batch that fails stays queued and is sent again (growing delay); requests waiting on it
   get its error;
 - `flush()` (unmount, SIGTERM) returns when the queue is empty or raises why it is not (with
-  `run()` not running, after one attempt per batch);
+  `run()` not running, after one attempt per batch); a batch whose sending was cancelled
+  (`run()` stopped) is queued again, so a later flush sends it instead of waiting forever;
 - outside `run()` (before the mount serves, after it stopped) a delete is sent at once;
 - with a journal (the cache index), a key is recorded there before `defer_delete` returns and
   removed only after the server confirmed its delete and before any request waiting on it goes
@@ -160,6 +161,9 @@ class DeferredDeletes:
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
+            except BaseException:  # cancelled with the batch in flight: a later flush sends it
+                self._queued = taken + self._queued
+                raise
             self.sent_batches += 1
             self._forget(taken)
             for item in taken:

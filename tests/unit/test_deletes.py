@@ -176,3 +176,27 @@ def test_unmount_sends_what_is_queued(run_fs: RunFs) -> None:
         assert await h.store.keys(BUCKET) == []
 
     run_fs(body)
+
+
+def test_a_batch_cancelled_in_flight_is_sent_by_the_next_flush() -> None:
+    """`run()` stopped while its DeleteObjects had no answer: the keys go back in the queue,
+    so the flush after it (unmount) sends them instead of waiting for that batch forever."""
+    store = Store()
+
+    async def main() -> None:
+        await store.create_bucket(BUCKET)
+        await store.put(BUCKET, "k", b"x")
+        deletes = DeferredDeletes(store)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(deletes.run)
+            store.hang = True
+            await deletes.defer_delete(BUCKET, "k")
+            await trio.sleep(1)  # the batch is in flight and gets no answer
+            nursery.cancel_scope.cancel()
+        store.hang = False
+        with trio.fail_after(5):
+            await deletes.flush()
+        assert deletes.queued == 0
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert await_keys(store) == []
