@@ -663,6 +663,58 @@ def mount_factory_for(store_env: StoreEnv, workdir: Path) -> Iterator[MountFacto
         factory.close()
 
 
+def where_stuck(pid: int) -> str:
+    """What a process (and each of its threads and children) is doing, from /proc: state,
+    the kernel function it sleeps in, its current syscall and kernel stack; plus a second of
+    `strace` when it is installed. For a tool that timed out on the mount."""
+    out: list[str] = []
+    tids = sorted(os.listdir(f"/proc/{pid}/task")) if os.path.isdir(f"/proc/{pid}") else []
+    for tid in tids:
+        base = f"/proc/{pid}/task/{tid}"
+        fields: list[str] = []
+        for name in ("stat", "wchan", "syscall", "stack"):
+            try:
+                text = Path(base, name).read_text(errors="replace").strip()
+            except OSError as exc:
+                text = f"<{exc.strerror}>"
+            if name == "stat":  # "pid (comm) S ...": the name and the state
+                text = text[text.find("(") : text.rfind(")") + 3]
+            fields.append(f"{name}: {text}")
+        out.append(f"task {tid}: " + "\n  ".join(fields))
+        with contextlib.suppress(OSError):
+            for child in Path(base, "children").read_text().split():
+                out.append(f"child {child} of {tid}:\n" + where_stuck(int(child)))
+    import shutil
+
+    if shutil.which("strace") and tids:
+        trace = subprocess.run(
+            ["timeout", "-s", "INT", "1", "strace", "-f", "-tt", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        lines = trace.stderr.splitlines()
+        out.append(f"strace (1 s, {len(lines)} lines, first 40):\n" + "\n".join(lines[:40]))
+    return "\n".join(out)
+
+
+def run_tool(argv: Sequence[str], timeout: float, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(argv, capture_output=True, text=True)`; on timeout the assertion
+    error says where the tool was stuck (`where_stuck`) before it is killed."""
+    proc = subprocess.Popen(
+        list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stuck = where_stuck(proc.pid)
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=30)
+        raise AssertionError(f"{list(argv)} did not finish in {timeout}s:\n{stuck}") from None
+    return subprocess.CompletedProcess(list(argv), proc.returncode, stdout, stderr)
+
+
 def require_tool(name: str) -> str:
     """The path of a system tool; fail (never skip) if it is missing."""
     import shutil

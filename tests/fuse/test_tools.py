@@ -16,14 +16,13 @@ import os
 import random
 import sqlite3
 import stat
-import subprocess
 import tarfile
 import zipfile
 from contextlib import closing
 from pathlib import Path
 
 from tests.fuse.test_posix import store_keeps_marker_metadata
-from tests.helpers import Mount, require_tool
+from tests.helpers import Mount, require_tool, run_tool
 
 BASE_MTIME = 1_600_000_000
 NEEDLE = "NEEDLE-7f3a"
@@ -96,9 +95,7 @@ def assert_same_tree(expected: Path, actual: Path, *, dir_meta: bool = True) -> 
 
 def run(argv: list[str], cwd: Path | None = None, **kw: object) -> str:
     require_tool(argv[0])
-    done = subprocess.run(  # type: ignore[call-overload]
-        argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=120, **kw
-    )
+    done = run_tool(argv, 120, cwd=cwd, **kw)
     assert done.returncode == 0, f"{argv} exited {done.returncode}:\n{done.stdout}{done.stderr}"
     return str(done.stdout)
 
