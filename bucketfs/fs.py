@@ -52,6 +52,7 @@ from bucketfs.errors import (
 )
 from bucketfs.files import DataOptions, FileData, write_options
 from bucketfs.inodes import ROOT_INO, InodeTable, Kind, Node
+from bucketfs.listing import Entry, Subtrees, add_page
 from bucketfs.meta import NAME_MAX, Defaults, check_new_name, parse_posix, valid_name
 from bucketfs.types import ObjectInfo, WriteOptions
 from bucketfs.versions import Versions
@@ -124,12 +125,6 @@ class DirHandle:
     entries: list[tuple[str, Node]] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    kind: Kind
-    info: ObjectInfo | None  # the object (file) or marker (dir) as listed, if any
-
-
 class BucketFS:
     def __init__(
         self,
@@ -166,7 +161,7 @@ class BucketFS:
         self._negative: TTLCache[tuple[int, str], bool] = TTLCache(
             maxsize=65536, ttl=max(options.negative_timeout, 1e-6)
         )
-        self._listings: TTLCache[int, dict[str, _Entry]] = TTLCache(
+        self._listings: TTLCache[int, dict[str, Entry]] = TTLCache(
             maxsize=1024, ttl=max(options.dir_timeout, 1e-6)
         )
         self._limiter = trio.CapacityLimiter(options.max_parallel)
@@ -186,6 +181,8 @@ class BucketFS:
         #: changes made through this mount, per directory inode (a relisting of a directory
         #: that overlaps a change there is not kept)
         self._changes: LRUCache[int, int] = LRUCache(maxsize=65536)
+        #: listings of many directories from one recursive LIST of an ancestor (listing.py)
+        self._subtrees = Subtrees(options.dir_timeout)
         # hook: the .versions/ tree and object metadata as xattrs (versions.py, xattrs.py)
         self.versions = Versions(
             self.backend,
@@ -259,6 +256,7 @@ class BucketFS:
             node.kernel_etag = None
         self._negative.clear()
         self._listings.clear()
+        self._subtrees.clear()
 
     def _uploaded(self, done: Uploaded) -> None:
         """The write-back confirmed an upload: the node (if any) now matches the server."""
@@ -325,12 +323,14 @@ class BucketFS:
         so lookups of new names need no request; `kind` None means `name` is gone."""
         self._changes[directory.ino] = self._changes.get(directory.ino, 0) + 1
         self._negative.pop((directory.ino, name), None)
+        if directory.bucket is not None:
+            self._subtrees.changed(directory.bucket, directory.key, name, kind)
         listing = self._listings.get(directory.ino)
         if listing is not None:
             if kind is None:
                 listing.pop(name, None)
             else:
-                listing[name] = _Entry(Kind.FILE if kind is Kind.LINK else kind, None)
+                listing[name] = Entry(Kind.FILE if kind is Kind.LINK else kind, None)
 
     def _bucket_of(self, directory: Node) -> str:
         if directory.bucket is None:
@@ -472,7 +472,7 @@ class BucketFS:
         node.cached = cf
         return node
 
-    async def _resolve(self, parent: Node, name: str, *, marker: bool = True) -> _Entry | None:
+    async def _resolve(self, parent: Node, name: str, *, marker: bool = True) -> Entry | None:
         """What `name` in `parent` is on the server: a directory wins over a file. A
         directory's marker is read only if `marker` (else its entry has no info)."""
         if parent.bucket is None:
@@ -480,9 +480,11 @@ class BucketFS:
                 await self.backend.head_bucket(name)
             except BucketNotFound:
                 return None
-            return _Entry(Kind.DIR, None)
+            return Entry(Kind.DIR, None)
         bucket, key = parent.bucket, parent.key + name
         listed = self._listings.get(parent.ino)
+        if listed is None:
+            listed = self._subtrees.get(bucket, parent.key)
         size = self._listing_sizes.get(parent.ino)
         if listed is None and size is not None and size <= RELIST_ENTRIES:
             listed = await self._relist(parent)
@@ -493,7 +495,7 @@ class BucketFS:
             if entry.kind is Kind.DIR:
                 if not marker:
                     return entry
-                return _Entry(Kind.DIR, await self._head_or_none(bucket, key + "/"))
+                return Entry(Kind.DIR, await self._head_or_none(bucket, key + "/"))
             info = await self._head_or_none(bucket, key)
             return None if info is None else self._file_entry(info)
         head: ObjectInfo | None = None
@@ -513,17 +515,27 @@ class BucketFS:
         else:  # a known directory: a HEAD only if it is no longer one
             await do_list()
             if is_dir:
-                return _Entry(Kind.DIR, None)
+                return Entry(Kind.DIR, None)
             await do_head()
         if is_dir:
-            return _Entry(Kind.DIR, await self._head_or_none(bucket, key + "/"))
+            return Entry(Kind.DIR, await self._head_or_none(bucket, key + "/"))
         return None if head is None else self._file_entry(head)
 
-    async def _relist(self, directory: Node) -> dict[str, _Entry] | None:
+    async def _relist(self, directory: Node) -> dict[str, Entry] | None:
         """List a small directory again (one page) for lookups after its listing expired:
         a loop creating files there then costs one LIST per `dir_timeout`, not two requests
-        per name. None if it no longer fits one page or this mount changed something while
-        the listing was made (the listing could lack that change)."""
+        per name; when directories near it needed that too, list an ancestor's whole subtree
+        instead (listing.py). None if it no longer fits one page or this mount changed
+        something while the listing was made (the listing could lack that change)."""
+        assert directory.bucket is not None
+        bucket = directory.bucket
+        ancestor = self._subtrees.ancestor_to_list(
+            bucket, directory.key, self._ancestors(directory)
+        )
+        if ancestor is not None:
+            listings = await self._subtrees.refresh(self.backend, bucket, ancestor)
+            if listings is not None and directory.key in listings:
+                return listings[directory.key]
         changes = self._changes.get(directory.ino, 0)
         listed = await self._list(directory, max_pages=1)
         if listed is None:
@@ -535,10 +547,22 @@ class BucketFS:
         self._listing_sizes[directory.ino] = len(listed)
         return listed
 
+    def _ancestors(self, directory: Node) -> list[str]:
+        """The keys of the directories above `directory` in its bucket, nearest first."""
+        keys: list[str] = []
+        node = directory
+        while node.ino != ROOT_INO and not node.is_bucket:
+            parent = self.table.get(node.parent)
+            if parent is None or parent.bucket != directory.bucket:
+                break
+            keys.append(parent.key)
+            node = parent
+        return keys
+
     @staticmethod
-    def _file_entry(info: ObjectInfo) -> _Entry:
+    def _file_entry(info: ObjectInfo) -> Entry:
         kind = Kind.LINK if parse_posix(info.metadata).kind is Kind.LINK else Kind.FILE
-        return _Entry(kind, info)
+        return Entry(kind, info)
 
     async def _head_or_none(
         self, bucket: str, key: str, *, reusable: bool = True
@@ -732,28 +756,19 @@ class BucketFS:
 
     async def _list(
         self, directory: Node, *, max_pages: int | None = None
-    ) -> dict[str, _Entry] | None:
+    ) -> dict[str, Entry] | None:
         """Every child of `directory` on the server, by name (a directory wins over a file);
         None if that takes more than `max_pages` pages."""
         if directory.bucket is None:
             buckets = await self.backend.list_buckets()
-            return {b.name: _Entry(Kind.DIR, None) for b in buckets if valid_name(b.name)}
+            return {b.name: Entry(Kind.DIR, None) for b in buckets if valid_name(b.name)}
         bucket, prefix = directory.bucket, directory.key
-        files: dict[str, _Entry] = {}
-        dirs: dict[str, _Entry] = {}
+        files: dict[str, Entry] = {}
+        dirs: dict[str, Entry] = {}
         token: str | None = None
         while True:
             page = await self.backend.list_page(bucket, prefix, delimiter="/", token=token)
-            for sub in page.prefixes:
-                name = sub[len(prefix) : -1]
-                if valid_name(name, where=sub):
-                    dirs[name] = _Entry(Kind.DIR, None)
-            for info in page.objects:
-                name = info.key[len(prefix) :]
-                if name == "":
-                    continue  # the directory's own marker
-                if valid_name(name, where=info.key):
-                    files[name] = _Entry(Kind.FILE, info)
+            add_page(prefix, page, files, dirs)
             token = page.next_token
             if token is None:
                 break
@@ -815,6 +830,8 @@ class BucketFS:
         self.table.detach(node)
         self._changed(parent, name)
         self._listings.pop(node.ino, None)
+        if node.bucket is not None:
+            self._subtrees.forget(node.bucket, node.key)
 
     async def _check_empty(self, node: Node) -> None:
         for child in self.table.known_children(node):
@@ -854,6 +871,7 @@ class BucketFS:
             # O_EXCL (lock files, mkstemp) asks the server, never a cached listing: another
             # client may have made the name since
             self._listings.pop(parent.ino, None)
+            self._subtrees.forget(bucket, parent.key)
             self._negative.pop((parent.ino, name), None)
             try:
                 existing = await self._find(parent, name)
@@ -1268,6 +1286,7 @@ class BucketFS:
             "cache_bytes": cache.clean_bytes + cache.dirty_bytes,
             "cache_size": cache.cache_size,
             "hit_ratio": round(cache.hits / lookups, 3) if lookups else None,
+            "subtree_listings": self._subtrees.listed,  # listing.py (JSON only)
         }
 
     async def getxattr(self, ino: int, name: str) -> bytes:

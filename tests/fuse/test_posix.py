@@ -325,6 +325,25 @@ def test_a_name_another_client_made_is_found_once_the_listing_expired(mnt: Mount
     assert sorted(os.listdir(mnt.path / "d")) == ["mine", "theirs"]
 
 
+def test_new_files_across_directories_whose_listings_expired(mnt: Mount) -> None:
+    """One new file in each of 12 directories after their listings expired: the lookups are
+    answered by one recursive listing of the directories' parent (listing.py), which must
+    show another client's file made meanwhile in one of them, and the files all land."""
+    assert mnt.store is not None
+    top = mnt.path / "w"
+    for i in range(12):
+        (top / f"d{i:02d}").mkdir(parents=True)
+    mnt.store.put("w/d07/theirs", b"333")
+    time.sleep(1.5)  # past dir_timeout, entry_timeout and negative_timeout (1 s each)
+    for i in range(12):
+        (top / f"d{i:02d}" / "f").write_bytes(b"x" * i)
+    assert os.stat(top / "d07" / "theirs").st_size == 3
+    assert mnt.status()["subtree_listings"] >= 1
+    for i in range(12):
+        assert mnt.store.get(f"w/d{i:02d}/f") == b"x" * i
+    assert sorted(os.listdir(top / "d07")) == ["f", "theirs"]
+
+
 def test_random_reads_fetch_the_rest_of_the_file_in_the_background(mnt: Mount) -> None:
     """A few reads at random places start a fetch of the whole file (docs/cache.md): soon the
     cache holds all of it, and what the mount reads is the object."""

@@ -1,0 +1,168 @@
+"""What listings say a directory holds, and subtree listings that refresh many at once.
+
+Owns `Entry` (a name as a listing shows it), reading one LIST page into a directory's entries,
+and `Subtrees`: listings of every directory under an ancestor, made from one recursive
+(undelimited) LIST of that ancestor.
+
+Why subtrees: a lookup of a name that is not in a fresh listing must ask the server (one LIST
+of the directory, `BucketFS._relist`). A writer spreading new files over many directories
+(`cp -r` of a wide tree, a build, the bench's 2,000 files in 200 directories) finds every
+directory's listing older than `dir_timeout` at its next create there, so it waited for one
+LIST per file. When directories under a common ancestor are relisted within a few seconds of
+each other, one recursive LIST of that ancestor (at most `PAGES` pages) lists them all; each
+lookup after it answers from that listing until it is `dir_timeout` old, as fresh as a listing
+of the directory alone (goofys "slurps" a subtree the same way). A single busy directory is
+still relisted alone: an ancestor is only listed once another directory under it needed it.
+
+Invariants: a subtree listing is used for `dir_timeout` after it came, exactly like a
+directory's own listing; every change made through this mount is applied to it
+(`changed`), and a subtree listing that overlapped such a change is not kept; an ancestor whose
+subtree does not fit in `PAGES` pages is not listed that way again for `TOO_BIG_FOR` seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from bucketfs.backends.base import Backend
+from bucketfs.inodes import Kind
+from bucketfs.meta import valid_name
+from bucketfs.types import ListPage, ObjectInfo
+
+#: pages (of PAGE_KEYS keys) a subtree listing may take; a larger subtree is not listed so
+PAGES = 3
+PAGE_KEYS = 1000
+#: how far above a relisted directory an ancestor to list may be
+LEVELS = 3
+#: an ancestor is listed once another directory under it was relisted within this many
+#: seconds (and at least this many `dir_timeout`s)
+WINDOW = 5.0
+#: seconds an ancestor too large to list recursively is not tried again
+TOO_BIG_FOR = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    kind: Kind
+    info: ObjectInfo | None  # the object (file) or marker (dir) as listed, if any
+
+
+def add_page(prefix: str, page: ListPage, files: dict[str, Entry], dirs: dict[str, Entry]) -> None:
+    """The entries of one delimited LIST page of directory `prefix` (its own marker skipped)."""
+    for sub in page.prefixes:
+        name = sub[len(prefix) : -1]
+        if valid_name(name, where=sub):
+            dirs[name] = Entry(Kind.DIR, None)
+    for info in page.objects:
+        name = info.key[len(prefix) :]
+        if name and valid_name(name, where=info.key):
+            files[name] = Entry(Kind.FILE, info)
+
+
+def split_subtree(prefix: str, objects: Iterable[ObjectInfo]) -> dict[str, dict[str, Entry]]:
+    """Every directory under `prefix` (itself included) -> its entries, from all the keys of
+    a recursive listing of `prefix`. A directory wins over a file of the same name."""
+    files: dict[str, dict[str, Entry]] = {prefix: {}}
+    dirs: dict[str, dict[str, Entry]] = {prefix: {}}
+    for info in objects:
+        rel = info.key[len(prefix) :]
+        parts = rel.split("/")
+        directory = prefix
+        for depth, name in enumerate(parts):
+            if depth == len(parts) - 1:  # the last segment: a file, or "" for a marker
+                if name and valid_name(name, where=info.key):
+                    files[directory][name] = Entry(Kind.FILE, info)
+                break
+            if not valid_name(name, where=info.key):
+                break  # nothing below a segment that cannot be a name is shown
+            dirs[directory][name] = Entry(Kind.DIR, None)
+            directory += name + "/"
+            files.setdefault(directory, {})
+            dirs.setdefault(directory, {})
+    out: dict[str, dict[str, Entry]] = {}
+    for directory, entries in files.items():
+        entries.update(dirs[directory])
+        out[directory] = dict(sorted(entries.items()))
+    return out
+
+
+class Subtrees:
+    """Listings from recursive LISTs, by (bucket, directory key), each valid `dir_timeout`."""
+
+    def __init__(self, dir_timeout: float) -> None:
+        ttl = max(dir_timeout, 1e-6)
+        self._listings: TTLCache[tuple[str, str], dict[str, Entry]] = TTLCache(
+            maxsize=16384, ttl=ttl
+        )
+        #: directories relisted one by one lately (when an ancestor is worth listing)
+        self._relisted: TTLCache[tuple[str, str], bool] = TTLCache(
+            maxsize=1024, ttl=max(WINDOW, 5 * ttl)
+        )
+        self._too_big: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=1024, ttl=TOO_BIG_FOR)
+        self._changes = 0  # changes made through this mount, ever
+        self.listed = 0  # recursive listings kept (for tests and status)
+
+    def get(self, bucket: str, key: str) -> dict[str, Entry] | None:
+        return self._listings.get((bucket, key))
+
+    def changed(self, bucket: str, key: str, name: str, kind: Kind | None) -> None:
+        """A change through this mount in directory `key`: `kind` None means `name` is gone."""
+        self._changes += 1
+        listing = self._listings.get((bucket, key))
+        if listing is not None:
+            if kind is None:
+                listing.pop(name, None)
+            else:
+                listing[name] = Entry(Kind.FILE if kind is Kind.LINK else kind, None)
+
+    def forget(self, bucket: str, key: str) -> None:
+        self._changes += 1
+        self._listings.pop((bucket, key), None)
+
+    def clear(self) -> None:
+        self._changes += 1
+        self._listings.clear()
+
+    def ancestor_to_list(self, bucket: str, key: str, ancestors: list[str]) -> str | None:
+        """Directory `key` must be relisted; `ancestors` are the keys above it in this mount,
+        nearest first. The highest one worth listing recursively, or None."""
+        self._relisted[(bucket, key)] = True
+        others = [k for (b, k) in self._relisted if b == bucket and k != key]
+        best = None
+        for ancestor in ancestors[:LEVELS]:
+            if (bucket, ancestor) in self._too_big:
+                break
+            if any(k.startswith(ancestor) for k in others):
+                best = ancestor
+        return best
+
+    async def refresh(
+        self, backend: Backend, bucket: str, prefix: str
+    ) -> dict[str, dict[str, Entry]] | None:
+        """List everything under `prefix` (at most PAGES pages) and keep a listing of every
+        directory there; returns them, or None if the subtree was too large or this mount
+        changed something meanwhile (the listing could lack that change)."""
+        changes = self._changes
+        objects: list[ObjectInfo] = []
+        token: str | None = None
+        for _ in range(PAGES):
+            page = await backend.list_page(
+                bucket, prefix, delimiter=None, token=token, max_keys=PAGE_KEYS
+            )
+            objects.extend(page.objects)
+            token = page.next_token
+            if token is None:
+                break
+        else:
+            self._too_big[(bucket, prefix)] = True
+            return None
+        if self._changes != changes:
+            return None
+        listings = split_subtree(prefix, objects)
+        for key, entries in listings.items():
+            self._listings[(bucket, key)] = entries
+        self.listed += 1
+        return listings

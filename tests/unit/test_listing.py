@@ -1,0 +1,145 @@
+"""Listings (bucketfs/listing.py): a recursive LIST split into every directory's entries, and
+subtree listings that answer lookups in many directories after one request."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from bucketfs import listing
+from bucketfs.errors import NoEntry
+from bucketfs.inodes import ROOT_INO, Kind
+from bucketfs.listing import split_subtree
+from bucketfs.types import ObjectInfo
+from tests.unit.conftest import Harness, RunFs
+
+#: the listings' time to live in the tests below, and a wait that outlives it
+DIR_TIMEOUT = 0.3
+EXPIRE = 0.35
+
+
+def outlive_listings() -> None:
+    """Wait until every listing expired: their time to live runs on the real monotonic clock
+    (cachetools), which the tests' mock trio clock does not move, so this blocks."""
+    time.sleep(EXPIRE)
+
+
+def kinds(listings: dict[str, dict[str, listing.Entry]]) -> dict[str, dict[str, str]]:
+    return {d: {n: e.kind.name for n, e in entries.items()} for d, entries in listings.items()}
+
+
+def test_a_recursive_listing_gives_every_directory_below_the_prefix() -> None:
+    keys = ["p/", "p/a", "p/d/", "p/d/e/f", "p/x/y", "p/x", "p/bad\0name/z", "p/e/"]
+    got = split_subtree("p/", [ObjectInfo(key=k, size=1) for k in keys])
+    assert kinds(got) == {
+        "p/": {"a": "FILE", "d": "DIR", "e": "DIR", "x": "DIR"},  # x: the directory wins
+        "p/d/": {"e": "DIR"},
+        "p/d/e/": {"f": "FILE"},
+        "p/e/": {},  # only its marker: an empty directory
+        "p/x/": {"y": "FILE"},
+    }
+    info = got["p/"]["a"].info
+    assert info is not None
+    assert info.key == "p/a"
+
+
+async def mkdirs(h: Harness, count: int) -> list[int]:
+    top = await h.fs.mkdir(ROOT_INO, "w", 0o755, 0, 0)
+    return [(await h.fs.mkdir(top.ino, f"d{i}", 0o755, 0, 0)).ino for i in range(count)]
+
+
+def test_new_files_across_many_directories_cost_one_listing_of_their_ancestor(
+    run_fs: RunFs,
+) -> None:
+    """A writer putting one new file in each of ten directories whose listings expired: the
+    first is relisted alone, the second lists the subtree above both, the other eight
+    lookups answer from it. Another client's file is still seen once that listing is
+    `dir_timeout` old."""
+
+    async def body(h: Harness) -> None:
+        dirs = await mkdirs(h, 10)
+        outlive_listings()
+        h.store.calls.clear()
+        for ino in dirs:
+            with pytest.raises(NoEntry):  # the kernel's lookup before the create
+                await h.fs.lookup(ino, "f")
+            await h.write_file("f", b"x", parent=ino)
+        assert h.store.calls["list_page"] == 2
+        assert h.fs._subtrees.listed == 1
+        assert h.store.calls["head"] == 0
+        await h.put("w/d5/theirs", b"t")
+        with pytest.raises(NoEntry):  # within dir_timeout: the subtree listing answers
+            await h.fs.lookup(dirs[5], "theirs")
+        outlive_listings()
+        assert (await h.fs.lookup(dirs[5], "theirs")).size == 1
+        assert sorted(await h.keys("w/")) == sorted(
+            [
+                "w/",
+                *(f"w/d{i}/" for i in range(10)),
+                *(f"w/d{i}/f" for i in range(10)),
+                "w/d5/theirs",
+            ]
+        )
+
+    run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)
+
+
+def test_one_busy_directory_is_relisted_alone(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        (ino,) = await mkdirs(h, 1)
+        for i in range(3):
+            outlive_listings()
+            with pytest.raises(NoEntry):
+                await h.fs.lookup(ino, f"f{i}")
+            await h.write_file(f"f{i}", b"x", parent=ino)
+        assert h.fs._subtrees.listed == 0
+
+    run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)
+
+
+def test_a_subtree_too_large_for_its_pages_is_not_listed_again(
+    run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above `PAGES` pages an ancestor is given up (for TOO_BIG_FOR) and the nearer one or
+    the directory alone is listed: never more than PAGES pages for a lookup."""
+    monkeypatch.setattr(listing, "PAGE_KEYS", 2)
+    monkeypatch.setattr(listing, "PAGES", 2)
+
+    async def body(h: Harness) -> None:
+        for i in range(6):
+            await h.put(f"other/o{i}", b"x")  # the root's subtree: more than 2 pages of 2
+        dirs = await mkdirs(h, 3)
+        outlive_listings()
+        for ino in dirs:
+            with pytest.raises(NoEntry):
+                await h.fs.lookup(ino, "f")
+        assert h.fs._subtrees.listed >= 1  # w/ (3 markers + ... fits) once the root gave up
+        h.store.calls.clear()
+        outlive_listings()
+        with pytest.raises(NoEntry):
+            await h.fs.lookup(dirs[0], "g")
+        assert h.store.calls["list_page"] <= 2  # not the root's pages again
+
+    run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)
+
+
+def test_a_change_through_the_mount_is_kept_in_the_subtree_listing(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        dirs = await mkdirs(h, 3)
+        outlive_listings()
+        for ino in dirs:
+            with pytest.raises(NoEntry):
+                await h.fs.lookup(ino, "f")
+        assert h.fs._subtrees.listed == 1
+        await h.write_file("mine", b"m", parent=dirs[2])  # in a subtree-listed directory
+        assert (await h.fs.lookup(dirs[2], "mine")).kind is Kind.FILE
+        await h.fs.unlink(dirs[2], "mine")
+        with pytest.raises(NoEntry):
+            await h.fs.lookup(dirs[2], "mine")
+        fh, _ = await h.fs.create(dirs[1], "x", 0o644, os.O_WRONLY | os.O_CREAT, 0, 0)
+        await h.fs.release(fh)
+        assert "x" in await h.ls(dirs[1])
+
+    run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)
