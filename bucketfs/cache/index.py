@@ -221,6 +221,17 @@ class CacheIndex:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
+    def add_new(self, bucket: str, key: str, meta: dict[str, Any]) -> int:
+        """A new empty file, dirty, with the metadata its upload will send: one statement,
+        so one commit for a create."""
+        cursor = self.db.execute(
+            "INSERT INTO files(bucket, key, size, base_size, dirty, state, meta)"
+            " VALUES (?, ?, 0, 0, 1, 'dirty', ?)",
+            (bucket, key, json.dumps(meta)),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
     def update(self, file_id: int, **fields: Any) -> None:
         if "meta" in fields:
             fields["meta"] = json.dumps(fields["meta"])

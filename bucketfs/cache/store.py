@@ -554,7 +554,8 @@ class BlockCache:
         old = self.by_key.get((bucket, key))
         if old is not None:
             self.forget(old)
-        file_id = self.index.add(bucket, key, 0, None)
+        meta = dict(meta)
+        file_id = self.index.add_new(bucket, key, meta)  # recorded dirty with its metadata
         self.data_files.given_out(file_id, self._nursery)
         cf = CachedFile(
             id=file_id,
@@ -564,11 +565,10 @@ class BlockCache:
             base_key=None,
             base_etag=None,
             base_size=0,
-            meta=dict(meta),
+            meta=meta,
         )
         self._register(cf)
-        self._changed(cf, [], 0)
-        self.index.update(cf.id, meta=cf.meta)
+        self._changed(cf, [], 0, recorded=True)
         return cf
 
     def set_meta(self, cf: CachedFile, meta: dict[str, Any]) -> None:
