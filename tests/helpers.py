@@ -698,14 +698,21 @@ def where_stuck(pid: int) -> str:
     return "\n".join(out)
 
 
-def run_tool(argv: Sequence[str], timeout: float, **kw: Any) -> subprocess.CompletedProcess[str]:
-    """`subprocess.run(argv, capture_output=True, text=True)`; on timeout the assertion
-    error says where the tool was stuck (`where_stuck`) before it is killed."""
+def run_tool(
+    argv: Sequence[str], timeout: float, *, input: str | None = None, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(argv, input=input, capture_output=True, text=True)`; on timeout the
+    assertion error says where the tool was stuck (`where_stuck`) before it is killed."""
     proc = subprocess.Popen(
-        list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+        list(argv),
+        stdin=subprocess.PIPE if input is not None else None,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
     )
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
+        stdout, stderr = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
         stuck = where_stuck(proc.pid)
         proc.kill()
