@@ -410,7 +410,10 @@ class BucketFS:
         self.table.remember(node)
         return node
 
-    async def _find(self, parent: Node, name: str) -> Node:
+    async def _find(self, parent: Node, name: str, *, exact: bool = False) -> Node:
+        """The node of `name`, asking the server unless known and fresh; `exact` (O_EXCL,
+        which drops the cached listing first) asks about this directory alone, never with a
+        subtree listing (one page, not up to listing.PAGES, for every exclusive create)."""
         node = self.table.child(parent, name)
         if node is not None and not node.full:
             self._kick_prefetch(node)
@@ -433,7 +436,7 @@ class BucketFS:
                 return node
         # a known directory's attributes outlive its entry: only ask whether it still exists
         known_dir = node is not None and self._marker_fresh(node)
-        entry = await self._resolve(parent, name, marker=not known_dir)
+        entry = await self._resolve(parent, name, marker=not known_dir, exact=exact)
         if entry is None:
             if node is not None:
                 self.table.detach(node)
@@ -472,7 +475,9 @@ class BucketFS:
         node.cached = cf
         return node
 
-    async def _resolve(self, parent: Node, name: str, *, marker: bool = True) -> Entry | None:
+    async def _resolve(
+        self, parent: Node, name: str, *, marker: bool = True, exact: bool = False
+    ) -> Entry | None:
         """What `name` in `parent` is on the server: a directory wins over a file. A
         directory's marker is read only if `marker` (else its entry has no info)."""
         if parent.bucket is None:
@@ -487,7 +492,7 @@ class BucketFS:
             listed = self._subtrees.get(bucket, parent.key)
         size = self._listing_sizes.get(parent.ino)
         if listed is None and size is not None and size <= RELIST_ENTRIES:
-            listed = await self._relist(parent)
+            listed = await self._relist(parent, subtree=not exact)
         if listed is not None:
             entry = listed.get(name)
             if entry is None:
@@ -521,7 +526,7 @@ class BucketFS:
             return Entry(Kind.DIR, await self._head_or_none(bucket, key + "/"))
         return None if head is None else self._file_entry(head)
 
-    async def _relist(self, directory: Node) -> dict[str, Entry] | None:
+    async def _relist(self, directory: Node, *, subtree: bool = True) -> dict[str, Entry] | None:
         """List a small directory again (one page) for lookups after its listing expired:
         a loop creating files there then costs one LIST per `dir_timeout`, not two requests
         per name; when directories near it needed that too, list an ancestor's whole subtree
@@ -529,9 +534,10 @@ class BucketFS:
         something while the listing was made (the listing could lack that change)."""
         assert directory.bucket is not None
         bucket = directory.bucket
-        ancestor = self._subtrees.ancestor_to_list(
-            bucket, directory.key, self._ancestors(directory)
-        )
+        ancestor = None
+        if subtree:
+            above = self._ancestors(directory)
+            ancestor = self._subtrees.ancestor_to_list(bucket, directory.key, above)
         if ancestor is not None:
             listings = await self._subtrees.refresh(self.backend, bucket, ancestor)
             if listings is not None and directory.key in listings:
@@ -874,7 +880,7 @@ class BucketFS:
             self._subtrees.forget(bucket, parent.key)
             self._negative.pop((parent.ino, name), None)
             try:
-                existing = await self._find(parent, name)
+                existing = await self._find(parent, name, exact=True)
             except NoEntry:
                 existing = None
         if existing is not None:

@@ -143,3 +143,17 @@ def test_a_change_through_the_mount_is_kept_in_the_subtree_listing(run_fs: RunFs
         assert "x" in await h.ls(dirs[1])
 
     run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)
+
+
+def test_exclusive_creates_never_list_a_subtree(run_fs: RunFs) -> None:
+    """O_EXCL asks the server about the directory every time (tar, mkstemp): spreading such
+    creates over many directories must not turn each into a recursive listing."""
+
+    async def body(h: Harness) -> None:
+        dirs = await mkdirs(h, 6)
+        for ino in dirs:
+            fh, _ = await h.fs.create(ino, "x", 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0, 0)
+            await h.fs.release(fh)
+        assert h.fs._subtrees.listed == 0
+
+    run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)
