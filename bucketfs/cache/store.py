@@ -103,6 +103,8 @@ class CachedFile:
     failure: BucketfsError | None = None
     present: set[int] = field(default_factory=set)
     dirty_blocks: set[int] = field(default_factory=set)
+    #: what this file counts in `BlockCache.dirty_bytes` (see `_recharge`)
+    charge: int = 0
     generation: int = 0
     uploaded_generation: int = 0
     fd: int = -1
@@ -164,7 +166,8 @@ class BlockCache:
         self.gets = 0
         self.hits = 0
         self.misses = 0
-        self.dirty_blocks = 0  # over every file, kept in step by every change
+        #: dirty bytes over every file, kept in step by every change (`_recharge`)
+        self._dirty_charge = 0
         self._load()
 
     @staticmethod
@@ -188,7 +191,7 @@ class BlockCache:
                 if dirty:
                     cf.dirty_blocks.add(idx)
             cf.generation = 1
-            self.dirty_blocks += len(cf.dirty_blocks)
+            self._recharge(cf)
             self._register(cf)
         # clean files of an earlier run: their blocks are valid only for their base ETag and
         # we do not know their ages: drop them rather than account for them
@@ -516,12 +519,12 @@ class BlockCache:
         """Record a change: index first (before the write is acknowledged), then memory."""
         if not recorded:
             self._record(cf, new_dirty, size)
-        self.dirty_blocks += len(new_dirty)
         for idx in new_dirty:
             cf.dirty_blocks.add(idx)
             cf.present.add(idx)
             self._lru.pop((cf.id, idx), None)
         cf.size = size
+        self._recharge(cf)
         cf.dirty = True
         cf.state = "dirty"
         cf.error = None
@@ -542,7 +545,6 @@ class BlockCache:
         keep = (size + bs - 1) // bs
         gone = {idx for idx in cf.present if idx >= keep}
         self._drop_blocks(cf, gone, punch=False)
-        self.dirty_blocks -= len(gone & cf.dirty_blocks)
         cf.dirty_blocks -= gone
         if size < cf.base_size:
             cf.base_size = size  # the base's bytes past here are no longer part of the file
@@ -604,7 +606,7 @@ class BlockCache:
         cf.base_etag, cf.base_size, cf.base_key = etag, size, cf.key
         cf.meta["base_key"] = cf.key
         dirty, cf.dirty_blocks = cf.dirty_blocks, set()
-        self.dirty_blocks -= len(dirty)
+        self._recharge(cf)
         for idx in dirty:
             self._touch(cf, idx)
         self._evict()
@@ -653,8 +655,8 @@ class BlockCache:
         if cf.upload_scope is not None:
             cf.upload_scope.cancel()
         self.index.detach(cf.id)
-        self.dirty_blocks -= len(cf.dirty_blocks)
         cf.dirty_blocks.clear()
+        self._recharge(cf)
         cf.key = None
         cf.dirty = False
 
@@ -666,8 +668,8 @@ class BlockCache:
             del self.by_key[(cf.bucket, cf.key)]
         for idx in cf.present:
             self._lru.pop((cf.id, idx), None)
-        self.dirty_blocks -= len(cf.dirty_blocks)
         cf.dirty_blocks.clear()
+        self._recharge(cf)
         self.files.pop(cf.id, None)
         self.index.remove(cf.id)
         if cf.fd >= 0:
@@ -693,7 +695,15 @@ class BlockCache:
 
     @property
     def dirty_bytes(self) -> int:
-        return self.dirty_blocks * self.block_size
+        """Bytes not on the server yet: a file's dirty blocks, but no more than its size (a
+        100-byte file is 100 bytes, not a block; `max_dirty` throttles on this)."""
+        return self._dirty_charge
+
+    def _recharge(self, cf: CachedFile) -> None:
+        """Account `cf` again after its dirty blocks or its size changed."""
+        charge = min(len(cf.dirty_blocks) * self.block_size, cf.size) if cf.dirty_blocks else 0
+        self._dirty_charge += charge - cf.charge
+        cf.charge = charge
 
     def _evict(self, target: int | None = None) -> None:
         limit = self.cache_size if target is None else target

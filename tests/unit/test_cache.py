@@ -234,6 +234,28 @@ def test_writers_wait_above_max_dirty_and_finish(run_fs: RunFs) -> None:
     run_fs(body, max_dirty=2 * MiB)
 
 
+def test_small_dirty_files_count_their_bytes_not_whole_blocks(run_fs: RunFs) -> None:
+    """100 files of 1 KiB with uploads deferred are 100 KiB dirty, far under a 4 MiB
+    max_dirty: no writer waits and nothing is uploaded before the delay (whole 1 MiB blocks
+    counted them as 100 MiB and throttled the writer into uploading at once)."""
+
+    async def body(h: Harness) -> None:
+        for i in range(100):
+            await h.write_file(f"f{i:03d}", os.urandom(1024))
+        cache = h.fs.data.cache
+        assert cache.dirty_bytes == 100 * 1024
+        assert h.store.calls["put"] == 0
+        fh, node = await h.fs.create(ROOT_INO, "grow", 0o644, RW | os.O_CREAT, 0, 0)
+        await h.fs.write(fh, 0, b"x" * 10)
+        await h.fs.write(fh, 1500 * 1024, b"y" * 10)  # two blocks, sparse: 1.5 MiB of file
+        assert cache.dirty_bytes == 100 * 1024 + 1500 * 1024 + 10
+        await h.fs.setattr(node.ino, size=20)
+        assert cache.dirty_bytes == 100 * 1024 + 20
+        await h.fs.release(fh)
+
+    run_fs(body, max_dirty=4 * MiB, writeback_delay=3600.0)
+
+
 def test_two_mounts_never_share_a_cache_directory(tmp_path: Path) -> None:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
