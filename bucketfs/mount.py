@@ -27,6 +27,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from bucketfs import readwatch
 from bucketfs.backends.base import Backend
 from bucketfs.errors import (
     AccessDenied,
@@ -241,6 +242,8 @@ async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
             except RuntimeError as exc:
                 raise ConfigError(f"cannot mount on {cfg.mountpoint}: {exc}") from exc
             mounted = True
+            fd = readwatch.fuse_fd()
+            watchdog = readwatch.start(fd) if fd is not None else None
             try:
                 log.info("mounted %s on %s", cfg.fsname or cfg.source, cfg.mountpoint)
                 on_ready()
@@ -257,6 +260,7 @@ async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
                         failed = await fs.drain()
                     if scope.cancelled_caught or failed:
                         log.error("unmounted with data not uploaded: %s", failed or "timeout")
+                    readwatch.stop(watchdog)
                     pyfuse3.close(unmount=mounted)
                 nursery.cancel_scope.cancel()
         log.info("unmounted %s", cfg.mountpoint)

@@ -1,0 +1,116 @@
+"""Keeps pyfuse3's read of /dev/fuse from stopping the daemon.
+
+Owns a small watchdog process and the SIGUSR2 handler it relies on.
+
+pyfuse3 waits until /dev/fuse is readable (trio's `wait_readable`), then reads a request with
+a *blocking* read(), holding the GIL. A request can leave the kernel's queue between the two:
+a fatal signal to the process that made it (a tool killed, rsync ending its helper processes)
+withdraws a request the daemon has not read yet. The read then blocks the daemon whole: no
+upload, fetch or worker-thread result is handled until the kernel queues another request, and
+a process waiting for a request whose handler waits for one of those waits forever. CI saw
+it (session 4): `open` after an rsync into the mount and `git add`/`git commit` stuck for
+minutes; `tests/fuse/test_readwatch.py` makes it happen on purpose.
+
+A thread of the daemon cannot help (it needs the GIL the read holds), so a separate process
+(`python -m bucketfs.readwatch PID FD`) reads the daemon's current system call
+(/proc/PID/syscall) every INTERVAL seconds; when two samples in a row show read() on the
+/dev/fuse descriptor, it sends the daemon's main thread SIGUSR2, whose handler does nothing.
+read() then fails with EINTR, which pyfuse3 handles by waiting for readability again.
+
+Invariants: the signal goes only to the thread that runs pyfuse3, only while it sits in that
+read (a read of a queued request returns at once); a spurious interruption is harmless
+(pyfuse3 retries an interrupted read); the watchdog dies with the daemon, even on SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+#: the read() system call's number, by machine
+READ_SYSCALL = {"x86_64": 0, "aarch64": 63, "arm64": 63}
+#: tgkill(2), by machine
+TGKILL_SYSCALL = {"x86_64": 234, "aarch64": 131, "arm64": 131}
+#: seconds between two looks at the daemon
+INTERVAL = 0.05
+SIGNAL = signal.SIGUSR2
+_PR_SET_PDEATHSIG = 1
+
+
+def _ignore(_signum: int, _frame: FrameType | None) -> None:
+    """Only here so that SIGUSR2 interrupts a system call instead of killing the daemon."""
+
+
+def fuse_fd() -> int | None:
+    """This process's /dev/fuse descriptor (pyfuse3 opens exactly one)."""
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
+                return int(name)
+    return None
+
+
+def start(fd: int) -> subprocess.Popen[bytes] | None:
+    """In the daemon's main thread: set the SIGUSR2 handler and start the watchdog process
+    for descriptor `fd`; None where it cannot work (unknown machine)."""
+    if platform.machine() not in READ_SYSCALL:
+        log.debug("no read() syscall number for %s: not watching", platform.machine())
+        return None
+    signal.signal(SIGNAL, _ignore)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bucketfs.readwatch", str(os.getpid()), str(fd)],
+        stdin=subprocess.DEVNULL,
+        close_fds=True,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
+def in_read(pid: int, fd: int, read_nr: int) -> bool:
+    """Whether thread `pid` of process `pid` is in read(fd) right now."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/syscall", encoding="ascii") as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return (
+        len(fields) > 1
+        and fields[0] == str(read_nr)
+        and fields[1].startswith("0x")
+        and int(fields[1], 16) == fd
+    )
+
+
+def watch(pid: int, fd: int, interval: float = INTERVAL) -> None:
+    """The watchdog process's loop, until `pid` is gone."""
+    machine = platform.machine()
+    read_nr, tgkill_nr = READ_SYSCALL[machine], TGKILL_SYSCALL[machine]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the daemon, even on kill -9
+    seen = 0
+    while os.getppid() == pid:
+        time.sleep(interval)
+        seen = seen + 1 if in_read(pid, fd, read_nr) else 0
+        if seen >= 2:
+            seen = 0
+            print(f"bucketfs.readwatch: interrupting a read of /dev/fuse in {pid}", flush=True)
+            libc.syscall(tgkill_nr, pid, pid, int(SIGNAL))
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]), int(sys.argv[2]))
