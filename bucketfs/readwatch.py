@@ -102,6 +102,12 @@ def watch(pid: int, fd: int, interval: float = INTERVAL) -> None:
     read_nr, tgkill_nr = READ_SYSCALL[machine], TGKILL_SYSCALL[machine]
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the daemon, even on kill -9
+    try:
+        with open(f"/proc/{pid}/task/{pid}/syscall", encoding="ascii") as f:
+            f.read()
+    except OSError as exc:  # e.g. Yama's ptrace_scope for a daemon not run by root
+        print(f"bucketfs.readwatch: cannot watch {pid}: {exc.strerror}", flush=True)
+        return
     seen = 0
     while os.getppid() == pid:
         time.sleep(interval)
