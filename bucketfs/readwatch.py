@@ -45,6 +45,7 @@ TGKILL_SYSCALL = {"x86_64": 234, "aarch64": 131, "arm64": 131}
 INTERVAL = 0.05
 SIGNAL = signal.SIGUSR2
 _PR_SET_PDEATHSIG = 1
+_PR_SET_PTRACER = 0x59616D61
 
 
 def _ignore(_signum: int, _frame: FrameType | None) -> None:
@@ -67,11 +68,14 @@ def start(fd: int) -> subprocess.Popen[bytes] | None:
         log.debug("no read() syscall number for %s: not watching", platform.machine())
         return None
     signal.signal(SIGNAL, _ignore)
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "bucketfs.readwatch", str(os.getpid()), str(fd)],
         stdin=subprocess.DEVNULL,
         close_fds=True,
     )
+    # Yama (ptrace_scope 1) lets only ancestors read a process's system call: allow ours
+    ctypes.CDLL(None).prctl(_PR_SET_PTRACER, proc.pid)
+    return proc
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:
