@@ -52,7 +52,7 @@ from bucketfs.errors import (
 )
 from bucketfs.files import DataOptions, FileData, write_options
 from bucketfs.inodes import ROOT_INO, InodeTable, Kind, Node
-from bucketfs.listing import Entry, Subtrees, add_page
+from bucketfs.listing import Entry, Subtrees, add_page, apply_change
 from bucketfs.meta import NAME_MAX, Defaults, check_new_name, parse_posix, valid_name
 from bucketfs.types import ObjectInfo, WriteOptions
 from bucketfs.versions import Versions
@@ -327,10 +327,13 @@ class BucketFS:
             self._subtrees.changed(directory.bucket, directory.key, name, kind)
         listing = self._listings.get(directory.ino)
         if listing is not None:
-            if kind is None:
-                listing.pop(name, None)
-            else:
-                listing[name] = Entry(Kind.FILE if kind is Kind.LINK else kind, None)
+            apply_change(listing, name, kind)
+
+    def _drop_listing(self, directory: Node) -> None:
+        """Forget what listings (its own or a subtree's) say `directory` holds."""
+        self._listings.pop(directory.ino, None)
+        if directory.bucket is not None:
+            self._subtrees.forget(directory.bucket, directory.key)
 
     def _bucket_of(self, directory: Node) -> str:
         if directory.bucket is None:
@@ -835,9 +838,7 @@ class BucketFS:
             await self.backend.defer_delete(node.bucket, node.key)
         self.table.detach(node)
         self._changed(parent, name)
-        self._listings.pop(node.ino, None)
-        if node.bucket is not None:
-            self._subtrees.forget(node.bucket, node.key)
+        self._drop_listing(node)
 
     async def _check_empty(self, node: Node) -> None:
         for child in self.table.known_children(node):
@@ -876,8 +877,7 @@ class BucketFS:
         if existing is None and flags & os.O_EXCL:
             # O_EXCL (lock files, mkstemp) asks the server, never a cached listing: another
             # client may have made the name since
-            self._listings.pop(parent.ino, None)
-            self._subtrees.forget(bucket, parent.key)
+            self._drop_listing(parent)
             self._negative.pop((parent.ino, name), None)
             try:
                 existing = await self._find(parent, name, exact=True)

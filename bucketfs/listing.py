@@ -62,6 +62,15 @@ def add_page(prefix: str, page: ListPage, files: dict[str, Entry], dirs: dict[st
             files[name] = Entry(Kind.FILE, info)
 
 
+def apply_change(listing: dict[str, Entry], name: str, kind: Kind | None) -> None:
+    """A change made through this mount, applied to a listing that holds `name`'s directory:
+    `kind` None means `name` is gone (a symlink is listed as a file)."""
+    if kind is None:
+        listing.pop(name, None)
+    else:
+        listing[name] = Entry(Kind.FILE if kind is Kind.LINK else kind, None)
+
+
 def split_subtree(prefix: str, objects: Iterable[ObjectInfo]) -> dict[str, dict[str, Entry]]:
     """Every directory under `prefix` (itself included) -> its entries, from all the keys of
     a recursive listing of `prefix`. A directory wins over a file of the same name."""
@@ -113,10 +122,7 @@ class Subtrees:
         self._changes += 1
         listing = self._listings.get((bucket, key))
         if listing is not None:
-            if kind is None:
-                listing.pop(name, None)
-            else:
-                listing[name] = Entry(Kind.FILE if kind is Kind.LINK else kind, None)
+            apply_change(listing, name, kind)
 
     def forget(self, bucket: str, key: str) -> None:
         self._changes += 1

@@ -85,11 +85,16 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
             proc.wait(timeout=5)
 
 
+def _syscall(pid: int) -> list[str]:
+    """The system call the main thread of `pid` is in, as /proc shows it (OSError if hidden)."""
+    with open(f"/proc/{pid}/task/{pid}/syscall", encoding="ascii") as f:
+        return f.read().split()
+
+
 def in_read(pid: int, fd: int, read_nr: int) -> bool:
     """Whether thread `pid` of process `pid` is in read(fd) right now."""
     try:
-        with open(f"/proc/{pid}/task/{pid}/syscall", encoding="ascii") as f:
-            fields = f.read().split()
+        fields = _syscall(pid)
     except OSError:
         return False
     return (
@@ -107,8 +112,7 @@ def watch(pid: int, fd: int, interval: float = INTERVAL) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the daemon, even on kill -9
     try:
-        with open(f"/proc/{pid}/task/{pid}/syscall", encoding="ascii") as f:
-            f.read()
+        _syscall(pid)
     except OSError as exc:  # e.g. Yama's ptrace_scope for a daemon not run by root
         print(f"bucketfs.readwatch: cannot watch {pid}: {exc.strerror}", flush=True)
         return
