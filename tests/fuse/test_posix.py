@@ -344,6 +344,22 @@ def test_new_files_across_directories_whose_listings_expired(mnt: Mount) -> None
     assert sorted(os.listdir(top / "d07")) == ["f", "theirs"]
 
 
+def test_small_dirty_files_count_their_bytes_against_max_dirty(
+    mount_factory: MountFactory,
+) -> None:
+    """40 files of 1 KiB with uploads deferred are 40 KiB dirty, under `max_dirty=1M`: the
+    writer is not throttled into uploading them (counted as whole 1 MiB blocks they were
+    40 MiB, and every write forced the uploads at once)."""
+    mnt = mount_factory(options=["writeback_delay=120", "max_dirty=1M"])
+    assert mnt.raw_store is not None
+    for i in range(40):
+        (mnt.path / f"f{i:02d}").write_bytes(bytes([i]) * 1024)
+    status = mnt.status()
+    assert status["dirty_files"] == 40
+    assert status["dirty_bytes"] == 40 * 1024
+    assert mnt.raw_store.keys() == []  # nothing was uploaded ahead of the delay
+
+
 def test_random_reads_fetch_the_rest_of_the_file_in_the_background(mnt: Mount) -> None:
     """A few reads at random places start a fetch of the whole file (docs/cache.md): soon the
     cache holds all of it, and what the mount reads is the object."""
