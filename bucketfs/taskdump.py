@@ -88,14 +88,39 @@ def _requests(seen: set[int]) -> Iterator[str]:
             yield f"request: {_chain([frame for _, frame in _frames(root)])}"
 
 
+def kernel_state(tid: int | None) -> str:
+    """How the kernel sees a thread: its state, where it sleeps, its system call ("" if hidden).
+
+    A frame alone cannot tell a thread inside a C call (SQLite, a read) from one waiting for
+    the GIL: the first shows the call's number and a sleep such as `hrtimer_nanosleep`, the
+    second a futex."""
+    if tid is None:
+        return ""
+    base = f"/proc/self/task/{tid}"
+    try:
+        with open(f"{base}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"{base}/wchan", encoding="ascii", errors="replace") as f:
+            wchan = f.read().strip() or "-"
+        with open(f"{base}/syscall", encoding="ascii", errors="replace") as f:
+            syscall = f.read().split()[0]
+    except (OSError, IndexError):
+        return ""
+    return f" [tid {tid} state {state} wchan {wchan} syscall {syscall}]"
+
+
 def _threads() -> Iterator[str]:
-    names = {t.ident: t.name for t in threading.enumerate()}
+    threads = {t.ident: t for t in threading.enumerate()}
+    yield f"main thread{kernel_state(threading.get_native_id())}"
     for ident, frame in sys._current_frames().items():
         if ident == threading.get_ident():
             continue  # the loop's own thread: its tasks are above
         stack = traceback.extract_stack(frame)[-6:]
         where = " > ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in stack)
-        yield f"thread {names.get(ident, ident)}: {where}"
+        thread = threads.get(ident)
+        name = thread.name if thread is not None else ident
+        state = kernel_state(thread.native_id if thread is not None else None)
+        yield f"thread {name}{state}: {where}"
 
 
 def dump() -> str:

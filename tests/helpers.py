@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -390,11 +391,35 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 _running: dict[int, Mount] = {}
 
 
-def dump_running_daemons() -> None:
+def dump_running_daemons(*, native: bool = False) -> None:
     """Every running daemon logs what its tasks and threads wait on (before a test that
-    failed or hung takes them down: the log then says where a stuck request was parked)."""
+    failed or hung takes them down: the log then says where a stuck request was parked).
+    With `native` (a hang), also print each daemon's C stacks, taken twice a second apart:
+    a thread in SQLite, in a system call or waiting for the GIL only shows there."""
     for mount in list(_running.values()):
         mount.dump_tasks()
+        if native and mount.proc is not None:
+            for _ in range(2):
+                print(native_stacks(mount.proc.pid))
+                time.sleep(1)
+
+
+def native_stacks(pid: int) -> str:
+    """`py-spy dump --native` of a process: every thread's Python and C frames."""
+    py_spy = shutil.which("py-spy", path=os.path.dirname(sys.executable))
+    if py_spy is None:
+        return f"===== no py-spy next to {sys.executable}: no native stacks of {pid} ====="
+    try:
+        done = subprocess.run(
+            [py_spy, "dump", "--native", "--pid", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"===== py-spy dump of {pid} timed out ====="
+    return f"===== native stacks of {pid} (py-spy) =====\n{done.stdout}{done.stderr}"
 
 
 @dataclass
@@ -620,7 +645,7 @@ class MountFactory:
 
     def _on_watchdog(self) -> None:
         self.watchdog_fired = True
-        dump_running_daemons()
+        dump_running_daemons(native=True)
         for mount in self.mounts:
             mount._force_down()
 

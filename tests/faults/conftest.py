@@ -253,7 +253,7 @@ class CrashMounts:
 
     def _on_watchdog(self) -> None:
         self.watchdog_fired = True
-        dump_running_daemons()
+        dump_running_daemons(native=True)
         for mount in self.mounts:
             mount._force_down()
 
