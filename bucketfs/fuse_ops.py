@@ -33,6 +33,7 @@ R = TypeVar("R")
 def _errors(op: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     @functools.wraps(op)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        _since = time.monotonic()  # taskdump shows how long a request runs
         try:
             return await op(*args, **kwargs)
         except pyfuse3.FUSEError:

@@ -2,9 +2,11 @@
 
 Owns the answer to SIGUSR1 (`kill -USR1 <daemon pid>`): a dump in the daemon's log at
 WARNING, one line per task, outermost call first (`a > b > c`: a awaits b, which awaits c),
-showing bucketfs's own frames and the innermost one. A request that never returns shows up as
-a chain parked on an event, a lock, a socket or a thread; the test harness asks for a dump
-before it takes down a daemon that hangs, so a hang seen once in CI can be read from its log.
+showing bucketfs's own frames and the innermost one; a frame that set a local `_since`
+(a kernel request, a local-store call in a thread) shows how long it has been running. A
+request that never returns shows up as a chain parked on an event, a lock, a socket or a
+thread; the test harness asks for a dump before it takes down a daemon that hangs, so a hang
+seen once in CI can be read from its log.
 
 pyfuse3 runs each kernel request in Cython coroutines, which hide what they await from trio's
 task walk: the chains below them are found as live coroutines of this package that nothing
@@ -21,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from types import CoroutineType, FrameType
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _TRIO_CORE = os.path.join("trio", "_core", "")
+#: a frame with a local of this name (a `time.monotonic()`) shows how long it has been running
+SINCE = "_since"
 
 
 def _frames(coro: Any) -> Iterator[tuple[Any, FrameType]]:
@@ -50,14 +55,22 @@ def _ours(frame: FrameType) -> bool:
 
 def _where(frame: FrameType) -> str:
     code = frame.f_code
-    return f"{os.path.basename(code.co_filename)}:{frame.f_lineno} {code.co_name}"
+    where = f"{os.path.basename(code.co_filename)}:{frame.f_lineno} {code.co_name}"
+    since = frame.f_locals.get(SINCE)
+    if isinstance(since, float):
+        where += f" ({time.monotonic() - since:.1f}s)"
+    return where
 
 
 def _chain(frames: list[FrameType]) -> str:
     """Our own frames and the innermost one outside trio's core (what is awaited: an event,
     a lock, a socket, a sleep), outermost first."""
     frames = [f for f in frames if _TRIO_CORE not in f.f_code.co_filename] or frames
-    shown = [f for i, f in enumerate(frames) if _ours(f) or i == len(frames) - 1]
+    shown = [
+        f
+        for i, f in enumerate(frames)
+        if _ours(f) or i == len(frames) - 1 or SINCE in f.f_code.co_varnames
+    ]
     return " > ".join(_where(f) for f in shown)
 
 

@@ -35,6 +35,7 @@ import errno
 import functools
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -85,6 +86,7 @@ class LocalBackend:
 
     async def _run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         call = functools.partial(fn, *args, **kwargs)
+        _since = time.monotonic()  # taskdump shows how long the thread runs
         try:
             return await trio.to_thread.run_sync(call, limiter=self._limiter)
         except (OSError, sqlite3.Error, BucketfsError) as exc:

@@ -49,3 +49,20 @@ def test_dump_names_a_worker_thread_sleeping_in_c_and_the_main_thread() -> None:
     assert "main thread [tid" in text
     lines = [line for line in text.splitlines() if line.startswith("thread ")]
     assert any("syscall 230" in line and "worker_fn" in line for line in lines), text
+
+
+def test_dump_says_how_long_a_frame_with_a_since_local_has_run() -> None:
+    async def slow() -> None:
+        _since = time.monotonic() - 42.0  # read by the dump
+        await trio.sleep(10)
+
+    async def main() -> str:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow)
+            await trio.sleep(0.05)
+            text = taskdump.dump()
+            nursery.cancel_scope.cancel()
+        return text
+
+    text = trio.run(main)
+    assert any("slow (42." in line for line in text.splitlines()), text
