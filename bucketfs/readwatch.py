@@ -11,7 +11,16 @@ a process waiting for a request whose handler waits for one of those waits forev
 it (session 4): `open` after an rsync into the mount and `git add`/`git commit` stuck for
 minutes; `tests/fuse/test_readwatch.py` makes it happen on purpose.
 
-A thread of the daemon cannot help (it needs the GIL the read holds), so a separate process
+Two defences. First, the window is narrowed to almost nothing: `narrow_reads` wraps the
+`trio.lowlevel.wait_readable` that pyfuse3 calls so that, for the /dev/fuse descriptor only,
+it returns after a zero-timeout poll() says a request is queued *right now*; between that
+poll and pyfuse3's read there is no await, so only a withdrawal in those few microseconds can
+still leave the read empty. (Without it the window spans a whole turn of trio's loop: every
+task that became runnable with the readiness runs first, and one of them answering the very
+request a FUSE_INTERRUPT in the queue was about for also empties the queue.)
+
+Second, for what is left, a thread of the daemon cannot help (it needs the GIL the read
+holds), so a separate process
 (`python -m bucketfs.readwatch PID FD`) reads the daemon's current system call
 (/proc/PID/syscall) every INTERVAL seconds; when two samples in a row show read() on the
 /dev/fuse descriptor, it sends the daemon's main thread SIGUSR2, whose handler does nothing.
@@ -19,7 +28,9 @@ read() then fails with EINTR, which pyfuse3 handles by waiting for readability a
 
 Invariants: the signal goes only to the thread that runs pyfuse3, only while it sits in that
 read (a read of a queued request returns at once); a spurious interruption is harmless
-(pyfuse3 retries an interrupted read); the watchdog dies with the daemon, even on SIGKILL.
+(pyfuse3 retries an interrupted read); the watchdog dies with the daemon, even on SIGKILL;
+`narrow_reads` changes nothing for any other descriptor, and an error or hang-up on /dev/fuse
+(unmount) still counts as readable, so pyfuse3 sees it.
 """
 
 from __future__ import annotations
@@ -29,13 +40,19 @@ import ctypes
 import logging
 import os
 import platform
+import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
+
+import trio
 
 log = logging.getLogger(__name__)
+
 
 #: the read() system call's number, by machine
 READ_SYSCALL = {"x86_64": 0, "aarch64": 63, "arm64": 63}
@@ -59,6 +76,33 @@ def fuse_fd() -> int | None:
             if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
                 return int(name)
     return None
+
+
+def _queued(poller: select.poll) -> bool:
+    """Whether the descriptor registered in `poller` has a request (or an error) right now."""
+    return bool(poller.poll(0))
+
+
+def narrow_reads(fd: int) -> Callable[[], None]:
+    """Make `trio.lowlevel.wait_readable(fd)` (pyfuse3's wait before each read) return only
+    while a request is queued; returns the function that undoes it."""
+    original = trio.lowlevel.wait_readable
+    fuse = fd
+    poller = select.poll()
+    poller.register(fuse, select.POLLIN)
+
+    async def wait_readable(fd: Any) -> None:  # an int or anything with fileno(), as trio's
+        await original(fd)
+        if isinstance(fd, int) and fd == fuse:
+            while not _queued(poller):
+                await original(fd)
+
+    trio.lowlevel.wait_readable = wait_readable
+
+    def undo() -> None:
+        trio.lowlevel.wait_readable = original
+
+    return undo
 
 
 def start(fd: int) -> subprocess.Popen[bytes] | None:
