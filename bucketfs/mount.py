@@ -242,9 +242,7 @@ async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
             except RuntimeError as exc:
                 raise ConfigError(f"cannot mount on {cfg.mountpoint}: {exc}") from exc
             mounted = True
-            fd = readwatch.fuse_fd()
-            unnarrow = readwatch.narrow_reads(fd) if fd is not None else None
-            watchdog = readwatch.start(fd) if fd is not None else None
+            unprotect = readwatch.protect()
             try:
                 log.info("mounted %s on %s", cfg.fsname or cfg.source, cfg.mountpoint)
                 on_ready()
@@ -261,9 +259,7 @@ async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
                         failed = await fs.drain()
                     if scope.cancelled_caught or failed:
                         log.error("unmounted with data not uploaded: %s", failed or "timeout")
-                    readwatch.stop(watchdog)
-                    if unnarrow is not None:
-                        unnarrow()
+                    unprotect()
                     pyfuse3.close(unmount=mounted)
                 nursery.cancel_scope.cancel()
         log.info("unmounted %s", cfg.mountpoint)

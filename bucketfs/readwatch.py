@@ -49,8 +49,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-import trio
-
 log = logging.getLogger(__name__)
 
 
@@ -69,11 +67,11 @@ def _ignore(_signum: int, _frame: FrameType | None) -> None:
     """Only here so that SIGUSR2 interrupts a system call instead of killing the daemon."""
 
 
-def fuse_fd() -> int | None:
-    """This process's /dev/fuse descriptor (pyfuse3 opens exactly one)."""
-    for name in os.listdir("/proc/self/fd"):
+def fuse_fd(pid: int | str = "self") -> int | None:
+    """The /dev/fuse descriptor of a process, by default this one (pyfuse3 opens exactly one)."""
+    for name in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
+            if os.readlink(f"/proc/{pid}/fd/{name}") == "/dev/fuse":
                 return int(name)
     return None
 
@@ -86,6 +84,8 @@ def _queued(poller: select.poll) -> bool:
 def narrow_reads(fd: int) -> Callable[[], None]:
     """Make `trio.lowlevel.wait_readable(fd)` (pyfuse3's wait before each read) return only
     while a request is queued; returns the function that undoes it."""
+    import trio  # here, not at the top: the watchdog process runs this module without trio
+
     original = trio.lowlevel.wait_readable
     fuse = fd
     poller = select.poll()
@@ -103,6 +103,22 @@ def narrow_reads(fd: int) -> Callable[[], None]:
         trio.lowlevel.wait_readable = original
 
     return undo
+
+
+def protect() -> Callable[[], None]:
+    """In the daemon's main thread, once mounted: both defences for this process's /dev/fuse
+    descriptor; returns the function that ends them (before pyfuse3.close)."""
+    fd = fuse_fd()
+    if fd is None:
+        return lambda: None
+    unnarrow = narrow_reads(fd)
+    proc = start(fd)
+
+    def end() -> None:
+        stop(proc)
+        unnarrow()
+
+    return end
 
 
 def start(fd: int) -> subprocess.Popen[bytes] | None:
@@ -129,16 +145,17 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
             proc.wait(timeout=5)
 
 
-def _syscall(pid: int) -> list[str]:
-    """The system call the main thread of `pid` is in, as /proc shows it (OSError if hidden)."""
-    with open(f"/proc/{pid}/task/{pid}/syscall", encoding="ascii") as f:
+def syscall_fields(pid: int, tid: int | None = None) -> list[str]:
+    """The system call thread `tid` of `pid` (default: its main thread) is in, as /proc
+    shows it: its number and arguments, or `running` (OSError if hidden)."""
+    with open(f"/proc/{pid}/task/{tid or pid}/syscall", encoding="ascii") as f:
         return f.read().split()
 
 
 def in_read(pid: int, fd: int, read_nr: int) -> bool:
     """Whether thread `pid` of process `pid` is in read(fd) right now."""
     try:
-        fields = _syscall(pid)
+        fields = syscall_fields(pid)
     except OSError:
         return False
     return (
@@ -156,7 +173,7 @@ def watch(pid: int, fd: int, interval: float = INTERVAL) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the daemon, even on kill -9
     try:
-        _syscall(pid)
+        syscall_fields(pid)
     except OSError as exc:  # e.g. Yama's ptrace_scope for a daemon not run by root
         print(f"bucketfs.readwatch: cannot watch {pid}: {exc.strerror}", flush=True)
         return

@@ -31,6 +31,8 @@ from typing import Any
 
 import trio
 
+from bucketfs import readwatch
+
 log = logging.getLogger(__name__)
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
@@ -115,8 +117,7 @@ def kernel_state(tid: int | None) -> str:
             state = f.read().rsplit(")", 1)[1].split()[0]
         with open(f"{base}/wchan", encoding="ascii", errors="replace") as f:
             wchan = f.read().strip() or "-"
-        with open(f"{base}/syscall", encoding="ascii", errors="replace") as f:
-            syscall = f.read().split()[0]
+        syscall = readwatch.syscall_fields(os.getpid(), tid)[0]
     except (OSError, IndexError):
         return ""
     return f" [tid {tid} state {state} wchan {wchan} syscall {syscall}]"

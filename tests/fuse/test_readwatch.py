@@ -10,30 +10,17 @@ queue uploads only when some request wakes it up).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bucketfs import readwatch
 from tests.helpers import Mount, MountFactory, require_tool
 
 #: how long strace holds the daemon's read back
 DELAY_US = 1_500_000
-
-
-def daemon_syscall(mount: Mount) -> list[str]:
-    assert mount.proc is not None
-    pid = mount.proc.pid
-    with open(f"/proc/{pid}/task/{pid}/syscall") as f:
-        return f.read().split()
-
-
-def fuse_fd_of(mount: Mount) -> int:
-    assert mount.proc is not None
-    fd_dir = f"/proc/{mount.proc.pid}/fd"
-    return next(int(n) for n in os.listdir(fd_dir) if os.readlink(f"{fd_dir}/{n}") == "/dev/fuse")
 
 
 def withdraw_a_request_while(
@@ -69,7 +56,7 @@ def withdraw_a_request_while(
     deadline = time.monotonic() + 15
     while not mnt.raw_store.exists("late"):
         assert time.monotonic() < deadline, (
-            f"the upload never left: the daemon sits in syscall {daemon_syscall(mnt)[:2]}"
+            f"the upload never left: daemon in {readwatch.syscall_fields(mnt.proc.pid)[:2]}"
         )
         time.sleep(0.1)
     assert mnt.raw_store.get("late") == b"upload me"
@@ -108,7 +95,9 @@ def test_a_request_withdrawn_before_the_daemon_looks_is_never_read(
         trace=trace,
         settle=2.0,
     )
-    fd = fuse_fd_of(mnt)
+    assert mnt.proc is not None
+    fd = readwatch.fuse_fd(mnt.proc.pid)
+    assert fd is not None
     assert f"u32={fd}," in trace.read_text(), (
         f"the daemon was not held back on the request's readiness (fd {fd}):\n{trace.read_text()}"
     )
