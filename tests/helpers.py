@@ -399,9 +399,9 @@ def dump_running_daemons(*, native: bool = False) -> None:
     for mount in list(_running.values()):
         mount.dump_tasks()
         if native and mount.proc is not None:
-            for _ in range(2):
-                print(native_stacks(mount.proc.pid))
-                time.sleep(1)
+            print(native_stacks(mount.proc.pid))
+            time.sleep(1)
+            print(native_stacks(mount.proc.pid))
 
 
 def native_stacks(pid: int) -> str:
