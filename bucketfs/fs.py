@@ -1049,23 +1049,26 @@ class BucketFS:
             raise IsADirectory()
         assert node.bucket is not None
         async with self.data.lock(node):
-            await self._drop_content(node)
-            if node.etag is not None:
+            stored = await self._drop_content(node)
+            if node.etag is not None or stored:
                 await self.backend.defer_delete(node.bucket, node.key)
         node.unlinked = True
         self.table.detach(node)
         self._changed(parent, name)
 
-    async def _drop_content(self, node: Node) -> None:
-        """The name goes away: cancel its upload; open handles keep reading a local copy."""
+    async def _drop_content(self, node: Node) -> bool:
+        """The name goes away: cancel its upload; open handles keep reading a local copy.
+        True if an upload of ours is on the server under the name even though the node has
+        no ETag (an older generation that landed after the file changed again)."""
         assert node.bucket is not None
         cf = node.cached or self.data.cache.find(node.bucket, node.key)
         if cf is None and node.opens > 0 and node.etag is not None:
             cf = self.data.cached(node)  # never read yet: attach, to copy it locally below
         if cf is None:
-            return
+            return False
         while cf.upload_scope is not None:  # let an upload in flight land, then delete it
             await cf.progress.wait()
+        stored = cf.base_etag is not None and cf.base_key == node.key
         if node.opens > 0:
             node.cached = cf
             await self.data.cache.materialize(cf, 0, cf.size)
@@ -1073,6 +1076,7 @@ class BucketFS:
         else:
             self.data.cache.forget(cf)
             node.cached = None
+        return stored
 
     # --- attributes ----------------------------------------------------------------------------
 

@@ -38,3 +38,17 @@ def test_mkdir_where_a_file_was_just_unlinked(mnt: Mount, where: str) -> None:
     prefix = "" if where == "root" else "sub/"
     keys = mnt.store.keys()
     assert [key for key in keys if key != "sub/"] == [prefix + "x/"]
+
+
+def test_unlink_right_after_two_saves(mnt: Mount) -> None:
+    """The second save makes the first upload stale while it is being sent; that upload still
+    lands (a sent PUT is let finish), so the unlink that follows must delete it."""
+    assert mnt.store is not None
+    x = mnt.path / "x"
+    for _ in range(ROUNDS):
+        x.write_bytes(b"abcd")
+        x.write_bytes(b"")
+        os.unlink(x)
+        assert not x.exists()
+    assert os.listdir(mnt.path) == []
+    assert mnt.store.keys() == []
