@@ -699,14 +699,17 @@ class BucketFS:
         """Entries from `offset` on as (name, node, next offset); a snapshot per handle.
 
         The nodes are not counted as kernel references: the adapter calls `remember` for each
-        entry the kernel accepted.
+        entry the kernel accepted. "." and ".." come first (offsets 0 and 1), as on every
+        filesystem; the mount's root is its own parent.
         """
         handle = self._dir_handles.get(fh)
         if handle is None:
             raise BadHandle()
         if handle.entries is None or offset == 0:
             # hook: the .versions/ tree lists itself; real listings never show it
-            handle.entries = await self.versions.readdir(handle.node, self._snapshot)
+            entries = await self.versions.readdir(handle.node, self._snapshot)
+            up = self.table.get(handle.node.parent) or self.table.root
+            handle.entries = [(".", handle.node), ("..", up), *entries]
         return [
             (name, node, index + 1)
             for index, (name, node) in enumerate(handle.entries)

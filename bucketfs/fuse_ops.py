@@ -4,7 +4,8 @@ Owns argument unpacking (bytes names, SetattrFields, flags) and the one place wh
 become errno: a `BucketfsError` becomes `FUSEError(exc.errno)`; any other exception is a bug,
 logged with its traceback and answered with EIO, so the mount stays up. Invariants: no
 filesystem logic lives here; every operation goes through `_errors`; entries the kernel did
-not accept in readdir are not counted as references.
+not accept in readdir are not counted as references, nor are "." and ".." (readdirplus
+creates no dentry for them, so no FORGET will come).
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ class FuseOps(pyfuse3.Operations):
         for name, node, next_id in await self.fs.readdir(fh, start_id):
             if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self._attrs(node), next_id):
                 break
-            self.fs.remember(node)
+            if name not in (".", ".."):  # the kernel takes no reference for these two
+                self.fs.remember(node)
 
     @_errors
     async def releasedir(self, fh: int) -> None:
