@@ -23,7 +23,8 @@ import trio
 
 from bucketfs.errors import AccessDenied, BucketfsError, CacheError, InvalidArgument, Transient
 from bucketfs.fs import BucketFS
-from bucketfs.inodes import Node
+from bucketfs.inodes import Kind, Node
+from bucketfs.meta import parse_rdev
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class FuseOps(pyfuse3.Operations):
         attrs.st_nlink = 2 if node.st_mode & 0o040000 else 1
         attrs.st_uid = node.uid
         attrs.st_gid = node.gid
-        attrs.st_rdev = 0
+        attrs.st_rdev = parse_rdev(node.metadata) if node.kind in (Kind.CHAR, Kind.BLOCK) else 0
         attrs.st_size = node.size
         attrs.st_blksize = 1 << 20
         attrs.st_blocks = (node.size + 511) // 512
@@ -212,7 +213,8 @@ class FuseOps(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)  # only regular files, directories and symlinks
+        node = await self.fs.mknod(parent_inode, _name(name), mode, rdev, ctx.uid, ctx.gid)
+        return self._attrs(node)
 
     @_errors
     async def create(
