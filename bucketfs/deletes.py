@@ -9,6 +9,11 @@ Invariants:
 - a request that touches a key with a queued delete (HEAD, GET, PUT, multipart, copy from or
   to it) or lists a prefix holding one waits until that delete was sent and confirmed, so no
   reader sees a deleted key and no write is overtaken by an older delete;
+- a write (PUT, multipart, copy to) waits as well for the queued deletes of every key naming
+  the same entry or one on its path: `x` and `x/` for `x` or `x/`, each directory above it as a
+  file or a marker, and every key under `x/`. A store whose keys are paths in one tree
+  (SeaweedFS's filer) refuses a marker `x/` while a file `x` still is, a file where a
+  directory still is, and a key below a file: `rm x; mkdir x` must not send the marker first;
 - a batch that fails stays queued and is sent again (growing delay); requests waiting on it
   get its error;
 - `flush()` (unmount, SIGTERM) returns when the queue is empty or raises why it is not (with
@@ -75,6 +80,8 @@ class DeferredDeletes:
         self.supports_versions = inner.supports_versions
         #: (bucket, key) -> the batch that will delete it (replaced when a batch failed)
         self._pending: dict[tuple[str, str], _Batch] = {}
+        #: (bucket, "a/b/") -> how many queued keys lie under that prefix
+        self._under: dict[tuple[str, str], int] = {}
         self._queued: list[tuple[str, str]] = []
         self._wake = trio.Event()
         self._urgent = trio.Event()
@@ -94,7 +101,7 @@ class DeferredDeletes:
         for item in journal.pending_deletes():
             if item not in self._pending:
                 log.info("deleting %s/%s (unlinked before a restart)", *item)
-                self._pending[item] = _Batch()
+                self._add(item)
                 self._queued.append(item)
         if self._queued:
             self._wake.set()
@@ -112,7 +119,7 @@ class DeferredDeletes:
                 log.debug("deleting %s/%s at once: %s", bucket, key, exc)
                 await self.inner.delete(bucket, key)
                 return
-        self._pending[(bucket, key)] = _Batch()
+        self._add((bucket, key))
         self._queued.append((bucket, key))
         if len(self._queued) >= BATCH:
             self._urgent.set()
@@ -169,7 +176,23 @@ class DeferredDeletes:
             for item in taken:
                 batch = self._pending.pop(item, None)
                 if batch is not None:
+                    self._count_under(item, -1)
                     batch.done.set()
+
+    def _add(self, item: tuple[str, str]) -> None:
+        self._pending[item] = _Batch()
+        self._count_under(item, 1)
+
+    def _count_under(self, item: tuple[str, str], step: int) -> None:
+        bucket, key = item
+        parts = key.rstrip("/").split("/")
+        for depth in range(1, len(parts)):
+            prefix = (bucket, "/".join(parts[:depth]) + "/")
+            count = self._under.get(prefix, 0) + step
+            if count > 0:
+                self._under[prefix] = count
+            else:
+                self._under.pop(prefix, None)
 
     def _forget(self, done: list[tuple[str, str]]) -> None:
         """Take confirmed deletes out of the journal (a replay after a restart must not
@@ -215,6 +238,28 @@ class DeferredDeletes:
         batch = self._pending.get((bucket, key))
         if batch is not None:
             await self._wait([batch])
+
+    async def _entry(self, bucket: str, key: str) -> None:
+        """Before a write of `key`: wait for the queued deletes of the same entry, of the
+        entries on its path, and of everything under it (see the invariants)."""
+        if not self._pending:
+            return
+        name = key.rstrip("/")
+        parts = name.split("/")
+        batches: list[_Batch] = []
+        for depth in range(1, len(parts) + 1):
+            path = "/".join(parts[:depth])
+            for form in (path, path + "/"):
+                batch = self._pending.get((bucket, form))
+                if batch is not None:
+                    batches.append(batch)
+        if self._under.get((bucket, name + "/")):
+            batches.extend(
+                b
+                for (bk, k), b in self._pending.items()
+                if bk == bucket and k.startswith(name + "/")
+            )
+        await self._wait(batches)
 
     async def _prefix(self, bucket: str, prefix: str) -> None:
         if self._pending:
@@ -273,13 +318,13 @@ class DeferredDeletes:
             yield chunks
 
     async def put(self, bucket: str, key: str, data: bytes, *args: Any, **kw: Any) -> PutResult:
-        await self._key(bucket, key)
+        await self._entry(bucket, key)
         return await self.inner.put(bucket, key, data, *args, **kw)
 
     async def create_multipart(
         self, bucket: str, key: str, opts: WriteOptions | None = None
     ) -> str:
-        await self._key(bucket, key)
+        await self._entry(bucket, key)
         return await self.inner.create_multipart(bucket, key, opts)
 
     async def upload_part(
@@ -306,7 +351,7 @@ class DeferredDeletes:
     async def complete_multipart(
         self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
     ) -> PutResult:
-        await self._key(bucket, key)
+        await self._entry(bucket, key)
         return await self.inner.complete_multipart(bucket, key, upload_id, parts)
 
     async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
@@ -316,7 +361,7 @@ class DeferredDeletes:
         self, bucket: str, src_key: str, dst_key: str, *args: Any, **kw: Any
     ) -> PutResult:
         await self._key(bucket, src_key)
-        await self._key(bucket, dst_key)
+        await self._entry(bucket, dst_key)
         return await self.inner.copy(bucket, src_key, dst_key, *args, **kw)
 
     async def delete(self, bucket: str, key: str) -> None:

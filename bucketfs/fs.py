@@ -53,7 +53,16 @@ from bucketfs.errors import (
 from bucketfs.files import DataOptions, FileData, write_options
 from bucketfs.inodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.listing import Entry, Subtrees, add_page, apply_change
-from bucketfs.meta import NAME_MAX, Defaults, check_new_name, parse_posix, valid_name
+from bucketfs.meta import (
+    NAME_MAX,
+    Defaults,
+    check_new_name,
+    object_kind,
+    parse_posix,
+    rdev_metadata,
+    special_kind,
+    valid_name,
+)
 from bucketfs.types import ObjectInfo, WriteOptions
 from bucketfs.versions import Versions
 from bucketfs.xattrs import Xattrs
@@ -570,8 +579,7 @@ class BucketFS:
 
     @staticmethod
     def _file_entry(info: ObjectInfo) -> Entry:
-        kind = Kind.LINK if parse_posix(info.metadata).kind is Kind.LINK else Kind.FILE
-        return Entry(kind, info)
+        return Entry(object_kind(info.metadata), info)
 
     async def _head_or_none(
         self, bucket: str, key: str, *, reusable: bool = True
@@ -699,14 +707,17 @@ class BucketFS:
         """Entries from `offset` on as (name, node, next offset); a snapshot per handle.
 
         The nodes are not counted as kernel references: the adapter calls `remember` for each
-        entry the kernel accepted.
+        entry the kernel accepted. "." and ".." come first (offsets 0 and 1), as on every
+        filesystem; the mount's root is its own parent.
         """
         handle = self._dir_handles.get(fh)
         if handle is None:
             raise BadHandle()
         if handle.entries is None or offset == 0:
             # hook: the .versions/ tree lists itself; real listings never show it
-            handle.entries = await self.versions.readdir(handle.node, self._snapshot)
+            entries = await self.versions.readdir(handle.node, self._snapshot)
+            up = self.table.get(handle.node.parent) or self.table.root
+            handle.entries = [(".", handle.node), ("..", up), *entries]
         return [
             (name, node, index + 1)
             for index, (name, node) in enumerate(handle.entries)
@@ -737,8 +748,8 @@ class BucketFS:
                 seen.add(name)
                 continue
             if node is None or (
-                node.kind is not entry.kind
-                and not (node.kind is Kind.LINK and entry.kind is Kind.FILE)
+                # a listing tells a directory from an object, not a symlink or a fifo from a file
+                node.kind is not entry.kind and Kind.DIR in (node.kind, entry.kind)
             ):
                 node = self._new_node(directory, name, entry.kind, full=False)
             if entry.kind is not Kind.DIR and entry.info is not None:
@@ -1036,6 +1047,51 @@ class BucketFS:
         self.table.remember(node)
         return node
 
+    async def mknod(
+        self, parent_ino: int, name: str, mode: int, rdev: int, uid: int, gid: int
+    ) -> Node:
+        """A fifo, socket or device: an empty object whose `mode` metadata carries the type
+        (and `rdev` a device's number); the kernel serves its opens. A regular file is a
+        create."""
+        kind = special_kind(mode)
+        if kind is None:
+            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+            fh, node = await self.create(parent_ino, name, mode, flags, uid, gid)
+            await self.release(fh)
+            return node
+        self._writable()
+        parent = self._dir(parent_ino)
+        self.versions.refuse(parent, name)  # hook: EROFS in .versions/
+        check_new_name(name)
+        bucket = self._bucket_of(parent)
+        if self.table.child(parent, name) is not None:
+            raise FileExists()
+        now = time.time()
+        node = self._new_node(
+            parent,
+            name,
+            kind,
+            mode=mode & 0o7777,
+            uid=uid,
+            gid=gid,
+            mtime=now,
+            ctime=now,
+            bucket=bucket,
+            metadata=rdev_metadata(kind, rdev),
+        )
+        opts = write_options(node)
+        try:
+            result = await self.backend.put(bucket, node.key, b"", opts)
+        except BaseException:
+            self.table.detach(node)
+            raise
+        node.etag, node.version_id = result.etag, result.version_id
+        node.metadata = dict(opts.metadata)
+        node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+        self._changed(parent, name, Kind.FILE)  # to a listing, an object like any other
+        self.table.remember(node)
+        return node
+
     async def unlink(self, parent_ino: int, name: str) -> None:
         self._writable()
         parent = self._dir(parent_ino)
@@ -1049,23 +1105,26 @@ class BucketFS:
             raise IsADirectory()
         assert node.bucket is not None
         async with self.data.lock(node):
-            await self._drop_content(node)
-            if node.etag is not None:
+            stored = await self._drop_content(node)
+            if node.etag is not None or stored:
                 await self.backend.defer_delete(node.bucket, node.key)
         node.unlinked = True
         self.table.detach(node)
         self._changed(parent, name)
 
-    async def _drop_content(self, node: Node) -> None:
-        """The name goes away: cancel its upload; open handles keep reading a local copy."""
+    async def _drop_content(self, node: Node) -> bool:
+        """The name goes away: cancel its upload; open handles keep reading a local copy.
+        True if an upload of ours is on the server under the name even though the node has
+        no ETag (an older generation that landed after the file changed again)."""
         assert node.bucket is not None
         cf = node.cached or self.data.cache.find(node.bucket, node.key)
         if cf is None and node.opens > 0 and node.etag is not None:
             cf = self.data.cached(node)  # never read yet: attach, to copy it locally below
         if cf is None:
-            return
+            return False
         while cf.upload_scope is not None:  # let an upload in flight land, then delete it
             await cf.progress.wait()
+        stored = cf.base_etag is not None and cf.base_key == node.key
         if node.opens > 0:
             node.cached = cf
             await self.data.cache.materialize(cf, 0, cf.size)
@@ -1073,6 +1132,7 @@ class BucketFS:
         else:
             self.data.cache.forget(cf)
             node.cached = None
+        return stored
 
     # --- attributes ----------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ Owns argument unpacking (bytes names, SetattrFields, flags) and the one place wh
 become errno: a `BucketfsError` becomes `FUSEError(exc.errno)`; any other exception is a bug,
 logged with its traceback and answered with EIO, so the mount stays up. Invariants: no
 filesystem logic lives here; every operation goes through `_errors`; entries the kernel did
-not accept in readdir are not counted as references.
+not accept in readdir are not counted as references, nor are "." and ".." (readdirplus
+creates no dentry for them, so no FORGET will come).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import trio
 
 from bucketfs.errors import AccessDenied, BucketfsError, CacheError, InvalidArgument, Transient
 from bucketfs.fs import BucketFS
-from bucketfs.inodes import Node
+from bucketfs.inodes import Kind, Node
+from bucketfs.meta import parse_rdev
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ class FuseOps(pyfuse3.Operations):
         attrs.st_nlink = 2 if node.st_mode & 0o040000 else 1
         attrs.st_uid = node.uid
         attrs.st_gid = node.gid
-        attrs.st_rdev = 0
+        attrs.st_rdev = parse_rdev(node.metadata) if node.kind in (Kind.CHAR, Kind.BLOCK) else 0
         attrs.st_size = node.size
         attrs.st_blksize = 1 << 20
         attrs.st_blocks = (node.size + 511) // 512
@@ -156,7 +158,8 @@ class FuseOps(pyfuse3.Operations):
         for name, node, next_id in await self.fs.readdir(fh, start_id):
             if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self._attrs(node), next_id):
                 break
-            self.fs.remember(node)
+            if name not in (".", ".."):  # the kernel takes no reference for these two
+                self.fs.remember(node)
 
     @_errors
     async def releasedir(self, fh: int) -> None:
@@ -210,7 +213,8 @@ class FuseOps(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)  # only regular files, directories and symlinks
+        node = await self.fs.mknod(parent_inode, _name(name), mode, rdev, ctx.uid, ctx.gid)
+        return self._attrs(node)
 
     @_errors
     async def create(

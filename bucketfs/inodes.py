@@ -1,6 +1,7 @@
 """The inode table: which inode is which object, and what we know about it.
 
-Owns `Node` (one file, symlink or directory the kernel may hold an inode number for) and
+Owns `Node` (one file, symlink, directory or special file (fifo, socket, device) the kernel
+may hold an inode number for) and
 `InodeTable` (inode -> node, and (bucket, path) -> inode for the nodes still reachable by name).
 
 Invariants:
@@ -38,6 +39,24 @@ class Kind(enum.Enum):
     FILE = "file"
     DIR = "dir"
     LINK = "link"
+    # special files: an empty object whose `mode` metadata says which (meta.py)
+    FIFO = "fifo"
+    SOCKET = "socket"
+    CHAR = "char"  # a character device (its number in `rdev` metadata)
+    BLOCK = "block"  # a block device (likewise)
+
+
+#: the file type bits of st_mode for each kind
+KIND_BITS = {
+    Kind.FILE: stat.S_IFREG,
+    Kind.DIR: stat.S_IFDIR,
+    Kind.LINK: stat.S_IFLNK,
+    Kind.FIFO: stat.S_IFIFO,
+    Kind.SOCKET: stat.S_IFSOCK,
+    Kind.CHAR: stat.S_IFCHR,
+    Kind.BLOCK: stat.S_IFBLK,
+}
+SPECIAL_KINDS = frozenset({Kind.FIFO, Kind.SOCKET, Kind.CHAR, Kind.BLOCK})
 
 
 @dataclass(slots=True, eq=False)
@@ -84,8 +103,7 @@ class Node:
 
     @property
     def st_mode(self) -> int:
-        kind_bits = {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.LINK: stat.S_IFLNK}
-        return kind_bits[self.kind] | (self.mode & 0o7777)
+        return KIND_BITS[self.kind] | (self.mode & 0o7777)
 
     @property
     def dirty(self) -> bool:

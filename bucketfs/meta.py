@@ -2,7 +2,10 @@
 
 Owns the translation between an object's user metadata and a node's mode/uid/gid/mtime, using
 the keys s3fs and rclone use: `mode` (decimal st_mode, file type bits included), `uid`, `gid`,
-`mtime` (POSIX seconds, decimal, fraction allowed). Invariants: parsing never raises (a value
+`mtime` (POSIX seconds, decimal, fraction allowed), and `rdev` (decimal st_rdev, written for
+character and block devices only, as s3fs does). The type bits say what an object is: a regular
+file, a symlink, or a special file (fifo, socket, device: an empty object; the kernel serves
+its I/O). Invariants: parsing never raises (a value
 another tool wrote that we cannot read is ignored and the mount's default used); a name is
 valid iff it can be a Linux file name: non-empty, not "." or "..", no "/" or NUL, at most 255
 bytes in UTF-8.
@@ -17,11 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bucketfs.errors import InvalidArgument, NameTooLong
-from bucketfs.inodes import Kind
+from bucketfs.inodes import KIND_BITS, SPECIAL_KINDS, Kind
 
 log = logging.getLogger(__name__)
 
-POSIX_KEYS = ("mode", "uid", "gid", "mtime")
+POSIX_KEYS = ("mode", "uid", "gid", "mtime", "rdev")
+RDEV = "rdev"
+_KINDS = {bits: kind for kind, bits in KIND_BITS.items()}
 NAME_MAX = 255
 #: st_mtime_ns is a signed 64-bit count of nanoseconds
 MAX_MTIME = 2**63 / 1e9 - 1
@@ -61,7 +66,7 @@ def parse_posix(metadata: Mapping[str, str]) -> PosixAttrs:
     mode: int | None = None
     if raw_mode is not None and 0 <= raw_mode < 1 << 32:
         fmt = stat.S_IFMT(raw_mode)
-        kind = {stat.S_IFREG: Kind.FILE, stat.S_IFDIR: Kind.DIR, stat.S_IFLNK: Kind.LINK}.get(fmt)
+        kind = _KINDS.get(fmt)
         mode = raw_mode & 0o7777
     mtime: float | None = None
     raw_mtime = metadata.get("mtime")
@@ -81,6 +86,34 @@ def parse_posix(metadata: Mapping[str, str]) -> PosixAttrs:
         gid=gid if gid is not None and gid >= 0 else None,
         mtime=mtime,
     )
+
+
+def object_kind(metadata: Mapping[str, str]) -> Kind:
+    """What an object (not a `dir/` marker) is: what its `mode` says, else a regular file."""
+    kind = parse_posix(metadata).kind
+    return Kind.FILE if kind is None or kind is Kind.DIR else kind
+
+
+def special_kind(st_mode: int) -> Kind | None:
+    """The special kind mknod(2) asks for; None for a regular file (mknod is then a create)."""
+    fmt = stat.S_IFMT(st_mode)
+    if fmt in (0, stat.S_IFREG):
+        return None
+    kind = _KINDS.get(fmt)
+    if kind not in SPECIAL_KINDS:
+        raise InvalidArgument(f"mknod cannot make file type {fmt:o}")
+    return kind
+
+
+def parse_rdev(metadata: Mapping[str, str]) -> int:
+    """st_rdev from `rdev` metadata (0 when absent or unreadable)."""
+    rdev = _int(metadata.get(RDEV))
+    return rdev if rdev is not None and 0 <= rdev < 1 << 64 else 0
+
+
+def rdev_metadata(kind: Kind, rdev: int) -> dict[str, str]:
+    """The `rdev` entry a new special file's object carries (devices only, as s3fs)."""
+    return {RDEV: str(rdev)} if kind in (Kind.CHAR, Kind.BLOCK) else {}
 
 
 def format_mtime(mtime: float) -> str:

@@ -12,6 +12,12 @@ d1, d2, at most two levels deep (renames may carry a tree one level deeper). Dir
 the other client always get a `dir/` marker, as other tools write them, so that "the last file of
 a prefix-only directory went away" (whose outcome differs between stores) never arises.
 
+`OneNameVsReference` reuses one or two names in quick succession (issue 12, item 4): create,
+exclusive create, unlink, mkdir, rmdir, rename and symlink of `x`, `y` and a file in each, with
+no waiting and no look at the tree between steps (each step only compares its outcome; the trees
+are compared when a `compare` step comes and at the end of each example), once with every cache
+timeout at 0 and once with the defaults.
+
 One mount per test function; each example starts by deleting everything through the mount.
 Set BUCKETFS_MODEL_SHRINK=1 to shrink a failing example (slow: every step talks to a server).
 """
@@ -64,6 +70,8 @@ SETTINGS = settings(
     ),
 )
 
+ONE_NAME_SETTINGS = settings(SETTINGS, max_examples=20, stateful_step_count=30)
+
 contents = st.binary(max_size=3000)
 offsets = st.integers(min_value=0, max_value=4000)
 
@@ -99,7 +107,8 @@ def tree(root: Path) -> dict[str, tuple[object, ...]]:
 
 
 def store_tree(store: StoreClient) -> dict[str, tuple[object, ...]]:
-    """The bucket seen as a tree: files from keys, dirs from markers and prefixes."""
+    """The bucket seen as a tree: files from keys, dirs from markers and prefixes, symlinks
+    from objects whose `mode` metadata says so (their body is the target)."""
     out: dict[str, tuple[object, ...]] = {}
     for key in store.keys(prefix=""):
         parts = key.rstrip("/").split("/")
@@ -109,7 +118,11 @@ def store_tree(store: StoreClient) -> dict[str, tuple[object, ...]]:
             out[key.rstrip("/")] = ("dir",)
         else:
             data = store.get(key)
-            out[key] = ("file", len(data), data)
+            mode = store.head(key)[1].get("mode", "0")
+            if stat.S_ISLNK(int(mode)):
+                out[key] = ("link", data.decode())
+            else:
+                out[key] = ("file", len(data), data)
     return out
 
 
@@ -122,7 +135,9 @@ def clear(root: Path) -> None:
             path.unlink()
 
 
-class MountVsReference(RuleBasedStateMachine):
+class Compared(RuleBasedStateMachine):
+    """A mount and a reference directory, emptied at the start of each example."""
+
     mount: Mount
     ref: Path
 
@@ -151,14 +166,20 @@ class MountVsReference(RuleBasedStateMachine):
         self.mount.flush()
         assert store_tree(self.store) == expected, "bucket differs from the reference"
 
-    def both(self, op: Callable[[Path], object]) -> None:
+    def same(self, op: Callable[[Path], object]) -> None:
+        """`op` on both roots must end the same way (nothing else is looked at)."""
         want = attempt(op, self.ref)
         got = attempt(op, self.mount.path)
         assert got == want, (
             f"mount: {got and errno.errorcode[got]}, reference: {want and errno.errorcode[want]}"
         )
+
+    def both(self, op: Callable[[Path], object]) -> None:
+        self.same(op)
         self.check()
 
+
+class MountVsReference(Compared):
     # --- through the mount ---------------------------------------------------------------
 
     @rule(path=st.sampled_from(FILE_PATHS), data=contents)
@@ -255,6 +276,51 @@ class MountVsReference(RuleBasedStateMachine):
         self.check()
 
 
+NAMES = ("x", "y")
+NAME_PATHS = (*NAMES, "x/f", "y/f")
+#: relative targets: through a symlink an O_CREAT may create `y` or `x/f`, or fail
+TARGETS = ("y", "x/f", "gone/z")
+
+
+class OneNameVsReference(Compared):
+    """Steps on the same few names, one right after the other (no comparison in between)."""
+
+    @rule(path=st.sampled_from(NAME_PATHS), data=st.binary(max_size=64))
+    def create(self, path: str, data: bytes) -> None:
+        self.same(lambda root: (root / path).write_bytes(data))
+
+    @rule(path=st.sampled_from(NAME_PATHS))
+    def create_excl(self, path: str) -> None:
+        self.same(lambda root: os.close(os.open(root / path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)))
+
+    @rule(path=st.sampled_from(NAME_PATHS))
+    def unlink(self, path: str) -> None:
+        self.same(lambda root: os.unlink(root / path))
+
+    @rule(path=st.sampled_from(NAMES))
+    def mkdir(self, path: str) -> None:
+        self.same(lambda root: os.mkdir(root / path))
+
+    @rule(path=st.sampled_from(NAME_PATHS))
+    def rmdir(self, path: str) -> None:
+        self.same(lambda root: os.rmdir(root / path))
+
+    @rule(src=st.sampled_from(NAME_PATHS), dst=st.sampled_from(NAME_PATHS))
+    def rename(self, src: str, dst: str) -> None:
+        self.same(lambda root: os.rename(root / src, root / dst))
+
+    @rule(to=st.sampled_from(TARGETS), path=st.sampled_from(NAME_PATHS))
+    def symlink(self, to: str, path: str) -> None:
+        self.same(lambda root: os.symlink(to, root / path))
+
+    @rule()
+    def compare(self) -> None:
+        self.check()
+
+    def teardown(self) -> None:
+        self.check()
+
+
 @pytest.fixture(params=["local", "s3"])
 def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> StoreEnv:
     if request.param == "s3":
@@ -278,3 +344,16 @@ def test_mount_behaves_like_a_local_directory(model_mount: Mount, tmp_path: Path
 
     Machine.ref = ref
     run_state_machine_as_test(Machine, settings=SETTINGS)
+
+
+@pytest.mark.parametrize("timeouts", ["zero", "default"])
+def test_one_name_in_quick_succession(store_env: StoreEnv, tmp_path: Path, timeouts: str) -> None:
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    with mount_factory_for(store_env, tmp_path / "mounts") as factory:
+
+        class Machine(OneNameVsReference):
+            mount = factory(options=NO_CACHE if timeouts == "zero" else [])
+
+        Machine.ref = ref
+        run_state_machine_as_test(Machine, settings=ONE_NAME_SETTINGS)

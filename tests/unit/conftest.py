@@ -136,12 +136,14 @@ class Harness:
         return node
 
     async def ls(self, ino: int = ROOT_INO) -> dict[str, Node]:
-        """A whole readdir of `ino`, remembering each entry as the adapter does."""
+        """A whole readdir of `ino` without "." and "..", remembering each entry as the
+        adapter does."""
         fh = self.fs.opendir(ino)
         try:
             entries = await self.fs.readdir(fh, 0)
         finally:
             self.fs.releasedir(fh)
+        entries = [entry for entry in entries if entry[0] not in (".", "..")]
         for _name, node, _next in entries:
             self.fs.remember(node)
         return {name: node for name, node, _next in entries}

@@ -94,6 +94,31 @@ def test_a_write_or_read_of_a_key_waits_for_its_queued_delete() -> None:
     run(body, store)
 
 
+def test_a_write_waits_for_the_queued_deletes_of_its_entry_and_path() -> None:
+    """On a store whose keys are paths in one tree (SeaweedFS), `x/` cannot be made while the
+    file `x` is there, nor `x` while `x/` or `x/...` are: such writes wait for those deletes,
+    and others do not."""
+    store = Store()
+
+    async def body(deletes: DeferredDeletes) -> None:
+        for key in ("x", "d/", "d/f", "e", "other"):
+            await store.put(BUCKET, key, b"")
+        cases = [
+            ("x", "x/"),  # rm x; mkdir x
+            ("d/f", "d"),  # rm d/f; rmdir d; touch d (the file under it)
+            ("e", "e/g"),  # rm e; mkdir -p e/...: a key below a file
+        ]
+        for deleted, written in cases:
+            await deletes.defer_delete(BUCKET, deleted)
+            await deletes.put(BUCKET, written, b"")
+            assert deleted not in await store.keys(), (deleted, written)
+        await deletes.defer_delete(BUCKET, "other")
+        await deletes.put(BUCKET, "otherwise", b"")  # not the same entry: no wait
+        assert deletes.queued == 1
+
+    run(body, store)
+
+
 def test_a_failed_batch_is_retried_and_its_waiters_get_the_error() -> None:
     store = Store()
 

@@ -38,8 +38,11 @@ def test_parse_posix_without_metadata() -> None:
         (stat.S_IFLNK | 0o777, Kind.LINK, 0o777),
         (stat.S_IFREG | 0o4755, Kind.FILE, 0o4755),  # setuid kept
         (0o644, None, 0o644),  # permission bits only: the type is not said
-        (stat.S_IFIFO | 0o600, None, 0o600),  # a type bucketfs does not show
-        (stat.S_IFSOCK | 0o600, None, 0o600),
+        (stat.S_IFIFO | 0o600, Kind.FIFO, 0o600),  # special files, as s3fs stores them
+        (stat.S_IFSOCK | 0o600, Kind.SOCKET, 0o600),
+        (stat.S_IFCHR | 0o620, Kind.CHAR, 0o620),
+        (stat.S_IFBLK | 0o660, Kind.BLOCK, 0o660),
+        (0o170000 | 0o600, None, 0o600),  # a type no file has
     ],
 )
 def test_parse_posix_mode_and_type(mode: int, kind: Kind | None, perm: int) -> None:
