@@ -225,6 +225,7 @@ class BucketFS:
                     part_size=opts.part_size,
                     on_uploaded=self._uploaded,
                     on_conflict=self._conflicted,
+                    held=self._held,
                 )
                 self._data = FileData(
                     self.backend,
@@ -257,6 +258,12 @@ class BucketFS:
         self._negative.clear()
         self._listings.clear()
         self._subtrees.clear()
+
+    def _held(self, cf: CachedFile) -> bool:
+        """Whether a handle has the file open for writing (its upload waits, WriteBack)."""
+        ino = self.table.by_path.get((cf.bucket, cf.key)) if cf.key is not None else None
+        node = self.table.get(ino) if ino is not None else None
+        return node is not None and node.writers > 0
 
     def _uploaded(self, done: Uploaded) -> None:
         """The write-back confirmed an upload: the node (if any) now matches the server."""
@@ -857,6 +864,7 @@ class BucketFS:
         self._next_fh += 1
         self._handles[fh] = Handle(fh, node, writable)
         node.opens += 1
+        node.writers += writable
         return fh
 
     def handle(self, fh: int) -> Handle:
@@ -933,6 +941,8 @@ class BucketFS:
             if info is None:
                 raise NoEntry()
             self._apply(node, info, full=True)
+        if writable:
+            await self.data.previous_save(node)  # one version per save, even with O_TRUNC
         if writable and flags & os.O_TRUNC:
             async with self.data.lock(node):
                 await self.data.truncate(node, 0)
@@ -958,10 +968,11 @@ class BucketFS:
         return written
 
     async def flush(self, fh: int) -> None:
-        """close(): the upload starts in the background (write-back); it does not wait."""
-        handle = self.handle(fh)
-        if handle.writable and not handle.node.unlinked:
-            self.data.closed(handle.node)
+        """close() of one descriptor: nothing to do. Every write is in the cache's index
+        before it returns; the upload starts at the release of the last writable handle
+        (a shell's `>` closes a duplicate descriptor first: uploading then would store the
+        truncated file before the real one)."""
+        self.handle(fh)
 
     async def fsync(self, fh: int) -> None:
         """Return only when the file's content is durable on the server."""
@@ -996,8 +1007,10 @@ class BucketFS:
         if handle is None:
             return
         node = handle.node
-        if handle.writable and node.dirty and not node.unlinked:
-            self.data.closed(node)  # in case no flush came (the kernel sends one on close)
+        if handle.writable:
+            node.writers = max(0, node.writers - 1)
+            if node.writers == 0 and node.dirty and not node.unlinked:
+                self.data.closed(node)  # the last writer is gone: upload (write-back)
         if node.unlinked and node.opens == 1 and node.cached is not None:
             self.data.cache.forget(node.cached)  # the last handle of a deleted file
             node.cached = None
@@ -1113,8 +1126,8 @@ class BucketFS:
         async with self.data.lock(node):
             node.mtime = time.time()
             await self.data.truncate(node, size)
-            if node.opens == 0:
-                self.data.closed(node)  # no handle will close it: upload now
+            if node.writers == 0:
+                self.data.closed(node)  # no writable handle will close it: upload now
 
     async def _persist_attrs(self, node: Node) -> None:
         if node.dirty:

@@ -66,6 +66,8 @@ class Node:
     marker_expiry: float = 0.0
     lookups: int = 0
     opens: int = 0
+    #: open handles that may write (its upload waits for the last one's release)
+    writers: int = 0
     unlinked: bool = False
     is_bucket: bool = False
     has_marker: bool = False
