@@ -38,7 +38,7 @@ class DataOptions:
 def write_options(node: Node) -> WriteOptions:
     """The metadata an upload of `node` carries: its user metadata plus POSIX attributes."""
     metadata = dict(node.metadata)
-    metadata.update(posix_metadata(node.st_mode, node.uid, node.gid, node.mtime))
+    metadata.update(posix_metadata(node.st_mode, node.uid, node.gid, node.mtime, node.atime))
     content_type = node.content_type
     if content_type is None:
         if node.kind is Kind.DIR:

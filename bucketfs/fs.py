@@ -40,6 +40,7 @@ from bucketfs.errors import (
     CrossDevice,
     DirectoryNotEmpty,
     FileExists,
+    FileTooLarge,
     InvalidArgument,
     IsADirectory,
     NameTooLong,
@@ -330,6 +331,11 @@ class BucketFS:
         so lookups of new names need no request; `kind` None means `name` is gone."""
         self._changes[directory.ino] = self._changes.get(directory.ino, 0) + 1
         self._negative.pop((directory.ino, name), None)
+        # POSIX: an entry made, removed or renamed changes its directory's mtime and ctime;
+        # kept in memory (a marker PUT per create would double its cost), written with the
+        # directory's next marker write (docs/core.md)
+        now = time.time()
+        directory.mtime = directory.ctime = directory.entries_changed = now
         if directory.bucket is not None:
             self._subtrees.changed(directory.bucket, directory.key, name, kind)
         listing = self._listings.get(directory.ino)
@@ -363,6 +369,11 @@ class BucketFS:
         # and rsync compare it before and after reading a file)
         derived = node.mtime if posix and posix.mtime is not None else info.last_modified
         node.ctime = max(node.ctime, derived) if node.full else derived
+        if node.kind is Kind.DIR:  # entries changed here: until the marker says so too
+            node.mtime = max(node.mtime, node.entries_changed)
+            node.ctime = max(node.ctime, node.entries_changed)
+        if posix is not None:
+            node.atime = posix.atime
         node.mode = posix.mode if posix and posix.mode is not None else default_mode
         node.uid = posix.uid if posix and posix.uid is not None else self.defaults.uid
         node.gid = posix.gid if posix and posix.gid is not None else self.defaults.gid
@@ -476,6 +487,7 @@ class BucketFS:
             uid=posix.uid if posix.uid is not None else self.defaults.uid,
             gid=posix.gid if posix.gid is not None else self.defaults.gid,
             mtime=posix.mtime if posix.mtime is not None else time.time(),
+            atime=posix.atime,
             size=cf.size,
             etag=cf.base_etag if cf.base_key == cf.key else None,
             metadata=metadata,
@@ -909,6 +921,7 @@ class BucketFS:
             gid=gid,
             mtime=now,
             ctime=now,
+            atime=now,
             bucket=bucket,
         )
         self.data.create(node)
@@ -962,6 +975,8 @@ class BucketFS:
         if not handle.writable:
             raise BadHandle("file not open for writing")
         node = handle.node
+        if offset + len(data) > self.backend.max_object_size:
+            raise FileTooLarge("past the store's largest object")
         async with self.data.lock(node):
             node.mtime = time.time()
             written = await self.data.write(node, offset, data)
@@ -1098,10 +1113,13 @@ class BucketFS:
         gid: int | None = None,
         mtime: float | None = None,
         size: int | None = None,
+        atime: float | None = None,
     ) -> Node:
         self._writable()
         node = self.node(ino)
         self.versions.refuse(node)  # hook: EROFS in .versions/
+        if size is not None and size > self.backend.max_object_size:
+            raise FileTooLarge(f"{size} bytes is more than the store's largest object")
         if not node.full:
             # the object's metadata must be known before we write it back
             await self.getattr(ino)
@@ -1117,7 +1135,10 @@ class BucketFS:
             node.gid = gid
         if mtime is not None:
             node.mtime = mtime
-        if (mode, uid, gid, mtime) != (None, None, None, None):
+            node.entries_changed = 0.0  # a set mtime wins (rsync -a sets directories' last)
+        if atime is not None:
+            node.atime = atime
+        if (mode, uid, gid, mtime, atime) != (None, None, None, None, None):
             node.ctime = time.time()
             await self._persist_attrs(node)
         return node
