@@ -1026,6 +1026,8 @@ class BucketFS:
             node.writers = max(0, node.writers - 1)
             if node.writers == 0 and node.dirty and not node.unlinked:
                 self.data.closed(node)  # the last writer is gone: upload (write-back)
+            elif node.writers == 0 and node.cached is not None:
+                self.data.writeback.released(node.cached)  # a waiting worker ends
         if node.unlinked and node.opens == 1 and node.cached is not None:
             self.data.cache.forget(node.cached)  # the last handle of a deleted file
             node.cached = None
