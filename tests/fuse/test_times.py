@@ -78,6 +78,17 @@ def test_a_directory_changes_with_its_entries(mnt: Mount) -> None:
         assert st.st_ctime_ns > changed, step
 
 
+def test_a_directory_time_is_stored_with_its_next_marker_write(mnt: Mount) -> None:
+    d = mnt.path / "d"
+    d.mkdir()
+    os.utime(d, (1_000_000_000, 1_000_000_000))
+    before = time.time() - 2
+    (d / "f").write_bytes(b"x")
+    os.chmod(d, 0o750)  # writes the marker, with the mtime the new entry gave it
+    mnt.remount()  # SeaweedFS keeps no metadata on markers: their date is the chmod's
+    assert os.stat(d).st_mtime > before
+
+
 def test_a_size_past_the_largest_object_is_efbig(store_env: StoreEnv, mnt: Mount) -> None:
     largest = LARGEST[store_env.kind]
     f = mnt.path / "f"
