@@ -44,6 +44,8 @@ RETRY_FIRST = 1.0
 #: attempts a waiting flush/fsync makes before it reports the upload's failure
 FLUSH_ATTEMPTS = 3
 STALE_SETTLE = 1.0
+#: the longest a writable open waits for the upload of the file's previous save
+PREVIOUS_SAVE_WAIT = 5.0
 RETRY_MAX = 60.0
 
 
@@ -153,14 +155,17 @@ class WriteBack:
     async def previous_save(self, cf: CachedFile) -> None:
         """A writer is about to open a file whose last save is still on its way: let that
         upload finish (or fail once) first, so that each save is one version and an
-        `O_TRUNC` never cuts the content a release handed to the write-back. Not with a
-        `delay` (saves within it are merged on purpose), not for a failing upload (an
-        outage must not block writers), not while another writer holds the file."""
+        `O_TRUNC` never cuts the content a release handed to the write-back. Only for a
+        file sent in one PUT (a multipart upload of a large file is cancelled by the next
+        write anyway: its quick saves merge) and for at most PREVIOUS_SAVE_WAIT; not with a
+        `delay` (saves within it are merged on purpose), not for a failing upload (an outage
+        must not block writers), not while another writer holds the file."""
         if self.delay or cf not in self._workers or not cf.dirty or cf.key is None:
             return
-        if cf.state == "failed" or self._held(cf):
+        if cf.size > self.part_size or cf.state == "failed" or self._held(cf):
             return
-        await cf.progress.wait()
+        with trio.move_on_after(PREVIOUS_SAVE_WAIT):
+            await cf.progress.wait()
 
     async def drain(self) -> list[CachedFile]:
         """Upload every dirty file now; returns those that could not be uploaded."""
