@@ -876,7 +876,8 @@ class BucketFS:
         self._next_fh += 1
         self._handles[fh] = Handle(fh, node, writable)
         node.opens += 1
-        node.writers += writable
+        if writable:
+            node.writers += 1
         return fh
 
     def handle(self, fh: int) -> Handle:
