@@ -78,6 +78,7 @@ class DeferredDeletes:
         self.inner = inner
         self.description = inner.description
         self.supports_versions = inner.supports_versions
+        self.max_object_size = inner.max_object_size
         #: (bucket, key) -> the batch that will delete it (replaced when a batch failed)
         self._pending: dict[tuple[str, str], _Batch] = {}
         #: (bucket, "a/b/") -> how many queued keys lie under that prefix

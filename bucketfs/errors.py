@@ -178,6 +178,12 @@ class MetadataTooLarge(FsError):
     errno = _errno.E2BIG
 
 
+class FileTooLarge(FsError):
+    """The file would be larger than the store's largest object (`Backend.max_object_size`)."""
+
+    errno = _errno.EFBIG
+
+
 # --- cache ---------------------------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ class DataOptions:
 def write_options(node: Node) -> WriteOptions:
     """The metadata an upload of `node` carries: its user metadata plus POSIX attributes."""
     metadata = dict(node.metadata)
-    metadata.update(posix_metadata(node.st_mode, node.uid, node.gid, node.mtime))
+    metadata.update(posix_metadata(node.st_mode, node.uid, node.gid, node.mtime, node.atime))
     content_type = node.content_type
     if content_type is None:
         if node.kind is Kind.DIR:
@@ -151,12 +151,21 @@ class FileData:
     # --- uploads -------------------------------------------------------------------------------
 
     def closed(self, node: Node) -> None:
-        """A handle was closed: upload the file in the background if it changed."""
+        """The last writable handle was released (or a truncate without one): upload the
+        file in the background if it changed. Never called for a FLUSH: the data is in
+        the cache's index since each write returned."""
         cf = node.cached
         if cf is not None and cf.dirty:
             self.cache.set_meta(cf, upload_meta(node))
+            self.writeback.released(cf)
             # without a configured delay, a close also ends a worker's wait for quiet
             self.writeback.schedule(cf, now=self.writeback.delay == 0)
+
+    async def previous_save(self, node: Node) -> None:
+        """Before a writer opens the file: its last save's upload lands first (WriteBack)."""
+        cf = node.cached
+        if cf is not None and cf.dirty:
+            await self.writeback.previous_save(cf)
 
     async def flush(self, node: Node) -> None:
         """Return once the node's content as of now is on the server."""

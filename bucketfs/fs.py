@@ -40,6 +40,7 @@ from bucketfs.errors import (
     CrossDevice,
     DirectoryNotEmpty,
     FileExists,
+    FileTooLarge,
     InvalidArgument,
     IsADirectory,
     NameTooLong,
@@ -234,6 +235,7 @@ class BucketFS:
                     part_size=opts.part_size,
                     on_uploaded=self._uploaded,
                     on_conflict=self._conflicted,
+                    held=self._held,
                 )
                 self._data = FileData(
                     self.backend,
@@ -266,6 +268,12 @@ class BucketFS:
         self._negative.clear()
         self._listings.clear()
         self._subtrees.clear()
+
+    def _held(self, cf: CachedFile) -> bool:
+        """Whether a handle has the file open for writing (its upload waits, WriteBack)."""
+        ino = self.table.by_path.get((cf.bucket, cf.key)) if cf.key is not None else None
+        node = self.table.get(ino) if ino is not None else None
+        return node is not None and node.writers > 0
 
     def _uploaded(self, done: Uploaded) -> None:
         """The write-back confirmed an upload: the node (if any) now matches the server."""
@@ -332,6 +340,11 @@ class BucketFS:
         so lookups of new names need no request; `kind` None means `name` is gone."""
         self._changes[directory.ino] = self._changes.get(directory.ino, 0) + 1
         self._negative.pop((directory.ino, name), None)
+        # POSIX: an entry made, removed or renamed changes its directory's mtime and ctime;
+        # kept in memory (a marker PUT per create would double its cost), written with the
+        # directory's next marker write (docs/core.md)
+        now = time.time()
+        directory.mtime = directory.ctime = directory.entries_changed = now
         if directory.bucket is not None:
             self._subtrees.changed(directory.bucket, directory.key, name, kind)
         listing = self._listings.get(directory.ino)
@@ -365,6 +378,11 @@ class BucketFS:
         # and rsync compare it before and after reading a file)
         derived = node.mtime if posix and posix.mtime is not None else info.last_modified
         node.ctime = max(node.ctime, derived) if node.full else derived
+        if node.kind is Kind.DIR:  # entries changed here: until the marker says so too
+            node.mtime = max(node.mtime, node.entries_changed)
+            node.ctime = max(node.ctime, node.entries_changed)
+        if posix is not None:
+            node.atime = posix.atime
         node.mode = posix.mode if posix and posix.mode is not None else default_mode
         node.uid = posix.uid if posix and posix.uid is not None else self.defaults.uid
         node.gid = posix.gid if posix and posix.gid is not None else self.defaults.gid
@@ -478,6 +496,7 @@ class BucketFS:
             uid=posix.uid if posix.uid is not None else self.defaults.uid,
             gid=posix.gid if posix.gid is not None else self.defaults.gid,
             mtime=posix.mtime if posix.mtime is not None else time.time(),
+            atime=posix.atime,
             size=cf.size,
             etag=cf.base_etag if cf.base_key == cf.key else None,
             metadata=metadata,
@@ -868,6 +887,8 @@ class BucketFS:
         self._next_fh += 1
         self._handles[fh] = Handle(fh, node, writable)
         node.opens += 1
+        if writable:
+            node.writers += 1
         return fh
 
     def handle(self, fh: int) -> Handle:
@@ -912,6 +933,7 @@ class BucketFS:
             gid=gid,
             mtime=now,
             ctime=now,
+            atime=now,
             bucket=bucket,
         )
         self.data.create(node)
@@ -944,6 +966,8 @@ class BucketFS:
             if info is None:
                 raise NoEntry()
             self._apply(node, info, full=True)
+        if writable:
+            await self.data.previous_save(node)  # one version per save, even with O_TRUNC
         if writable and flags & os.O_TRUNC:
             async with self.data.lock(node):
                 await self.data.truncate(node, 0)
@@ -963,16 +987,19 @@ class BucketFS:
         if not handle.writable:
             raise BadHandle("file not open for writing")
         node = handle.node
+        if offset + len(data) > self.backend.max_object_size:
+            raise FileTooLarge("past the store's largest object")
         async with self.data.lock(node):
             node.mtime = time.time()
             written = await self.data.write(node, offset, data)
         return written
 
     async def flush(self, fh: int) -> None:
-        """close(): the upload starts in the background (write-back); it does not wait."""
-        handle = self.handle(fh)
-        if handle.writable and not handle.node.unlinked:
-            self.data.closed(handle.node)
+        """close() of one descriptor: nothing to do. Every write is in the cache's index
+        before it returns; the upload starts at the release of the last writable handle
+        (a shell's `>` closes a duplicate descriptor first: uploading then would store the
+        truncated file before the real one)."""
+        self.handle(fh)
 
     async def fsync(self, fh: int) -> None:
         """Return only when the file's content is durable on the server."""
@@ -1007,8 +1034,12 @@ class BucketFS:
         if handle is None:
             return
         node = handle.node
-        if handle.writable and node.dirty and not node.unlinked:
-            self.data.closed(node)  # in case no flush came (the kernel sends one on close)
+        if handle.writable:
+            node.writers = max(0, node.writers - 1)
+            if node.writers == 0 and node.dirty and not node.unlinked:
+                self.data.closed(node)  # the last writer is gone: upload (write-back)
+            elif node.writers == 0 and node.cached is not None:
+                self.data.writeback.released(node.cached)  # a waiting worker ends
         if node.unlinked and node.opens == 1 and node.cached is not None:
             self.data.cache.forget(node.cached)  # the last handle of a deleted file
             node.cached = None
@@ -1145,10 +1176,13 @@ class BucketFS:
         gid: int | None = None,
         mtime: float | None = None,
         size: int | None = None,
+        atime: float | None = None,
     ) -> Node:
         self._writable()
         node = self.node(ino)
         self.versions.refuse(node)  # hook: EROFS in .versions/
+        if size is not None and size > self.backend.max_object_size:
+            raise FileTooLarge(f"{size} bytes is more than the store's largest object")
         if not node.full:
             # the object's metadata must be known before we write it back
             await self.getattr(ino)
@@ -1164,7 +1198,10 @@ class BucketFS:
             node.gid = gid
         if mtime is not None:
             node.mtime = mtime
-        if (mode, uid, gid, mtime) != (None, None, None, None):
+            node.entries_changed = 0.0  # a set mtime wins (rsync -a sets directories' last)
+        if atime is not None:
+            node.atime = atime
+        if (mode, uid, gid, mtime, atime) != (None, None, None, None, None):
             node.ctime = time.time()
             await self._persist_attrs(node)
         return node
@@ -1173,8 +1210,8 @@ class BucketFS:
         async with self.data.lock(node):
             node.mtime = time.time()
             await self.data.truncate(node, size)
-            if node.opens == 0:
-                self.data.closed(node)  # no handle will close it: upload now
+            if node.writers == 0:
+                self.data.closed(node)  # no writable handle will close it: upload now
 
     async def _persist_attrs(self, node: Node) -> None:
         if node.dirty:

@@ -97,7 +97,8 @@ class FuseOps(pyfuse3.Operations):
         attrs.entry_timeout = opts.entry_timeout if node.kind_certain else 0
         attrs.attr_timeout = opts.attr_timeout if node.full else 0
         attrs.st_mode = node.st_mode
-        attrs.st_nlink = 2 if node.st_mode & 0o040000 else 1
+        # an unlinked file still open shows no link, as on a local disk
+        attrs.st_nlink = 0 if node.unlinked else 2 if node.st_mode & 0o040000 else 1
         attrs.st_uid = node.uid
         attrs.st_gid = node.gid
         attrs.st_rdev = parse_rdev(node.metadata) if node.kind in (Kind.CHAR, Kind.BLOCK) else 0
@@ -105,7 +106,7 @@ class FuseOps(pyfuse3.Operations):
         attrs.st_blksize = 1 << 20
         attrs.st_blocks = (node.size + 511) // 512
         mtime_ns = int(node.mtime * 1e9)
-        attrs.st_atime_ns = mtime_ns
+        attrs.st_atime_ns = mtime_ns if node.atime is None else int(node.atime * 1e9)
         attrs.st_mtime_ns = mtime_ns
         attrs.st_ctime_ns = int(max(node.ctime, node.mtime) * 1e9)
         return attrs
@@ -136,6 +137,7 @@ class FuseOps(pyfuse3.Operations):
             gid=attr.st_gid if fields.update_gid else None,
             mtime=attr.st_mtime_ns / 1e9 if fields.update_mtime else None,
             size=attr.st_size if fields.update_size else None,
+            atime=attr.st_atime_ns / 1e9 if fields.update_atime else None,
         )
         return self._attrs(node)
 

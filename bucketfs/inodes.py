@@ -73,6 +73,12 @@ class Node:
     size: int = 0
     mtime: float = field(default_factory=time.time)
     ctime: float = 0.0  # 0: not known yet (st_ctime shows mtime then)
+    #: last access as set by utimensat or at create (metadata `atime`); None: not known,
+    #: st_atime shows mtime. Reads never change it (a mount is noatime by nature).
+    atime: float | None = None
+    #: a directory: when this mount last created, removed or renamed an entry in it; its
+    #: mtime/ctime are never shown older (the marker gets them only at its next write)
+    entries_changed: float = 0.0
     etag: str | None = None  # None: not (yet) on the server
     version_id: str | None = None
     #: user metadata as last seen or to be written, POSIX keys included
@@ -85,6 +91,8 @@ class Node:
     marker_expiry: float = 0.0
     lookups: int = 0
     opens: int = 0
+    #: open handles that may write (its upload waits for the last one's release)
+    writers: int = 0
     unlinked: bool = False
     is_bucket: bool = False
     has_marker: bool = False

@@ -1,14 +1,14 @@
 """POSIX attributes kept in object metadata, and which keys can be file names.
 
-Owns the translation between an object's user metadata and a node's mode/uid/gid/mtime, using
-the keys s3fs and rclone use: `mode` (decimal st_mode, file type bits included), `uid`, `gid`,
-`mtime` (POSIX seconds, decimal, fraction allowed), and `rdev` (decimal st_rdev, written for
-character and block devices only, as s3fs does). The type bits say what an object is: a regular
-file, a symlink, or a special file (fifo, socket, device: an empty object; the kernel serves
-its I/O). Invariants: parsing never raises (a value
-another tool wrote that we cannot read is ignored and the mount's default used); a name is
-valid iff it can be a Linux file name: non-empty, not "." or "..", no "/" or NUL, at most 255
-bytes in UTF-8.
+Owns the translation between an object's user metadata and a node's mode/uid/gid/mtime/atime,
+using the keys s3fs and rclone use: `mode` (decimal st_mode, file type bits included), `uid`,
+`gid`, `mtime` and `atime` (POSIX seconds, decimal, fraction allowed; `atime` is written only
+once known: set by `utimensat` or at create, never by a read), and `rdev` (decimal st_rdev,
+written for character and block devices only, as s3fs does). The type bits say what an object
+is: a regular file, a symlink, or a special file (fifo, socket, device: an empty object; the
+kernel serves its I/O). Invariants: parsing never raises (a value another tool wrote that we
+cannot read is ignored and the mount's default used); a name is valid iff it can be a Linux
+file name: non-empty, not "." or "..", no "/" or NUL, at most 255 bytes in UTF-8.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bucketfs.inodes import KIND_BITS, SPECIAL_KINDS, Kind
 
 log = logging.getLogger(__name__)
 
-POSIX_KEYS = ("mode", "uid", "gid", "mtime", "rdev")
+POSIX_KEYS = ("mode", "uid", "gid", "mtime", "atime", "rdev")
 RDEV = "rdev"
 _KINDS = {bits: kind for kind, bits in KIND_BITS.items()}
 NAME_MAX = 255
@@ -49,6 +49,7 @@ class PosixAttrs:
     uid: int | None
     gid: int | None
     mtime: float | None
+    atime: float | None = None
 
 
 def _int(value: str | None, base: int = 10) -> int | None:
@@ -68,15 +69,6 @@ def parse_posix(metadata: Mapping[str, str]) -> PosixAttrs:
         fmt = stat.S_IFMT(raw_mode)
         kind = _KINDS.get(fmt)
         mode = raw_mode & 0o7777
-    mtime: float | None = None
-    raw_mtime = metadata.get("mtime")
-    if raw_mtime is not None:
-        try:
-            mtime = float(raw_mtime)
-        except ValueError:
-            mtime = None
-        if mtime is not None and not (math.isfinite(mtime) and abs(mtime) < MAX_MTIME):
-            mtime = None
     uid = _int(metadata.get("uid"))
     gid = _int(metadata.get("gid"))
     return PosixAttrs(
@@ -84,7 +76,8 @@ def parse_posix(metadata: Mapping[str, str]) -> PosixAttrs:
         mode=mode,
         uid=uid if uid is not None and uid >= 0 else None,
         gid=gid if gid is not None and gid >= 0 else None,
-        mtime=mtime,
+        mtime=_seconds(metadata.get("mtime")),
+        atime=_seconds(metadata.get("atime")),
     )
 
 
@@ -116,14 +109,30 @@ def rdev_metadata(kind: Kind, rdev: int) -> dict[str, str]:
     return {RDEV: str(rdev)} if kind in (Kind.CHAR, Kind.BLOCK) else {}
 
 
+def _seconds(raw: str | None) -> float | None:
+    """A time in POSIX seconds as `format_mtime` writes it (or any float); None if unusable."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and abs(value) < MAX_MTIME else None
+
+
 def format_mtime(mtime: float) -> str:
     """Seconds with up to nanosecond fraction, no exponent (as rclone writes it)."""
     text = f"{mtime:.9f}".rstrip("0").rstrip(".")
     return text or "0"
 
 
-def posix_metadata(st_mode: int, uid: int, gid: int, mtime: float) -> dict[str, str]:
-    return {"mode": str(st_mode), "uid": str(uid), "gid": str(gid), "mtime": format_mtime(mtime)}
+def posix_metadata(
+    st_mode: int, uid: int, gid: int, mtime: float, atime: float | None = None
+) -> dict[str, str]:
+    meta = {"mode": str(st_mode), "uid": str(uid), "gid": str(gid), "mtime": format_mtime(mtime)}
+    if atime is not None:
+        meta["atime"] = format_mtime(atime)
+    return meta
 
 
 _warned: set[str] = set()

@@ -33,6 +33,8 @@ from bucketfs.types import (
 MAX_PARTS = 10_000
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PUT_SIZE = 5 * 1024**3
+#: the largest object S3 stores (5 TiB); a file is never made larger (EFBIG)
+MAX_OBJECT_SIZE = 5 * 1024**4
 
 
 class Backend(Protocol):
@@ -42,6 +44,8 @@ class Backend(Protocol):
     description: str
     #: whether the store keeps object versions at all (per bucket see `get_versioning`)
     supports_versions: bool
+    #: the largest object the store takes: truncating or writing past it is EFBIG
+    max_object_size: int
 
     # --- buckets -----------------------------------------------------------------------
     async def list_buckets(self) -> list[BucketInfo]: ...

@@ -45,6 +45,7 @@ import trio
 
 from bucketfs.backends import _common as c
 from bucketfs.backends._localstore import LocalStore
+from bucketfs.backends.base import MAX_OBJECT_SIZE
 from bucketfs.errors import BackendError, BucketfsError, NotSupported, Transient
 from bucketfs.types import (
     BucketInfo,
@@ -77,6 +78,8 @@ class LocalBackend:
     """The `Backend` protocol over a directory; see the module docstring for the layout."""
 
     supports_versions = True
+    #: no store limit of its own: S3's, so that a tree moves between the stores as it is
+    max_object_size = MAX_OBJECT_SIZE
 
     def __init__(self, root: Path, *, fsync: bool = True, max_threads: int = 8) -> None:
         self.root = Path(root)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from bucketfs.backends import _common as c
+from bucketfs.backends.base import MAX_OBJECT_SIZE
 from bucketfs.errors import (
     AlreadyExists,
     BucketNotEmpty,
@@ -121,6 +122,7 @@ class MemoryBackend:
     """The `Backend` protocol over dicts; `latency` seconds are slept per request."""
 
     supports_versions = True
+    max_object_size = MAX_OBJECT_SIZE
 
     def __init__(self, latency: float = 0.0) -> None:
         self.description = "memory"

@@ -55,6 +55,7 @@ from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError
 
 from bucketfs.backends import s3xml, sigv4
+from bucketfs.backends.base import MAX_OBJECT_SIZE
 from bucketfs.backends.http import (
     RANGED_OK,
     error_class,
@@ -229,6 +230,7 @@ class S3Backend:
     """An S3-compatible object store reached over HTTP(S)."""
 
     supports_versions = True
+    max_object_size = MAX_OBJECT_SIZE
 
     def __init__(
         self,

@@ -40,6 +40,7 @@ import httpx
 import trio
 
 from bucketfs.backends import swift_slo as slo
+from bucketfs.backends.base import MAX_PUT_SIZE
 from bucketfs.backends.http import (
     RANGED_OK,
     no_chunks,
@@ -122,6 +123,9 @@ class SwiftBackend:
     """An OpenStack Swift account reached over HTTP(S); containers are the buckets."""
 
     supports_versions = True
+    #: Swift's documented bound of a static large object with its default settings:
+    #: max_manifest_segments (1,000) segments of max_file_size (5 GiB)
+    max_object_size = slo.MAX_MANIFEST_SEGMENTS * MAX_PUT_SIZE
 
     def __init__(
         self,

@@ -1,16 +1,21 @@
 """Write-back: uploading dirty cached files to the server, in the background.
 
 Owns the upload workers (one per dirty file at most, all in the nursery of `run`). A file is
-scheduled on close, on fsync, after a crash (at start), and when dirty bytes pass `max_dirty`;
-its worker waits `delay`, uploads a consistent snapshot, and marks it clean — or, when the file
-changed meanwhile, abandons the stale upload and starts again; on failure it retries with a
-growing delay (the file stays dirty, its state says why).
+scheduled at the release of its last writable handle, on fsync, after a crash (at start), and
+when dirty bytes pass `max_dirty`; its worker waits while the file is open for writing (`held`)
+and then `delay`, uploads a consistent snapshot, and marks it clean — or, when the file changed
+meanwhile, abandons the stale upload and starts again; on failure it retries with a growing
+delay (the file stays dirty, its state says why).
 
 Invariants:
 - an upload is a snapshot of one generation: every byte is read while the generation is
   unchanged, and `complete` is not sent if it changed, so the server never holds a mix;
 - a multipart upload that does not complete is aborted;
 - unchanged ranges of a large object are copied on the server (UploadPartCopy), not re-sent;
+- a file open for writing is uploaded only when someone waits for it (`flush`: fsync, `bucketfs
+  flush`, unmount, `max_dirty`), never because one of its descriptors was closed: a shell's
+  `echo v > f` closes a duplicate first and must not upload the truncated file (one upload per
+  save);
 - `flush(cf)` returns only once a generation at least as new as the one it saw is uploaded,
   and raises the error of a failed attempt instead of waiting forever.
 """
@@ -39,6 +44,8 @@ RETRY_FIRST = 1.0
 #: attempts a waiting flush/fsync makes before it reports the upload's failure
 FLUSH_ATTEMPTS = 3
 STALE_SETTLE = 1.0
+#: the longest a writable open waits for the upload of the file's previous save
+PREVIOUS_SAVE_WAIT = 5.0
 RETRY_MAX = 60.0
 
 
@@ -66,6 +73,7 @@ class WriteBack:
         max_parts: int = 4,
         on_uploaded: Callable[[Uploaded], None] = lambda _: None,
         on_conflict: Callable[[CachedFile, str], None] = lambda _cf, _key: None,
+        held: Callable[[CachedFile], bool] = lambda _: False,
     ) -> None:
         self.cache = cache
         self.backend = backend
@@ -75,9 +83,13 @@ class WriteBack:
         self._parts = trio.CapacityLimiter(max_parts)
         self._on_uploaded = on_uploaded
         self._on_conflict = on_conflict
+        #: whether a file is open for writing (its upload waits for the last release)
+        self._held = held
         self._nursery: trio.Nursery | None = None
         #: a worker per file object (ids of deleted files may be reused) -> "run now"
         self._workers: dict[CachedFile, trio.Event] = {}
+        #: a worker waiting while its file is open for writing -> "released or kicked"
+        self._wakes: dict[CachedFile, trio.Event] = {}
         self._worker_ended = trio.Event()
         self.uploaded_bytes = 0
         self.uploads = 0
@@ -99,10 +111,9 @@ class WriteBack:
     def schedule(self, cf: CachedFile, *, now: bool = False) -> None:
         if not cf.dirty or cf.key is None:
             return
-        kick = self._workers.get(cf)
-        if kick is not None:
+        if cf in self._workers:
             if now:
-                kick.set()
+                self._kick(cf)
             return
         kick = trio.Event()
         if now:
@@ -118,9 +129,7 @@ class WriteBack:
         while cf.dirty and cf.key is not None and cf.uploaded_generation < target:
             progress = cf.progress
             self.schedule(cf, now=True)
-            kick = self._workers.get(cf)
-            if kick is not None:
-                kick.set()
+            self._kick(cf)
             await progress.wait()
             if cf.state == "failed" and cf.uploaded_generation < target:
                 failures += 1
@@ -128,6 +137,35 @@ class WriteBack:
                     continue  # at once again: a server just back often fails the first try
                 errno = cf.failure.errno if cf.failure is not None else CacheError.errno
                 raise CacheError(f"upload failed: {cf.error}", errno=errno)
+
+    def _kick(self, cf: CachedFile) -> None:
+        """Someone waits for the file: its worker uploads now, open for writing or not."""
+        kick = self._workers.get(cf)
+        if kick is not None:
+            kick.set()
+        self.released(cf)
+
+    def released(self, cf: CachedFile) -> None:
+        """The file's last writable handle was released (or a wait must end): a worker
+        waiting for that looks again."""
+        wake = self._wakes.pop(cf, None)
+        if wake is not None:
+            wake.set()
+
+    async def previous_save(self, cf: CachedFile) -> None:
+        """A writer is about to open a file whose last save is still on its way: let that
+        upload finish (or fail once) first, so that each save is one version and an
+        `O_TRUNC` never cuts the content a release handed to the write-back. Only for a
+        file sent in one PUT (a multipart upload of a large file is cancelled by the next
+        write anyway: its quick saves merge) and for at most PREVIOUS_SAVE_WAIT; not with a
+        `delay` (saves within it are merged on purpose), not for a failing upload (an outage
+        must not block writers), not while another writer holds the file."""
+        if self.delay or cf not in self._workers or not cf.dirty or cf.key is None:
+            return
+        if cf.size > self.part_size or cf.state == "failed" or self._held(cf):
+            return
+        with trio.move_on_after(PREVIOUS_SAVE_WAIT):
+            await cf.progress.wait()
 
     async def drain(self) -> list[CachedFile]:
         """Upload every dirty file now; returns those that could not be uploaded."""
@@ -151,10 +189,7 @@ class WriteBack:
         retry = RETRY_FIRST
         try:
             while cf.dirty and cf.key is not None:
-                kick = self._workers[cf]
-                if self.delay and not kick.is_set():
-                    with trio.move_on_after(self.delay):
-                        await kick.wait()
+                await self._until_due(cf, self._workers[cf])
                 self._workers[cf] = trio.Event()
                 try:
                     await self._attempt(cf)
@@ -186,9 +221,25 @@ class WriteBack:
                     retry = min(retry * 2, RETRY_MAX)
         finally:
             self._workers.pop(cf, None)
+            self._wakes.pop(cf, None)
             self._progress(cf)
             ended, self._worker_ended = self._worker_ended, trio.Event()
             ended.set()
+
+    async def _until_due(self, cf: CachedFile, kick: trio.Event) -> None:
+        """Until the file may be uploaded: no handle has it open for writing and it was left
+        alone for `delay` — or at once when someone waits for it (`kick`)."""
+        while not kick.is_set():
+            if self._held(cf):
+                wake = self._wakes[cf] = trio.Event()
+                await wake.wait()  # the last writable release, or a kick
+                continue
+            if not self.delay:
+                return
+            with trio.move_on_after(self.delay):
+                await kick.wait()
+            if not self._held(cf):
+                return
 
     async def wait_idle(self) -> None:
         """Until no upload is scheduled or running (those that fail keep retrying: bound

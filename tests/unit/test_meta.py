@@ -140,6 +140,15 @@ def test_posix_metadata_round_trips_through_parse() -> None:
     assert parse_posix(meta) == PosixAttrs(Kind.DIR, 0o2750, 1000, 100, 1700000000.25)
 
 
+def test_atime_is_written_once_known_and_read_as_s3fs_writes_it() -> None:
+    meta = posix_metadata(stat.S_IFREG | 0o644, 0, 0, 1700000000.25, 1600000000.5)
+    assert meta["atime"] == "1600000000.5"
+    assert parse_posix(meta).atime == 1600000000.5
+    assert "atime" not in posix_metadata(stat.S_IFREG | 0o644, 0, 0, 1700000000.25)
+    assert parse_posix({"atime": "1600000000"}).atime == 1600000000.0  # s3fs: whole seconds
+    assert parse_posix({"atime": "soon"}).atime is None
+
+
 # --- valid_name --------------------------------------------------------------------------
 
 

@@ -1,0 +1,77 @@
+"""One upload per save, through a real mount on the local store and SeaweedFS.
+
+A shell's `echo v > f` opens f with O_TRUNC, duplicates the descriptor onto stdout and closes
+the original (the kernel sends FLUSH), writes, then closes stdout (FLUSH, then RELEASE). Only
+the release of the last writable handle may start an upload: a FLUSH of the first descriptor
+would store the truncated, empty file as a version of its own. On a versioned bucket every
+save must be exactly one version, none empty; `bucketfs status` counts one upload per save.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    Mount,
+    S3StoreClient,
+    StoreEnv,
+    local_store_env,
+    require_tool,
+    s3_store_env,
+)
+
+NS = "user.bucketfs."
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> StoreEnv:
+    if request.param == "s3":
+        return s3_store_env(request.getfixturevalue("seaweed"))
+    return local_store_env(tmp_path / "store")
+
+
+def sh(mnt: Mount, script: str) -> None:
+    subprocess.run([require_tool("sh"), "-c", script], cwd=mnt.path, check=True, timeout=60)
+
+
+def versions_of(mnt: Mount, key: str) -> list[bytes]:
+    """Every version of `key` on the server, oldest first."""
+    raw = mnt.raw_store
+    if isinstance(raw, S3StoreClient):
+        listed = raw.client.list_object_versions(Bucket=raw.bucket, Prefix=key)
+        # S3 lists the versions of a key newest first (SeaweedFS stamps them to the second)
+        found = [v for v in listed.get("Versions", []) if v["Key"] == key][::-1]
+        return [
+            raw.client.get_object(Bucket=raw.bucket, Key=key, VersionId=v["VersionId"])[
+                "Body"
+            ].read()
+            for v in found
+        ]
+    tree = mnt.path / ".versions" / key  # the local store: through the mount's own tree
+    return [(tree / name).read_bytes() for name in sorted(os.listdir(tree))]
+
+
+def test_each_shell_save_is_one_version(mnt: Mount) -> None:
+    raw = mnt.raw_store
+    if isinstance(raw, S3StoreClient):
+        raw.client.put_bucket_versioning(
+            Bucket=raw.bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
+    else:
+        os.setxattr(mnt.path, NS + "versioning", b"Enabled")
+    sh(mnt, "for v in 1 2 3; do echo $v > f; done")
+    mnt.flush()
+    assert versions_of(mnt, "f") == [b"1\n", b"2\n", b"3\n"]
+
+
+def test_a_save_is_one_upload(mnt: Mount) -> None:
+    before = mnt.status()["uploads"]
+    sh(mnt, "echo a > new; echo b > new; printf c >> new; for v in 1 2 3; do echo $v > g; done")
+    mnt.flush()
+    assert mnt.status()["uploads"] - before == 6
+    assert (mnt.path / "new").read_bytes() == b"b\nc"
+    assert mnt.status()["uploads"] - before == 6
