@@ -1,4 +1,4 @@
-"""The S3 backend: `base.Backend` over the S3 REST API with httpx, signed with SigV4.
+"""The S3 backend: `base.Backend` over the S3 REST API with httpx2, signed with SigV4.
 
 Owns the HTTP conversation with an S3 endpoint (AWS, SeaweedFS, MinIO, Ceph ...): addressing,
 key encoding, signing, retries and the translation of answers into `bucketfs.types` values.
@@ -6,8 +6,8 @@ Invariants:
 
 - every request goes through `_request` (one attempt = sign + send + classify) inside
   `retry.retry_call`; statuses and transport failures become errors only in `http.py`;
-- requests go straight to the httpx transport (connection pool), not through
-  `httpx.AsyncClient.send`: no cookie jar, redirects or auth flow run per request (they cost
+- requests go straight to the httpx2 transport (connection pool), not through
+  `httpx2.AsyncClient.send`: no cookie jar, redirects or auth flow run per request (they cost
   about 0.3 ms of CPU per HEAD and S3 needs none of them); signing is `sigv4.py`;
 - a request is signed again on every attempt (fresh date, fresh credentials from botocore's
   chain, refreshed in a worker thread when they are about to expire); no credentials at all
@@ -46,8 +46,8 @@ from typing import Any
 from urllib.parse import quote
 
 import botocore.session
-import httpcore._async.http11 as _httpcore_http11
-import httpx
+import httpcore2._async.http11 as _httpcore_http11
+import httpx2
 import trio
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
@@ -157,7 +157,7 @@ def _http_time(value: str | None) -> float:
         return 0.0
 
 
-def object_info(key: str, headers: httpx.Headers) -> ObjectInfo:
+def object_info(key: str, headers: httpx2.Headers) -> ObjectInfo:
     """What the headers of a HEAD or GET say about the object."""
     metadata: dict[str, str] = {}
     for raw_name, raw_value in headers.raw:
@@ -207,15 +207,15 @@ def write_headers(opts: WriteOptions | None) -> dict[str, str]:
     return headers
 
 
-#: httpcore reads a response 64 KiB at a time, each through h11's buffer copies: for 8 MiB
+#: httpcore2 reads a response 64 KiB at a time, each through h11's buffer copies: for 8 MiB
 #: ranged GETs that costs about a quarter of the throughput (measured: 354 -> 459 MB/s with
-#: 4 GETs in flight on SeaweedFS). It is a class attribute of httpcore's HTTP/1.1
-#: connection; only this package uses httpx in the daemon.
+#: 4 GETs in flight on SeaweedFS). It is a class attribute of httpcore2's HTTP/1.1
+#: connection; only this package uses httpx2 in the daemon.
 RESPONSE_READ_SIZE = 1 << 20
 if getattr(_httpcore_http11.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < RESPONSE_READ_SIZE:
     _httpcore_http11.AsyncHTTP11Connection.READ_NUM_BYTES = RESPONSE_READ_SIZE
 
-#: request bodies above this are handed to httpx in slices of this size
+#: request bodies above this are handed to httpx2 in slices of this size
 BODY_SLICE = 1 << 20
 
 
@@ -244,11 +244,11 @@ class S3Backend:
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         sign_payload: bool | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         """`credentials` bypasses botocore's chain, `anonymous` sends unsigned requests;
         `sign_payload` None signs object data over http only (see the module docstring);
-        `transport` replaces the network (unit tests put an `httpx.MockTransport` here)."""
+        `transport` replaces the network (unit tests put an `httpx2.MockTransport` here)."""
         session: botocore.session.Session | None = None
         if region is None or (credentials is None and not anonymous):
             session = botocore.session.Session(profile=profile)
@@ -267,7 +267,7 @@ class S3Backend:
             assert session is not None
             self._credentials = _session_credentials(session, profile)
         self.endpoint = (endpoint or f"https://s3.{region}.amazonaws.com").rstrip("/")
-        url = httpx.URL(self.endpoint)
+        url = httpx2.URL(self.endpoint)
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(f"S3 endpoint must be an http(s) URL, not {self.endpoint!r}")
         self._scheme = url.scheme
@@ -277,9 +277,9 @@ class S3Backend:
         self._sign_payload = sign_payload if sign_payload is not None else url.scheme == "http"
         self.retry_deadline = retry_deadline
         self.description = f"s3 {self.endpoint}"
-        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout).as_dict()
-        self._transport = transport or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(
+        self._timeout = httpx2.Timeout(read_timeout, connect=connect_timeout).as_dict()
+        self._transport = transport or httpx2.AsyncHTTPTransport(
+            limits=httpx2.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             )
         )
@@ -374,7 +374,7 @@ class S3Backend:
         bucket_level: bool = False,
         error_in_body: bool = False,
         stream: bool = False,
-    ) -> tuple[httpx.Response, bytes]:
+    ) -> tuple[httpx2.Response, bytes]:
         """One S3 call with retries: the response (open when `stream`) and its raw body."""
         what = f"{method} {bucket or ''}/{key or ''}"
         parts = self._url_parts(bucket, key, query or {})
@@ -385,7 +385,7 @@ class S3Backend:
             all_headers["Content-MD5"] = md5
         payload_hash = await self._payload_hash(body, data=data)
 
-        async def attempt() -> tuple[httpx.Response, bytes]:
+        async def attempt() -> tuple[httpx2.Response, bytes]:
             creds = await self._frozen_credentials()
             signed = self._signed_headers(method, parts, all_headers, payload_hash, creds)
             content: bytes | AsyncIterator[bytes] = body
@@ -394,7 +394,7 @@ class S3Backend:
                 # whole (and the allocator keeps such copies); send it in slices instead
                 signed = [*signed, (b"Content-Length", str(len(body)).encode())]
                 content = _slices(body)
-            request = httpx.Request(
+            request = httpx2.Request(
                 method, url, headers=signed, content=content, extensions={"timeout": self._timeout}
             )
             started = time.monotonic()
@@ -408,7 +408,7 @@ class S3Backend:
                 finally:
                     if not stream or response.status_code not in ok:
                         await response.aclose()
-            except httpx.TransportError as exc:
+            except httpx2.TransportError as exc:
                 log.debug("%s failed after %.3fs: %r", what, time.monotonic() - started, exc)
                 raise transport_error(exc, self.endpoint, what) from exc
             log.debug(
@@ -730,7 +730,7 @@ class S3Backend:
         await self._transport.aclose()
 
 
-def _put_result(headers: httpx.Headers) -> PutResult:
+def _put_result(headers: httpx2.Headers) -> PutResult:
     return PutResult(
         etag=s3xml.strip_etag(headers.get("etag", "")),
         version_id=headers.get("x-amz-version-id"),

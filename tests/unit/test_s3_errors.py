@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 import pytest
 import trio
 import trio.testing
