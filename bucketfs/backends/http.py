@@ -11,6 +11,7 @@ everything that `retry.retry_call` retries is a `Transient`, and nothing else is
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
 
 import httpx2
 
@@ -112,6 +113,16 @@ def transport_error(exc: httpx2.HTTPError, endpoint: str, what: str) -> Transien
 
 # --- ranged GETs -------------------------------------------------------------------------------
 
+
+class RawResponse(Protocol):
+    """An answer whose body is read raw: `httpx2.Response` or `wire.Answer`."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    def aiter_raw(self) -> AsyncIterator[bytes]: ...
+
+
 #: the statuses a ranged GET may answer with
 RANGED_OK = frozenset({200, 206, 416})
 
@@ -128,7 +139,7 @@ def ranged_content(
 
 
 def ranged_chunks(
-    response: httpx2.Response,
+    response: RawResponse,
     sent: Mapping[str, str],
     start: int,
     end: int | None,
@@ -150,7 +161,7 @@ async def no_chunks() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover - makes this an async generator
 
 
-async def _chunks(response: httpx2.Response, endpoint: str, what: str) -> AsyncIterator[bytes]:
+async def _chunks(response: RawResponse, endpoint: str, what: str) -> AsyncIterator[bytes]:
     try:
         async for chunk in response.aiter_raw():
             yield chunk
