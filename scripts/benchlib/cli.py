@@ -145,17 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     ran = [w for w in RESULT_NAMES if any(w in s.results for s in scenarios)]
     rows = [(w, m) for w, m in TABLE_ROWS if w in ran]
     counted = "proxy" if bench.proxy is not None else "not measured (no proxy)"
-    print()
-    print(
-        f"bucketfs benchmark ({'quick' if args.quick else 'full'} sizes, "
-        f"{sizes.repetitions} repetition(s), medians; ratio = system / bucketfs)"
-    )
-    print(stats.render_table(rows, names, status, summary))
-    print()
-    print(f"S3 requests and MiB up/down (mounts: {counted}; raw: its own client)")
-    print(stats.render_traffic(ran, names, status, summary))
-    print()
-    print(stats.render_daemons(names, status, stats.daemon_totals(results)))
+    if scenarios:
+        print()
+        print(
+            f"bucketfs benchmark ({'quick' if args.quick else 'full'} sizes, "
+            f"{sizes.repetitions} repetition(s), medians; ratio = system / bucketfs)"
+        )
+        print(stats.render_table(rows, names, status, summary))
+        print()
+        print(f"S3 requests and MiB up/down (mounts: {counted}; raw: its own client)")
+        print(stats.render_traffic(ran, names, status, summary))
+        print()
+        print(stats.render_daemons(names, status, stats.daemon_totals(results)))
     if samples:
         print()
         print(
