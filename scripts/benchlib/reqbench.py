@@ -44,6 +44,7 @@ BARE_OF = {"s3": "bare", "swift": "bare-swift"}
 OBJECT_SIZE = 4096
 LIST_KEYS = 100
 BUCKET = "bench-requests"
+SWIFT_SHARE = 0.25
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -201,12 +202,15 @@ def run_all(
     repo: Path = REPO,
     log: Callable[[str], None] = print,
 ) -> list[Sample]:
-    """Every client present, `reps` times each, interleaved (s3, bare, s3, bare, ...)."""
+    """Every client present, `reps` times each, interleaved (s3, bare, swift, bare-swift, s3,
+    ...). The test Swift is one eventlet process (~10 ms a request here): its clients send
+    `SWIFT_SHARE` of `requests`."""
     clients = ["s3", "bare"] + (["swift", "bare-swift"] if target.swift_auth else [])
     samples: list[Sample] = []
     for rep in range(reps):
         for client in clients:
-            got = run_child(target, client, requests=requests, repo=repo)
+            n = max(100, int(requests * SWIFT_SHARE)) if "swift" in client else requests
+            got = run_child(target, client, requests=n, repo=repo)
             samples.extend(got)
             text = " ".join(f"{s.kind}/{s.inflight}={s.cpu_us:.0f}" for s in got)
             log(f"[{rep + 1}/{reps}] requests {client:10} us/request: {text}")
@@ -425,8 +429,15 @@ async def _swift_calls(target: Target, client: str) -> tuple[dict[str, Call], st
 
 
 async def child(
-    target: Target, client: str, requests: int, kinds: Sequence[str], inflight: Sequence[int]
+    target: Target,
+    client: str,
+    requests: int,
+    kinds: Sequence[str],
+    inflight: Sequence[int],
+    profile: int = 0,
 ) -> None:
+    """Measure and print one sample per kind and concurrency; with `profile` > 0, run each
+    batch under cProfile and print its `profile` busiest functions to stderr instead."""
     make = _swift_calls if "swift" in client else _s3_calls
     calls, lib, closer = await make(target, client)
     if not client.startswith("bare"):
@@ -434,6 +445,17 @@ async def child(
     try:
         for kind in kinds:
             for n in inflight:
+                if profile:
+                    import cProfile
+                    import pstats
+
+                    profiler = cProfile.Profile()
+                    with profiler:
+                        await measure(calls[kind], requests, n)
+                    print(f"--- {client} {kind} x{n} (cProfile, by own time)", file=sys.stderr)
+                    stats = pstats.Stats(profiler, stream=sys.stderr)
+                    stats.sort_stats("tottime").print_stats(profile)
+                    continue
                 cpu, wall = await measure(calls[kind], requests, n)
                 sample = Sample(client, lib, kind, n, requests, cpu, wall)
                 print(json.dumps(asdict(sample)), flush=True)
@@ -504,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--inflight", default=",".join(map(str, INFLIGHT)))
     p.add_argument("--target", help="JSON of a Target")
+    p.add_argument(
+        "--profile", type=int, default=0, help="child: print the N busiest functions instead"
+    )
     args = p.parse_args(argv)
     if args.mode == "run":
         samples, note = standalone(
@@ -526,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         args.requests,
         args.kinds.split(","),
         [int(n) for n in args.inflight.split(",")],
+        args.profile,
     )
     return 0
 
