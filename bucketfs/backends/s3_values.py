@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import calendar
 import email.utils
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from urllib.parse import quote
 
 from bucketfs.backends import s3xml
@@ -38,6 +40,8 @@ SYSTEM_HEADER_NAMES: Mapping[str, str] = {
 _SYSTEM_BY_HEADER = {h.lower(): n for n, h in SYSTEM_HEADER_NAMES.items()}
 META_PREFIX = "x-amz-meta-"
 _SAFE = "-_.~"
+#: a key made of unreserved characters and `/` only (what `quote` leaves alone)
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.~/-]*")
 #: the answer headers `object_info` reads besides metadata and system headers
 _INFO_HEADERS = frozenset(
     {
@@ -51,6 +55,8 @@ _INFO_HEADERS = frozenset(
         *_SYSTEM_BY_HEADER,
     }
 )
+_INFO_HEADERS_BYTES = frozenset(h.encode("latin-1") for h in _INFO_HEADERS)
+_META_PREFIX_BYTES = META_PREFIX.encode("latin-1")
 _MONTHS = {
     m: i
     for i, m in enumerate(
@@ -61,6 +67,8 @@ _MONTHS = {
 
 def quote_key(key: str) -> str:
     """URL-encode a key for a request path: every byte but unreserved characters and `/`."""
+    if _PLAIN_KEY.fullmatch(key) and "/." not in key and not key.startswith("."):
+        return key  # nothing to encode, no `.` or `..` segment: the usual case
     segments = []
     for segment in key.split("/"):
         if segment in (".", ".."):
@@ -70,6 +78,7 @@ def quote_key(key: str) -> str:
     return "/".join(segments)
 
 
+@lru_cache(maxsize=64)
 def quote_name(name: str) -> str:
     """A bucket name or any single path segment, fully encoded."""
     return quote(name, safe=_SAFE)
@@ -124,10 +133,12 @@ def read_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, str], di
     found: dict[str, str] = {}
     metadata: dict[str, str] = {}
     for raw_name, raw_value in raw:
-        name = raw_name.decode("latin-1").lower()
-        if name.startswith(META_PREFIX):
-            metadata[name[len(META_PREFIX) :]] = header_text(raw_value)
-        elif name in _INFO_HEADERS:
+        lower = raw_name.lower()
+        if lower.startswith(_META_PREFIX_BYTES):
+            name = lower[len(_META_PREFIX_BYTES) :].decode("latin-1")
+            metadata[name] = header_text(raw_value)
+        elif lower in _INFO_HEADERS_BYTES:
+            name = lower.decode("latin-1")
             value = header_text(raw_value)
             found[name] = f"{found[name]}, {value}" if name in found else value
     return found, metadata
