@@ -115,7 +115,7 @@ RESPONSE_READ_SIZE = 1 << 20
 if getattr(_httpcore_http11.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < RESPONSE_READ_SIZE:
     _httpcore_http11.AsyncHTTP11Connection.READ_NUM_BYTES = RESPONSE_READ_SIZE
 
-#: request bodies above this are handed to httpx2 in slices of this size
+#: request bodies above this are handed to httpcore2 in slices of this size
 BODY_SLICE = 1 << 20
 
 
@@ -175,7 +175,8 @@ class S3Backend:
         self._raw_host = url.raw_host
         self._port = url.port
         self._netloc = url.netloc.decode("ascii")
-        self._base_path = url.path.rstrip("/")
+        # as sent and as signed: percent-encoded (an endpoint path is rare)
+        self._base_path = url.raw_path.decode("ascii").split("?", 1)[0].rstrip("/")
         self._path_style = path_style if path_style is not None else endpoint is not None
         self._sign_payload = sign_payload if sign_payload is not None else url.scheme == "http"
         self.retry_deadline = retry_deadline
