@@ -222,7 +222,7 @@ async def _report_status(fs: BucketFS, what: str) -> None:
 
 async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
     if not cfg.debug:
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+        logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per request otherwise
     # botocore's credential chain may block (files, instance metadata): not in the event loop
     backend = await trio.to_thread.run_sync(make_backend, cfg)
     try:

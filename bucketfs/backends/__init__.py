@@ -1,6 +1,6 @@
 """Object stores behind one protocol (`base.Backend`): S3, local directory, memory (tests).
 
-Only this package imports httpx. `open_backend` builds one from a parsed source.
+Only this package imports httpx2 (the HTTP client). `open_backend` builds one from a parsed source.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one seam where HTTP answers and transport failures become `bucketfs.errors` classes.
 
-Owns `error_class` (status + S3 error code -> class), `transport_error` (an httpx exception ->
+Owns `error_class` (status + S3 error code -> class), `transport_error` (an httpx2 exception ->
 `Transient` or `Unreachable`), and what a ranged GET's answer means (`ranged_content`,
 `ranged_chunks`: 416 is an empty range, a 200 to a Range request is the whole object to slice).
 Invariants: every status a server can send maps to exactly one `BackendError` subclass;
@@ -11,8 +11,9 @@ everything that `retry.retry_call` retries is a `Transient`, and nothing else is
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
 
-import httpx
+import httpx2
 
 from bucketfs.errors import (
     AccessDenied,
@@ -100,17 +101,27 @@ def error_class(status: int | None, code: str | None = None) -> type[BackendErro
     return InvalidRequest
 
 
-def transport_error(exc: httpx.HTTPError, endpoint: str, what: str) -> Transient:
+def transport_error(exc: httpx2.HTTPError, endpoint: str, what: str) -> Transient:
     """The error for a request that got no HTTP answer: refused connections are `Unreachable`
     (naming the endpoint), timeouts and broken connections `Transient`."""
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+    if isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout)):
         return Unreachable(f"{what}: cannot connect to {endpoint}: {exc}")
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, httpx2.TimeoutException):
         return Transient(f"{what}: timed out talking to {endpoint} ({type(exc).__name__})")
     return Transient(f"{what}: connection to {endpoint} failed: {type(exc).__name__}: {exc}")
 
 
 # --- ranged GETs -------------------------------------------------------------------------------
+
+
+class RawResponse(Protocol):
+    """An answer whose body is read raw: `httpx2.Response` or `wire.Answer`."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    def aiter_raw(self) -> AsyncIterator[bytes]: ...
+
 
 #: the statuses a ranged GET may answer with
 RANGED_OK = frozenset({200, 206, 416})
@@ -128,7 +139,7 @@ def ranged_content(
 
 
 def ranged_chunks(
-    response: httpx.Response,
+    response: RawResponse,
     sent: Mapping[str, str],
     start: int,
     end: int | None,
@@ -150,11 +161,11 @@ async def no_chunks() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover - makes this an async generator
 
 
-async def _chunks(response: httpx.Response, endpoint: str, what: str) -> AsyncIterator[bytes]:
+async def _chunks(response: RawResponse, endpoint: str, what: str) -> AsyncIterator[bytes]:
     try:
         async for chunk in response.aiter_raw():
             yield chunk
-    except httpx.TransportError as exc:
+    except httpx2.TransportError as exc:
         raise transport_error(exc, endpoint, what) from exc
 
 

@@ -1,4 +1,4 @@
-"""The S3 backend: `base.Backend` over the S3 REST API with httpx, signed with SigV4.
+"""The S3 backend: `base.Backend` over the S3 REST API with httpx2, signed with SigV4.
 
 Owns the HTTP conversation with an S3 endpoint (AWS, SeaweedFS, MinIO, Ceph ...): addressing,
 key encoding, signing, retries and the translation of answers into `bucketfs.types` values.
@@ -6,9 +6,11 @@ Invariants:
 
 - every request goes through `_request` (one attempt = sign + send + classify) inside
   `retry.retry_call`; statuses and transport failures become errors only in `http.py`;
-- requests go straight to the httpx transport (connection pool), not through
-  `httpx.AsyncClient.send`: no cookie jar, redirects or auth flow run per request (they cost
-  about 0.3 ms of CPU per HEAD and S3 needs none of them); signing is `sigv4.py`;
+- requests go as parts (host, encoded target, header bytes) straight to httpcore2's
+  connection pool (`wire.py`), not through `httpx2.AsyncClient.send` nor httpx2's
+  `Request`/`Response` models: no cookie jar, redirects, auth flow, URL parsing or header
+  normalisation run per request (S3 needs none of them; docs/performance.md has the cost);
+  signing is `sigv4.py`, keys, headers and dates on the wire are `s3_values.py`;
 - a request is signed again on every attempt (fresh date, fresh credentials from botocore's
   chain, refreshed in a worker thread when they are about to expire); no credentials at all
   means anonymous, unsigned requests;
@@ -33,7 +35,6 @@ signed hash (a wrong one is accepted), so `sign_payload=False` is a safe speed l
 from __future__ import annotations
 
 import base64
-import email.utils
 import hashlib
 import logging
 import re
@@ -43,11 +44,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import botocore.session
-import httpcore._async.http11 as _httpcore_http11
-import httpx
+import httpcore2._async.http11 as _httpcore_http11
+import httpx2
 import trio
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
@@ -65,13 +65,18 @@ from bucketfs.backends.http import (
     transport_error,
 )
 from bucketfs.backends.retry import retry_call
-from bucketfs.errors import (
-    BackendError,
-    BucketNotFound,
-    ConfigError,
-    InvalidRequest,
-    NotFound,
+from bucketfs.backends.s3_values import (
+    batches,
+    encode_query,
+    object_info,
+    put_result,
+    quote_key,
+    quote_name,
+    quoted_etag,
+    write_headers,
 )
+from bucketfs.backends.wire import Answer, Wire
+from bucketfs.errors import BackendError, BucketNotFound, ConfigError, NotFound
 from bucketfs.types import (
     BucketInfo,
     ListPage,
@@ -81,6 +86,8 @@ from bucketfs.types import (
     WriteOptions,
 )
 
+__all__ = ["S3Backend", "S3Credentials", "batches", "encode_query", "quote_key"]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_REGION = "us-east-1"
@@ -88,20 +95,8 @@ UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: bodies larger than this are hashed in a worker thread
 _THREAD_HASH_SIZE = 1 << 20
-#: keys per DeleteObjects request (S3's limit)
-DELETE_BATCH = 1000
-
-#: `WriteOptions.system` / `ObjectInfo.system` names -> HTTP header names
-SYSTEM_HEADER_NAMES: Mapping[str, str] = {
-    "cache_control": "Cache-Control",
-    "content_encoding": "Content-Encoding",
-    "content_disposition": "Content-Disposition",
-    "content_language": "Content-Language",
-    "expires": "Expires",
-}
-_META_PREFIX = "x-amz-meta-"
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
-_SAFE = "-_.~"
+_OK = frozenset({200, 204, 206})
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,110 +108,15 @@ class S3Credentials:
     session_token: str | None = None
 
 
-def quote_key(key: str) -> str:
-    """URL-encode a key for a request path: every byte but unreserved characters and `/`."""
-    segments = []
-    for segment in key.split("/"):
-        if segment in (".", ".."):
-            segments.append(segment.replace(".", "%2E"))
-        else:
-            segments.append(quote(segment, safe=_SAFE))
-    return "/".join(segments)
-
-
-def encode_query(query: Mapping[str, str]) -> str:
-    """The query string exactly as SigV4 canonicalises it: sorted, everything encoded."""
-    return "&".join(
-        f"{quote(k, safe=_SAFE)}={quote(v, safe=_SAFE)}" for k, v in sorted(query.items())
-    )
-
-
-def batches(keys: Sequence[str], size: int = DELETE_BATCH) -> list[Sequence[str]]:
-    """`keys` cut into consecutive slices of at most `size`."""
-    return [keys[i : i + size] for i in range(0, len(keys), size)]
-
-
-def _quoted_etag(etag: str) -> str:
-    return etag if etag.startswith('"') or etag == "*" else f'"{etag}"'
-
-
-def _header_text(raw: bytes) -> str:
-    """A header value as text: UTF-8 when it is valid UTF-8, else Latin-1 (never fails).
-    RFC 2047 encoded words (`=?UTF-8?B?...?=`) are kept as they are."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
-def _http_time(value: str | None) -> float:
-    if not value:
-        return 0.0
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def object_info(key: str, headers: httpx.Headers) -> ObjectInfo:
-    """What the headers of a HEAD or GET say about the object."""
-    metadata: dict[str, str] = {}
-    for raw_name, raw_value in headers.raw:
-        name = raw_name.decode("latin-1").lower()
-        if name.startswith(_META_PREFIX):
-            metadata[name[len(_META_PREFIX) :]] = _header_text(raw_value)
-    system = {n: headers[h] for n, h in SYSTEM_HEADER_NAMES.items() if h in headers}
-    return ObjectInfo(
-        key=key,
-        size=int(headers.get("content-length", "0")),
-        etag=s3xml.strip_etag(headers.get("etag", "")),
-        last_modified=_http_time(headers.get("last-modified")),
-        metadata=metadata,
-        content_type=headers.get("content-type"),
-        version_id=headers.get("x-amz-version-id"),
-        is_latest=True,
-        is_delete_marker=headers.get("x-amz-delete-marker", "").lower() == "true",
-        storage_class=headers.get("x-amz-storage-class"),
-        system=system,
-    )
-
-
-def write_headers(opts: WriteOptions | None) -> dict[str, str]:
-    """Headers that carry `opts` on PUT, CreateMultipartUpload and a REPLACE copy. Values are
-    sent as UTF-8 bytes (SeaweedFS keeps them; AWS stores non-ASCII values RFC 2047-encoded)."""
-    headers: dict[str, str] = {}
-    if opts is None:
-        return headers
-    if opts.content_type:
-        headers["Content-Type"] = opts.content_type
-    for name, value in opts.system.items():
-        if name == "content_type":
-            headers["Content-Type"] = value
-            continue
-        header = SYSTEM_HEADER_NAMES.get(name)
-        if header is None:
-            raise InvalidRequest(f"unknown system header {name!r}")
-        headers[header] = value
-    for name, value in opts.metadata.items():
-        lname = name.lower()
-        if not lname or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in lname):
-            raise InvalidRequest(f"metadata name {name!r} is not a valid HTTP header name")
-        headers[_META_PREFIX + lname] = value
-    for header, value in headers.items():
-        if "\r" in value or "\n" in value:
-            raise InvalidRequest(f"header {header} contains a line break")
-    return headers
-
-
-#: httpcore reads a response 64 KiB at a time, each through h11's buffer copies: for 8 MiB
+#: httpcore2 reads a response 64 KiB at a time, each through h11's buffer copies: for 8 MiB
 #: ranged GETs that costs about a quarter of the throughput (measured: 354 -> 459 MB/s with
-#: 4 GETs in flight on SeaweedFS). It is a class attribute of httpcore's HTTP/1.1
-#: connection; only this package uses httpx in the daemon.
+#: 4 GETs in flight on SeaweedFS). It is a class attribute of httpcore2's HTTP/1.1
+#: connection; only this package uses httpx2 in the daemon.
 RESPONSE_READ_SIZE = 1 << 20
 if getattr(_httpcore_http11.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < RESPONSE_READ_SIZE:
     _httpcore_http11.AsyncHTTP11Connection.READ_NUM_BYTES = RESPONSE_READ_SIZE
 
-#: request bodies above this are handed to httpx in slices of this size
+#: request bodies above this are handed to httpcore2 in slices of this size
 BODY_SLICE = 1 << 20
 
 
@@ -246,11 +146,11 @@ class S3Backend:
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         sign_payload: bool | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         """`credentials` bypasses botocore's chain, `anonymous` sends unsigned requests;
         `sign_payload` None signs object data over http only (see the module docstring);
-        `transport` replaces the network (unit tests put an `httpx.MockTransport` here)."""
+        `transport` replaces the network (unit tests put an `httpx2.MockTransport` here)."""
         session: botocore.session.Session | None = None
         if region is None or (credentials is None and not anonymous):
             session = botocore.session.Session(profile=profile)
@@ -269,21 +169,25 @@ class S3Backend:
             assert session is not None
             self._credentials = _session_credentials(session, profile)
         self.endpoint = (endpoint or f"https://s3.{region}.amazonaws.com").rstrip("/")
-        url = httpx.URL(self.endpoint)
+        url = httpx2.URL(self.endpoint)
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(f"S3 endpoint must be an http(s) URL, not {self.endpoint!r}")
         self._scheme = url.scheme
+        self._raw_scheme = url.raw_scheme
+        self._raw_host = url.raw_host
+        self._port = url.port
         self._netloc = url.netloc.decode("ascii")
-        self._base_path = url.path.rstrip("/")
+        # as sent and as signed: percent-encoded (an endpoint path is rare)
+        self._base_path = url.raw_path.decode("ascii").split("?", 1)[0].rstrip("/")
         self._path_style = path_style if path_style is not None else endpoint is not None
         self._sign_payload = sign_payload if sign_payload is not None else url.scheme == "http"
         self.retry_deadline = retry_deadline
         self.description = f"s3 {self.endpoint}"
-        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout).as_dict()
-        self._transport = transport or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            )
+        self._wire = Wire(
+            https=url.scheme == "https",
+            max_connections=max_connections,
+            timeouts=httpx2.Timeout(read_timeout, connect=connect_timeout).as_dict(),
+            transport=transport,
         )
 
     # --- plumbing ----------------------------------------------------------------------
@@ -310,7 +214,7 @@ class S3Backend:
             if self._virtual_host(bucket):
                 netloc = f"{bucket}.{netloc}"
             else:
-                path += "/" + quote(bucket, safe=_SAFE)
+                path += "/" + quote_name(bucket)
         if key is not None:
             path += "/" + quote_key(key)
         elif not path:
@@ -372,22 +276,25 @@ class S3Backend:
         headers: Mapping[str, str] | None = None,
         body: bytes = b"",
         data: bool = False,
-        ok: frozenset[int] = frozenset({200, 204, 206}),
+        ok: frozenset[int] = _OK,
         bucket_level: bool = False,
         error_in_body: bool = False,
         stream: bool = False,
-    ) -> tuple[httpx.Response, bytes]:
-        """One S3 call with retries: the response (open when `stream`) and its raw body."""
+    ) -> tuple[Answer, bytes]:
+        """One S3 call with retries: the answer (open when `stream`) and its raw body."""
         what = f"{method} {bucket or ''}/{key or ''}"
         parts = self._url_parts(bucket, key, query or {})
-        url = self._join(parts)
+        host = self._raw_host
+        if parts[0] != self._netloc:  # virtual-hosted
+            host = f"{bucket}.".encode("ascii") + host
+        target = (f"{parts[1]}?{parts[2]}" if parts[2] else parts[1]).encode("ascii")
         all_headers = dict(headers or {})
         if body and method in ("PUT", "POST") and not data:
             md5 = base64.b64encode(hashlib.md5(body).digest()).decode("ascii")
             all_headers["Content-MD5"] = md5
         payload_hash = await self._payload_hash(body, data=data)
 
-        async def attempt() -> tuple[httpx.Response, bytes]:
+        async def attempt() -> tuple[Answer, bytes]:
             creds = await self._frozen_credentials()
             signed = self._signed_headers(method, parts, all_headers, payload_hash, creds)
             content: bytes | AsyncIterator[bytes] = body
@@ -396,13 +303,17 @@ class S3Backend:
                 # whole (and the allocator keeps such copies); send it in slices instead
                 signed = [*signed, (b"Content-Length", str(len(body)).encode())]
                 content = _slices(body)
-            request = httpx.Request(
-                method, url, headers=signed, content=content, extensions={"timeout": self._timeout}
-            )
             started = time.monotonic()
             try:
-                response = await self._transport.handle_async_request(request)
-                response.request = request
+                response = await self._wire.send(
+                    method,
+                    self._raw_scheme,
+                    host,
+                    self._port,
+                    target,
+                    signed,
+                    content,
+                )
                 try:
                     if stream and response.status_code in ok:
                         return response, b""
@@ -410,7 +321,7 @@ class S3Backend:
                 finally:
                     if not stream or response.status_code not in ok:
                         await response.aclose()
-            except httpx.TransportError as exc:
+            except httpx2.TransportError as exc:
                 log.debug("%s failed after %.3fs: %r", what, time.monotonic() - started, exc)
                 raise transport_error(exc, self.endpoint, what) from exc
             log.debug(
@@ -525,7 +436,7 @@ class S3Backend:
         if start > 0 or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         if if_match:
-            headers["If-Match"] = _quoted_etag(if_match)
+            headers["If-Match"] = quoted_etag(if_match)
         query = {"versionId": version_id} if version_id else {}
         return headers, query
 
@@ -603,9 +514,9 @@ class S3Backend:
         if if_none_match:
             headers["If-None-Match"] = "*"
         if if_match:
-            headers["If-Match"] = _quoted_etag(if_match)
+            headers["If-Match"] = quoted_etag(if_match)
         response, _ = await self._request("PUT", bucket, key, headers=headers, body=data, data=True)
-        return _put_result(response.headers)
+        return put_result(response.header(b"etag"), response.header(b"x-amz-version-id"))
 
     async def create_multipart(
         self, bucket: str, key: str, opts: WriteOptions | None = None
@@ -620,11 +531,11 @@ class S3Backend:
     ) -> str:
         query = {"partNumber": str(part_number), "uploadId": upload_id}
         response, _ = await self._request("PUT", bucket, key, query=query, body=data, data=True)
-        return s3xml.strip_etag(response.headers.get("etag", ""))
+        return s3xml.strip_etag(response.header(b"etag") or "")
 
     def _copy_source(self, bucket: str, key: str, version_id: str | None) -> str:
-        source = f"/{quote(bucket, safe=_SAFE)}/{quote_key(key)}"
-        return f"{source}?versionId={quote(version_id, safe=_SAFE)}" if version_id else source
+        source = f"/{quote_name(bucket)}/{quote_key(key)}"
+        return f"{source}?versionId={quote_name(version_id)}" if version_id else source
 
     async def upload_part_copy(
         self,
@@ -644,7 +555,7 @@ class S3Backend:
             "x-amz-copy-source-range": f"bytes={start}-{end - 1}",
         }
         if if_match:
-            headers["x-amz-copy-source-if-match"] = _quoted_etag(if_match)
+            headers["x-amz-copy-source-if-match"] = quoted_etag(if_match)
         query = {"partNumber": str(part_number), "uploadId": upload_id}
         root = await self._xml("PUT", bucket, key, query=query, headers=headers, error_in_body=True)
         return s3xml.parse_etag_result(root)
@@ -661,7 +572,7 @@ class S3Backend:
             error_in_body=True,
         )
         etag = s3xml.parse_etag_result(s3xml.parse(content))
-        return PutResult(etag=etag, version_id=response.headers.get("x-amz-version-id"))
+        return PutResult(etag=etag, version_id=response.header(b"x-amz-version-id"))
 
     async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
         await self._request("DELETE", bucket, key, query={"uploadId": upload_id})
@@ -688,12 +599,12 @@ class S3Backend:
             headers["x-amz-metadata-directive"] = "REPLACE"
             headers.update(write_headers(opts))
         if if_match:
-            headers["x-amz-copy-source-if-match"] = _quoted_etag(if_match)
+            headers["x-amz-copy-source-if-match"] = quoted_etag(if_match)
         response, content = await self._request(
             "PUT", bucket, dst_key, headers=headers, error_in_body=True
         )
         etag = s3xml.parse_etag_result(s3xml.parse(content))
-        return PutResult(etag=etag, version_id=response.headers.get("x-amz-version-id"))
+        return PutResult(etag=etag, version_id=response.header(b"x-amz-version-id"))
 
     async def delete(self, bucket: str, key: str) -> None:
         try:
@@ -729,14 +640,7 @@ class S3Backend:
         return str(request.url)
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
-
-
-def _put_result(headers: httpx.Headers) -> PutResult:
-    return PutResult(
-        etag=s3xml.strip_etag(headers.get("etag", "")),
-        version_id=headers.get("x-amz-version-id"),
-    )
+        await self._wire.aclose()
 
 
 def _session_region(session: botocore.session.Session) -> str:

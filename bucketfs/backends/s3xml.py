@@ -19,6 +19,7 @@ from bucketfs.errors import Transient
 from bucketfs.types import BucketInfo, ListPage, ObjectInfo, VersionPage
 
 _S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+_S3_XMLNS = f' xmlns="{_S3_NS}"'.encode()
 
 
 class UnsafeXML(Transient):
@@ -29,13 +30,17 @@ def parse(body: bytes) -> ET.Element:
     """Parse a response body into an element tree without namespaces."""
     if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
         raise UnsafeXML("refusing XML with a DOCTYPE or ENTITY declaration")
+    # S3's own default namespace is dropped before parsing: renaming every element of a
+    # 1,000-key listing afterwards costs more than parsing it
+    body = body.replace(_S3_XMLNS, b"", 1)
     try:
         root = ET.fromstring(body)  # DTDs and entities refused above
     except ET.ParseError as exc:
         raise UnsafeXML(f"malformed XML from the server: {exc}") from exc
-    for element in root.iter():
-        if isinstance(element.tag, str) and element.tag.startswith("{"):
-            element.tag = element.tag.split("}", 1)[1]
+    if root.tag.startswith("{"):  # another default namespace
+        for element in root.iter():
+            if isinstance(element.tag, str) and element.tag.startswith("{"):
+                element.tag = element.tag.split("}", 1)[1]
     return root
 
 
@@ -154,7 +159,11 @@ class Decoder:
     url: bool
 
     def __call__(self, value: str) -> str:
-        return unquote_plus(value) if self.url else value
+        if not self.url or ("%" not in value and "+" not in value):
+            return value
+        if "+" not in value and value.count("%") == value.count("%2F"):
+            return value.replace("%2F", "/")  # the usual case: only the delimiter is encoded
+        return unquote_plus(value)
 
 
 def parse_buckets(root: ET.Element) -> list[BucketInfo]:
@@ -168,15 +177,21 @@ def parse_buckets(root: ET.Element) -> list[BucketInfo]:
 
 
 def _object(element: ET.Element, decode: Decoder, *, versioned: bool) -> ObjectInfo:
+    # one pass over the children (the first of a repeated tag wins, as with `find`)
+    fields: dict[str, str] = {}
+    for child in element:
+        if child.tag not in fields:
+            fields[child.tag] = child.text or ""
+    get = fields.get
     return ObjectInfo(
-        key=decode(text(element, "Key")),
-        size=int(text(element, "Size", "0") or 0),
-        etag=strip_etag(text(element, "ETag")),
-        last_modified=parse_time(text(element, "LastModified")),
-        version_id=(text(element, "VersionId") or None) if versioned else None,
-        is_latest=text(element, "IsLatest", "true").lower() == "true",
+        key=decode(get("Key", "")),
+        size=int(get("Size") or 0),
+        etag=strip_etag(get("ETag", "")),
+        last_modified=parse_time(get("LastModified", "")),
+        version_id=(get("VersionId") or None) if versioned else None,
+        is_latest=(get("IsLatest") or "true").lower() == "true",
         is_delete_marker=element.tag == "DeleteMarker",
-        storage_class=text(element, "StorageClass") or None,
+        storage_class=get("StorageClass") or None,
     )
 
 

@@ -32,10 +32,16 @@ _UNSIGNED_HEADERS = frozenset({"expect", "user-agent", "x-amzn-trace-id"})
 @lru_cache(maxsize=16)
 def signing_key(secret_key: str, day: str, region: str, service: str) -> bytes:
     """The derived key for one day, region and service (`day` is YYYYMMDD)."""
-    key = hmac.new(f"AWS4{secret_key}".encode(), day.encode(), hashlib.sha256).digest()
+    key = hmac.digest(f"AWS4{secret_key}".encode(), day.encode(), "sha256")
     for part in (region, service, "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        key = hmac.digest(key, part.encode(), "sha256")
     return key
+
+
+@lru_cache(maxsize=4)
+def _stamp(second: int) -> str:
+    """`X-Amz-Date` for a whole POSIX second (requests in one second share it)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
 
 
 def canonical_query(query: str) -> str:
@@ -64,7 +70,7 @@ def sign(
 ) -> dict[str, str]:
     """`headers` plus `Host`, `X-Amz-Date`, `X-Amz-Content-SHA256`, the session token if any
     and `Authorization`, for a request to `host` + `path` (encoded, as sent) + `?query`."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    stamp = _stamp(int(time.time() if now is None else now))
     day = stamp[:8]
     out = dict(headers)
     out["Host"] = host
@@ -77,7 +83,11 @@ def sign(
         lname = name.lower()
         if lname in _UNSIGNED_HEADERS:
             continue
-        value = " ".join(value.split())
+        # the same as botocore's `" ".join(value.split())`, skipped when it changes nothing
+        if not (value.isascii() and value.isprintable()) or "  " in value or value[-1:] == " ":
+            value = " ".join(value.split())
+        elif value[:1] == " ":
+            value = value.lstrip(" ")
         canonical[lname] = f"{canonical[lname]},{value}" if lname in canonical else value
     names = sorted(canonical)
     signed_headers = ";".join(names)
@@ -96,7 +106,7 @@ def sign(
         [ALGORITHM, stamp, scope, hashlib.sha256(request.encode("utf-8")).hexdigest()]
     )
     key = signing_key(secret_key, day, region, service)
-    signature = hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    signature = hmac.digest(key, to_sign.encode("utf-8"), "sha256").hex()
     out["Authorization"] = (
         f"{ALGORITHM} Credential={access_key}/{scope}, "
         f"SignedHeaders={signed_headers}, Signature={signature}"

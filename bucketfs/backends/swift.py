@@ -1,4 +1,4 @@
-"""The OpenStack Swift backend: `base.Backend` over the Swift object API with httpx.
+"""The OpenStack Swift backend: `base.Backend` over the Swift object API with httpx2.
 
 Owns the HTTP conversation with a Swift proxy: authentication (through `swift_auth`), token
 refresh, addressing, JSON listings, the translation of answers into `bucketfs.types` values, and
@@ -36,7 +36,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppres
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import httpx2
 import trio
 
 from bucketfs.backends import swift_slo as slo
@@ -138,7 +138,7 @@ class SwiftBackend:
         create_tempurl_key: bool = False,
         leave_segments: bool = False,
         segments_per_manifest: int = slo.MAX_MANIFEST_SEGMENTS,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         """`create_tempurl_key`: set a random Temp-URL key on the account when it has none
         (needs an account admin; see `presign`); `leave_segments`: never look for (nor delete)
@@ -151,11 +151,11 @@ class SwiftBackend:
         self.leave_segments = leave_segments
         self.segments_per_manifest = segments_per_manifest
         self.description = f"swift {auth.auth_url}"
-        self._client = httpx.AsyncClient(
-            limits=httpx.Limits(
+        self._client = httpx2.AsyncClient(
+            limits=httpx2.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            timeout=httpx2.Timeout(read_timeout, connect=connect_timeout),
             headers={"Accept-Encoding": "identity"},
             follow_redirects=False,
             transport=transport,
@@ -202,7 +202,7 @@ class SwiftBackend:
         started = time.monotonic()
         try:
             session = await self._auth.authenticate(self._client)
-        except httpx.TransportError as exc:
+        except httpx2.TransportError as exc:
             raise transport_error(exc, self._auth.auth_url, "authentication") from exc
         log.debug("authenticated at %s in %.3fs", self._auth.auth_url, time.monotonic() - started)
         self._session = session
@@ -235,7 +235,7 @@ class SwiftBackend:
                     return
                 log.info("set a new Temp-URL key on the Swift account (create_tempurl_key)")
             self._tempurl_key = key or None
-        except httpx.TransportError as exc:
+        except httpx2.TransportError as exc:
             log.debug("HEAD account failed: %r", exc)
 
     # --- plumbing ----------------------------------------------------------------------
@@ -267,14 +267,14 @@ class SwiftBackend:
         container_level: bool = False,
         stream: bool = False,
         check: Callable[[bytes], None] | None = None,
-    ) -> tuple[httpx.Response, bytes]:
+    ) -> tuple[httpx2.Response, bytes]:
         """One Swift call with retries: the response (open when `stream`) and its raw body.
         `check` inspects a successful body inside the attempt (errors it raises are retried
         when `Transient`)."""
         what = f"{method} {container or ''}/{key or ''}"
         encoded = [(n.encode("ascii"), v.encode("utf-8")) for n, v in (headers or {}).items()]
 
-        async def attempt() -> tuple[httpx.Response, bytes]:
+        async def attempt() -> tuple[httpx2.Response, bytes]:
             for renewed in (False, True):
                 session = await self._current_session()
                 url = self._url(session.storage_url, container, key, query or {})
@@ -302,8 +302,8 @@ class SwiftBackend:
         return await retry_call(attempt, deadline=self.retry_deadline, what=what)
 
     async def _send(
-        self, request: httpx.Request, what: str, ok: frozenset[int], stream: bool
-    ) -> tuple[httpx.Response, bytes]:
+        self, request: httpx2.Request, what: str, ok: frozenset[int], stream: bool
+    ) -> tuple[httpx2.Response, bytes]:
         started = time.monotonic()
         try:
             response = await self._client.send(request, stream=True)
@@ -314,7 +314,7 @@ class SwiftBackend:
             finally:
                 if not stream or response.status_code not in ok:
                     await response.aclose()
-        except httpx.TransportError as exc:
+        except httpx2.TransportError as exc:
             log.debug("%s failed after %.3fs: %r", what, time.monotonic() - started, exc)
             raise transport_error(exc, self.description, what) from exc
         log.debug("%s -> %d in %.3fs", what, response.status_code, time.monotonic() - started)

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
+import httpx2
 
 from bucketfs.errors import AccessDenied, BackendError, ConfigError, InvalidRequest, Transient
 
@@ -46,10 +46,10 @@ class Authenticator(Protocol):
     def renewable(self) -> bool:
         """Whether `authenticate` can get a new token (False for a fixed pre-obtained token)."""
 
-    async def authenticate(self, client: httpx.AsyncClient) -> AuthResult: ...
+    async def authenticate(self, client: httpx2.AsyncClient) -> AuthResult: ...
 
 
-def _check(response: httpx.Response, what: str) -> None:
+def _check(response: httpx2.Response, what: str) -> None:
     """The auth service's status as an error (the one auth seam; object requests map theirs in
     `swift.error_class`)."""
     status = response.status_code
@@ -73,7 +73,7 @@ class V1Auth:
     key: str
     renewable: bool = True
 
-    async def authenticate(self, client: httpx.AsyncClient) -> AuthResult:
+    async def authenticate(self, client: httpx2.AsyncClient) -> AuthResult:
         response = await client.get(
             self.auth_url, headers={"X-Auth-User": self.user, "X-Auth-Key": self.key}
         )
@@ -151,7 +151,7 @@ class KeystoneV3Auth:
             "domain": _domain(self.user_domain_id, self.user_domain_name, None),
         }
 
-    async def authenticate(self, client: httpx.AsyncClient) -> AuthResult:
+    async def authenticate(self, client: httpx2.AsyncClient) -> AuthResult:
         url = self.tokens_url()
         response = await client.post(url, json=self.request_body())
         _check(response, f"keystone v3 at {url}")
@@ -196,7 +196,7 @@ class TokenAuth:
     def auth_url(self) -> str:
         return self.storage_url
 
-    async def authenticate(self, client: httpx.AsyncClient) -> AuthResult:
+    async def authenticate(self, client: httpx2.AsyncClient) -> AuthResult:
         return AuthResult(self.storage_url.rstrip("/"), self.token)
 
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
+import httpx2
 import trio
 
 from bucketfs.backends.s3 import quote_key
@@ -87,20 +87,20 @@ def segment_name(key: str, upload_id: str, part_number: int) -> str:
     return f"{segment_prefix(key, upload_id)}{part_number:08d}"
 
 
-def is_slo(headers: httpx.Headers) -> bool:
+def is_slo(headers: httpx2.Headers) -> bool:
     return str(headers.get("x-static-large-object", "")).lower() == "true"
 
 
 # --- reading what a write replaces -------------------------------------------------------------
 
 
-async def head_raw(backend: SwiftBackend, bucket: str, key: str) -> httpx.Headers | None:
+async def head_raw(backend: SwiftBackend, bucket: str, key: str) -> httpx2.Headers | None:
     """The headers of a HEAD, or None when the key does not exist."""
     response, _ = await backend._request("HEAD", bucket, key, ok=frozenset({200, 204, 404}))
     return None if response.status_code == 404 else response.headers
 
 
-async def owns_segments(backend: SwiftBackend, bucket: str, headers: httpx.Headers) -> bool:
+async def owns_segments(backend: SwiftBackend, bucket: str, headers: httpx2.Headers) -> bool:
     """Whether the segments of this object may go with it (see the module's invariants)."""
     if not is_slo(headers):
         return False
@@ -180,8 +180,8 @@ async def has_segments_container(backend: SwiftBackend, bucket: str) -> bool:
 
 async def head_many(
     backend: SwiftBackend, bucket: str, keys: Sequence[str]
-) -> list[httpx.Headers | None]:
-    results: list[httpx.Headers | None] = [None] * len(keys)
+) -> list[httpx2.Headers | None]:
+    results: list[httpx2.Headers | None] = [None] * len(keys)
     limiter = trio.CapacityLimiter(HEAD_PARALLEL)
 
     async def one(i: int, key: str) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import httpx2
 import trio
 
 from bucketfs.errors import InvalidRequest
@@ -94,7 +94,7 @@ def version_id(value: str | None) -> str | None:
     return value or None
 
 
-def object_info(key: str, headers: httpx.Headers) -> ObjectInfo:
+def object_info(key: str, headers: httpx2.Headers) -> ObjectInfo:
     """What the headers of a HEAD or GET say about the object."""
     metadata: dict[str, str] = {}
     for raw_name, raw_value in headers.raw:
@@ -174,7 +174,7 @@ async def md5_hex(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def put_result(headers: httpx.Headers) -> PutResult:
+def put_result(headers: httpx2.Headers) -> PutResult:
     return PutResult(
         etag=strip_etag(headers.get("etag", "")),
         version_id=version_id(headers.get("x-object-version-id")),

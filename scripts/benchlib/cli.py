@@ -6,6 +6,7 @@ import argparse
 import atexit
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import stats
+from . import reqbench, stats
 from .data import FULL, QUICK
 from .runner import Bench, log
 from .systems import ALL_SYSTEMS, CLEANUP, REPO
@@ -47,6 +48,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="generated data (kept between runs), mounts and caches (default %(default)s)",
     )
     p.add_argument("--timeout", type=float, help="seconds one phase may take (default 120/600)")
+    p.add_argument(
+        "--requests",
+        type=int,
+        help="requests per measurement of the `requests` workload (default 300/1000)",
+    )
+    p.add_argument(
+        "--requests-repo",
+        type=Path,
+        default=REPO,
+        help="`requests`: measure the backends of this checkout (its .venv and code)",
+    )
+    p.add_argument("--no-swift", action="store_true", help="`requests`: do not start Swift")
     p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failures")
     args = p.parse_args(argv)
     if args.only:
@@ -54,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if unknown:
             p.error(f"unknown systems {sorted(unknown)}; known: {names}")
     if args.workloads:
-        known = set(RESULT_NAMES) | {s.name for s in SCENARIOS}
+        known = set(RESULT_NAMES) | {s.name for s in SCENARIOS} | {"requests"}
         unknown = set(args.workloads.split(",")) - known
         if unknown:
             p.error(f"unknown workloads {sorted(unknown)}; see --list")
@@ -71,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print("systems:  ", " ".join(s.name for s in ALL_SYSTEMS))
         for s in SCENARIOS:
             print(f"scenario {s.name:18} -> {' '.join(s.results)}")
+        print(f"scenario {'requests':18} -> client CPU per request, no mount (only when named)")
         return 0
     sizes = QUICK if args.quick else FULL
     if args.reps:
@@ -90,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"bench: installing {system.name} failed: {exc}")
         status[system.name] = "ok" if system.installed() else "not installed"
     selected = set(args.workloads.split(",")) if args.workloads else None
-    scenarios = [s for s in SCENARIOS if s.selected(selected)]
+    want_requests = selected is not None and "requests" in selected
+    if want_requests:
+        assert selected is not None
+        selected.discard("requests")
+    scenarios = [s for s in SCENARIOS if s.selected(selected)] if selected != set() else []
 
     bench = Bench(
         sizes=sizes,
@@ -106,14 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
     started = time.time()
+    samples: list[reqbench.Sample] = []
+    swift_note = ""
     try:
-        bench.start()
-        bench.run()
+        if scenarios:
+            bench.start()
+            bench.run()
+        if want_requests:
+            samples, swift_note = _requests(args, sizes.repetitions)
     except KeyboardInterrupt:
         bench.interrupted = True
         log("bench: interrupted; unmounting everything")
     finally:
-        bench.stop()
+        if scenarios:
+            bench.stop()
 
     results = bench.results
     names = [s.name for s in systems]
@@ -121,17 +145,26 @@ def main(argv: list[str] | None = None) -> int:
     ran = [w for w in RESULT_NAMES if any(w in s.results for s in scenarios)]
     rows = [(w, m) for w, m in TABLE_ROWS if w in ran]
     counted = "proxy" if bench.proxy is not None else "not measured (no proxy)"
-    print()
-    print(
-        f"bucketfs benchmark ({'quick' if args.quick else 'full'} sizes, "
-        f"{sizes.repetitions} repetition(s), medians; ratio = system / bucketfs)"
-    )
-    print(stats.render_table(rows, names, status, summary))
-    print()
-    print(f"S3 requests and MiB up/down (mounts: {counted}; raw: its own client)")
-    print(stats.render_traffic(ran, names, status, summary))
-    print()
-    print(stats.render_daemons(names, status, stats.daemon_totals(results)))
+    if scenarios:
+        print()
+        print(
+            f"bucketfs benchmark ({'quick' if args.quick else 'full'} sizes, "
+            f"{sizes.repetitions} repetition(s), medians; ratio = system / bucketfs)"
+        )
+        print(stats.render_table(rows, names, status, summary))
+        print()
+        print(f"S3 requests and MiB up/down (mounts: {counted}; raw: its own client)")
+        print(stats.render_traffic(ran, names, status, summary))
+        print()
+        print(stats.render_daemons(names, status, stats.daemon_totals(results)))
+    if samples:
+        print()
+        print(
+            f"client CPU per request [us] (requests workload: medians of {sizes.repetitions}; "
+            "process CPU / requests, no mount)"
+        )
+        print(reqbench.render(samples))
+        print(swift_note)
     fails = stats.failures(results)
     if fails:
         print("\nfailures:")
@@ -158,9 +191,36 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = args.json or REPO / "bench-results" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(stats.build_json(meta, systems_json, results), indent=1) + "\n")
+    document = stats.build_json(meta, systems_json, results)
+    if want_requests:
+        document["requests"] = {
+            "samples": [dataclasses.asdict(s) for s in samples],
+            "swift": swift_note,
+            "repo": str(args.requests_repo),
+        }
+    out.write_text(json.dumps(document, indent=1) + "\n")
     print(f"\nJSON: {out}")
     return 130 if bench.interrupted else 0
+
+
+def _requests(args: argparse.Namespace, reps: int) -> tuple[list[reqbench.Sample], str]:
+    """The `requests` workload on its own SeaweedFS (or `--endpoint`) and Swift."""
+    target = None
+    if args.endpoint:
+        target = reqbench.Target(
+            args.endpoint,
+            os.environ["AWS_ACCESS_KEY_ID"],
+            os.environ["AWS_SECRET_ACCESS_KEY"],
+            os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        )
+    return reqbench.standalone(
+        endpoint=target,
+        requests=args.requests or (300 if args.quick else 1000),
+        reps=reps,
+        swift=not args.no_swift,
+        repo=args.requests_repo,
+        log=log,
+    )
 
 
 def _safe_version(system: Any) -> str:

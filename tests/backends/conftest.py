@@ -2,7 +2,7 @@
 
 Each parametrized test gets a fresh backend object and runs its body with `run(body)`, which
 starts trio, creates a fresh bucket, awaits `body(bucket)` and closes the backend in the same
-trio run (an httpx client belongs to the event loop that first used it).
+trio run (an httpx2 client or connection pool belongs to the event loop that first used it).
 """
 
 from __future__ import annotations

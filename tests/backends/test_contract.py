@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-import httpx
+import httpx2 as httpx
 import pytest
 import trio
 

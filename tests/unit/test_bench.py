@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from benchlib import stats
+from benchlib import reqbench, stats
 from benchlib.proxy import CountingProxy, RequestParser
 from benchlib.stats import Result
 
@@ -225,3 +225,54 @@ def test_proxy_forwards_and_counts(origin: ThreadingHTTPServer, splice: bool) ->
         assert counts.as_json()["requests_total"] == 4
     finally:
         proxy.close()
+
+
+# --- the requests workload (client CPU per request) ----------------------------------------------
+
+
+def _sample_line(client: str, lib: str, kind: str, inflight: int, cpu_s: float) -> str:
+    sample = {"client": client, "lib": lib, "kind": kind, "inflight": inflight}
+    return json.dumps({**sample, "requests": 1000, "cpu_s": cpu_s, "wall_s": 9.9, "extra": 1})
+
+
+def test_requests_child_output_parses_into_samples() -> None:
+    text = "\n".join(
+        [
+            _sample_line("s3", "httpx2", "head", 32, 0.3),
+            "",
+            _sample_line("bare", "httpx2", "get", 1, 0.25),
+        ]
+    )
+    first, second = reqbench.parse_lines(text + "\n")
+    assert (first.client, first.kind, first.inflight, first.requests) == ("s3", "head", 32, 1000)
+    assert first.cpu_us == pytest.approx(300.0)
+    assert (second.client, second.lib, second.cpu_us) == ("bare", "httpx2", pytest.approx(250.0))
+
+
+def test_requests_medians_are_per_client_kind_and_concurrency() -> None:
+    lines = [_sample_line("s3", "httpx2", "head", 8, t) for t in (0.5, 0.3, 0.4)]
+    lines.append(_sample_line("s3", "httpx2", "head", 32, 0.9))
+    medians = reqbench.medians(reqbench.parse_lines("\n".join(lines)))
+    assert medians == {
+        ("s3", "head", 8): pytest.approx(400.0),
+        ("s3", "head", 32): pytest.approx(900.0),
+    }
+
+
+def test_requests_table_puts_each_backend_beside_its_bare_client() -> None:
+    lines = [
+        _sample_line("s3", "httpx2", "head", 1, 0.30),
+        _sample_line("bare", "httpx2", "head", 1, 0.25),
+        _sample_line("s3", "httpx2", "list", 32, 1.5),
+        _sample_line("swift", "httpx2", "head", 1, 0.9),
+    ]
+    table = reqbench.render(reqbench.parse_lines("\n".join(lines))).splitlines()
+    assert table[0].split() == [
+        "request", "in", "flight", "S3Backend", "[us]", "bare", "(httpx2)", "[us]", "ratio",
+        "SwiftBackend", "[us]",
+    ]  # fmt: skip
+    assert set(table[1]) == {"-", " "}
+    assert table[2].split() == ["HEAD", "1", "300", "250", "1.20", "900"]
+    # a row only where something was measured; a missing figure is "-", so is its ratio
+    assert table[3].split() == ["LIST", "32", "1,500", "-", "-", "-"]
+    assert len(table) == 4

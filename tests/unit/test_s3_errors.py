@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 import pytest
 import trio
 import trio.testing
@@ -579,3 +579,54 @@ def test_presign_is_signed_for_the_encoded_key() -> None:
     assert "X-Amz-Expires=300" in url
     assert "X-Amz-Signature=" in url
     trio.run(backend.aclose)
+
+
+# --- headers and dates as read back (s3_values) --------------------------------------------------
+
+
+def test_http_dates_read_the_same_by_the_fast_path_and_by_email_utils() -> None:
+    import email.utils
+    import random
+
+    from bucketfs.backends.s3_values import http_time
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        when = rng.randrange(0, 4_102_444_800)  # 1970 .. 2100
+        text = email.utils.formatdate(when, usegmt=True)
+        assert len(text) == 29
+        assert http_time(text) == email.utils.parsedate_to_datetime(text).timestamp() == when
+    # other forms still go through email.utils; unreadable ones are 0.0
+    assert http_time("Sunday, 06-Nov-94 08:49:37 GMT") == 784111777.0
+    assert http_time("Sun, 06 Nov 1994 08:49:37 +0100") == 784111777.0 - 3600
+    assert http_time("Sun, 06 Xyz 1994 08:49:37 GMT") == 0.0
+    assert http_time("") == http_time(None) == 0.0
+
+
+def test_object_info_reads_raw_headers_in_one_pass() -> None:
+    from bucketfs.backends.s3_values import object_info
+
+    raw = [
+        (b"Content-Length", b"4096"),
+        (b"ETag", b'"abc"'),
+        (b"Last-Modified", b"Wed, 02 Dec 2026 12:00:00 GMT"),
+        (b"Content-Type", b"text/plain"),
+        (b"X-Amz-Meta-Mode", b"33188"),
+        (b"x-amz-meta-title", "caf\u00e9".encode()),
+        (b"x-amz-meta-latin", b"caf\xe9"),
+        (b"Cache-Control", b"no-cache"),
+        (b"Cache-Control", b"max-age=5"),
+        (b"Content-Disposition", 'attachment; filename="\u00e9t\u00e9"'.encode()),
+        (b"x-amz-version-id", b"v1"),
+        (b"X-Amz-Delete-Marker", b"False"),
+    ]
+    info = object_info("d/k", raw)
+    assert (info.key, info.size, info.etag, info.content_type) == ("d/k", 4096, "abc", "text/plain")
+    assert info.last_modified == 1796212800.0
+    assert info.metadata == {"mode": "33188", "title": "caf\u00e9", "latin": "caf\u00e9"}
+    assert info.system == {
+        "cache_control": "no-cache, max-age=5",
+        "content_disposition": 'attachment; filename="\u00e9t\u00e9"',
+    }
+    assert (info.version_id, info.is_delete_marker, info.storage_class) == ("v1", False, None)
+    assert object_info("k", []).size == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 
-import httpx
+import httpx2 as httpx
 import pytest
 import trio
 from botocore.auth import S3SigV4Auth

@@ -1,0 +1,181 @@
+"""One HTTP/1.1 exchange of the S3 backend, straight on httpcore2's connection pool.
+
+Owns `Wire` (a connection pool, or a caller's httpx2 transport) and `Answer` (status, raw
+headers, raw body stream). The S3 backend already holds what a request needs as parts (host,
+encoded target, header bytes); httpx2's `Request`, `URL` and `Response` models would parse the
+URL it just built, normalise the headers again and wrap the answer twice, about a fifth of a
+HEAD's whole CPU cost (docs/performance.md, "The request path"). So the default path hands the
+parts to `httpcore2.AsyncConnectionPool`, the same pool `httpx2.AsyncHTTPTransport` wraps.
+Invariants:
+
+- the pool, HTTP framing and parsing are httpcore2's and h11's: nothing here touches a socket
+  or a byte of the protocol;
+- a failure without an HTTP answer (also while reading a body) leaves as the httpx2 exception
+  httpx2's own transport raises for it, so `http.transport_error` stays the one seam that turns
+  them into `Transient`/`Unreachable`;
+- `Content-Length` is sent for every body and for an empty PUT/POST (as httpx2 does); `Host`
+  comes from the caller (it is signed);
+- a caller's transport (`httpx2.MockTransport` in unit tests, anything else a user plugs in)
+  is used through httpx2's models and yields the same `Answer`;
+- an `Answer` is closed exactly once, by its owner, also after a failed read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import httpcore2
+import httpx2
+
+#: httpcore2's exceptions -> httpx2's, most specific first (the order of httpx2's own mapping)
+_MAPPED: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
+    (httpcore2.ConnectTimeout, httpx2.ConnectTimeout),
+    (httpcore2.ReadTimeout, httpx2.ReadTimeout),
+    (httpcore2.WriteTimeout, httpx2.WriteTimeout),
+    (httpcore2.PoolTimeout, httpx2.PoolTimeout),
+    (httpcore2.TimeoutException, httpx2.TimeoutException),
+    (httpcore2.ConnectError, httpx2.ConnectError),
+    (httpcore2.ReadError, httpx2.ReadError),
+    (httpcore2.WriteError, httpx2.WriteError),
+    (httpcore2.NetworkError, httpx2.NetworkError),
+    (httpcore2.ProxyError, httpx2.ProxyError),
+    (httpcore2.UnsupportedProtocol, httpx2.UnsupportedProtocol),
+    (httpcore2.RemoteProtocolError, httpx2.RemoteProtocolError),
+    (httpcore2.LocalProtocolError, httpx2.LocalProtocolError),
+    (httpcore2.ProtocolError, httpx2.ProtocolError),
+)
+_LOW_LEVEL = tuple(low for low, _ in _MAPPED)
+
+Headers = list[tuple[bytes, bytes]]
+Body = bytes | AsyncIterable[bytes]
+
+
+def as_httpx(exc: Exception) -> httpx2.TransportError:
+    """The httpx2 exception for an httpcore2 one (its message kept)."""
+    for low, high in _MAPPED:
+        if isinstance(exc, low):
+            return high(str(exc))
+    raise TypeError(f"not an httpcore2 transport error: {exc!r}")  # pragma: no cover
+
+
+class Answer:
+    """A response whose body has not been read yet: `aiter_raw()` once, then `aclose()`."""
+
+    __slots__ = ("_chunks", "_close", "headers", "status_code")
+
+    def __init__(
+        self,
+        status_code: int,
+        headers: Headers,
+        chunks: AsyncIterator[bytes],
+        close: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.status_code = status_code
+        #: the raw (name, value) pairs as received, in order
+        self.headers = headers
+        self._chunks = chunks
+        self._close = close
+
+    def header(self, name: bytes) -> str | None:
+        """The value of header `name` (lower case), Latin-1; repeated headers joined by ", "."""
+        values = [v.decode("latin-1") for n, v in self.headers if n.lower() == name]
+        return ", ".join(values) if values else None
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._chunks:
+                yield chunk
+        except _LOW_LEVEL as exc:
+            raise as_httpx(exc) from exc
+
+    async def aclose(self) -> None:
+        try:
+            await self._close()
+        except _LOW_LEVEL as exc:
+            raise as_httpx(exc) from exc
+
+
+class Wire:
+    """Sends requests given as parts over one connection pool (or `transport`)."""
+
+    def __init__(
+        self,
+        *,
+        https: bool,
+        max_connections: int,
+        timeouts: Mapping[str, float | None],
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
+        """`timeouts`: httpcore2's per-request `timeout` extension (connect, read, write,
+        pool seconds)."""
+        self._transport = transport
+        self._extensions: dict[str, Any] = {"timeout": dict(timeouts)}
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=httpx2.create_ssl_context() if https else None,
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=5.0,  # httpx2's default
+        )
+
+    async def send(
+        self,
+        method: str,
+        scheme: bytes,
+        host: bytes,
+        port: int | None,
+        target: bytes,
+        headers: Headers,
+        body: Body,
+    ) -> Answer:
+        """Send one request; the answer's body is not read yet. `target` is the encoded path
+        and query exactly as sent; `headers` must hold `Host` (and nothing about framing)."""
+        if isinstance(body, bytes) and (body or method in ("PUT", "POST", "PATCH")):
+            headers = [*headers, (b"Content-Length", str(len(body)).encode("ascii"))]
+        if self._transport is not None:
+            return await self._send_transport(method, scheme, host, port, target, headers, body)
+        request = httpcore2.Request(
+            method.encode("ascii"),
+            httpcore2.URL(scheme=scheme, host=host, port=port, target=target),
+            headers=headers,
+            content=body,
+            extensions=self._extensions,
+        )
+        try:
+            response = await self._pool.handle_async_request(request)
+        except _LOW_LEVEL as exc:
+            raise as_httpx(exc) from exc
+        return Answer(response.status, response.headers, response.aiter_stream(), response.aclose)
+
+    async def _send_transport(
+        self,
+        method: str,
+        scheme: bytes,
+        host: bytes,
+        port: int | None,
+        target: bytes,
+        headers: Headers,
+        body: Body,
+    ) -> Answer:
+        assert self._transport is not None
+        netloc = host.decode("ascii") + ("" if port is None else f":{port}")
+        url = f"{scheme.decode('ascii')}://{netloc}{target.decode('ascii')}"
+        content = body if isinstance(body, bytes) else _stream(body)
+        request = httpx2.Request(
+            method, url, headers=headers, content=content, extensions=self._extensions
+        )
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        return Answer(
+            response.status_code, list(response.headers.raw), response.aiter_raw(), response.aclose
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+        if self._transport is not None:
+            await self._transport.aclose()
+
+
+async def _stream(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    async for chunk in body:
+        yield chunk
