@@ -83,6 +83,7 @@ class WriteBack:
         self.uploads = 0
         self.last_errors: list[str] = []
         self._rate: list[tuple[float, int]] = []
+        cache.on_forget = self._forgotten
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -155,6 +156,8 @@ class WriteBack:
                 if self.delay and not kick.is_set():
                     with trio.move_on_after(self.delay):
                         await kick.wait()
+                    if not cf.dirty or cf.key is None:
+                        break  # deleted (or uploaded by a flush) while we waited
                 self._workers[cf] = trio.Event()
                 try:
                     await self._attempt(cf)
@@ -189,6 +192,13 @@ class WriteBack:
             self._progress(cf)
             ended, self._worker_ended = self._worker_ended, trio.Event()
             ended.set()
+
+    def _forgotten(self, cf: CachedFile) -> None:
+        """`cf` left the cache or lost its name: its worker (if any) ends now, not after
+        `delay` (a file deleted before its upload would keep a task for that long)."""
+        kick = self._workers.get(cf)
+        if kick is not None:
+            kick.set()
 
     async def wait_idle(self) -> None:
         """Until no upload is scheduled or running (those that fail keep retrying: bound

@@ -411,9 +411,9 @@ def test_data_files_are_created_ahead_and_unknown_ones_swept(tmp_path: Path) -> 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(datafiles, "SPARE", 8)
         trio.run(main)
-        fd = files.open(3)
-        os.pwrite(fd, b"kept", 0)
-        os.close(fd)
+        with files.using(3) as fd:
+            os.pwrite(fd, b"kept", 0)
+        files.close_all()
         assert files.sweep({3}) == len(range(2, 14)) - 1  # ids 2..13 made ahead, 3 used
     assert sorted(os.listdir(tmp_path / "data")) == ["3"]
 
