@@ -106,11 +106,7 @@ def test_descriptors_stay_bounded_under_a_low_limit(mount_factory: MountFactory)
         wrapper=["prlimit", f"--nofile={LIMIT}:{LIMIT}", "--"],
     )
     pid = daemon_pid(mnt)
-    limits = Path(f"/proc/{pid}/limits").read_text()
-    assert any(
-        line.startswith("Max open files") and line.split()[3:5] == [str(LIMIT)] * 2
-        for line in limits.splitlines()
-    ), limits
+    assert open_files_limits(pid) == [str(LIMIT)] * 2
     names = [f"d{i % 10}/f{i}" for i in range(FILES)]
     with FdSampler(pid) as sampler:
         for d in range(10):
@@ -133,6 +129,19 @@ def test_descriptors_stay_bounded_under_a_low_limit(mount_factory: MountFactory)
     markers = [f"d{d}/" for d in range(10)]
     assert sorted(mnt.raw_store.keys()) == sorted(names + markers)
     assert mnt.raw_store.get(names[-1]) == content(FILES - 1)
+
+
+def open_files_limits(pid: int) -> list[str]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return line.split()[3:5]
+    raise AssertionError(f"no open files limit for {pid}")
+
+
+def test_the_daemon_raises_its_soft_limit_to_the_hard_one(local_mounts: MountFactory) -> None:
+    mnt = local_mounts(wrapper=["prlimit", "--nofile=256:4096", "--"])
+    assert open_files_limits(daemon_pid(mnt)) == ["4096", "4096"]
+    assert "raised the open files limit from 256 to 4096" in mnt.log.read_text()
 
 
 def test_memory_stays_bounded_over_50000_files(local_mounts: MountFactory) -> None:
