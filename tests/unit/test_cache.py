@@ -491,3 +491,19 @@ def test_clean_files_nothing_holds_leave_memory_and_the_index(run_fs: RunFs) -> 
         assert os.listdir(cache.data_files.dir) == []
 
     run_fs(body)
+
+
+def test_a_node_forgotten_while_dirty_goes_once_uploaded(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        fh, node = await h.fs.create(ROOT_INO, "late", 0o644, RW | os.O_CREAT, 0, 0)
+        h.fs.remember(node)
+        await h.fs.write(fh, 0, b"pending")
+        await h.fs.release(fh)
+        h.fs.forget([(node.ino, node.lookups)])
+        assert h.fs.table.get(node.ino) is node  # its data is not on the server yet
+        await h.fs.sync_path(ROOT_INO)
+        assert h.fs.table.get(node.ino) is None
+        assert h.fs.status()["nodes"] == 1
+        assert await h.body("late") == b"pending"
+
+    run_fs(body, writeback_delay=3600.0)
