@@ -680,7 +680,11 @@ class BucketFS:
             self.table.forget(ino, count)
 
     def _node_dropped(self, ino: int, cf: CachedFile | None) -> None:
-        """The table dropped a node: so go what was kept for it (files.py, the cache)."""
+        """The table dropped a node: so go what was kept for it (here, files.py, the cache);
+        inode numbers are never reused, so nothing kept under `ino` could serve again."""
+        for per_inode in (self._listings, self._listing_sizes, self._changes):
+            per_inode.pop(ino, None)
+        self._deferred_prefetch.pop(ino, None)
         if self._data is not None:
             self._data.dropped(ino, cf)
 
