@@ -79,10 +79,14 @@ class FileData:
             lock = self.locks[node.ino] = trio.Lock()
         return lock
 
-    def forget(self, ino: int) -> None:
+    def dropped(self, ino: int, cf: CachedFile | None) -> None:
+        """The node `ino` is gone (forgotten by the kernel, closed, saved): drop its lock, and
+        its cached file if nothing else needs it."""
         lock = self.locks.get(ino)
         if lock is not None and not lock.locked():
             del self.locks[ino]
+        if cf is not None:
+            self.cache.release(cf)
 
     def uploaded(self) -> None:
         event, self._clean = self._clean, trio.Event()

@@ -164,7 +164,7 @@ class BucketFS:
             gid=options.gid,
             is_bucket=bucket is not None and not prefix,
         )
-        self.table = InodeTable(root)
+        self.table = InodeTable(root, on_drop=self._node_dropped)
         self._handles: dict[int, Handle] = {}
         self._dir_handles: dict[int, DirHandle] = {}
         self._next_fh = 1
@@ -290,6 +290,7 @@ class BucketFS:
                 node.kernel_etag = done.result.etag
                 node.full = True
                 node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+                self.table.settle(node)  # the kernel may have forgotten it while dirty
         self.data.uploaded()
 
     @property
@@ -704,8 +705,15 @@ class BucketFS:
     def forget(self, items: Sequence[tuple[int, int]]) -> None:
         for ino, count in items:
             self.table.forget(ino, count)
-            if self.table.get(ino) is None and self._data is not None:
-                self._data.forget(ino)
+
+    def _node_dropped(self, ino: int, cf: CachedFile | None) -> None:
+        """The table dropped a node: so go what was kept for it (here, files.py, the cache);
+        inode numbers are never reused, so nothing kept under `ino` could serve again."""
+        for per_inode in (self._listings, self._listing_sizes, self._changes):
+            per_inode.pop(ino, None)
+        self._deferred_prefetch.pop(ino, None)
+        if self._data is not None:
+            self._data.dropped(ino, cf)
 
     def remember(self, node: Node) -> None:
         self.table.remember(node)
@@ -1390,6 +1398,10 @@ class BucketFS:
             "cache_size": cache.cache_size,
             "hit_ratio": round(cache.hits / lookups, 3) if lookups else None,
             "subtree_listings": self._subtrees.listed,  # listing.py (JSON only)
+            # what memory holds per file (JSON only): bounded by what is open and cached
+            "nodes": len(self.table),
+            "cached_files": len(cache.files),
+            "open_data_files": cache.data_files.open_count,
         }
 
     async def getxattr(self, ino: int, name: str) -> bytes:

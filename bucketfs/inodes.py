@@ -12,7 +12,10 @@ Invariants:
 - a directory's `key` is its prefix: "" (bucket root) or a string ending in "/"; a file's or a
   symlink's `key` is the object key; `path` is the key without the trailing "/";
 - `full` is False when the attributes came from a listing (no user metadata seen): getattr then
-  asks the server once before answering.
+  asks the server once before answering;
+- a node's `cached` file counts it in `CachedFile.holders` (the setter keeps the count), so the
+  cache knows which files no node refers to; a dropped node holds none, and `on_drop` hears
+  of every drop (the file data drops what it kept per inode, the cache a file nothing holds).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import enum
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -99,11 +102,27 @@ class Node:
     link_target: str | None = None
     #: ETag of the content the kernel's page cache holds for this inode (keep_cache)
     kernel_etag: str | None = None
-    cached: CachedFile | None = None
+    #: the cache's file for this node's content (`cached`)
+    _cached: CachedFile | None = field(default=None, repr=False)
     #: a node of the read-only `.versions/` tree (versions.py); None for names of keys
     virtual: Virtual | None = None
     #: the last HEAD of the object for its xattrs (xattrs.py); stale once `etag` differs
     head_info: ObjectInfo | None = None
+
+    @property
+    def cached(self) -> CachedFile | None:
+        return self._cached
+
+    @cached.setter
+    def cached(self, cf: CachedFile | None) -> None:
+        old = self._cached
+        if old is cf:
+            return
+        if old is not None:
+            old.holders -= 1
+        if cf is not None:
+            cf.holders += 1
+        self._cached = cf
 
     @property
     def path(self) -> str:
@@ -139,8 +158,12 @@ def child_key(parent: Node, name: str, kind: Kind) -> str:
 class InodeTable:
     """inode -> Node, and (bucket, path) -> inode for reachable nodes."""
 
-    def __init__(self, root: Node) -> None:
+    def __init__(
+        self, root: Node, on_drop: Callable[[int, CachedFile | None], None] = lambda _i, _c: None
+    ) -> None:
         assert root.ino == ROOT_INO
+        #: told (inode, the file it held) whenever a node is dropped
+        self._on_drop = on_drop
         root.lookups = 1
         self._next = ROOT_INO + 1
         self.by_ino: dict[int, Node] = {ROOT_INO: root}
@@ -263,6 +286,11 @@ class InodeTable:
         node.opens = max(0, node.opens - 1)
         self._maybe_drop(node)
 
+    def settle(self, node: Node) -> None:
+        """Drop `node` if nothing needs it any more (say, its unsaved data was just saved)."""
+        if self.by_ino.get(node.ino) is node:
+            self._maybe_drop(node)
+
     def _maybe_drop(self, node: Node) -> None:
         """Drop a node nobody can reach: no kernel reference, no handle, no unsaved data."""
         if node.ino == ROOT_INO or node.lookups > 0 or node.opens > 0 or node.dirty:
@@ -282,7 +310,8 @@ class InodeTable:
             return
         self.by_ino.pop(node.ino, None)
         self.children.pop(node.ino, None)
-        node.cached = None
+        cf, node.cached = node.cached, None
+        self._on_drop(node.ino, cf)
 
     def __len__(self) -> int:
         return len(self.by_ino)

@@ -18,6 +18,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -295,9 +296,34 @@ def limit_heap_retention() -> None:
     mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
 
+#: the open files limit is raised at most this far when the hard limit is unlimited (Linux's
+#: default fs.nr_open)
+NOFILE_CEILING = 1 << 20
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard limit (logged), where allowed.
+
+    The cache keeps few descriptors open (cache/datafiles.py), but connections, the index and
+    the local store's files add up, and the soft limit is often 1024 (systemd's default for
+    services, a shell's `ulimit -n`) while the hard limit allows far more."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = NOFILE_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        log.debug("open files limit: %s (hard %s)", soft, hard)
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open files limit from %d to %d: %s", soft, target, exc)
+        return
+    log.info("raised the open files limit from %d to %d", soft, target)
+
+
 def serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount and serve until unmounted. Raises BucketfsError before `on_ready` on failure."""
     limit_heap_retention()
+    raise_open_files_limit()
     try:
         trio.run(_serve, cfg, on_ready)
     except BucketfsError:

@@ -437,6 +437,9 @@ class Mount:
     proc: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
     generation: int = 0
+    #: a command the daemon runs under, e.g. ["prlimit", "--nofile=256:256", "--"] (it must
+    #: exec the daemon, so that `proc.pid` is the daemon's)
+    wrapper: list[str] = field(default_factory=list)
 
     @property
     def log(self) -> Path:
@@ -472,6 +475,7 @@ class Mount:
         if os.environ.get("BUCKETFS_TEST_DEBUG"):
             opts.append("debug")
         return [
+            *self.wrapper,
             sys.executable,
             "-m",
             "bucketfs",
@@ -624,6 +628,7 @@ class MountFactory:
         prefix: str = "",
         options: Sequence[str] = (),
         new_bucket: bool = True,
+        wrapper: Sequence[str] = (),
     ) -> Mount:
         """Mount `bucket` (a fresh one if None and `new_bucket`), or the whole store (every
         bucket a directory) if `bucket` is None and `new_bucket` is False."""
@@ -638,6 +643,7 @@ class MountFactory:
             workdir=self.workdir / f"mount{n}",
             raw_store=self.store_env.client(bucket) if bucket is not None else None,
             bucket=bucket,
+            wrapper=list(wrapper),
         )
         self.mounts.append(mount)
         mount.start()

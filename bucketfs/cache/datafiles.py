@@ -1,13 +1,24 @@
 """The block cache's data files: `CACHE_DIR/data/<file id>`, one sparse file per cached file.
 
-Owns creating, opening and removing them. Creating a file is a journaled change of the cache
-directory's file system: while the object store on the same disk syncs its writes it takes
-0.1-0.6 ms, and it would take it on the one thread that serves FUSE, once per new file. File
-ids only grow (the index's AUTOINCREMENT), so the next ones are known: a worker thread creates
-the data files of the next `SPARE` ids ahead of time, and opening a new file's data file is
-then a plain open.
+Owns creating, opening, closing and removing them, and the descriptors open on them.
+
+Creating a file is a journaled change of the cache directory's file system: while the object
+store on the same disk syncs its writes it takes 0.1-0.6 ms, and it would take it on the one
+thread that serves FUSE, once per new file. File ids only grow (the index's AUTOINCREMENT), so
+the next ones are known: a worker thread creates the data files of the next `SPARE` ids ahead
+of time, and opening a new file's data file is then a plain open.
+
+Descriptors: at most `max_open` data files stay open, least recently used closed first, so a
+mount that touches many files stays far below the open files limit (each cached file kept its
+descriptor until its inode was forgotten: 1,300 small files written under the default soft
+limit of 1024 failed with EMFILE). A file is reopened on its next use; the open is cheap next
+to the request that needs it.
 
 Invariants:
+- a descriptor is used only inside `using(file_id)`, and one in use there is never closed,
+  by the LRU or by `remove` (an operation in flight, e.g. a read in a worker thread, keeps
+  it; it is closed when the last use ends), so a descriptor number is never reused under a
+  reader or a writer; more than `max_open` are open only while that many are in use;
 - ids are never reused, so a file created ahead is empty when its id is first given out; the
   worker never truncates or writes (an open that raced it finds the same empty file);
 - a data file whose id has no row in the index (created ahead and never used, or left by a
@@ -17,32 +28,125 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
-from collections.abc import Collection
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import trio
+
+from bucketfs.errors import CacheError, CacheFull
 
 log = logging.getLogger(__name__)
 
 #: data files kept created ahead of the newest id
 SPARE = 64
+#: data files kept open at most (beyond those in use right now)
+MAX_OPEN = 64
+
+
+def cache_error(exc: OSError, what: str) -> CacheError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CacheFull(f"cache disk full while {what}")
+    return CacheError(f"cache I/O error while {what}: {exc}")
 
 
 class DataFiles:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, max_open: int = MAX_OPEN) -> None:
         self.dir = root / "data"
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._ahead = 0  # the highest id whose data file was created ahead
         self._creating = False
         self.created_ahead = 0
+        self.max_open = max_open
+        #: file id -> open descriptor, least recently used first
+        self._open: OrderedDict[int, int] = OrderedDict()
+        #: file id -> uses in flight (`using`)
+        self._uses: dict[int, int] = {}
+        #: descriptors of removed files still in use: closed when their last use ends
+        self._orphans: dict[int, list[int]] = {}
+        self.opens = 0
 
-    def open(self, file_id: int) -> int:
+    def _open_file(self, file_id: int) -> int:
         """The data file of `file_id`, created if it does not exist (OSError as the OS said)."""
-        return os.open(self.dir / str(file_id), os.O_RDWR | os.O_CREAT, 0o600)
+        return os.open(self.dir / str(file_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    @contextlib.contextmanager
+    def using(self, file_id: int) -> Iterator[int]:
+        """The data file's descriptor, open (and kept open) until the block ends (CacheError
+        if it cannot be opened)."""
+        fd = self._open.get(file_id)
+        if fd is None:
+            try:
+                fd = self._open_file(file_id)
+            except OSError as exc:
+                raise cache_error(exc, "opening a data file") from exc
+            self.opens += 1
+            self._open[file_id] = fd
+        else:
+            self._open.move_to_end(file_id)
+        self._uses[file_id] = self._uses.get(file_id, 0) + 1
+        try:
+            yield fd
+        finally:
+            left = self._uses.pop(file_id) - 1
+            if left:
+                self._uses[file_id] = left
+            else:
+                for orphan in self._orphans.pop(file_id, ()):
+                    os.close(orphan)
+            self._trim()
+
+    def _trim(self) -> None:
+        """Close the least recently used descriptors not in use, down to `max_open`."""
+        if len(self._open) <= self.max_open:
+            return
+        for file_id in list(self._open):
+            if len(self._open) <= self.max_open:
+                return
+            if file_id not in self._uses:
+                os.close(self._open.pop(file_id))
+
+    def punch(self, file_id: int, punch: Callable[[int], None]) -> None:
+        """Run `punch(fd)` on the data file, with the open descriptor if there is one, else a
+        transient one (never closing another file's, so safe inside any `using` block)."""
+        fd = self._open.get(file_id)
+        if fd is not None:
+            punch(fd)
+            return
+        try:
+            fd = os.open(self.dir / str(file_id), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # nothing on disk to free
+        try:
+            punch(fd)
+        finally:
+            os.close(fd)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open) + sum(map(len, self._orphans.values()))
+
+    def close(self, file_id: int) -> None:
+        """Close the file's descriptor (after its last use, if it is in use)."""
+        fd = self._open.pop(file_id, None)
+        if fd is None:
+            return
+        if file_id in self._uses:
+            self._orphans.setdefault(file_id, []).append(fd)
+        else:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        for fd in [*self._open.values(), *(fd for fds in self._orphans.values() for fd in fds)]:
+            os.close(fd)
+        self._open.clear()
+        self._orphans.clear()
 
     def remove(self, file_id: int) -> None:
+        self.close(file_id)
         self._unlink(str(file_id))
 
     def _unlink(self, name: str) -> None:
@@ -81,6 +185,6 @@ class DataFiles:
 
     def _create_range(self, first: int, last: int) -> None:
         for file_id in range(first, last + 1):
-            os.close(self.open(file_id))
+            os.close(self._open_file(file_id))
             self._ahead = file_id
             self.created_ahead += 1

@@ -17,7 +17,13 @@ Invariants (README and docs/cache.md say them in prose):
 - clean blocks are cached only under the ETag they were fetched with: `attach` drops them when
   the server's object changed;
 - clean bytes stay under `cache_size` (least recently used evicted first); dirty bytes are not
-  counted against it (`max_dirty` throttles writers instead).
+  counted against it (`max_dirty` throttles writers instead);
+- memory and the index hold a file only while it is dirty, has blocks present, is in use (a
+  fetch, a fill or an upload in flight) or a node holds it (`holders`): a clean file that is
+  none of these is forgotten (`release`, when its node goes; `_evict`, when its last block
+  goes; and a sweep whenever the table doubled since the last one, for files a node let go of
+  by other ways), so what a mount keeps is bounded by what is open and cached, not by every
+  file it ever touched.
 
 Random readers: after `FILL_AFTER` non-sequential misses in one file no larger than
 `cache_size / 8`, the rest of the file is fetched in the background (`FILL_PARALLEL` ranged
@@ -35,6 +41,7 @@ import logging
 import os
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +49,9 @@ from typing import Any
 import trio
 
 from bucketfs.backends.base import Backend
-from bucketfs.cache.datafiles import DataFiles
+from bucketfs.cache.datafiles import DataFiles, cache_error
 from bucketfs.cache.index import CacheIndex, FileRow
-from bucketfs.errors import BucketfsError, CacheError, CacheFull
+from bucketfs.errors import BucketfsError, CacheError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,9 @@ log = logging.getLogger(__name__)
 FILL_AFTER = 4
 #: GETs a background fill keeps in flight
 FILL_PARALLEL = 2
+#: the table of files is swept for files nothing needs when it grew past twice its size after
+#: the last sweep plus this
+SWEEP_SLACK = 1024
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -64,12 +74,6 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
     if _libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-
-
-def _cache_error(exc: OSError, what: str) -> CacheError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return CacheFull(f"cache disk full while {what}")
-    return CacheError(f"cache I/O error while {what}: {exc}")
 
 
 @dataclass(slots=True)
@@ -107,7 +111,6 @@ class CachedFile:
     charge: int = 0
     generation: int = 0
     uploaded_generation: int = 0
-    fd: int = -1
     inflight: dict[int, _Fetch] = field(default_factory=dict)
     #: set while an upload runs; a write cancels it (the upload is then stale)
     upload_scope: trio.CancelScope | None = None
@@ -116,6 +119,8 @@ class CachedFile:
     #: non-sequential reads that missed; FILL_AFTER of them start a background fill
     random_misses: int = 0
     filling: bool = False
+    #: nodes whose `cached` is this file (inodes.Node keeps the count)
+    holders: int = 0
 
     @property
     def upload_state(self) -> str:
@@ -168,7 +173,10 @@ class BlockCache:
         self.misses = 0
         #: dirty bytes over every file, kept in step by every change (`_recharge`)
         self._dirty_charge = 0
+        #: told when a file leaves the cache or loses its name (the write-back ends its worker)
+        self.on_forget: Callable[[CachedFile], None] = lambda _cf: None
         self._load()
+        self._sweep_at = len(self.files) + SWEEP_SLACK
 
     @staticmethod
     def _take_lock(root: Path) -> int:
@@ -221,10 +229,7 @@ class BlockCache:
             self.by_key[(cf.bucket, cf.key)] = cf
 
     def close(self) -> None:
-        for cf in self.files.values():
-            if cf.fd >= 0:
-                os.close(cf.fd)
-                cf.fd = -1
+        self.data_files.close_all()
         self.index.close()
         os.close(self._lock_fd)
 
@@ -252,6 +257,7 @@ class BlockCache:
                 return cf
             self._reset_clean(cf, etag, size)  # the object changed on the server
             return cf
+        self._maybe_sweep()
         file_id = self.index.add(bucket, key, size, etag)
         self.data_files.given_out(file_id, self._nursery)
         cf = CachedFile(
@@ -273,14 +279,6 @@ class BlockCache:
         self.index.update(cf.id, base_etag=etag, base_size=cf.base_size, size=size)
 
     # --- reading -----------------------------------------------------------------------
-
-    def _fd(self, cf: CachedFile) -> int:
-        if cf.fd < 0:
-            try:
-                cf.fd = self.data_files.open(cf.id)
-            except OSError as exc:
-                raise _cache_error(exc, "opening a data file") from exc
-        return cf.fd
 
     def _fetchable(self, cf: CachedFile, idx: int) -> bool:
         return (
@@ -311,9 +309,10 @@ class BlockCache:
                 self._start_fetches(cf, missing)
         await self.materialize_blocks(cf, first, last + 1)
         try:
-            data = os.pread(self._fd(cf), end - offset, offset)
+            with self.data_files.using(cf.id) as fd:
+                data = os.pread(fd, end - offset, offset)
         except OSError as exc:
-            raise _cache_error(exc, "reading") from exc
+            raise cache_error(exc, "reading") from exc
         for idx in range(first, last + 1):
             self._touch(cf, idx)
         if len(data) < end - offset:  # a sparse tail past what was written
@@ -361,14 +360,14 @@ class BlockCache:
 
     async def read_local(self, cf: CachedFile, start: int, end: int) -> bytes:
         """Bytes [start, end) as the cache has them (materialize first); zeros in holes."""
-        fd = self._fd(cf)
         try:
-            if end - start > 4 * self.block_size:
-                data = await trio.to_thread.run_sync(os.pread, fd, end - start, start)
-            else:
-                data = os.pread(fd, end - start, start)
+            with self.data_files.using(cf.id) as fd:
+                if end - start > 4 * self.block_size:
+                    data = await trio.to_thread.run_sync(os.pread, fd, end - start, start)
+                else:
+                    data = os.pread(fd, end - start, start)
         except OSError as exc:
-            raise _cache_error(exc, "reading") from exc
+            raise cache_error(exc, "reading") from exc
         if len(data) < end - start:
             data += bytes(end - start - len(data))
         return data
@@ -456,14 +455,14 @@ class BlockCache:
             fetch.done.set()
 
     def _write_fetched(self, cf: CachedFile, start: int, data: bytes, indexes: list[int]) -> None:
-        fd = self._fd(cf)
         bs = self.block_size
-        for idx in indexes:
-            lo = idx * bs - start
-            piece = data[lo : lo + bs]
-            self._pwrite(fd, piece, idx * bs)
-            cf.present.add(idx)
-            self._touch(cf, idx)
+        with self.data_files.using(cf.id) as fd:
+            for idx in indexes:
+                lo = idx * bs - start
+                piece = data[lo : lo + bs]
+                self._pwrite(fd, piece, idx * bs)
+                cf.present.add(idx)
+                self._touch(cf, idx)
         self.index.set_blocks(cf.id, indexes, dirty=False)
         self._evict()
 
@@ -473,12 +472,12 @@ class BlockCache:
             return os.pwrite(fd, data, offset)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._lru:
-                raise _cache_error(exc, "writing") from exc
+                raise cache_error(exc, "writing") from exc
         self._evict(target=0)
         try:
             return os.pwrite(fd, data, offset)
         except OSError as exc:
-            raise _cache_error(exc, "writing") from exc
+            raise cache_error(exc, "writing") from exc
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -502,7 +501,8 @@ class BlockCache:
         # the index first: if the disk is full, nothing is touched (a clean block is never
         # left holding bytes it does not own)
         self._record(cf, new_dirty, max(cf.size, end))
-        written = self._pwrite(self._fd(cf), data, offset)
+        with self.data_files.using(cf.id) as fd:
+            written = self._pwrite(fd, data, offset)
         self._changed(cf, new_dirty, max(cf.size, offset + written), recorded=True)
         return written
 
@@ -539,9 +539,10 @@ class BlockCache:
         for fetch in {f for i, f in cf.inflight.items() if i * bs + bs > size}:
             await fetch.done.wait()  # a readahead must not land past the new end
         try:
-            os.ftruncate(self._fd(cf), size)
+            with self.data_files.using(cf.id) as fd:
+                os.ftruncate(fd, size)
         except OSError as exc:
-            raise _cache_error(exc, "truncating") from exc
+            raise cache_error(exc, "truncating") from exc
         keep = (size + bs - 1) // bs
         gone = {idx for idx in cf.present if idx >= keep}
         self._drop_blocks(cf, gone, punch=False)
@@ -556,6 +557,7 @@ class BlockCache:
         old = self.by_key.get((bucket, key))
         if old is not None:
             self.forget(old)
+        self._maybe_sweep()
         meta = dict(meta)
         file_id = self.index.add_new(bucket, key, meta)  # recorded dirty with its metadata
         self.data_files.given_out(file_id, self._nursery)
@@ -659,6 +661,7 @@ class BlockCache:
         self._recharge(cf)
         cf.key = None
         cf.dirty = False
+        self.on_forget(cf)
 
     def forget(self, cf: CachedFile) -> None:
         """Drop a file from the cache entirely (deleted, or replaced)."""
@@ -672,13 +675,39 @@ class BlockCache:
         self._recharge(cf)
         self.files.pop(cf.id, None)
         self.index.remove(cf.id)
-        if cf.fd >= 0:
-            os.close(cf.fd)
-            cf.fd = -1
         self.data_files.remove(cf.id)
         cf.key = None
         cf.dirty = False
         self.index.db.retake_reserve()
+        self.on_forget(cf)
+
+    # --- files nothing needs -------------------------------------------------------------
+
+    def release(self, cf: CachedFile) -> None:
+        """A node let go of `cf`: forget it unless it is still needed."""
+        if self._unneeded(cf):
+            self.forget(cf)
+
+    def _unneeded(self, cf: CachedFile) -> bool:
+        """Clean, no block present, nothing in flight, no node holding it: nothing to keep.
+        (A file without a name, unlinked while open, is forgotten by its last release.)"""
+        return (
+            cf.holders <= 0
+            and not cf.dirty
+            and not cf.present
+            and not cf.inflight
+            and not cf.filling
+            and cf.upload_scope is None
+            and cf.key is not None
+            and self.files.get(cf.id) is cf
+        )
+
+    def _maybe_sweep(self) -> None:
+        if len(self.files) < self._sweep_at:
+            return
+        for cf in [cf for cf in self.files.values() if self._unneeded(cf)]:
+            self.forget(cf)
+        self._sweep_at = 2 * len(self.files) + SWEEP_SLACK
 
     # --- eviction ----------------------------------------------------------------------------
 
@@ -715,6 +744,8 @@ class BlockCache:
             cf = self.files.get(file_id)
             if cf is not None:
                 self._drop_blocks(cf, indexes - cf.dirty_blocks)
+                if self._unneeded(cf):
+                    self.forget(cf)
 
     def _drop_blocks(self, cf: CachedFile, indexes: set[int], *, punch: bool = True) -> None:
         if not indexes:
@@ -723,9 +754,14 @@ class BlockCache:
         for idx in indexes:
             cf.present.discard(idx)
             self._lru.pop((cf.id, idx), None)
-            if punch and cf.fd >= 0:
-                try:
-                    punch_hole(cf.fd, idx * bs, bs)
-                except OSError as exc:
-                    log.warning("could not free cache block %d of file %d: %s", idx, cf.id, exc)
+
+        def punch_all(fd: int) -> None:
+            for idx in sorted(indexes):
+                punch_hole(fd, idx * bs, bs)
+
+        if punch:
+            try:
+                self.data_files.punch(cf.id, punch_all)
+            except OSError as exc:
+                log.warning("could not free cache blocks of file %d: %s", cf.id, exc)
         self.index.drop_blocks(cf.id, indexes)

@@ -95,6 +95,7 @@ class WriteBack:
         self.uploads = 0
         self.last_errors: list[str] = []
         self._rate: list[tuple[float, int]] = []
+        cache.on_forget = self._forgotten
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -190,6 +191,8 @@ class WriteBack:
         try:
             while cf.dirty and cf.key is not None:
                 await self._until_due(cf, self._workers[cf])
+                if not cf.dirty or cf.key is None:
+                    break  # deleted (or uploaded by a flush) while we waited
                 self._workers[cf] = trio.Event()
                 try:
                     await self._attempt(cf)
@@ -240,6 +243,11 @@ class WriteBack:
                 await kick.wait()
             if not self._held(cf):
                 return
+
+    def _forgotten(self, cf: CachedFile) -> None:
+        """`cf` left the cache or lost its name: its worker (if any) ends now, not after
+        `delay` (a file deleted before its upload would keep a task for that long)."""
+        self._kick(cf)  # also ends a wait for the last writable release
 
     async def wait_idle(self) -> None:
         """Until no upload is scheduled or running (those that fail keep retrying: bound

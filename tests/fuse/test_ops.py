@@ -326,6 +326,7 @@ def test_service_unit_settings() -> None:
     assert unit["ExecStart"].endswith("mount --foreground --config /etc/bucketfs/%i.conf")
     assert unit["ExecStop"].endswith("umount --if-mounted --config /etc/bucketfs/%i.conf")
     assert unit["TimeoutStopSec"] == "15min"  # > mount.DRAIN_TIMEOUT (10 min) + umount's wait
+    assert int(unit["LimitNOFILE"]) >= 4096  # systemd's default soft limit is 1024
 
 
 def test_notify_protocol(remote: Remote, mp: Path, tmp_path: Path) -> None:

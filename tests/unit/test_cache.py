@@ -411,9 +411,9 @@ def test_data_files_are_created_ahead_and_unknown_ones_swept(tmp_path: Path) -> 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(datafiles, "SPARE", 8)
         trio.run(main)
-        fd = files.open(3)
-        os.pwrite(fd, b"kept", 0)
-        os.close(fd)
+        with files.using(3) as fd:
+            os.pwrite(fd, b"kept", 0)
+        files.close_all()
         assert files.sweep({3}) == len(range(2, 14)) - 1  # ids 2..13 made ahead, 3 used
     assert sorted(os.listdir(tmp_path / "data")) == ["3"]
 
@@ -446,3 +446,64 @@ def test_a_stray_data_file_is_swept_at_the_next_start(tmp_path: Path) -> None:
                 nursery.cancel_scope.cancel()
 
         trio.run(main)
+
+
+def test_data_files_keep_few_descriptors_and_never_close_one_in_use(tmp_path: Path) -> None:
+    files = DataFiles(tmp_path, max_open=2)
+    with files.using(1) as held:
+        for file_id in range(2, 10):
+            with files.using(file_id) as fd:
+                os.pwrite(fd, b"x", 0)
+        assert files.open_count == 2  # the one in use and the last one
+        os.pwrite(held, b"still mine", 0)  # never closed under its user
+        files.remove(1)  # removed while in use: closed when the use ends
+        os.fstat(held)
+        assert files.open_count == 2
+    assert files.open_count == 1
+    with files.using(9) as fd:  # reopened on demand, content kept
+        assert os.pread(fd, 1, 0) == b"x"
+    files.close_all()
+    assert files.open_count == 0
+
+
+def test_clean_files_nothing_holds_leave_memory_and_the_index(run_fs: RunFs) -> None:
+    """A file read, closed and forgotten by the kernel keeps its row only while its blocks are
+    cached; once they are evicted (or when it had none) it is gone from memory and index."""
+
+    async def body(h: Harness) -> None:
+        for name in ("a", "empty"):
+            await h.put(name, b"data" if name == "a" else b"")
+        cache = h.fs.data.cache
+        for name in ("a", "empty"):
+            node = await h.fs.lookup(ROOT_INO, name)
+            h.fs.remember(node)
+            fh, _keep = await h.fs.open(node.ino, os.O_RDONLY)
+            await h.fs.read(fh, 0, 10)
+            await h.fs.release(fh)
+            h.fs.forget([(node.ino, node.lookups)])
+            assert h.fs.table.get(node.ino) is None
+        assert [cf.key for cf in cache.files.values()] == ["a"]  # "empty" had no block
+        assert cache.index.find(BUCKET, "empty") is None
+        cache._evict(target=0)
+        assert cache.files == {}
+        assert cache.by_key == {}
+        assert cache.index.find(BUCKET, "a") is None
+        assert os.listdir(cache.data_files.dir) == []
+
+    run_fs(body)
+
+
+def test_a_node_forgotten_while_dirty_goes_once_uploaded(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        fh, node = await h.fs.create(ROOT_INO, "late", 0o644, RW | os.O_CREAT, 0, 0)
+        h.fs.remember(node)
+        await h.fs.write(fh, 0, b"pending")
+        await h.fs.release(fh)
+        h.fs.forget([(node.ino, node.lookups)])
+        assert h.fs.table.get(node.ino) is node  # its data is not on the server yet
+        await h.fs.sync_path(ROOT_INO)
+        assert h.fs.table.get(node.ino) is None
+        assert h.fs.status()["nodes"] == 1
+        assert await h.body("late") == b"pending"
+
+    run_fs(body, writeback_delay=3600.0)

@@ -1,0 +1,183 @@
+"""Descriptors and memory through a real mount: what the daemon holds is bounded by what is open
+and cached, not by how many files went through it (issue 12, items 1 and 2).
+
+- Descriptors: a daemon started with soft and hard limits of 256 open files (so raising the
+  soft limit cannot help) writes, reads back and uploads 5,000 files; its descriptor count,
+  sampled from /proc the whole time, stays under `FD_BOUND`.
+- Memory: 50,000 files created, read and deleted in rounds of 5,000 through one mount; the
+  daemon's RSS after the last round is within `RSS_SLACK` of its RSS after the first, and its
+  per-file tables (`nodes`, `cached_files` in `bucketfs status --json`) are back to nothing.
+
+Names and attributes are kept by the kernel for a minute (`entry_timeout`, `attr_timeout`):
+the tests are about what the daemon holds, and fewer lookups keep them short.
+
+The stores are listed here explicitly (local store and SeaweedFS; the memory test needs no
+server), so a store added to the shared `store_env` later does not inherit these long tests.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bucketfs.cache.datafiles import MAX_OPEN
+from tests.helpers import (
+    Mount,
+    MountFactory,
+    StoreEnv,
+    local_store_env,
+    mount_factory_for,
+    s3_store_env,
+)
+
+#: descriptors the daemon may have open at once: the cache's open data files plus connections,
+#: the cache index, the local store's files, /dev/fuse, pipes and the log (about 20-30 seen)
+FD_BOUND = MAX_OPEN + 64
+LIMIT = 256
+FILES = 5000
+ROUNDS, PER_ROUND, DIRS = 10, 5000, 10
+RSS_SLACK = 8 << 20
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> StoreEnv:
+    if request.param == "s3":
+        return s3_store_env(request.getfixturevalue("seaweed"))
+    return local_store_env(tmp_path / "store")
+
+
+@pytest.fixture
+def local_mounts(tmp_path: Path) -> Iterator[MountFactory]:
+    with mount_factory_for(local_store_env(tmp_path / "store"), tmp_path / "mounts") as factory:
+        yield factory
+
+
+class FdSampler:
+    """Counts the daemon's open descriptors every few milliseconds until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            try:
+                count = len(os.listdir(f"/proc/{self.pid}/fd"))
+            except OSError:
+                continue
+            self.peak = max(self.peak, count)
+            self.samples += 1
+
+    def __enter__(self) -> FdSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def daemon_pid(mnt: Mount) -> int:
+    assert mnt.proc is not None
+    return mnt.proc.pid
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def content(i: int) -> bytes:
+    return b"file %d\n" % i
+
+
+def test_descriptors_stay_bounded_under_a_low_limit(mount_factory: MountFactory) -> None:
+    mnt = mount_factory(
+        options=["entry_timeout=60", "attr_timeout=60"],
+        wrapper=["prlimit", f"--nofile={LIMIT}:{LIMIT}", "--"],
+    )
+    pid = daemon_pid(mnt)
+    assert open_files_limits(pid) == [str(LIMIT)] * 2
+    names = [f"d{i % 10}/f{i}" for i in range(FILES)]
+    with FdSampler(pid) as sampler:
+        for d in range(10):
+            (mnt.path / f"d{d}").mkdir()
+        for i, name in enumerate(names):
+            fd = os.open(mnt.path / name, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, content(i))
+            finally:
+                os.close(fd)
+        for i, name in enumerate(names):
+            assert (mnt.path / name).read_bytes() == content(i)
+        mnt.flush()
+        status = mnt.status()
+    assert status["dirty_files"] == 0, status
+    assert sampler.samples > 100
+    assert sampler.peak < FD_BOUND, f"{sampler.peak} descriptors open at once"
+    assert status["open_data_files"] <= MAX_OPEN
+    assert mnt.raw_store is not None
+    markers = [f"d{d}/" for d in range(10)]
+    assert sorted(mnt.raw_store.keys()) == sorted(names + markers)
+    assert mnt.raw_store.get(names[-1]) == content(FILES - 1)
+
+
+def open_files_limits(pid: int) -> list[str]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return line.split()[3:5]
+    raise AssertionError(f"no open files limit for {pid}")
+
+
+def test_the_daemon_raises_its_soft_limit_to_the_hard_one(local_mounts: MountFactory) -> None:
+    mnt = local_mounts(wrapper=["prlimit", "--nofile=256:4096", "--"])
+    assert open_files_limits(daemon_pid(mnt)) == ["4096", "4096"]
+    assert "raised the open files limit from 256 to 4096" in mnt.log.read_text()
+
+
+def test_memory_stays_bounded_over_50000_files(local_mounts: MountFactory) -> None:
+    """Rounds of create, read, delete in several directories; uploads are left for later
+    (`writeback_delay`) so most files go before they reach the store, as a build's
+    temporary files do, and the store is not what takes the time."""
+    mnt = local_mounts(options=["writeback_delay=300", "entry_timeout=60", "attr_timeout=60"])
+    pid = daemon_pid(mnt)
+    after_first = 0
+    for r in range(ROUNDS):
+        top = mnt.path / f"r{r}"
+        dirs = [top / f"d{d}" for d in range(DIRS)]
+        for d in dirs:
+            d.mkdir(parents=True)
+        paths = [os.fspath(dirs[i % DIRS] / f"f{i}") for i in range(PER_ROUND)]
+        for i, path in enumerate(paths):
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+            os.write(fd, content(i))
+            os.close(fd)
+        for i, path in enumerate(paths):
+            fd = os.open(path, os.O_RDONLY)
+            assert os.read(fd, 100) == content(i)
+            os.close(fd)
+        for path in paths:
+            os.unlink(path)
+        for d in dirs:
+            d.rmdir()
+        top.rmdir()
+        if r == 0:
+            mnt.flush()
+            after_first = rss(pid)
+    mnt.flush()
+    grown = rss(pid) - after_first
+    status = mnt.status()
+    assert grown < RSS_SLACK, f"RSS grew by {grown / 2**20:.1f} MiB ({status})"
+    assert status["nodes"] <= 1 + DIRS + 1, status  # the root, and what the kernel still holds
+    assert status["cached_files"] == 0, status
+    assert mnt.raw_store is not None
+    assert mnt.raw_store.keys() == []
