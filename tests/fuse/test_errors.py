@@ -115,6 +115,8 @@ def test_server_gone_after_mount_gives_eio_in_bounded_time(
         assert mount.store is not None
         mount.store.put("cold.bin", os.urandom(100_000))
         (mount.path / "written.txt").write_bytes(b"safe")
+        # its upload starts at the kernel's RELEASE, which comes after close() returned
+        mount.flush(mount.path / "written.txt")
         pending = os.open(mount.path / "pending.txt", os.O_CREAT | os.O_WRONLY, 0o644)
         os.write(pending, b"written while the server was up, closed after it died")
         assert own_seaweed.proc is not None
