@@ -364,6 +364,13 @@ def s3_store_env(server: SeaweedServer) -> StoreEnv:
     )
 
 
+def local_or_s3_env(request: Any, tmp_path: Path) -> StoreEnv:
+    """The store of a test parametrized over ["local", "s3"] (the session's SeaweedFS)."""
+    if request.param == "s3":
+        return s3_store_env(request.getfixturevalue("seaweed"))
+    return local_store_env(tmp_path / "store")
+
+
 # --- one mount ---------------------------------------------------------------------------------
 
 

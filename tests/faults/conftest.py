@@ -38,7 +38,7 @@ from tests.helpers import (
     StoreEnv,
     dump_running_daemons,
     is_mounted,
-    local_store_env,
+    local_or_s3_env,
     s3_store_env,
     stop_mounts,
     tail,
@@ -277,9 +277,7 @@ class CrashMounts:
 
 @pytest.fixture(params=["local", "s3"])
 def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> StoreEnv:
-    if request.param == "s3":
-        return s3_store_env(request.getfixturevalue("seaweed"))
-    return local_store_env(tmp_path / "store")
+    return local_or_s3_env(request, tmp_path)
 
 
 @pytest.fixture

@@ -29,9 +29,9 @@ from tests.helpers import (
     Mount,
     MountFactory,
     StoreEnv,
+    local_or_s3_env,
     local_store_env,
     mount_factory_for,
-    s3_store_env,
 )
 
 #: descriptors the daemon may have open at once: the cache's open data files plus connections,
@@ -45,9 +45,7 @@ RSS_SLACK = 8 << 20
 
 @pytest.fixture(params=["local", "s3"])
 def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> StoreEnv:
-    if request.param == "s3":
-        return s3_store_env(request.getfixturevalue("seaweed"))
-    return local_store_env(tmp_path / "store")
+    return local_or_s3_env(request, tmp_path)
 
 
 @pytest.fixture

@@ -19,9 +19,8 @@ from tests.helpers import (
     Mount,
     S3StoreClient,
     StoreEnv,
-    local_store_env,
+    local_or_s3_env,
     require_tool,
-    s3_store_env,
 )
 
 NS = "user.bucketfs."
@@ -29,9 +28,7 @@ NS = "user.bucketfs."
 
 @pytest.fixture(params=["local", "s3"])
 def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> StoreEnv:
-    if request.param == "s3":
-        return s3_store_env(request.getfixturevalue("seaweed"))
-    return local_store_env(tmp_path / "store")
+    return local_or_s3_env(request, tmp_path)
 
 
 def sh(mnt: Mount, script: str) -> None:

@@ -23,9 +23,8 @@ from tests.helpers import (
     MountFactory,
     S3StoreClient,
     StoreEnv,
-    local_store_env,
+    local_or_s3_env,
     require_tool,
-    s3_store_env,
 )
 
 NS = "user.bucketfs."
@@ -33,9 +32,7 @@ NS = "user.bucketfs."
 
 @pytest.fixture(params=["local", "s3"])
 def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> StoreEnv:
-    if request.param == "s3":
-        return s3_store_env(request.getfixturevalue("seaweed"))
-    return local_store_env(tmp_path / "store")
+    return local_or_s3_env(request, tmp_path)
 
 
 def head_fields(mnt: Mount, key: str) -> dict[str, str]:

@@ -41,9 +41,8 @@ from tests.helpers import (
     Mount,
     StoreClient,
     StoreEnv,
-    local_store_env,
+    local_or_s3_env,
     mount_factory_for,
-    s3_store_env,
 )
 
 FILES = ("a", "b", "c")
@@ -323,9 +322,7 @@ class OneNameVsReference(Compared):
 
 @pytest.fixture(params=["local", "s3"])
 def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> StoreEnv:
-    if request.param == "s3":
-        return s3_store_env(request.getfixturevalue("seaweed"))
-    return local_store_env(tmp_path / "store")
+    return local_or_s3_env(request, tmp_path)
 
 
 @pytest.fixture
