@@ -259,8 +259,7 @@ class BucketFS:
 
     def _conflicted(self, cf: CachedFile, key: str) -> None:
         """Our version of `key` went to a conflict name: the name shows the server's again."""
-        ino = self.table.by_path.get((cf.bucket, key))
-        node = self.table.get(ino) if ino is not None else None
+        node = self._node_at(cf.bucket, key)
         if node is not None:
             node.cached = None
             node.attr_expiry = 0.0
@@ -269,18 +268,21 @@ class BucketFS:
         self._listings.clear()
         self._subtrees.clear()
 
+    def _node_at(self, bucket: str, key: str | None) -> Node | None:
+        """The node reachable under `key` in `bucket`, if the table has one."""
+        ino = self.table.by_path.get((bucket, key)) if key is not None else None
+        return self.table.get(ino) if ino is not None else None
+
     def _held(self, cf: CachedFile) -> bool:
         """Whether a handle has the file open for writing (its upload waits, WriteBack)."""
-        ino = self.table.by_path.get((cf.bucket, cf.key)) if cf.key is not None else None
-        node = self.table.get(ino) if ino is not None else None
+        node = self._node_at(cf.bucket, cf.key)
         return node is not None and node.writers > 0
 
     def _uploaded(self, done: Uploaded) -> None:
         """The write-back confirmed an upload: the node (if any) now matches the server."""
         cf = done.file
         if cf.key is not None:
-            ino = self.table.by_path.get((cf.bucket, cf.key))
-            node = self.table.get(ino) if ino is not None else None
+            node = self._node_at(cf.bucket, cf.key)
             if node is not None and node.cached is cf:
                 node.etag = done.result.etag
                 node.version_id = done.result.version_id
@@ -1072,19 +1074,26 @@ class BucketFS:
         node = self._new_node(
             parent, name, Kind.LINK, mode=0o777, uid=uid, gid=gid, mtime=now, bucket=bucket
         )
-        data = target.encode("utf-8", "surrogateescape")
+        await self._store_new(parent, node, target.encode("utf-8", "surrogateescape"))
+        node.link_target = target
+        return node
+
+    async def _store_new(self, parent: Node, node: Node, data: bytes) -> None:
+        """Upload a new symlink's or special file's object at once (the node leaves the table
+        if that fails), then record it as made through this mount."""
+        assert node.bucket is not None
+        opts = write_options(node)
         try:
-            result = await self.backend.put(bucket, node.key, data, write_options(node))
+            result = await self.backend.put(node.bucket, node.key, data, opts)
         except BaseException:
             self.table.detach(node)
             raise
         node.etag, node.version_id, node.size = result.etag, result.version_id, len(data)
-        node.link_target = target
-        node.metadata = dict(write_options(node).metadata)
+        node.metadata = dict(opts.metadata)
         node.attr_expiry = time.monotonic() + self.opts.attr_timeout
-        self._changed(parent, name, Kind.LINK)
+        # to a listing, a special file is an object like any other
+        self._changed(parent, node.name, Kind.LINK if node.kind is Kind.LINK else Kind.FILE)
         self.table.remember(node)
-        return node
 
     async def mknod(
         self, parent_ino: int, name: str, mode: int, rdev: int, uid: int, gid: int
@@ -1118,17 +1127,7 @@ class BucketFS:
             bucket=bucket,
             metadata=rdev_metadata(kind, rdev),
         )
-        opts = write_options(node)
-        try:
-            result = await self.backend.put(bucket, node.key, b"", opts)
-        except BaseException:
-            self.table.detach(node)
-            raise
-        node.etag, node.version_id = result.etag, result.version_id
-        node.metadata = dict(opts.metadata)
-        node.attr_expiry = time.monotonic() + self.opts.attr_timeout
-        self._changed(parent, name, Kind.FILE)  # to a listing, an object like any other
-        self.table.remember(node)
+        await self._store_new(parent, node, b"")
         return node
 
     async def unlink(self, parent_ino: int, name: str) -> None:

@@ -684,7 +684,7 @@ class BlockCache:
     # --- files nothing needs -------------------------------------------------------------
 
     def release(self, cf: CachedFile) -> None:
-        """A node let go of `cf`: forget it unless it is still needed."""
+        """A node let go of `cf`, or its blocks went: forget it unless it is still needed."""
         if self._unneeded(cf):
             self.forget(cf)
 
@@ -744,8 +744,7 @@ class BlockCache:
             cf = self.files.get(file_id)
             if cf is not None:
                 self._drop_blocks(cf, indexes - cf.dirty_blocks)
-                if self._unneeded(cf):
-                    self.forget(cf)
+                self.release(cf)  # its last block may have gone
 
     def _drop_blocks(self, cf: CachedFile, indexes: set[int], *, punch: bool = True) -> None:
         if not indexes:
