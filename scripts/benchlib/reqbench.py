@@ -251,6 +251,31 @@ def _check(ok: bool, what: str) -> None:
         raise RuntimeError(f"unexpected answer to {what}")
 
 
+async def _seed(backend: Any) -> bytes:
+    """Put the objects the calls read (one of OBJECT_SIZE, LIST_KEYS to list); the body."""
+    body = bytes(range(256)) * (OBJECT_SIZE // 256)
+    await backend.put(BUCKET, "obj", body)
+    for i in range(LIST_KEYS):
+        await backend.put(BUCKET, f"list/k{i:04d}", b"x")
+    return body
+
+
+def _backend_calls(backend: Any, put: Call) -> dict[str, Call]:
+    """HEAD, GET and LIST through a bucketfs backend (S3 or Swift), with its own `put`."""
+
+    async def head() -> None:
+        _check((await backend.head(BUCKET, "obj")).size == OBJECT_SIZE, "HEAD")
+
+    async def get() -> None:
+        _check(len(await backend.get(BUCKET, "obj")) == OBJECT_SIZE, "GET")
+
+    async def list_() -> None:
+        page = await backend.list_page(BUCKET, "list/")
+        _check(len(page.objects) == LIST_KEYS, "LIST")
+
+    return {"head": head, "get": get, "put": put, "list": list_}
+
+
 async def _s3_calls(target: Target, client: str) -> tuple[dict[str, Call], str, Any]:
     from bucketfs.backends.s3 import S3Backend, S3Credentials
 
@@ -260,26 +285,13 @@ async def _s3_calls(target: Target, client: str) -> tuple[dict[str, Call], str, 
 
     with contextlib.suppress(AlreadyExists):
         await backend.create_bucket(BUCKET)
-    body = bytes(range(256)) * (OBJECT_SIZE // 256)
-    await backend.put(BUCKET, "obj", body)
-    for i in range(LIST_KEYS):
-        await backend.put(BUCKET, f"list/k{i:04d}", b"x")
+    body = await _seed(backend)
     if client == "s3":
-
-        async def head() -> None:
-            _check((await backend.head(BUCKET, "obj")).size == OBJECT_SIZE, "HEAD")
-
-        async def get() -> None:
-            _check(len(await backend.get(BUCKET, "obj")) == OBJECT_SIZE, "GET")
 
         async def put() -> None:
             _check(bool((await backend.put(BUCKET, "put", body)).etag), "PUT")
 
-        async def list_() -> None:
-            page = await backend.list_page(BUCKET, "list/")
-            _check(len(page.objects) == LIST_KEYS, "LIST")
-
-        return {"head": head, "get": get, "put": put, "list": list_}, "", backend
+        return _backend_calls(backend, put), "", backend
     await backend.aclose()
     return await _bare_s3(target, body)
 
@@ -364,29 +376,15 @@ async def _swift_calls(target: Target, client: str) -> tuple[dict[str, Call], st
     assert target.swift_auth is not None
     backend = SwiftBackend(V1Auth(target.swift_auth, target.swift_user, target.swift_key))
     await backend.create_bucket(BUCKET)
-    body = bytes(range(256)) * (OBJECT_SIZE // 256)
-    await backend.put(BUCKET, "obj", body)
-    for i in range(LIST_KEYS):
-        await backend.put(BUCKET, f"list/k{i:04d}", b"x")
+    body = await _seed(backend)
     if client == "swift":
-
-        async def head() -> None:
-            _check((await backend.head(BUCKET, "obj")).size == OBJECT_SIZE, "HEAD")
-
-        async def get() -> None:
-            _check(len(await backend.get(BUCKET, "obj")) == OBJECT_SIZE, "GET")
-
         puts = iter(range(1 << 62))
 
         async def put() -> None:
             # Swift answers 202 without an ETag when two PUTs of one name share a timestamp
             await backend.put(BUCKET, f"put/{next(puts) % 256}", body)
 
-        async def list_() -> None:
-            page = await backend.list_page(BUCKET, "list/")
-            _check(len(page.objects) == LIST_KEYS, "LIST")
-
-        return {"head": head, "get": get, "put": put, "list": list_}, "", backend
+        return _backend_calls(backend, put), "", backend
     session = await backend._current_session()
     await backend.aclose()
     lib, name = _bare_lib()
