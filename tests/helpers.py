@@ -46,7 +46,7 @@ UMOUNT_TIMEOUT = 120.0
 WATCHDOG_SECONDS = 250.0
 #: options of every test mount: a failing store fails an operation in seconds, not a minute
 BASE_OPTIONS = ("retry_timeout=20",)
-#: the control channel of a mount (bucketfs/control.py): flush below a path, status report
+#: the control channel of a mount (bucketfs/app/client.py): flush below a path, status report
 XATTR_FLUSH = "user.bucketfs.flush"
 XATTR_STATUS = "user.bucketfs.status"
 #: how many lines of a daemon log to show when something fails
@@ -185,7 +185,7 @@ class S3StoreClient(StoreClient):
 
 
 class LocalStoreClient(StoreClient):
-    """The local store through `bucketfs.backends.local.LocalBackend`, one `trio.run` a call.
+    """The local store through `LocalBackend` (backends/local), one `trio.run` a call.
 
     Safe to use from worker threads: each call builds and closes its own backend.
     """
@@ -198,7 +198,7 @@ class LocalStoreClient(StoreClient):
         return LocalStoreClient(self.root, bucket)
 
     def _run(self, what: str, fn: Callable[[Backend], Awaitable[T]]) -> T:
-        from bucketfs.backends.local import LocalBackend
+        from bucketfs.backends.local.backend import LocalBackend
         from bucketfs.errors import BackendError, NotFound
 
         async def main() -> T:
@@ -570,7 +570,7 @@ class Mount:
 
     def dump_tasks(self, timeout: float = 5.0) -> None:
         """Have a live daemon log what each of its tasks and threads waits on
-        (bucketfs/taskdump.py); returns once the dump is in the log or after `timeout`."""
+        (bucketfs/fuse/taskdump.py); returns once the dump is in the log or after `timeout`."""
         proc = self.proc
         if proc is None or proc.poll() is not None or not is_mounted(self.path):
             return  # not serving (yet): SIGUSR1 before its handler is set would kill it

@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 import pytest
 
-from bucketfs.backends.swift import SwiftBackend
-from bucketfs.backends.swift_auth import V1Auth
+from bucketfs.backends.swift.auth import V1Auth
+from bucketfs.backends.swift.backend import SwiftBackend
 from tests.helpers import StoreClient, StoreEnv, StoreError
 from tests.swift_server import KEY, USER, SwiftServer, swift_available
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
-from bucketfs.backends import _common as c
+from bucketfs.backends import inprocess as c
 from bucketfs.backends.base import MAX_OBJECT_SIZE
 from bucketfs.errors import (
     AlreadyExists,

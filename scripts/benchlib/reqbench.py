@@ -8,7 +8,7 @@ machine. Each client runs in a child process of its own (`python -m benchlib.req
 ...`), so one client's garbage, pools or threads never bill another, and a child can run the
 backends of another checkout (`--requests-repo`: its .venv and code) for an A/B.
 
-Clients: `s3` is `bucketfs.backends.s3.S3Backend` (signing, retries, parsing included);
+Clients: `s3` is `bucketfs.backends.s3.backend.S3Backend` (signing, retries, parsing included);
 `bare` sends the same requests, signed once beforehand (S3 has no replay protection), through
 a bare `AsyncHTTPTransport` of httpx2 (httpx when httpx2 is not installed: older checkouts),
 reading each body whole and parsing nothing; `swift` and `bare-swift` do the same against a
@@ -277,7 +277,7 @@ def _backend_calls(backend: Any, put: Call) -> dict[str, Call]:
 
 
 async def _s3_calls(target: Target, client: str) -> tuple[dict[str, Call], str, Any]:
-    from bucketfs.backends.s3 import S3Backend, S3Credentials
+    from bucketfs.backends.s3.backend import S3Backend, S3Credentials
 
     creds = S3Credentials(target.access_key, target.secret_key)
     backend = S3Backend(target.endpoint, target.region, credentials=creds, path_style=True)
@@ -310,7 +310,7 @@ def _bare_lib() -> tuple[Any, str]:
 async def _bare_s3(target: Target, body: bytes) -> tuple[dict[str, Call], str, Any]:
     import hashlib
 
-    from bucketfs.backends import sigv4
+    from bucketfs.backends.s3 import sigv4
 
     lib, name = _bare_lib()
     transport = lib.AsyncHTTPTransport(
@@ -370,8 +370,8 @@ async def _bare_s3(target: Target, body: bytes) -> tuple[dict[str, Call], str, A
 
 
 async def _swift_calls(target: Target, client: str) -> tuple[dict[str, Call], str, Any]:
-    from bucketfs.backends.swift import SwiftBackend
-    from bucketfs.backends.swift_auth import V1Auth
+    from bucketfs.backends.swift.backend import SwiftBackend
+    from bucketfs.backends.swift.auth import V1Auth
 
     assert target.swift_auth is not None
     backend = SwiftBackend(V1Auth(target.swift_auth, target.swift_user, target.swift_key))

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from bucketfs.backends.base import Backend
-from bucketfs.backends.s3 import S3Backend, S3Credentials
+from bucketfs.backends.s3.backend import S3Backend, S3Credentials
 from tests.servers import SeaweedServer, unique_bucket
 from tests.swift_fixtures import make_swift, swift
 from tests.swift_server import KEY, USER, SwiftServer
@@ -83,7 +83,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
         yield MemoryBackend()
     elif kind == "local":
-        from bucketfs.backends.local import LocalBackend
+        from bucketfs.backends.local.backend import LocalBackend
 
         root = tmp_path / "store"
         root.mkdir()

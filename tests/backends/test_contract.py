@@ -15,8 +15,8 @@ import pytest
 import trio
 
 from bucketfs.backends.base import MIN_PART_SIZE, Backend
-from bucketfs.backends.s3 import S3Backend, S3Credentials
-from bucketfs.backends.swift import SwiftBackend
+from bucketfs.backends.s3.backend import S3Backend, S3Credentials
+from bucketfs.backends.swift.backend import SwiftBackend
 from bucketfs.errors import (
     AccessDenied,
     BucketNotEmpty,

@@ -17,15 +17,16 @@ import httpx2 as httpx
 import pytest
 import trio
 
-from bucketfs.backends import swift as swift_module
-from bucketfs.backends.swift import HANDLED_STATUSES, SwiftBackend, error_class
-from bucketfs.backends.swift_auth import (
+from bucketfs.app.options import build_config, parse_source
+from bucketfs.backends.swift import backend as swift_module
+from bucketfs.backends.swift.auth import (
     AuthResult,
     KeystoneV3Auth,
     TokenAuth,
     V1Auth,
     auth_from_env,
 )
+from bucketfs.backends.swift.backend import HANDLED_STATUSES, SwiftBackend, error_class
 from bucketfs.errors import (
     AccessDenied,
     BackendError,
@@ -38,7 +39,6 @@ from bucketfs.errors import (
     PreconditionFailed,
     Transient,
 )
-from bucketfs.options import build_config, parse_source
 from bucketfs.types import WriteOptions
 from tests.backends.conftest import run_with
 from tests.swift_fixtures import make_swift

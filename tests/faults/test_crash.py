@@ -326,7 +326,7 @@ def test_new_file_after_deleting_a_dirty_one_is_uploaded(crash_mounts: CrashMoun
     check_exact(mount, {"next.txt": blob(2, 2000), "next2.txt": blob(4, 2000)})
 
 
-# --- deletes queued at the kill (bucketfs/deletes.py) -------------------------------------------
+# --- deletes queued at the kill (bucketfs/cache/deletes.py) ---------------------------------
 
 
 def test_deletes_queued_at_a_kill_are_sent_by_the_next_mount(crash_mounts: CrashMounts) -> None:

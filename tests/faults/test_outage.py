@@ -284,7 +284,7 @@ def test_status_counts_the_deletes_whose_answer_has_not_come(
 def test_the_task_dump_names_what_a_stuck_read_waits_for(
     seaweed: SeaweedServer, proxy: HoldingProxy, tmp_path: Path
 ) -> None:
-    """SIGUSR1 makes the daemon log every task's await chain (bucketfs/taskdump.py; the test
+    """SIGUSR1 makes the daemon log every task's await chain (bucketfs/fuse/taskdump.py; the test
     harness asks for it before it takes down a daemon that hangs): a read whose GET gets no
     answer shows as the FUSE read waiting for the fetch, and the fetch waiting in the S3
     backend's get. The mount keeps serving after the dump."""

@@ -5,8 +5,8 @@ Three groups:
   missing FUSE tooling, `umount` of something that is no bucketfs mount;
 - the background machinery (fork, readiness pipe, syslog/file logging, `umount` waiting for the
   daemon, stale mounts after kill -9), driven by a minimal pyfuse3 filesystem that stands in for
-  `bucketfs.mount.serve`, so it is tested whatever the real filesystem does;
-- real mounts through `bucketfs.mount.serve` against the local store and SeaweedFS, and the
+  `bucketfs.app.mount.serve`, so it is tested whatever the real filesystem does;
+- real mounts through `bucketfs.app.mount.serve` against the local store and SeaweedFS, and the
   errors users meet there (missing bucket, refused credentials, unreachable endpoint).
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from bucketfs.daemon import process_gone
+from bucketfs.app.daemon import process_gone
 from tests.servers import SeaweedServer, free_port, unique_bucket
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,7 +181,7 @@ def test_umount_not_bucketfs(mp: Path) -> None:
 
 
 def test_mount_helper_fake_checks_options(mp: Path) -> None:
-    code = "import sys; from bucketfs.cli import mount_helper_main as m; sys.exit(m())"
+    code = "import sys; from bucketfs.app.cli import mount_helper_main as m; sys.exit(m())"
     run = [sys.executable, "-c", code, "s3://bucket", str(mp)]
     ok = subprocess.run([*run, "-f", "-o", "defaults,_netdev,ro"], capture_output=True, check=False)
     assert ok.returncode == 0, ok
@@ -191,16 +191,16 @@ def test_mount_helper_fake_checks_options(mp: Path) -> None:
     assert "unknown option 'bogus'" in one_error(bad)
 
 
-# --- the background machinery, with a stand-in for bucketfs.mount.serve ----------------------
+# --- the background machinery, with a stand-in for bucketfs.app.mount.serve ----------------------
 
-#: Runs `bucketfs.cli.main` with a minimal pyfuse3 filesystem installed as `bucketfs.mount`.
+#: Runs `bucketfs.app.cli.main` with a minimal pyfuse3 filesystem installed as `bucketfs.app.mount`.
 #: Its behaviour comes from STUB: "ok", "fail" (BucketfsError before ready), "die" (exit before
 #: ready), "hang" (never ready), "slow-exit" (2 s of "uploading" after unmount).
 STUB_RUNNER = textwrap.dedent(
     """
     import errno, logging, os, stat, sys, time, types
     import pyfuse3, trio
-    from bucketfs import cli, daemon
+    from bucketfs.app import cli, daemon
     from bucketfs.errors import BucketfsError
 
     class Ops(pyfuse3.Operations):
@@ -247,7 +247,7 @@ STUB_RUNNER = textwrap.dedent(
         if how == "slow-exit":
             time.sleep(2)
 
-    sys.modules["bucketfs.mount"] = types.SimpleNamespace(serve=serve)
+    sys.modules["bucketfs.app.mount"] = types.SimpleNamespace(serve=serve)
     # a file in <cache_dir> unless the test provides a syslog socket
     daemon.SYSLOG_SOCKET = os.environ.get("SYSLOG_SOCKET", "/nonexistent")
     cli.READY_TIMEOUT = float(os.environ.get("READY_TIMEOUT", "60"))
@@ -404,7 +404,7 @@ def test_stale_mount_is_mounted_over(mp: Path) -> None:
     assert stub("umount", str(mp)).returncode == 0
 
 
-# --- real mounts through bucketfs.mount.serve (the lead's) --------------------------------
+# --- real mounts through bucketfs.app.mount.serve (the lead's) --------------------------------
 
 
 def mount_ok(*args: str, env: dict[str, str] | None = None) -> None:
@@ -424,7 +424,7 @@ def demo_store(tmp_path: Path) -> Path:
     """A local store holding bucket `demo` with one object `hello.txt`."""
     import trio
 
-    from bucketfs.backends.local import LocalBackend
+    from bucketfs.backends.local.backend import LocalBackend
 
     root = tmp_path / "store"
     root.mkdir()

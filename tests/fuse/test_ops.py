@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from bucketfs.daemon import process_gone
+from bucketfs.app.daemon import process_gone
 from tests.servers import SeaweedServer, unique_bucket
 
 REPO = Path(__file__).resolve().parents[2]
@@ -373,7 +373,7 @@ def test_notify_protocol(remote: Remote, mp: Path, tmp_path: Path) -> None:
             proc.wait()
         stderr.seek(0)
         log = stderr.read()
-    assert f"INFO bucketfs.mount: mounted sw:{remote.bucket} on {mp}" in log
+    assert f"INFO bucketfs.app.mount: mounted sw:{remote.bucket} on {mp}" in log
     again = run(BUCKETFS, "umount", "--if-mounted", "--config", str(conf))  # ExecStop after exit
     assert again.returncode == 0, again
 

@@ -1,5 +1,5 @@
 """A request withdrawn between "/dev/fuse is readable" and the daemon's read of it must not stop
-the daemon (bucketfs/readwatch.py).
+the daemon (bucketfs/fuse/readwatch.py).
 
 Made to happen on purpose: strace holds the daemon back for 1.5 s at a chosen system call;
 meanwhile a process makes a request (a `stat`) and is killed, which withdraws the request from
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bucketfs import readwatch
+from bucketfs.fuse import readwatch
 from tests.helpers import Mount, MountFactory, require_tool
 
 #: how long strace holds the daemon's read back

@@ -44,7 +44,7 @@ def head_fields(mnt: Mount, key: str) -> dict[str, str]:
         headers = resp["ResponseMetadata"]["HTTPHeaders"]
         return {k: str(v) for k, v in headers.items()}
     assert isinstance(raw, LocalStoreClient)
-    from bucketfs.backends.local import LocalBackend
+    from bucketfs.backends.local.backend import LocalBackend
 
     async def head() -> dict[str, str]:
         backend = LocalBackend(raw.root)

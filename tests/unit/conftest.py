@@ -31,8 +31,8 @@ import trio.testing
 
 from bucketfs.backends.memory import MemoryBackend
 from bucketfs.cache import datafiles
-from bucketfs.fs import BucketFS, FsOptions
-from bucketfs.inodes import ROOT_INO, Node
+from bucketfs.core.fs import BucketFS, FsOptions
+from bucketfs.core.nodes import ROOT_INO, Node
 from bucketfs.types import ListPage, ObjectInfo, PutResult, WriteOptions
 
 BUCKET = "bkt"  # the memory backend enforces S3 bucket names (3-63 characters)

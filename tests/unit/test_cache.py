@@ -14,9 +14,9 @@ from bucketfs.cache import datafiles
 from bucketfs.cache.datafiles import DataFiles
 from bucketfs.cache.store import BlockCache
 from bucketfs.cache.writeback import conflict_name
+from bucketfs.core.fs import BucketFS
+from bucketfs.core.nodes import ROOT_INO
 from bucketfs.errors import CacheError
-from bucketfs.fs import BucketFS
-from bucketfs.inodes import ROOT_INO
 from tests.unit.conftest import BUCKET, CountingBackend, Harness, RunFs
 
 MiB = 1 << 20
@@ -46,7 +46,7 @@ def test_dirty_files_survive_a_crash_and_are_uploaded_by_the_next_mount(tmp_path
     opts: Any = {"uid": 0, "gid": 0, "writeback_delay": 3600.0}
 
     async def first_life() -> None:
-        from bucketfs.fs import FsOptions
+        from bucketfs.core.fs import FsOptions
 
         await store.create_bucket(BUCKET)
         fs = BucketFS(
@@ -63,7 +63,7 @@ def test_dirty_files_survive_a_crash_and_are_uploaded_by_the_next_mount(tmp_path
         assert await store.keys(BUCKET) == []
 
     async def second_life() -> None:
-        from bucketfs.fs import FsOptions
+        from bucketfs.core.fs import FsOptions
 
         fs = BucketFS(
             store, bucket=BUCKET, prefix="", options=FsOptions(uid=0, gid=0), cache_dir=cache_dir
@@ -143,7 +143,7 @@ def test_an_edit_in_a_large_object_copies_unchanged_parts_on_the_server(tmp_path
     data = bytearray(os.urandom(size))
 
     async def main() -> None:
-        from bucketfs.fs import FsOptions
+        from bucketfs.core.fs import FsOptions
 
         await store.create_bucket(BUCKET)
         await store.put(BUCKET, "big", bytes(data))
@@ -283,7 +283,7 @@ def test_an_upload_overtaken_by_a_write_is_no_conflict_with_ourselves(tmp_path: 
     store = LateAnswer(0.0)
 
     async def main() -> None:
-        from bucketfs.fs import FsOptions
+        from bucketfs.core.fs import FsOptions
 
         await store.create_bucket(BUCKET)
         opts = FsOptions(uid=0, gid=0)
@@ -365,7 +365,7 @@ def test_a_write_during_a_multipart_upload_is_a_stale_upload_not_an_error(
     store = PartCounting(0.0)
 
     async def main() -> None:
-        from bucketfs.fs import FsOptions
+        from bucketfs.core.fs import FsOptions
 
         await store.create_bucket(BUCKET)
         opts = FsOptions(uid=0, gid=0, part_size=5 * MiB)

@@ -1,4 +1,4 @@
-"""`bucketfs.config`: remotes files, mount files, file permissions, secrets kept out of sight."""
+"""`bucketfs.app.config`: remotes files, mount files, permissions, secrets kept out of sight."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bucketfs.config import (
+from bucketfs.app.config import (
     Remote,
     build_mount_config,
     load_mount_file,
@@ -17,8 +17,8 @@ from bucketfs.config import (
     remotes_paths,
     user_remotes_path,
 )
+from bucketfs.app.options import MountConfig, build_config
 from bucketfs.errors import ConfigError
-from bucketfs.options import MountConfig, build_config
 
 SECRET = "s3cr3t-Value/with+chars%and#more"
 

@@ -1,4 +1,4 @@
-"""Deferred deletes (bucketfs/deletes.py) on the memory backend: batching, the order every
+"""Deferred deletes (bucketfs/cache/deletes.py) on the memory backend: batching, the order every
 other request keeps with queued deletes, failures, and the journal that survives a crash."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 import trio
 import trio.testing
 
+from bucketfs.cache.deletes import DeferredDeletes
 from bucketfs.cache.index import CacheIndex
-from bucketfs.deletes import DeferredDeletes
+from bucketfs.core.nodes import ROOT_INO
 from bucketfs.errors import NotFound, Transient
-from bucketfs.inodes import ROOT_INO
 from tests.unit.conftest import BUCKET, CountingBackend, Harness, RunFs
 
 

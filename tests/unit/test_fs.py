@@ -17,8 +17,10 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
-from bucketfs import fs as fs_module
 from bucketfs.cache.store import BlockCache
+from bucketfs.core import fs as fs_module
+from bucketfs.core.fs import BucketFS
+from bucketfs.core.nodes import ROOT_INO, SYMLINK_MAX, Kind, Node
 from bucketfs.errors import (
     BucketfsError,
     DirectoryNotEmpty,
@@ -31,8 +33,6 @@ from bucketfs.errors import (
     NotPermitted,
     ReadOnly,
 )
-from bucketfs.fs import BucketFS
-from bucketfs.inodes import ROOT_INO, SYMLINK_MAX, Kind, Node
 from tests.unit.conftest import BUCKET, Harness, RunFs
 
 MiB = 1 << 20
@@ -1263,7 +1263,7 @@ def test_lookups_after_a_listing_expired_list_a_small_directory_again(run_fs: Ru
 def test_a_large_directory_is_not_listed_again_for_one_lookup(
     run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("bucketfs.fs.RELIST_ENTRIES", 2)
+    monkeypatch.setattr("bucketfs.core.fs.RELIST_ENTRIES", 2)
 
     async def body(h: Harness) -> None:
         for i in range(3):

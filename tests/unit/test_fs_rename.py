@@ -11,6 +11,8 @@ import stat
 
 import pytest
 
+from bucketfs.core.fs import RENAME_EXCHANGE, RENAME_NOREPLACE
+from bucketfs.core.nodes import ROOT_INO, Kind
 from bucketfs.errors import (
     CrossDevice,
     DirectoryNotEmpty,
@@ -22,8 +24,6 @@ from bucketfs.errors import (
     NotPermitted,
     NotSupported,
 )
-from bucketfs.fs import RENAME_EXCHANGE, RENAME_NOREPLACE
-from bucketfs.inodes import ROOT_INO, Kind
 from tests.unit.conftest import Harness, RunFs
 
 WO = os.O_WRONLY | os.O_CREAT

@@ -11,7 +11,7 @@ from tests.helpers import REPO
 
 CHILD = """
 import os, threading
-from bucketfs.mount import limit_heap_retention
+from bucketfs.app.mount import limit_heap_retention
 limit_heap_retention()
 def rss():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])

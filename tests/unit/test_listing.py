@@ -1,4 +1,4 @@
-"""Listings (bucketfs/listing.py): a recursive LIST split into every directory's entries, and
+"""Listings (bucketfs/core/listing.py): a recursive LIST split into every directory's entries, and
 subtree listings that answer lookups in many directories after one request."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from bucketfs import listing
+from bucketfs.core import listing
+from bucketfs.core.listing import split_subtree
+from bucketfs.core.nodes import ROOT_INO, Kind
 from bucketfs.errors import NoEntry
-from bucketfs.inodes import ROOT_INO, Kind
-from bucketfs.listing import split_subtree
 from bucketfs.types import ObjectInfo
 from tests.unit.conftest import Harness, RunFs
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from bucketfs.backends.local import LocalBackend
+from bucketfs.backends.local.backend import LocalBackend
 from bucketfs.errors import BucketNotFound, InvalidRequest, NotFound
 
 
@@ -105,7 +105,7 @@ def test_another_process_writes_and_reads(tmp_path: Path) -> None:
         """
         import sys, trio
         from pathlib import Path
-        from bucketfs.backends.local import LocalBackend
+        from bucketfs.backends.local.backend import LocalBackend
 
         async def main():
             backend = LocalBackend(Path(sys.argv[1]))

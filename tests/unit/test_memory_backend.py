@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from bucketfs.backends.base import Backend
-from bucketfs.backends.local import LocalBackend
+from bucketfs.backends.local.backend import LocalBackend
 from bucketfs.backends.memory import MemoryBackend
 from bucketfs.errors import (
     AlreadyExists,

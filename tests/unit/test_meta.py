@@ -1,4 +1,4 @@
-"""`bucketfs.meta`: POSIX attributes in object metadata, and which names are file names."""
+"""`bucketfs.core.attrs`: POSIX attributes in object metadata, and which names are file names."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import stat
 
 import pytest
 
-from bucketfs.errors import InvalidArgument, NameTooLong
-from bucketfs.inodes import Kind
-from bucketfs.meta import (
+from bucketfs.core.attrs import (
     NAME_MAX,
     PosixAttrs,
     check_new_name,
@@ -17,6 +15,8 @@ from bucketfs.meta import (
     posix_metadata,
     valid_name,
 )
+from bucketfs.core.nodes import Kind
+from bucketfs.errors import InvalidArgument, NameTooLong
 
 # --- parse_posix -------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""`bucketfs.notify`: the sd_notify protocol over a socket the test listens on."""
+"""`bucketfs.app.notify`: the sd_notify protocol over a socket the test listens on."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bucketfs.cli import JOURNAL_LOG_FORMAT, foreground_log_format
-from bucketfs.daemon import LOG_FORMAT
-from bucketfs.notify import format_message, notify, socket_address
+from bucketfs.app.cli import JOURNAL_LOG_FORMAT, foreground_log_format
+from bucketfs.app.daemon import LOG_FORMAT
+from bucketfs.app.notify import format_message, notify, socket_address
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""`bucketfs.options`: sources, every -o option, the errors that name what was wrong."""
+"""`bucketfs.app.options`: sources, every -o option, the errors that name what was wrong."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bucketfs.errors import ConfigError
-from bucketfs.options import (
+from bucketfs.app.options import (
     IGNORED_OPTIONS,
     MiB,
     MountConfig,
@@ -21,6 +20,7 @@ from bucketfs.options import (
     parse_size,
     parse_source,
 )
+from bucketfs.errors import ConfigError
 
 
 def config(

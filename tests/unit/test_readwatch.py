@@ -1,4 +1,4 @@
-"""The /dev/fuse read watchdog (bucketfs/readwatch.py) without FUSE: its process watches this
+"""The /dev/fuse read watchdog (bucketfs/fuse/readwatch.py) without FUSE: its process watches this
 one, whose main thread blocks in a read() of a pipe that gets no data, made from C the way
 libfuse makes it (no retry on EINTR). The end-to-end race is tests/fuse/test_readwatch.py."""
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from bucketfs import readwatch
+from bucketfs.fuse import readwatch
 
 #: without the watchdog the read below returns only when this late write arrives
 LATE_WRITE = 10.0

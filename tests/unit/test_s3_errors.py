@@ -17,10 +17,10 @@ import pytest
 import trio
 import trio.testing
 
-from bucketfs.backends import s3xml
 from bucketfs.backends.http import error_class, transport_error
 from bucketfs.backends.retry import backoff
-from bucketfs.backends.s3 import (
+from bucketfs.backends.s3 import xmlparse
+from bucketfs.backends.s3.backend import (
     EMPTY_SHA256,
     UNSIGNED_PAYLOAD,
     S3Backend,
@@ -160,27 +160,27 @@ def test_backoff_is_full_jitter_with_a_cap() -> None:
     ],
 )
 def test_xml_with_dtd_is_refused(body: bytes) -> None:
-    with pytest.raises(s3xml.UnsafeXML):
-        s3xml.parse(body)
-    assert s3xml.parse_error(body) is None
+    with pytest.raises(xmlparse.UnsafeXML):
+        xmlparse.parse(body)
+    assert xmlparse.parse_error(body) is None
 
 
 def test_xml_namespaces_are_stripped() -> None:
-    root = s3xml.parse(
+    root = xmlparse.parse(
         b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
         b"<Name>b</Name></ListBucketResult>"
     )
     assert root.tag == "ListBucketResult"
-    assert s3xml.text(root, "Name") == "b"
+    assert xmlparse.text(root, "Name") == "b"
 
 
 def test_malformed_xml_is_transient() -> None:
     with pytest.raises(Transient):
-        s3xml.parse(b"<unclosed>")
+        xmlparse.parse(b"<unclosed>")
 
 
 def test_listing_with_url_encoding_is_decoded() -> None:
-    root = s3xml.parse(
+    root = xmlparse.parse(
         b"<ListBucketResult><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
         b"<NextContinuationToken>tok+en</NextContinuationToken>"
         b"<Contents><Key>a+b%2Bc%25d%C3%BC</Key><Size>3</Size><ETag>&quot;abc&quot;</ETag>"
@@ -188,7 +188,7 @@ def test_listing_with_url_encoding_is_decoded() -> None:
         b"<StorageClass>STANDARD</StorageClass></Contents>"
         b"<CommonPrefixes><Prefix>dir%20x/</Prefix></CommonPrefixes></ListBucketResult>"
     )
-    page = s3xml.parse_list_v2(root)
+    page = xmlparse.parse_list_v2(root)
     assert [o.key for o in page.objects] == ["a b+c%dü"]
     obj = page.objects[0]
     assert (obj.size, obj.etag, obj.storage_class) == (3, "abc", "STANDARD")
@@ -198,7 +198,7 @@ def test_listing_with_url_encoding_is_decoded() -> None:
 
 
 def test_version_listing_keeps_server_order_and_markers() -> None:
-    root = s3xml.parse(
+    root = xmlparse.parse(
         b"<ListVersionsResult><IsTruncated>false</IsTruncated>"
         b"<DeleteMarker><Key>k</Key><VersionId>3</VersionId><IsLatest>true</IsLatest>"
         b"<LastModified>2024-05-01T12:00:02Z</LastModified></DeleteMarker>"
@@ -207,7 +207,7 @@ def test_version_listing_keeps_server_order_and_markers() -> None:
         b"<Version><Key>k</Key><VersionId>null</VersionId><IsLatest>false</IsLatest>"
         b"<Size>4</Size></Version></ListVersionsResult>"
     )
-    page = s3xml.parse_versions(root)
+    page = xmlparse.parse_versions(root)
     assert [(v.version_id, v.is_latest, v.is_delete_marker) for v in page.versions] == [
         ("3", True, True),
         ("2", False, False),
@@ -217,13 +217,13 @@ def test_version_listing_keeps_server_order_and_markers() -> None:
 
 
 def test_request_bodies_escape_keys() -> None:
-    body = s3xml.delete_body(["a&b<c>", "ü"])
+    body = xmlparse.delete_body(["a&b<c>", "ü"])
     root = ET.fromstring(body)
     assert [k.text for k in root.iter("{http://s3.amazonaws.com/doc/2006-03-01/}Key")] == [
         "a&b<c>",
         "ü",
     ]
-    complete = s3xml.complete_body([(2, "b"), (1, '"a"')])
+    complete = xmlparse.complete_body([(2, "b"), (1, '"a"')])
     assert b"<PartNumber>1</PartNumber><ETag>&quot;a&quot;</ETag>" in complete.replace(
         b'"', b"&quot;"
     )
@@ -588,7 +588,7 @@ def test_http_dates_read_the_same_by_the_fast_path_and_by_email_utils() -> None:
     import email.utils
     import random
 
-    from bucketfs.backends.s3_values import http_time
+    from bucketfs.backends.s3.values import http_time
 
     rng = random.Random(7)
     for _ in range(2000):
@@ -604,7 +604,7 @@ def test_http_dates_read_the_same_by_the_fast_path_and_by_email_utils() -> None:
 
 
 def test_object_info_reads_raw_headers_in_one_pass() -> None:
-    from bucketfs.backends.s3_values import object_info
+    from bucketfs.backends.s3.values import object_info
 
     raw = [
         (b"Content-Length", b"4096"),

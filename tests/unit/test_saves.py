@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from bucketfs.inodes import ROOT_INO
+from bucketfs.core.nodes import ROOT_INO
 from tests.unit.conftest import BUCKET, Harness, RunFs
 
 WO = os.O_WRONLY

@@ -12,8 +12,8 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from bucketfs.backends import sigv4
-from bucketfs.backends.s3 import EMPTY_SHA256, UNSIGNED_PAYLOAD, S3Backend, S3Credentials
+from bucketfs.backends.s3 import sigv4
+from bucketfs.backends.s3.backend import EMPTY_SHA256, UNSIGNED_PAYLOAD, S3Backend, S3Credentials
 from tests.unit.test_s3_errors import streaming
 
 CASES = [

@@ -7,7 +7,7 @@ import time
 
 import trio
 
-from bucketfs import taskdump
+from bucketfs.fuse import taskdump
 
 
 def test_kernel_state_of_a_thread_waiting_on_a_lock_is_a_futex() -> None:

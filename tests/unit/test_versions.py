@@ -1,4 +1,4 @@
-"""The `.versions/` tree (`bucketfs/versions.py`) through `BucketFS`, over the memory store.
+"""The `.versions/` tree (`bucketfs/core/versions.py`) through `BucketFS`, over the memory store.
 
 The memory store stamps versions with `time.time()`; these tests replace that clock with one
 they move by hand (`Clock`), so versions get distinct, known times and point-in-time views can
@@ -12,12 +12,12 @@ import os
 
 import pytest
 
-import bucketfs.versions as versions_mod
+import bucketfs.core.versions as versions_mod
 from bucketfs.backends import memory
+from bucketfs.core.nodes import ROOT_INO, Kind, Node
+from bucketfs.core.versions import parse_instant, stamp, version_names
 from bucketfs.errors import BucketfsError
-from bucketfs.inodes import ROOT_INO, Kind, Node
 from bucketfs.types import ObjectInfo
-from bucketfs.versions import parse_instant, stamp, version_names
 from tests.unit.conftest import BUCKET, Harness, RunFs
 
 NS = "user.bucketfs."

@@ -1,4 +1,4 @@
-"""Object metadata as xattrs (`bucketfs/xattrs.py`) through `BucketFS`, over the memory store.
+"""Object metadata as xattrs (`bucketfs/core/xattrs.py`) through `BucketFS`, over the memory store.
 
 Every change is checked in the bucket itself, as another S3 client would see it; every refusal
 by its errno (what `getfattr`/`setfattr` report).
@@ -12,8 +12,8 @@ import os
 import pytest
 
 from bucketfs.backends import memory
+from bucketfs.core.nodes import ROOT_INO, Node
 from bucketfs.errors import BucketfsError
-from bucketfs.inodes import ROOT_INO, Node
 from bucketfs.types import WriteOptions
 from tests.unit.conftest import BUCKET, CountingBackend, Harness, RunFs
 

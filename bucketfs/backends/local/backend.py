@@ -43,9 +43,9 @@ from typing import ParamSpec, TypeVar
 
 import trio
 
-from bucketfs.backends import _common as c
-from bucketfs.backends._localstore import LocalStore
+from bucketfs.backends import inprocess as c
 from bucketfs.backends.base import MAX_OBJECT_SIZE
+from bucketfs.backends.local.store import LocalStore
 from bucketfs.errors import BackendError, BucketfsError, NotSupported, Transient
 from bucketfs.types import (
     BucketInfo,

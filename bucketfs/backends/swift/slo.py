@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import trio
 
-from bucketfs.backends.s3 import quote_key
-from bucketfs.backends.swift_values import (
+from bucketfs.backends.s3.backend import quote_key
+from bucketfs.backends.swift.values import (
     md5_hex,
     put_result,
     quote_name,
@@ -50,7 +50,7 @@ from bucketfs.errors import (
 from bucketfs.types import PutResult, WriteOptions
 
 if TYPE_CHECKING:
-    from bucketfs.backends.swift import SwiftBackend
+    from bucketfs.backends.swift.backend import SwiftBackend
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 
 from bucketfs.backends.base import Backend
-from bucketfs.inodes import Kind
-from bucketfs.meta import valid_name
+from bucketfs.core.attrs import valid_name
+from bucketfs.core.nodes import Kind
 from bucketfs.types import ListPage, ObjectInfo
 
 #: pages (of PAGE_KEYS keys) a subtree listing may take; a larger subtree is not listed so

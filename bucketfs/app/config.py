@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bucketfs import options as opts
+from bucketfs.app import options as opts
 from bucketfs.errors import ConfigError
 
 SYSTEM_DIR = Path("/etc/bucketfs")

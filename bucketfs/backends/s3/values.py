@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from urllib.parse import quote
 
-from bucketfs.backends import s3xml
+from bucketfs.backends.s3 import xmlparse
 from bucketfs.errors import InvalidRequest
 from bucketfs.types import ObjectInfo, PutResult, WriteOptions
 
@@ -151,7 +151,7 @@ def object_info(key: str, raw: Iterable[tuple[bytes, bytes]]) -> ObjectInfo:
     return ObjectInfo(
         key=key,
         size=int(get("content-length") or 0),
-        etag=s3xml.strip_etag(get("etag", "")),
+        etag=xmlparse.strip_etag(get("etag", "")),
         last_modified=http_time(get("last-modified")),
         metadata=metadata,
         content_type=get("content-type"),
@@ -164,7 +164,7 @@ def object_info(key: str, raw: Iterable[tuple[bytes, bytes]]) -> ObjectInfo:
 
 
 def put_result(etag: str | None, version_id: str | None) -> PutResult:
-    return PutResult(etag=s3xml.strip_etag(etag or ""), version_id=version_id)
+    return PutResult(etag=xmlparse.strip_etag(etag or ""), version_id=version_id)
 
 
 def write_headers(opts: WriteOptions | None) -> dict[str, str]:

@@ -35,9 +35,9 @@ from cachetools import LRUCache, TTLCache
 
 from bucketfs.backends.base import Backend
 from bucketfs.concurrency import for_each
+from bucketfs.core.attrs import Defaults, valid_name
+from bucketfs.core.nodes import InodeTable, Kind, Node
 from bucketfs.errors import NoEntry, NotSupported, ReadOnly
-from bucketfs.inodes import InodeTable, Kind, Node
-from bucketfs.meta import Defaults, valid_name
 from bucketfs.types import ObjectInfo
 
 log = logging.getLogger(__name__)

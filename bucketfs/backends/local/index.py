@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bucketfs.backends import _common as c
+from bucketfs.backends import inprocess as c
 from bucketfs.errors import BackendError, BucketNotFound, NotFound
 from bucketfs.types import ObjectInfo
 

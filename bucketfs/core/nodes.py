@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bucketfs.cache.store import CachedFile
+    from bucketfs.core.versions import Virtual
     from bucketfs.types import ObjectInfo
-    from bucketfs.versions import Virtual
 
 ROOT_INO = 1
 #: the longest symlink target (PATH_MAX - 1): a symlink's object holds its target, so a listed

@@ -28,8 +28,10 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from bucketfs import readwatch
+from bucketfs.app.notify import notify
+from bucketfs.app.options import MountConfig
 from bucketfs.backends.base import Backend
+from bucketfs.core.fs import BucketFS, FsOptions
 from bucketfs.errors import (
     AccessDenied,
     BucketfsError,
@@ -37,11 +39,9 @@ from bucketfs.errors import (
     ConfigError,
     Transient,
 )
-from bucketfs.fs import BucketFS, FsOptions
-from bucketfs.fuse_ops import FuseOps
-from bucketfs.notify import notify
-from bucketfs.options import MountConfig
-from bucketfs.taskdump import dump_on_signal
+from bucketfs.fuse import readwatch
+from bucketfs.fuse.ops import FuseOps
+from bucketfs.fuse.taskdump import dump_on_signal
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,12 @@ DRAIN_TIMEOUT = 600.0
 
 def make_backend(cfg: MountConfig) -> Backend:
     if cfg.source.scheme == "local":
-        from bucketfs.backends.local import LocalBackend
+        from bucketfs.backends.local.backend import LocalBackend
 
         cfg.store.mkdir(parents=True, exist_ok=True)
         return LocalBackend(cfg.store)
     if cfg.source.scheme == "swift":
-        from bucketfs.backends.swift import SwiftBackend
+        from bucketfs.backends.swift.backend import SwiftBackend
 
         # credentials from the environment only (ST_*, OS_*): see backends/swift_auth.py
         return SwiftBackend.from_env(
@@ -67,7 +67,7 @@ def make_backend(cfg: MountConfig) -> Backend:
             retry_deadline=cfg.retry_timeout,
             create_tempurl_key=cfg.create_tempurl_key,
         )
-    from bucketfs.backends.s3 import S3Backend, S3Credentials
+    from bucketfs.backends.s3.backend import S3Backend, S3Credentials
 
     return S3Backend(
         cfg.endpoint,

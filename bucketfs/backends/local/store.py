@@ -26,8 +26,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bucketfs.backends import _common as c
-from bucketfs.backends._localindex import (
+from bucketfs.backends import inprocess as c
+from bucketfs.backends.local.index import (
     COPY_CHUNK,
     BucketIndex,
     Row,
@@ -35,8 +35,8 @@ from bucketfs.backends._localindex import (
     read_exactly,
     write_all,
 )
-from bucketfs.backends._localindex import connect as _connect
-from bucketfs.backends._localindex import loads as _loads
+from bucketfs.backends.local.index import connect as _connect
+from bucketfs.backends.local.index import loads as _loads
 from bucketfs.errors import (
     AlreadyExists,
     BackendError,

@@ -39,7 +39,6 @@ from urllib.parse import urlsplit
 import httpx2
 import trio
 
-from bucketfs.backends import swift_slo as slo
 from bucketfs.backends.base import MAX_PUT_SIZE
 from bucketfs.backends.http import (
     RANGED_OK,
@@ -49,9 +48,10 @@ from bucketfs.backends.http import (
     transport_error,
 )
 from bucketfs.backends.retry import retry_call
-from bucketfs.backends.s3 import quote_key
-from bucketfs.backends.swift_auth import Authenticator, AuthResult, auth_from_env
-from bucketfs.backends.swift_values import (
+from bucketfs.backends.s3.backend import quote_key
+from bucketfs.backends.swift import slo
+from bucketfs.backends.swift.auth import Authenticator, AuthResult, auth_from_env
+from bucketfs.backends.swift.values import (
     listing_info,
     listing_time,
     md5_hex,

@@ -33,6 +33,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bucketfs.backends.base import Backend
+from bucketfs.core.attrs import POSIX_KEYS
+from bucketfs.core.contents import write_options
+from bucketfs.core.nodes import ROOT_INO, Kind, Node
+from bucketfs.core.versions import NULL_VERSION, VKind, get_args, iso, millis
 from bucketfs.errors import (
     BucketfsError,
     InvalidArgument,
@@ -42,11 +46,7 @@ from bucketfs.errors import (
     NotSupported,
     ReadOnly,
 )
-from bucketfs.files import write_options
-from bucketfs.inodes import ROOT_INO, Kind, Node
-from bucketfs.meta import POSIX_KEYS
 from bucketfs.types import SYSTEM_HEADERS, ObjectInfo
-from bucketfs.versions import NULL_VERSION, VKind, get_args, iso, millis
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bucketfs.app.options import MountConfig
 from bucketfs.errors import BucketfsError, ConfigError
-from bucketfs.options import MountConfig
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from bucketfs.backends.base import MAX_PUT_SIZE, Backend
 from bucketfs.cache.store import BlockCache, CachedFile, ReadState
 from bucketfs.cache.writeback import WriteBack, abort_quietly
 from bucketfs.concurrency import for_each
-from bucketfs.inodes import Kind, Node
-from bucketfs.meta import posix_metadata
+from bucketfs.core.attrs import posix_metadata
+from bucketfs.core.nodes import Kind, Node
 from bucketfs.types import PutResult, WriteOptions
 
 DIRECTORY_CONTENT_TYPE = "application/x-directory"

@@ -21,7 +21,7 @@ request a FUSE_INTERRUPT in the queue was about for also empties the queue.)
 
 Second, for what is left, a thread of the daemon cannot help (it needs the GIL the read
 holds), so a separate process
-(`python -m bucketfs.readwatch PID FD`) reads the daemon's current system call
+(`python -m bucketfs.fuse.readwatch PID FD`) reads the daemon's current system call
 (/proc/PID/syscall) every INTERVAL seconds; when two samples in a row show read() on the
 /dev/fuse descriptor, it sends the daemon's main thread SIGUSR2, whose handler does nothing.
 read() then fails with EINTR, which pyfuse3 handles by waiting for readability again.
@@ -129,7 +129,7 @@ def start(fd: int) -> subprocess.Popen[bytes] | None:
         return None
     signal.signal(SIGNAL, _ignore)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bucketfs.readwatch", str(os.getpid()), str(fd)],
+        [sys.executable, "-m", "bucketfs.fuse.readwatch", str(os.getpid()), str(fd)],
         stdin=subprocess.DEVNULL,
         close_fds=True,
     )
@@ -175,7 +175,7 @@ def watch(pid: int, fd: int, interval: float = INTERVAL) -> None:
     try:
         syscall_fields(pid)
     except OSError as exc:  # e.g. Yama's ptrace_scope for a daemon not run by root
-        print(f"bucketfs.readwatch: cannot watch {pid}: {exc.strerror}", flush=True)
+        print(f"bucketfs.fuse.readwatch: cannot watch {pid}: {exc.strerror}", flush=True)
         return
     seen = 0
     while os.getppid() == pid:
@@ -183,7 +183,7 @@ def watch(pid: int, fd: int, interval: float = INTERVAL) -> None:
         seen = seen + 1 if in_read(pid, fd, read_nr) else 0
         if seen >= 2:
             seen = 0
-            print(f"bucketfs.readwatch: interrupting a read of /dev/fuse in {pid}", flush=True)
+            print(f"bucketfs.fuse.readwatch: interrupting a read of /dev/fuse in {pid}", flush=True)
             libc.syscall(tgkill_nr, pid, pid, int(SIGNAL))
 
 

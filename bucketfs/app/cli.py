@@ -37,12 +37,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from bucketfs import __version__, control
-from bucketfs.config import build_mount_config, load_mount_file
-from bucketfs.daemon import LOG_FORMAT, ServeFn, run_in_background, wait_gone
+from bucketfs import __version__
+from bucketfs.app import client
+from bucketfs.app.config import build_mount_config, load_mount_file
+from bucketfs.app.daemon import LOG_FORMAT, ServeFn, run_in_background, wait_gone
+from bucketfs.app.notify import notify
+from bucketfs.app.options import MountConfig, option_names, parse_flag, parse_options
 from bucketfs.errors import BucketfsError, ConfigError
-from bucketfs.notify import notify
-from bucketfs.options import MountConfig, option_names, parse_flag, parse_options
 
 PROG = "bucketfs"
 DEV_FUSE = "/dev/fuse"
@@ -147,9 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "mount":
             return cmd_mount(ns.source, ns.mountpoint, ns.options, ns.foreground, ns.config)
         if ns.command == "status":
-            return control.cmd_status(ns.mountpoint, as_json=ns.json)
+            return client.cmd_status(ns.mountpoint, as_json=ns.json)
         if ns.command == "flush":
-            return control.cmd_flush(ns.mountpoint, ns.path)
+            return client.cmd_flush(ns.mountpoint, ns.path)
         if ns.config is not None and ns.mountpoint is None:
             ns.mountpoint = load_mount_file(ns.config).mountpoint
         if not ns.mountpoint:
@@ -185,7 +186,7 @@ def cmd_mount(
     cfg = build_mount_config(source, mountpoint, options, foreground, config_file=config_file)
     check_mountpoint(cfg.mountpoint)
     check_fuse()
-    from bucketfs.mount import serve  # imports pyfuse3: only once the checks passed
+    from bucketfs.app.mount import serve  # imports pyfuse3: only once the checks passed
 
     if foreground:
         serve_foreground(cfg, serve)
@@ -308,7 +309,7 @@ def cmd_umount(mountpoint: str, *, if_mounted: bool = False) -> int:
     # upload first, while the mount still answers: so we can say whether everything made it
     not_uploaded = None
     try:
-        os.setxattr(path, control.XATTR_FLUSH, b"")
+        os.setxattr(path, client.XATTR_FLUSH, b"")
     except OSError as exc:
         # a read-only mount has nothing to upload; ENOTSUP: a daemon without flush
         if exc.errno not in (errno.EROFS, errno.ENOTSUP, errno.EOPNOTSUPP):

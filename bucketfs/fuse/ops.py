@@ -21,10 +21,10 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from bucketfs.core.attrs import parse_rdev
+from bucketfs.core.fs import BucketFS
+from bucketfs.core.nodes import Kind, Node
 from bucketfs.errors import AccessDenied, BucketfsError, CacheError, InvalidArgument, Transient
-from bucketfs.fs import BucketFS
-from bucketfs.inodes import Kind, Node
-from bucketfs.meta import parse_rdev
 
 log = logging.getLogger(__name__)
 

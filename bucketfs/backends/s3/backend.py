@@ -54,7 +54,6 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError
 
-from bucketfs.backends import s3xml, sigv4
 from bucketfs.backends.base import MAX_OBJECT_SIZE
 from bucketfs.backends.http import (
     RANGED_OK,
@@ -65,7 +64,8 @@ from bucketfs.backends.http import (
     transport_error,
 )
 from bucketfs.backends.retry import retry_call
-from bucketfs.backends.s3_values import (
+from bucketfs.backends.s3 import sigv4, xmlparse
+from bucketfs.backends.s3.values import (
     batches,
     encode_query,
     object_info,
@@ -335,7 +335,7 @@ class S3Backend:
             if response.status_code not in ok:
                 raise self._error(response.status_code, content, what, bucket_level)
             if error_in_body:
-                error = s3xml.parse_error(content)
+                error = xmlparse.parse_error(content)
                 if error is not None:
                     cls = error_class(None, error.code)
                     raise cls(f"{what}: {error.code}: {error.message}")
@@ -344,7 +344,7 @@ class S3Backend:
         return await retry_call(attempt, deadline=self.retry_deadline, what=what)
 
     def _error(self, status: int, body: bytes, what: str, bucket_level: bool) -> BackendError:
-        error = s3xml.parse_error(body)
+        error = xmlparse.parse_error(body)
         code = error.code if error is not None else None
         cls = error_class(status, code)
         if bucket_level and cls is NotFound:
@@ -356,18 +356,18 @@ class S3Backend:
         self, method: str, bucket: str | None, key: str | None = None, **kwargs: Any
     ) -> ET.Element:
         _, content = await self._request(method, bucket, key, **kwargs)
-        return s3xml.parse(content)
+        return xmlparse.parse(content)
 
     # --- buckets -----------------------------------------------------------------------
 
     async def list_buckets(self) -> list[BucketInfo]:
-        return s3xml.parse_buckets(await self._xml("GET", None))
+        return xmlparse.parse_buckets(await self._xml("GET", None))
 
     async def head_bucket(self, bucket: str) -> None:
         await self._request("HEAD", bucket, bucket_level=True)
 
     async def create_bucket(self, bucket: str) -> None:
-        body = b"" if self.region == DEFAULT_REGION else s3xml.create_bucket_body(self.region)
+        body = b"" if self.region == DEFAULT_REGION else xmlparse.create_bucket_body(self.region)
         await self._request("PUT", bucket, body=body)
 
     async def delete_bucket(self, bucket: str) -> None:
@@ -375,10 +375,10 @@ class S3Backend:
 
     async def get_versioning(self, bucket: str) -> str:
         root = await self._xml("GET", bucket, query={"versioning": ""}, bucket_level=True)
-        return s3xml.text(root, "Status") or "Off"
+        return xmlparse.text(root, "Status") or "Off"
 
     async def set_versioning(self, bucket: str, enabled: bool) -> None:
-        body = s3xml.versioning_body(enabled)
+        body = xmlparse.versioning_body(enabled)
         await self._request("PUT", bucket, query={"versioning": ""}, body=body, bucket_level=True)
 
     # --- reading -----------------------------------------------------------------------
@@ -400,7 +400,7 @@ class S3Backend:
         if token:
             query["continuation-token"] = token
         root = await self._xml("GET", bucket, query=query, bucket_level=True)
-        return s3xml.parse_list_v2(root)
+        return xmlparse.parse_list_v2(root)
 
     async def list_versions_page(
         self,
@@ -422,7 +422,7 @@ class S3Backend:
             if version_marker:
                 query["version-id-marker"] = version_marker
         root = await self._xml("GET", bucket, query=query, bucket_level=True)
-        return s3xml.parse_versions(root)
+        return xmlparse.parse_versions(root)
 
     async def head(self, bucket: str, key: str, *, version_id: str | None = None) -> ObjectInfo:
         query = {"versionId": version_id} if version_id else None
@@ -524,14 +524,14 @@ class S3Backend:
         root = await self._xml(
             "POST", bucket, key, query={"uploads": ""}, headers=write_headers(opts)
         )
-        return s3xml.parse_upload_id(root)
+        return xmlparse.parse_upload_id(root)
 
     async def upload_part(
         self, bucket: str, key: str, upload_id: str, part_number: int, data: bytes
     ) -> str:
         query = {"partNumber": str(part_number), "uploadId": upload_id}
         response, _ = await self._request("PUT", bucket, key, query=query, body=data, data=True)
-        return s3xml.strip_etag(response.header(b"etag") or "")
+        return xmlparse.strip_etag(response.header(b"etag") or "")
 
     def _copy_source(self, bucket: str, key: str, version_id: str | None) -> str:
         source = f"/{quote_name(bucket)}/{quote_key(key)}"
@@ -558,7 +558,7 @@ class S3Backend:
             headers["x-amz-copy-source-if-match"] = quoted_etag(if_match)
         query = {"partNumber": str(part_number), "uploadId": upload_id}
         root = await self._xml("PUT", bucket, key, query=query, headers=headers, error_in_body=True)
-        return s3xml.parse_etag_result(root)
+        return xmlparse.parse_etag_result(root)
 
     async def complete_multipart(
         self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
@@ -568,10 +568,10 @@ class S3Backend:
             bucket,
             key,
             query={"uploadId": upload_id},
-            body=s3xml.complete_body(parts),
+            body=xmlparse.complete_body(parts),
             error_in_body=True,
         )
-        etag = s3xml.parse_etag_result(s3xml.parse(content))
+        etag = xmlparse.parse_etag_result(xmlparse.parse(content))
         return PutResult(etag=etag, version_id=response.header(b"x-amz-version-id"))
 
     async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
@@ -603,7 +603,7 @@ class S3Backend:
         response, content = await self._request(
             "PUT", bucket, dst_key, headers=headers, error_in_body=True
         )
-        etag = s3xml.parse_etag_result(s3xml.parse(content))
+        etag = xmlparse.parse_etag_result(xmlparse.parse(content))
         return PutResult(etag=etag, version_id=response.header(b"x-amz-version-id"))
 
     async def delete(self, bucket: str, key: str) -> None:
@@ -617,9 +617,9 @@ class S3Backend:
     async def delete_many(self, bucket: str, keys: Sequence[str]) -> None:
         for batch in batches(keys):
             root = await self._xml(
-                "POST", bucket, query={"delete": ""}, body=s3xml.delete_body(batch)
+                "POST", bucket, query={"delete": ""}, body=xmlparse.delete_body(batch)
             )
-            failures = [f for f in s3xml.parse_delete_errors(root) if f.code != "NoSuchKey"]
+            failures = [f for f in xmlparse.parse_delete_errors(root) if f.code != "NoSuchKey"]
             if failures:
                 first = failures[0]
                 cls = error_class(None, first.code)

@@ -29,10 +29,25 @@ import trio
 from cachetools import LRUCache, TTLCache
 
 from bucketfs.backends.base import Backend
+from bucketfs.cache.deletes import DeferredDeletes
 from bucketfs.cache.store import BlockCache, CachedFile, ReadState
 from bucketfs.cache.writeback import Uploaded, WriteBack
 from bucketfs.concurrency import for_each, gather
-from bucketfs.deletes import DeferredDeletes
+from bucketfs.core.attrs import (
+    NAME_MAX,
+    Defaults,
+    check_new_name,
+    object_kind,
+    parse_posix,
+    rdev_metadata,
+    special_kind,
+    valid_name,
+)
+from bucketfs.core.contents import DataOptions, FileData, write_options
+from bucketfs.core.listing import Entry, Subtrees, add_page, apply_change
+from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
+from bucketfs.core.versions import Versions
+from bucketfs.core.xattrs import Xattrs
 from bucketfs.errors import (
     BadHandle,
     BucketfsError,
@@ -51,22 +66,7 @@ from bucketfs.errors import (
     NotSupported,
     ReadOnly,
 )
-from bucketfs.files import DataOptions, FileData, write_options
-from bucketfs.inodes import ROOT_INO, InodeTable, Kind, Node
-from bucketfs.listing import Entry, Subtrees, add_page, apply_change
-from bucketfs.meta import (
-    NAME_MAX,
-    Defaults,
-    check_new_name,
-    object_kind,
-    parse_posix,
-    rdev_metadata,
-    special_kind,
-    valid_name,
-)
 from bucketfs.types import ObjectInfo, WriteOptions
-from bucketfs.versions import Versions
-from bucketfs.xattrs import Xattrs
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bucketfs.core.nodes import KIND_BITS, SPECIAL_KINDS, Kind
 from bucketfs.errors import InvalidArgument, NameTooLong
-from bucketfs.inodes import KIND_BITS, SPECIAL_KINDS, Kind
 
 log = logging.getLogger(__name__)
 

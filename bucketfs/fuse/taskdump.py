@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 
-from bucketfs import readwatch
+from bucketfs.fuse import readwatch
 
 log = logging.getLogger(__name__)
 

@@ -166,7 +166,7 @@ class MountConfig:
     noversions: bool = False  # -o noversions: no .versions/ directories
     url_ttl: int = 3600  # -o url_ttl=SECONDS: lifetime of a user.bucketfs.url
     fsname: str = ""  # "": str(source), as shown in /proc/mounts
-    # S3 keys from a remote in a config file (bucketfs.config); None: botocore's chain. Never
+    # S3 keys from a remote in a config file (bucketfs.app.config); None: botocore's chain. Never
     # in a repr, never an -o option (the command line shows in ps).
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)

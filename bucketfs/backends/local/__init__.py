@@ -1,0 +1,1 @@
+"""The local store: objects in a directory and an SQLite index, no server."""
