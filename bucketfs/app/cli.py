@@ -43,6 +43,7 @@ from bucketfs.app.config import build_mount_config, load_mount_file
 from bucketfs.app.daemon import LOG_FORMAT, ServeFn, run_in_background, wait_gone
 from bucketfs.app.notify import notify
 from bucketfs.app.options import MountConfig, option_names, parse_flag, parse_options
+from bucketfs.core.control import XATTR_FLUSH, XATTR_PID
 from bucketfs.errors import BucketfsError, ConfigError
 
 PROG = "bucketfs"
@@ -51,7 +52,6 @@ FUSERMOUNT = "fusermount3"
 READY_TIMEOUT = 60.0
 UMOUNT_TIMEOUT = 600.0
 UMOUNT_REPORT_INTERVAL = 10.0
-PID_XATTR = "user.bucketfs.pid"
 COMMANDS = ("mount", "umount", "unmount", "status", "flush")
 #: the journal adds its own time stamp and our pid
 JOURNAL_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -309,7 +309,7 @@ def cmd_umount(mountpoint: str, *, if_mounted: bool = False) -> int:
     # upload first, while the mount still answers: so we can say whether everything made it
     not_uploaded = None
     try:
-        os.setxattr(path, client.XATTR_FLUSH, b"")
+        os.setxattr(path, XATTR_FLUSH, b"")
     except OSError as exc:
         # a read-only mount has nothing to upload; ENOTSUP: a daemon without flush
         if exc.errno not in (errno.EROFS, errno.ENOTSUP, errno.EOPNOTSUPP):
@@ -348,7 +348,7 @@ def daemon_pid(path: Path) -> int | None:
     import xattr
 
     try:
-        return int(xattr.getxattr(str(path), PID_XATTR))
+        return int(xattr.getxattr(str(path), XATTR_PID))
     except (OSError, ValueError):
         fstype, source = mount_entry(path)
         if fstype == "fuse.bucketfs" or (fstype == "fuse" and "://" in source):

@@ -17,10 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bucketfs.core.control import XATTR_FLUSH, XATTR_STATUS
 from bucketfs.errors import ConfigError
-
-XATTR_STATUS = "user.bucketfs.status"
-XATTR_FLUSH = "user.bucketfs.flush"
 
 
 def _mount_root(path: Path) -> Path:

@@ -44,6 +44,13 @@ from bucketfs.core.attrs import (
     valid_name,
 )
 from bucketfs.core.contents import DataOptions, FileData, write_options
+from bucketfs.core.control import (
+    CONTROL_XATTRS,
+    XATTR_FLUSH,
+    XATTR_PID,
+    XATTR_STATUS,
+    XATTR_UPLOAD_STATE,
+)
 from bucketfs.core.listing import Entry, Subtrees, add_page, apply_change
 from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.core.versions import Versions
@@ -72,10 +79,6 @@ log = logging.getLogger(__name__)
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-XATTR_PID = "user.bucketfs.pid"
-XATTR_STATUS = "user.bucketfs.status"
-XATTR_FLUSH = "user.bucketfs.flush"
-XATTR_UPLOAD_STATE = "user.bucketfs.upload_state"
 #: readdir asks for the metadata of at most this many listed entries ahead of the kernel
 PREFETCH_ENTRIES = 4096
 #: a directory whose last listing had at most this many entries is listed again (one page)
@@ -1429,11 +1432,11 @@ class BucketFS:
             # on the server; the kernel waits for our answer
             await self.sync_path(node.ino)
             return
-        if name in (XATTR_PID, XATTR_STATUS, XATTR_UPLOAD_STATE):
+        if name in CONTROL_XATTRS:  # all read-only but XATTR_FLUSH, handled above
             raise NotPermitted(f"{name} is read-only")
         await self.xattrs.set(node, name, value)  # hook: xattrs.py
 
     async def removexattr(self, ino: int, name: str) -> None:
-        if name in (XATTR_PID, XATTR_STATUS, XATTR_UPLOAD_STATE, XATTR_FLUSH):
+        if name in CONTROL_XATTRS:
             raise NotPermitted(f"{name} is read-only")
         await self.xattrs.remove(self.node(ino), name)  # hook: xattrs.py
