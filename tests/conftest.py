@@ -6,11 +6,11 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
-from tests.helpers import dump_running_daemons
-from tests.servers import SeaweedServer, unique_bucket
-from tests.swift_fixtures import swift
+from tests.support.helpers import dump_running_daemons
+from tests.support.servers import SeaweedServer, unique_bucket
+from tests.support.swift_fixtures import swift
 
-__all__ = ["swift"]  # a real single-node Swift, one per session (tests/swift_server.py)
+__all__ = ["swift"]  # a real single-node Swift, one per session (tests/support/swift_server.py)
 
 
 @pytest.fixture(scope="session")

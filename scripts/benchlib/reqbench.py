@@ -12,13 +12,13 @@ Clients: `s3` is `bucketfs.backends.s3.backend.S3Backend` (signing, retries, par
 `bare` sends the same requests, signed once beforehand (S3 has no replay protection), through
 a bare `AsyncHTTPTransport` of httpx2 (httpx when httpx2 is not installed: older checkouts),
 reading each body whole and parsing nothing; `swift` and `bare-swift` do the same against a
-Swift server (`tests/swift_server.py`, started when available) with `SwiftBackend` and with an
+Swift server (`tests/support/swift_server.py`, started when available) with `SwiftBackend` and with an
 `X-Auth-Token` fetched once.
 
 Invariants: every answer is checked (status, body size, listed names), so a failing request is
 an error and never a cheap one; the children print one JSON object per line and nothing else on
 stdout; the parent's parsing and table (`parse_lines`, `medians`, `render`) are pure and tested
-in tests/unit/test_bench.py.
+in tests/unit/scripts/test_bench.py.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def run_child(
 def start_swift() -> tuple[Any, str | None]:
     """A test Swift server, or None and the reason it cannot start here."""
     sys.path.insert(0, str(REPO))
-    from tests.swift_server import SwiftServer, swift_available
+    from tests.support.swift_server import SwiftServer, swift_available
 
     reason = swift_available()
     if reason is not None:
@@ -478,7 +478,7 @@ def standalone(
     """Start SeaweedFS (unless `endpoint` is given) and Swift (when `swift` and available), run
     every client, stop the servers: the samples and a note on Swift."""
     sys.path.insert(0, str(REPO))
-    from tests.servers import SeaweedServer
+    from tests.support.servers import SeaweedServer
 
     weed = swift_server = None
     note = "Swift: not asked for"
@@ -497,14 +497,14 @@ def standalone(
             if swift_server is None:
                 note = f"Swift: not measured ({reason})"
             else:
-                from tests.swift_server import KEY, USER
+                from tests.support.swift_server import KEY, USER
 
                 target.swift_auth, target.swift_user, target.swift_key = (
                     swift_server.auth_url,
                     USER,
                     KEY,
                 )
-                note = "Swift: the test server (tests/swift_server.py) on loopback"
+                note = "Swift: the test server (tests/support/swift_server.py) on loopback"
         return run_all(target, requests=requests, reps=reps, repo=repo, log=log), note
     finally:
         if swift_server is not None:

@@ -237,7 +237,7 @@ class Bench:
                 os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1")),
             )
         else:
-            from tests.servers import SeaweedServer
+            from tests.support.servers import SeaweedServer
 
             log("bench: starting SeaweedFS on loopback ...")
             self.server = SeaweedServer(workdir=self.rundir / "weed").start()
@@ -359,7 +359,7 @@ class Bench:
 
 
 def _weed_version() -> str:
-    from tests.servers import weed_binary
+    from tests.support.servers import weed_binary
 
     with contextlib.suppress(Exception):
         out = subprocess.run([weed_binary(), "version"], capture_output=True, text=True, timeout=10)

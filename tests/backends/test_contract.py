@@ -28,8 +28,8 @@ from bucketfs.errors import (
     Unreachable,
 )
 from bucketfs.types import WriteOptions
-from tests.backends.conftest import Runner, make_s3, run_with
-from tests.servers import SeaweedServer, free_port, unique_bucket
+from tests.support.contract import Runner, make_s3, run_with
+from tests.support.servers import SeaweedServer, free_port, unique_bucket
 
 ODD_KEYS = [
     "with space",

@@ -40,9 +40,9 @@ from bucketfs.errors import (
     Transient,
 )
 from bucketfs.types import WriteOptions
-from tests.backends.conftest import run_with
-from tests.swift_fixtures import make_swift
-from tests.swift_server import KEY, KEY2, USER, USER2, SwiftServer
+from tests.support.contract import run_with
+from tests.support.swift_fixtures import make_swift
+from tests.support.swift_server import KEY, KEY2, USER, USER2, SwiftServer
 
 Body = Callable[[str], Awaitable[None]]
 

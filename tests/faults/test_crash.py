@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import (
+from tests.support.crash import (
     CrashMount,
     CrashMounts,
     HoldingProxy,
@@ -38,7 +38,7 @@ from tests.faults.conftest import (
     wait_for,
     write_file,
 )
-from tests.servers import SeaweedServer
+from tests.support.servers import SeaweedServer
 
 MiB = 1 << 20
 

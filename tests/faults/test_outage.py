@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import (
+from tests.support.crash import (
     _READ_ERRNO,
     CrashMount,
     CrashMounts,
@@ -33,8 +33,8 @@ from tests.faults.conftest import (
     wait_for,
     write_file,
 )
-from tests.helpers import REPO, s3_store_env
-from tests.servers import SeaweedServer
+from tests.support.helpers import REPO, s3_store_env
+from tests.support.servers import SeaweedServer
 
 MiB = 1 << 20
 OUTAGE_SECONDS = 30.0

@@ -3,7 +3,7 @@
 `store_env` is parametrized over the stores ("local": a local directory store in the test's
 tmp dir; "s3": a fresh bucket on the session's SeaweedFS). `mount_factory` starts mounts with
 any source and options and tears them all down; `mnt` is a mounted fresh bucket (see
-`tests.helpers.Mount`: `.path`, `.store`, `.bucket`, `.remount()`).
+`tests.support.helpers.Mount`: `.path`, `.store`, `.bucket`, `.remount()`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (
+from tests.support.helpers import (
     Mount,
     MountFactory,
     StoreEnv,
@@ -21,7 +21,7 @@ from tests.helpers import (
     mount_factory_for,
     s3_store_env,
 )
-from tests.swift_fixtures import swift_store_env
+from tests.support.swift_fixtures import swift_store_env
 
 
 @pytest.fixture(params=["local", "s3", "swift"])

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from bucketfs.app.daemon import process_gone
-from tests.servers import SeaweedServer, free_port, unique_bucket
+from tests.support.servers import SeaweedServer, free_port, unique_bucket
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Mount, MountFactory, StoreEnv, mount_factory_for, s3_store_env
-from tests.servers import SeaweedServer
+from tests.support.helpers import Mount, MountFactory, StoreEnv, mount_factory_for, s3_store_env
+from tests.support.servers import SeaweedServer
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from bucketfs.cache.datafiles import MAX_OPEN
-from tests.helpers import (
+from tests.support.helpers import (
     Mount,
     MountFactory,
     StoreEnv,

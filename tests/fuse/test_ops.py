@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from bucketfs.app.daemon import process_gone
-from tests.servers import SeaweedServer, unique_bucket
+from tests.support.servers import SeaweedServer, unique_bucket
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

@@ -20,7 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.helpers import Mount, MountFactory, StoreClient, StoreEnv, StoreError
+from tests.support.helpers import (
+    Mount,
+    MountFactory,
+    StoreEnv,
+    StoreError,
+    store_keeps_marker_metadata,
+)
 
 MiB = 1024 * 1024
 
@@ -35,16 +41,6 @@ def expect_errno(code: int | set[int], fn: object, *args: object) -> OSError:
         fn(*args)  # type: ignore[operator]
     assert info.value.errno in codes, f"{info.value!r}: expected {sorted(codes)}"
     return info.value
-
-
-def store_keeps_marker_metadata(store: StoreClient) -> bool:
-    """Whether the store keeps user metadata on a `dir/` marker (SeaweedFS 4.x drops it)."""
-    key = "zz-probe-marker-metadata/"
-    store.put(key, b"", {"mode": str(stat.S_IFDIR | 0o755)})
-    try:
-        return store.head(key)[1].get("mode") == str(stat.S_IFDIR | 0o755)
-    finally:
-        store.delete(key)
 
 
 # --- data ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bucketfs.fuse import readwatch
-from tests.helpers import Mount, MountFactory, require_tool
+from tests.support.helpers import Mount, MountFactory, require_tool
 
 #: how long strace holds the daemon's read back
 DELAY_US = 1_500_000

@@ -16,7 +16,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from tests.helpers import Mount, require_tool, run_tool
+from tests.support.helpers import Mount, require_tool, run_tool
 
 CHR = os.makedev(1, 3)  # /dev/null's numbers
 BLK = os.makedev(7, 200)

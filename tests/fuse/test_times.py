@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Mount, StoreEnv
+from tests.support.helpers import Mount, StoreEnv
 
 #: the largest object of each store (bucketfs/backends: S3's 5 TiB; Swift's static large
 #: object of 1,000 segments of 5 GiB; the local store takes S3's)

@@ -21,8 +21,7 @@ import zipfile
 from contextlib import closing
 from pathlib import Path
 
-from tests.fuse.test_posix import store_keeps_marker_metadata
-from tests.helpers import Mount, require_tool, run_tool
+from tests.support.helpers import Mount, require_tool, run_tool, store_keeps_marker_metadata
 
 BASE_MTIME = 1_600_000_000
 NEEDLE = "NEEDLE-7f3a"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.helpers import (
+from tests.support.helpers import (
     LocalStoreClient,
     Mount,
     MountFactory,

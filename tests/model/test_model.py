@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from tests.helpers import (
+from tests.support.helpers import (
     Mount,
     StoreClient,
     StoreEnv,

@@ -18,8 +18,8 @@ import pytest
 
 from bucketfs.backends.swift.auth import V1Auth
 from bucketfs.backends.swift.backend import SwiftBackend
-from tests.helpers import StoreClient, StoreEnv, StoreError
-from tests.swift_server import KEY, USER, SwiftServer, swift_available
+from tests.support.helpers import StoreClient, StoreEnv, StoreError
+from tests.support.swift_server import KEY, USER, SwiftServer, swift_available
 
 _server: SwiftServer | None = None
 

@@ -24,7 +24,7 @@ from bucketfs.errors import (
     NotPermitted,
     NotSupported,
 )
-from tests.unit.conftest import Harness, RunFs
+from tests.support.harness import Harness, RunFs
 
 WO = os.O_WRONLY | os.O_CREAT
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.helpers import REPO
+from tests.support.helpers import REPO
 
 CHILD = """
 import os, threading

@@ -15,7 +15,7 @@ from bucketfs.cache.deletes import DeferredDeletes
 from bucketfs.cache.index import CacheIndex
 from bucketfs.core.nodes import ROOT_INO
 from bucketfs.errors import NotFound, Transient
-from tests.unit.conftest import BUCKET, CountingBackend, Harness, RunFs
+from tests.support.harness import BUCKET, CountingBackend, Harness, RunFs
 
 
 class Store(CountingBackend):

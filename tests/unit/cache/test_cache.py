@@ -17,7 +17,7 @@ from bucketfs.cache.writeback import conflict_name
 from bucketfs.core.fs import BucketFS
 from bucketfs.core.nodes import ROOT_INO
 from bucketfs.errors import CacheError
-from tests.unit.conftest import BUCKET, CountingBackend, Harness, RunFs
+from tests.support.harness import BUCKET, CountingBackend, Harness, RunFs
 
 MiB = 1 << 20
 RW = os.O_RDWR

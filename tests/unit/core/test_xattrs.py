@@ -15,7 +15,7 @@ from bucketfs.backends import memory
 from bucketfs.core.nodes import ROOT_INO, Node
 from bucketfs.errors import BucketfsError
 from bucketfs.types import WriteOptions
-from tests.unit.conftest import BUCKET, CountingBackend, Harness, RunFs
+from tests.support.harness import BUCKET, CountingBackend, Harness, RunFs
 
 NS = "user.bucketfs."
 

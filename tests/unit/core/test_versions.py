@@ -18,7 +18,7 @@ from bucketfs.core.nodes import ROOT_INO, Kind, Node
 from bucketfs.core.versions import parse_instant, stamp, version_names
 from bucketfs.errors import BucketfsError
 from bucketfs.types import ObjectInfo
-from tests.unit.conftest import BUCKET, Harness, RunFs
+from tests.support.harness import BUCKET, Harness, RunFs
 
 NS = "user.bucketfs."
 T0 = 1_795_000_000.0  # 2026-11-18T...Z

@@ -13,7 +13,7 @@ from bucketfs.core.listing import split_subtree
 from bucketfs.core.nodes import ROOT_INO, Kind
 from bucketfs.errors import NoEntry
 from bucketfs.types import ObjectInfo
-from tests.unit.conftest import Harness, RunFs
+from tests.support.harness import Harness, RunFs
 
 #: the listings' time to live in the tests below, and a wait that outlives it
 DIR_TIMEOUT = 0.3

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from bucketfs.core.nodes import ROOT_INO
-from tests.unit.conftest import BUCKET, Harness, RunFs
+from tests.support.harness import BUCKET, Harness, RunFs
 
 WO = os.O_WRONLY
 

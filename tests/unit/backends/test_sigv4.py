@@ -14,7 +14,7 @@ from botocore.credentials import Credentials
 
 from bucketfs.backends.s3 import sigv4
 from bucketfs.backends.s3.backend import EMPTY_SHA256, UNSIGNED_PAYLOAD, S3Backend, S3Credentials
-from tests.unit.test_s3_errors import streaming
+from tests.unit.backends.test_s3_errors import streaming
 
 CASES = [
     ("GET", "bucket.s3.example.com", "/", "", {}, EMPTY_SHA256),

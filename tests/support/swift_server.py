@@ -37,7 +37,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 USER = "test:tester"
 KEY = "testing"
@@ -352,7 +352,9 @@ def _module(kind: str) -> str:
     return {"account": "account", "container": "container", "object": "obj", "proxy": "proxy"}[kind]
 
 
-if __name__ == "__main__":  # manual use: python -m tests.swift_server (stop: Ctrl-C or SIGTERM)
+if (
+    __name__ == "__main__"
+):  # manual use: python -m tests.support.swift_server (stop: Ctrl-C or SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     started = time.monotonic()
     server = SwiftServer().start()

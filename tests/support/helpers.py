@@ -19,6 +19,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -33,9 +34,9 @@ import trio
 
 if TYPE_CHECKING:
     from bucketfs.backends.base import Backend
-    from tests.servers import SeaweedServer
+    from tests.support.servers import SeaweedServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 #: seconds a mount may take to appear
@@ -770,3 +771,13 @@ def require_tool(name: str) -> str:
 
         pytest.fail(f"{name} is not installed: scripts/setup installs it")
     return found
+
+
+def store_keeps_marker_metadata(store: StoreClient) -> bool:
+    """Whether the store keeps user metadata on a `dir/` marker (SeaweedFS 4.x drops it)."""
+    key = "zz-probe-marker-metadata/"
+    store.put(key, b"", {"mode": str(stat.S_IFDIR | 0o755)})
+    try:
+        return store.head(key)[1].get("mode") == str(stat.S_IFDIR | 0o755)
+    finally:
+        store.delete(key)

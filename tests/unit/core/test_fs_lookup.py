@@ -1,0 +1,329 @@
+"""`BucketFS` without a kernel, over memory: names, lookups, negative entries and listings (readdir
+pages, offsets, invalid keys).
+
+Every test drives the core the way the FUSE adapter does (lookup takes a reference, readdir
+entries are remembered) and checks the result in the bucket itself, through the backend, as
+another S3 client would see it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from bucketfs.core.nodes import ROOT_INO, Kind
+from bucketfs.errors import (
+    FileExists,
+    InvalidArgument,
+    NameTooLong,
+    NoEntry,
+    NotADirectory,
+)
+from tests.support.harness import BUCKET, Harness, RunFs
+
+MiB = 1 << 20
+RW = os.O_RDWR
+WO = os.O_WRONLY
+
+
+# --- lookup ------------------------------------------------------------------------------
+
+
+def test_lookup_file_dir_and_missing(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("f.txt", b"hello")
+        await h.put("d/inner", b"x")
+        f = await h.fs.lookup(ROOT_INO, "f.txt")
+        assert (f.kind, f.size, f.key, f.lookups) == (Kind.FILE, 5, "f.txt", 1)
+        assert stat.S_ISREG(f.st_mode)
+        d = await h.fs.lookup(ROOT_INO, "d")
+        assert (d.kind, d.key) == (Kind.DIR, "d/")
+        assert stat.S_ISDIR(d.st_mode)
+        assert not d.has_marker
+        with pytest.raises(NoEntry):
+            await h.fs.lookup(ROOT_INO, "missing")
+        with pytest.raises(NoEntry):
+            await h.fs.lookup(d.ino, "missing")
+        with pytest.raises(NotADirectory):
+            await h.fs.lookup(f.ino, "x")
+        again = await h.fs.lookup(ROOT_INO, "f.txt")
+        assert again is f
+        assert f.lookups == 2
+
+    run_fs(body)
+
+
+def test_lookup_counts_and_forget(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("f", b"1")
+        f = await h.fs.lookup(ROOT_INO, "f")
+        await h.fs.lookup(ROOT_INO, "f")
+        h.fs.forget([(f.ino, 1)])
+        assert h.fs.table.get(f.ino) is f
+        h.fs.forget([(f.ino, 1)])
+        assert h.fs.table.get(f.ino) is None
+        with pytest.raises(NoEntry):
+            await h.fs.getattr(f.ino)
+        # a new lookup gives a new inode, never a reused number
+        f2 = await h.fs.lookup(ROOT_INO, "f")
+        assert f2.ino > f.ino
+
+    run_fs(body)
+
+
+def test_prefix_only_directory(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("a/b/c/file", b"x")
+        c = await h.lookup("a/b/c")
+        assert c.kind is Kind.DIR
+        assert c.key == "a/b/c/"
+        assert not c.has_marker
+        f = await h.lookup("a/b/c/file")
+        assert f.size == 1
+        assert list(await h.ls((await h.lookup("a")).ino)) == ["b"]
+
+    run_fs(body)
+
+
+def test_empty_marker_directory(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("empty/")
+        d = await h.fs.lookup(ROOT_INO, "empty")
+        assert d.kind is Kind.DIR
+        assert d.has_marker
+        assert await h.ls(d.ino) == {}
+        assert list(await h.ls()) == ["empty"]
+
+    run_fs(body)
+
+
+def test_a_known_directory_is_revalidated_by_listing_without_reading_its_marker(
+    run_fs: RunFs,
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("d/", mode=str(stat.S_IFDIR | 0o700))
+        await h.put("d/f", b"1")
+        d = await h.fs.lookup(ROOT_INO, "d")
+        assert d.mode == 0o700
+        heads, lists = h.store.calls["head"], h.store.calls["list_page"]
+        # the kernel revalidates the entry and asks for attributes once they expired
+        assert await h.fs.lookup(ROOT_INO, "d") is d
+        assert (await h.fs.getattr(d.ino)).mode == 0o700
+        assert h.store.calls["head"] == heads
+        assert h.store.calls["list_page"] > lists  # whether it still exists was asked
+
+    run_fs(body, attr_timeout=0, entry_timeout=0, dir_timeout=0, negative_timeout=0)
+
+
+def test_a_known_directory_removed_by_another_client_is_gone_at_revalidation(
+    run_fs: RunFs,
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("d/", mode=str(stat.S_IFDIR | 0o700))
+        await h.put("d/f", b"1")
+        await h.fs.lookup(ROOT_INO, "d")
+        await h.store.delete_many(BUCKET, ["d/", "d/f"])
+        with pytest.raises(NoEntry):
+            await h.fs.lookup(ROOT_INO, "d")
+
+    run_fs(body, attr_timeout=0, entry_timeout=0, dir_timeout=0, negative_timeout=0)
+
+
+def test_directory_attributes_are_read_again_after_dir_attr_timeout(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("d/", mode=str(stat.S_IFDIR | 0o700))
+        await h.put("d/f", b"1")
+        d = await h.fs.lookup(ROOT_INO, "d")
+        await h.put("d/", mode=str(stat.S_IFDIR | 0o750))  # another client's chmod
+        assert (await h.fs.lookup(ROOT_INO, "d")).mode == 0o750
+        await h.put("d/", mode=str(stat.S_IFDIR | 0o705))
+        assert (await h.fs.getattr(d.ino)).mode == 0o705
+
+    run_fs(body, attr_timeout=0, dir_timeout=0, negative_timeout=0, dir_attr_timeout=0)
+
+
+def test_key_both_file_and_prefix_directory_wins(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("both", b"file content")
+        await h.put("both/child", b"c")
+        listed = await h.ls()
+        assert list(listed) == ["both"]
+        assert listed["both"].kind is Kind.DIR
+        node = await h.fs.lookup(ROOT_INO, "both")
+        assert node.kind is Kind.DIR
+        assert list(await h.ls(node.ino)) == ["child"]
+        # the object stays untouched in the bucket
+        assert await h.body("both") == b"file content"
+
+    run_fs(body)
+
+
+def test_readdir_skips_invalid_segments_and_keeps_siblings(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        long = "L" * 300
+        for key in ("a//b", "a/ok", "x/./y", "x/../y", "x/fine", f"x/{long}", f"{long}/z", "/abs"):
+            await h.put(key, b"1")
+        await h.put("top", b"t")
+        root = await h.ls()
+        assert sorted(root) == ["a", "top", "x"]
+        a = await h.fs.lookup(ROOT_INO, "a")
+        assert list(await h.ls(a.ino)) == ["ok"]
+        x = await h.fs.lookup(ROOT_INO, "x")
+        assert list(await h.ls(x.ino)) == ["fine"]
+
+    run_fs(body)
+
+
+def test_readdir_many_pages(run_fs: RunFs) -> None:
+    names = [f"f{i:05d}" for i in range(2500)]
+
+    async def body(h: Harness) -> None:
+        for name in names:
+            await h.put(f"big/{name}", b"x")
+        await h.put("big/sub/deeper", b"y")
+        big = await h.fs.lookup(ROOT_INO, "big")
+        listed = await h.ls(big.ino)
+        assert list(listed) == sorted([*names, "sub"])
+        assert listed["sub"].kind is Kind.DIR
+        assert all(listed[n].kind is Kind.FILE and listed[n].size == 1 for n in names)
+        assert h.store.calls["head"] <= 2  # the listing itself needs no HEAD per entry
+
+    run_fs(body)
+
+
+def test_readdir_offsets_resume_in_the_middle(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        for i in range(1500):
+            await h.put(f"f{i:04d}", b"x")
+        fh = h.fs.opendir(ROOT_INO)
+        full = await h.fs.readdir(fh, 0)
+        assert [name for name, _, _ in full[:2]] == [".", ".."]  # offsets 0 and 1
+        assert full[0][1] is full[1][1] is h.fs.table.root  # the root is its own parent
+        assert [nxt for _, _, nxt in full] == list(range(1, 1503))
+        # the kernel's buffer filled up after 1,100 entries: it resumes at that offset
+        rest = await h.fs.readdir(fh, full[1099][2])
+        assert [name for name, _, _ in rest] == [f"f{i:04d}" for i in range(1098, 1500)]
+        assert [nxt for _, _, nxt in rest] == list(range(1101, 1503))
+        assert await h.fs.readdir(fh, 1502) == []
+        h.fs.releasedir(fh)
+        # a fresh handle asked for a middle offset first (telldir/seekdir) also works
+        fh2 = h.fs.opendir(ROOT_INO)
+        middle = await h.fs.readdir(fh2, 702)
+        assert middle[0][0] == "f0700"
+        assert len(middle) == 800
+        h.fs.releasedir(fh2)
+
+    run_fs(body)
+
+
+def test_readdir_shows_files_not_yet_uploaded(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        await h.put("old", b"1")
+        fh, _node = await h.fs.create(ROOT_INO, "new", 0o644, WO | os.O_CREAT, 0, 0)
+        assert sorted(await h.ls()) == ["new", "old"]
+        await h.fs.release(fh)
+        assert sorted(await h.ls()) == ["new", "old"]
+        assert sorted(await h.keys()) == ["new", "old"]
+
+    run_fs(body)
+
+
+def test_names_over_255_bytes_are_refused(run_fs: RunFs) -> None:
+    long = "é" * 128  # 256 bytes in UTF-8
+    ok = "é" * 127 + "x"  # 255 bytes
+
+    async def body(h: Harness) -> None:
+        with pytest.raises(NameTooLong):
+            await h.fs.create(ROOT_INO, long, 0o644, WO | os.O_CREAT, 0, 0)
+        with pytest.raises(NameTooLong):
+            await h.fs.mkdir(ROOT_INO, long, 0o755, 0, 0)
+        with pytest.raises(NameTooLong):
+            await h.fs.symlink(ROOT_INO, long, "target", 0, 0)
+        await h.write_file(ok, b"fits")
+        with pytest.raises(NameTooLong):
+            await h.fs.rename(ROOT_INO, ok, ROOT_INO, long, 0)
+        assert await h.keys() == [ok]
+
+    run_fs(body)
+
+
+def test_lookup_of_a_name_over_255_bytes(run_fs: RunFs) -> None:
+    """A key with a 300-byte segment is hidden from readdir; lookup must not reveal it.
+
+    FUSE passes names up to 1,024 bytes to lookup, so the core has to refuse them itself.
+    """
+    long = "L" * 300
+
+    async def body(h: Harness) -> None:
+        await h.put(long, b"hidden")
+        await h.put(f"{long}/child", b"hidden")
+        with pytest.raises(NameTooLong):
+            await h.fs.lookup(ROOT_INO, long)
+        assert await h.ls() == {}
+
+    run_fs(body)
+
+
+def test_invalid_new_names(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        for name in ("", ".", "..", "a/b", "nul\0"):
+            with pytest.raises(InvalidArgument):
+                await h.fs.create(ROOT_INO, name, 0o644, WO | os.O_CREAT, 0, 0)
+            with pytest.raises(InvalidArgument):
+                await h.fs.mkdir(ROOT_INO, name, 0o755, 0, 0)
+        assert await h.keys() == []
+
+    run_fs(body)
+
+
+# --- lookups after a listing expired ----------------------------------------------------
+
+
+def test_lookups_after_a_listing_expired_list_a_small_directory_again(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        for i in range(3):
+            await h.put(f"d/f{i}", b"x")
+        d = await h.fs.lookup(ROOT_INO, "d")
+        await h.ls(d.ino)
+        h.store.calls.clear()
+        for name in ("new1", "new2", "new3"):  # a loop creating files: each name is new
+            with pytest.raises(NoEntry):
+                await h.fs.lookup(d.ino, name)
+        assert h.store.calls["list_page"] == 3  # dir_timeout 0: one LIST per lookup, no HEAD
+        assert h.store.calls["head"] == 0
+        await h.put("d/other", b"yy")  # another client's file is seen at the next listing
+        assert (await h.fs.lookup(d.ino, "other")).size == 2
+
+    run_fs(body, negative_timeout=0, dir_timeout=0)
+
+
+def test_a_large_directory_is_not_listed_again_for_one_lookup(
+    run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bucketfs.core.fs.RELIST_ENTRIES", 2)
+
+    async def body(h: Harness) -> None:
+        for i in range(3):
+            await h.put(f"d/f{i}", b"x")
+        d = await h.fs.lookup(ROOT_INO, "d")
+        await h.ls(d.ino)
+        h.store.calls.clear()
+        with pytest.raises(NoEntry):
+            await h.fs.lookup(d.ino, "new")
+        assert h.store.calls["head"] == 1  # the name itself, and a LIST of `new/` only
+        assert h.store.calls["list_page"] == 1
+
+    run_fs(body, negative_timeout=0, dir_timeout=0)
+
+
+def test_o_excl_asks_the_server_even_with_a_cached_listing(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        await h.ls(ROOT_INO)  # the root's listing is cached (dir_timeout)
+        await h.put("lock", b"theirs")  # another client takes the lock meanwhile
+        with pytest.raises(FileExists):
+            await h.fs.create(ROOT_INO, "lock", 0o644, WO | os.O_CREAT | os.O_EXCL, 0, 0)
+        assert await h.body("lock") == b"theirs"
+
+    run_fs(body, dir_timeout=3600)
