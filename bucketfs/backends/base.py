@@ -12,6 +12,11 @@ keeps (checked by `tests/backends/test_contract.py` against real servers):
 - `get` ranges are half-open `[start, end)`; `end=None` reads to the end of the object; a range
   past the end is clipped, never an error;
 - `put` is atomic: readers see the old object or the new one, never a mix.
+
+Optional capabilities (what not every store has: its region, its usage figures, its limit on
+user metadata) are declared here with the answer of a store that lacks them (None, S3's limit).
+A store states what it has by subclassing `Backend` and overriding them; nothing outside
+`backends/` asks a backend's type or probes it with `getattr`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PUT_SIZE = 5 * 1024**3
 #: the largest object S3 stores (5 TiB); a file is never made larger (EFBIG)
 MAX_OBJECT_SIZE = 5 * 1024**4
+#: S3's limit on the user metadata of an object (names and values, in UTF-8 bytes)
+MAX_METADATA_BYTES = 2048
 
 
 class Backend(Protocol):
@@ -46,6 +53,17 @@ class Backend(Protocol):
     supports_versions: bool
     #: the largest object the store takes: truncating or writing past it is EFBIG
     max_object_size: int
+
+    # --- optional capabilities, with the answer of a store that lacks them -----------------
+    #: the region the store lives in (`user.bucketfs.region`); None: the store has none
+    region: str | None = None
+    #: the most user metadata an object may carry (names and values, UTF-8 bytes)
+    max_metadata_bytes: int = MAX_METADATA_BYTES
+
+    async def usage(self, bucket: str) -> tuple[int, int] | None:
+        """(bytes, objects) of the current objects of `bucket`, for `df`, when the store can
+        say so in one cheap request; None when it cannot (S3 has no such request)."""
+        return None
 
     # --- buckets -----------------------------------------------------------------------
     async def list_buckets(self) -> list[BucketInfo]: ...

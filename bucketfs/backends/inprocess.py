@@ -18,13 +18,12 @@ import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
-from bucketfs.backends.base import MAX_PUT_SIZE
+from bucketfs.backends.base import MAX_METADATA_BYTES, MAX_PUT_SIZE
 from bucketfs.errors import InvalidRequest
 from bucketfs.types import SYSTEM_HEADERS, WriteOptions
 
-#: S3's limits on what a key and its user metadata may be.
+#: S3's limit on a key (its limit on user metadata is `base.MAX_METADATA_BYTES`).
 MAX_KEY_BYTES = 1024
-MAX_METADATA_BYTES = 2048
 #: S3 returns at most this many entries per listing page.
 MAX_LIST_KEYS = 1000
 #: The version id of an object written while versioning was off or suspended.

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from bucketfs.backends import inprocess as c
-from bucketfs.backends.base import MAX_OBJECT_SIZE
+from bucketfs.backends.base import MAX_OBJECT_SIZE, Backend
 from bucketfs.errors import (
     AlreadyExists,
     BucketNotEmpty,
@@ -118,7 +118,7 @@ def _public(info: ObjectInfo, *, is_latest: bool = True, listing: bool = False) 
     return replace(info, version_id=vid, is_latest=is_latest)
 
 
-class MemoryBackend:
+class MemoryBackend(Backend):
     """The `Backend` protocol over dicts; `latency` seconds are slept per request."""
 
     supports_versions = True

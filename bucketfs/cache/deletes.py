@@ -79,6 +79,8 @@ class DeferredDeletes:
         self.description = inner.description
         self.supports_versions = inner.supports_versions
         self.max_object_size = inner.max_object_size
+        self.region = inner.region
+        self.max_metadata_bytes = inner.max_metadata_bytes
         #: (bucket, key) -> the batch that will delete it (replaced when a batch failed)
         self._pending: dict[tuple[str, str], _Batch] = {}
         #: (bucket, "a/b/") -> how many queued keys lie under that prefix
@@ -91,8 +93,8 @@ class DeferredDeletes:
         self._unrecorded: list[tuple[str, str]] = []
         self.sent_batches = 0
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)  # optional extras of a backend (e.g. `usage`)
+    async def usage(self, bucket: str) -> tuple[int, int] | None:
+        return await self.inner.usage(bucket)
 
     # --- the queue -----------------------------------------------------------------------
 

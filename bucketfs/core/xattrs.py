@@ -58,8 +58,6 @@ VERSION_FIELDS = ("is_latest", "delete_marker")
 URL = "url"
 VERSIONING = "versioning"
 REGION = "region"
-#: what S3 allows of user metadata (keys and values, UTF-8 bytes, POSIX keys included)
-MAX_METADATA_BYTES = 2048
 #: the default lifetime of a presigned URL (-o url_ttl=)
 URL_TTL = 3600
 #: seconds the bytes and objects used (df) are reused
@@ -299,26 +297,26 @@ class Xattrs:
 
     async def usage(self, bucket: str | None) -> tuple[int, int] | None:
         """(bytes, objects) used in the mounted bucket, for `df`, where the store says so
-        cheaply (an optional `usage(bucket)` of the backend: local store, Swift's container
-        HEAD). S3 has no such request: None. Asked at most every USAGE_TTL seconds; a failure
-        is None, never an error (df must not fail because the store is slow)."""
-        usage = getattr(self.backend, "usage", None)
-        if bucket is None or usage is None:
+        cheaply (`Backend.usage`: local store, Swift's container HEAD). S3 has no such
+        request: None. Asked at most every USAGE_TTL seconds; a failure is None, never an
+        error (df must not fail because the store is slow)."""
+        if bucket is None:
             return None
         now = time.monotonic()
         if self._usage is not None and now - self._usage[0] < USAGE_TTL:
             return self._usage[1]
         try:
-            figures = await usage(bucket)
+            figures = await self.backend.usage(bucket)
         except BucketfsError as exc:
             log.debug("usage of %s unknown: %s", bucket, exc)
+            return None
+        if figures is None:
             return None
         self._usage = (now, (int(figures[0]), int(figures[1])))
         return self._usage[1]
 
     def _region(self) -> str | None:
-        region = getattr(self.backend, "region", None)
-        return region if isinstance(region, str) and region else None
+        return self.backend.region or None
 
     async def _url(self, node: Node, name: str) -> str | None:
         """A presigned GET of the file (of that version under `.versions/`). Never logged."""
@@ -431,7 +429,7 @@ class Xattrs:
             change.system,
         )
         size = metadata_bytes(dict(write_options(node).metadata))
-        limit = int(getattr(self.backend, "max_metadata_bytes", MAX_METADATA_BYTES))
+        limit = self.backend.max_metadata_bytes
         try:
             if size > limit:
                 why = f"user metadata would be {size} bytes, more than the {limit} allowed"

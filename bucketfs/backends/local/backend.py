@@ -44,7 +44,7 @@ from typing import ParamSpec, TypeVar
 import trio
 
 from bucketfs.backends import inprocess as c
-from bucketfs.backends.base import MAX_OBJECT_SIZE
+from bucketfs.backends.base import MAX_OBJECT_SIZE, Backend
 from bucketfs.backends.local.store import LocalStore
 from bucketfs.errors import BackendError, BucketfsError, NotSupported, Transient
 from bucketfs.types import (
@@ -74,7 +74,7 @@ def _translate(exc: Exception) -> BucketfsError:
     return BackendError(f"local store: {exc!r}")
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """The `Backend` protocol over a directory; see the module docstring for the layout."""
 
     supports_versions = True

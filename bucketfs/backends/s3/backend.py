@@ -54,7 +54,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError
 
-from bucketfs.backends.base import MAX_OBJECT_SIZE
+from bucketfs.backends.base import MAX_OBJECT_SIZE, Backend
 from bucketfs.backends.http import (
     RANGED_OK,
     error_class,
@@ -126,11 +126,13 @@ async def _slices(body: bytes) -> AsyncIterator[bytes]:
         yield bytes(view[start : start + BODY_SLICE])
 
 
-class S3Backend:
+class S3Backend(Backend):
     """An S3-compatible object store reached over HTTP(S)."""
 
     supports_versions = True
     max_object_size = MAX_OBJECT_SIZE
+    #: signs every request and is shown as `user.bucketfs.region`
+    region: str
 
     def __init__(
         self,

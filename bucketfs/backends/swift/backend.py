@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 import httpx2
 import trio
 
-from bucketfs.backends.base import MAX_PUT_SIZE
+from bucketfs.backends.base import MAX_PUT_SIZE, Backend
 from bucketfs.backends.http import (
     RANGED_OK,
     no_chunks,
@@ -119,7 +119,7 @@ def error_class(status: int, *, container_level: bool = False) -> type[BackendEr
     return InvalidRequest
 
 
-class SwiftBackend:
+class SwiftBackend(Backend):
     """An OpenStack Swift account reached over HTTP(S); containers are the buckets."""
 
     supports_versions = True

@@ -8,6 +8,8 @@ stores, memory and local, so they cannot drift apart; `latency` is memory-only.
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -205,3 +207,15 @@ def test_memory_latency_is_per_request() -> None:
         assert trio.current_time() - start == pytest.approx(1.0)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_importing_the_memory_backend_loads_no_http_client() -> None:
+    """Nothing in `bucketfs.backends` is imported eagerly: the memory backend (and the base
+    protocol) load neither the HTTP stack nor botocore."""
+    code = (
+        "import sys, bucketfs.backends.memory, bucketfs.backends.base\n"
+        "heavy = ('httpx2', 'httpcore2', 'h11', 'botocore')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
