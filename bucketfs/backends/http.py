@@ -1,104 +1,65 @@
-"""The one seam where HTTP answers and transport failures become `bucketfs.errors` classes.
+"""What the two HTTP stores (`s3/`, `swift/`) share: names on the wire, the transport-error
+seam, and ranged GETs buffered or streamed.
 
-Owns `error_class` (status + S3 error code -> class), `transport_error` (an httpx2 exception ->
-`Transient` or `Unreachable`), and what a ranged GET's answer means (`ranged_content`,
-`ranged_chunks`: 416 is an empty range, a 200 to a Range request is the whole object to slice).
-Invariants: every status a server can send maps to exactly one `BackendError` subclass;
-everything that `retry.retry_call` retries is a `Transient`, and nothing else is;
-`tests/unit/test_errors.py` walks `HANDLED_STATUSES` and fails on an unmapped one.
+Owns `quote_key`/`quote_name` (a key or a name in a request path), `header_text`,
+`transport_error` (an httpx2 exception -> `Transient` or `Unreachable`), and the ranged GET:
+its `Range` header, and what its answer means (`ranged_get`, `ranged_stream`: 416 is an empty
+range, a 200 to a Range request is the whole object to slice). What is a store's own stays in
+its folder: S3's status and code mapping (`s3/errors.py`) and its httpcore2 exchange
+(`s3/wire.py`), Swift's status mapping (`swift/client.py`). Invariants:
+
+- a key is encoded once: every byte but the unreserved characters and `/`, the segments `.`
+  and `..` as `%2E` (no HTTP layer may collapse them);
+- a request that got no HTTP answer (also while its body was read) becomes an error only in
+  `transport_error`, naming the endpoint; nothing here retries (that is `retry.py`);
+- an empty range (`end <= start`) sends no request; a streamed answer is closed exactly once,
+  when the caller leaves `ranged_stream`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from functools import lru_cache
 from typing import Protocol
+from urllib.parse import quote
 
 import httpx2
 
-from bucketfs.errors import (
-    AccessDenied,
-    AlreadyExists,
-    BackendError,
-    BucketNotEmpty,
-    BucketNotFound,
-    InvalidRequest,
-    NotFound,
-    PreconditionFailed,
-    Transient,
-    Unreachable,
-)
+from bucketfs.errors import Transient, Unreachable
 
-#: statuses retried with backoff (then surfaced as `Transient`)
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-#: every status `error_class` maps on purpose; all others fall back by their hundreds
-HANDLED_STATUSES = frozenset(
-    {301, 307, 400, 401, 403, 404, 405, 409, 411, 412, 413, 416, 429, 500, 501, 502, 503, 504}
-)
-
-#: S3 error codes that are transient whatever their status says
-_TRANSIENT_CODES = frozenset(
-    {
-        "RequestTimeout",
-        "SlowDown",
-        "InternalError",
-        "ServiceUnavailable",
-        "OperationAborted",
-        "ConditionalRequestConflict",
-    }
-)
-
-_DENIED_CODES = frozenset(
-    {
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "InvalidToken",
-        "TokenRefreshRequired",
-        "AllAccessDisabled",
-        "AccountProblem",
-        "RequestTimeTooSkewed",
-    }
-)
-
-#: status implied by a code when only the code is known (per-key errors of DeleteObjects)
-_CODE_STATUS = {
-    "NoSuchKey": 404,
-    "NoSuchBucket": 404,
-    "NoSuchVersion": 404,
-    "NoSuchUpload": 404,
-    "PreconditionFailed": 412,
-    "BucketAlreadyExists": 409,
-    "BucketAlreadyOwnedByYou": 409,
-    "BucketNotEmpty": 409,
-    "InvalidRange": 416,
-}
+_SAFE = "-_.~"
+#: a key made of unreserved characters and `/` only (what `quote` leaves alone)
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.~/-]*")
 
 
-def error_class(status: int | None, code: str | None = None) -> type[BackendError]:
-    """The error class for an S3 answer: `status` (None when only a code is known, as in the
-    per-key errors of DeleteObjects) and the `<Code>` of the error body (None for HEAD)."""
-    if status is None:
-        status = 403 if code in _DENIED_CODES else _CODE_STATUS.get(code or "", 500)
-    if code in _TRANSIENT_CODES:
-        return Transient
-    if code in _DENIED_CODES or status in (401, 403):
-        return AccessDenied
-    if status == 404:
-        return BucketNotFound if code == "NoSuchBucket" else NotFound
-    if status == 412:
-        return PreconditionFailed
-    if status == 409:
-        if code in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
-            return AlreadyExists
-        if code == "BucketNotEmpty":
-            return BucketNotEmpty
-        return InvalidRequest
-    if status in RETRY_STATUSES or (status >= 500 and status != 501):
-        return Transient
-    # 3xx (wrong region, redirects we do not follow), other 4xx, 501 NotImplemented
-    return InvalidRequest
+def quote_key(key: str) -> str:
+    """URL-encode a key for a request path: every byte but unreserved characters and `/`."""
+    if _PLAIN_KEY.fullmatch(key) and "/." not in key and not key.startswith("."):
+        return key  # nothing to encode, no `.` or `..` segment: the usual case
+    segments = []
+    for segment in key.split("/"):
+        if segment in (".", ".."):
+            segments.append(segment.replace(".", "%2E"))
+        else:
+            segments.append(quote(segment, safe=_SAFE))
+    return "/".join(segments)
+
+
+@lru_cache(maxsize=64)
+def quote_name(name: str) -> str:
+    """A bucket or container name, or any single path segment, fully encoded."""
+    return quote(name, safe=_SAFE)
+
+
+def header_text(raw: bytes) -> str:
+    """A header value as text: UTF-8 when it is valid UTF-8, else Latin-1 (never fails).
+    RFC 2047 encoded words (`=?UTF-8?B?...?=`) are kept as they are."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def transport_error(exc: httpx2.HTTPError, endpoint: str, what: str) -> Transient:
@@ -115,16 +76,59 @@ def transport_error(exc: httpx2.HTTPError, endpoint: str, what: str) -> Transien
 
 
 class RawResponse(Protocol):
-    """An answer whose body is read raw: `httpx2.Response` or `wire.Answer`."""
+    """An answer whose body is read raw: `httpx2.Response` or `s3.wire.Answer`."""
 
     @property
     def status_code(self) -> int: ...
 
     def aiter_raw(self) -> AsyncIterator[bytes]: ...
 
+    async def aclose(self) -> None: ...
+
 
 #: the statuses a ranged GET may answer with
 RANGED_OK = frozenset({200, 206, 416})
+
+#: sends the GET with these headers (open when the flag says stream) and returns the answer
+#: and its body (b"" when streamed); the store's request loop, retries included
+SendGet = Callable[[Mapping[str, str], bool], Awaitable[tuple[RawResponse, bytes]]]
+
+
+def range_header(start: int, end: int | None) -> dict[str, str]:
+    """The `Range` header for bytes [start, end); none for a whole object."""
+    if start > 0 or end is not None:
+        return {"Range": f"bytes={start}-{'' if end is None else end - 1}"}
+    return {}
+
+
+async def ranged_get(
+    send: SendGet, headers: Mapping[str, str], start: int, end: int | None
+) -> bytes:
+    """Bytes [start, end) of the object, buffered; `headers` hold `range_header`'s."""
+    if end is not None and end <= start:
+        return b""
+    response, content = await send(headers, False)
+    return ranged_content(response.status_code, headers, content, start, end)
+
+
+@asynccontextmanager
+async def ranged_stream(
+    send: SendGet,
+    headers: Mapping[str, str],
+    start: int,
+    end: int | None,
+    endpoint: str,
+    what: str,
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """Bytes [start, end) of the object as they arrive; the answer is closed on leaving."""
+    if end is not None and end <= start:
+        yield no_chunks()
+        return
+    response, _ = await send(headers, True)
+    try:
+        yield ranged_chunks(response, headers, start, end, endpoint, what)
+    finally:
+        await response.aclose()
 
 
 def ranged_content(

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from bucketfs.app.options import build_config, parse_source
-from bucketfs.backends.swift import backend as swift_module
+from bucketfs.backends.swift import client as swift_client
 from bucketfs.backends.swift.auth import (
     AuthResult,
     KeystoneV3Auth,
@@ -26,7 +26,8 @@ from bucketfs.backends.swift.auth import (
     V1Auth,
     auth_from_env,
 )
-from bucketfs.backends.swift.backend import HANDLED_STATUSES, SwiftBackend, error_class
+from bucketfs.backends.swift.backend import SwiftBackend
+from bucketfs.backends.swift.client import HANDLED_STATUSES, error_class
 from bucketfs.errors import (
     AccessDenied,
     BackendError,
@@ -520,7 +521,7 @@ def test_tempurl_key_is_set_only_when_allowed(swift: SwiftServer) -> None:
 
 
 def test_bulk_delete_batches(swift: SwiftServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(swift_module, "DELETE_BATCH", 7)
+    monkeypatch.setattr(swift_client, "DELETE_BATCH", 7)
     backend = make_swift(swift)
     keys = [f"k/{i:02d} ü#?" for i in range(20)]
 

@@ -8,7 +8,7 @@ import inspect
 import pytest
 
 import bucketfs.errors
-from bucketfs.backends.http import HANDLED_STATUSES, RETRY_STATUSES, error_class
+from bucketfs.backends.s3.errors import HANDLED_STATUSES, RETRY_STATUSES, error_class
 from bucketfs.errors import BackendError, BucketfsError, Transient
 
 ERROR_CLASSES = [

@@ -15,7 +15,7 @@ with memcmp (S3's order), and `prefix/delimiter` listings are range queries
 (`key >= prefix AND key < successor(prefix)`); a folded common prefix is skipped with one new range
 query starting at the successor of that prefix, never by scanning the subtree.
 
-Invariants (the details are in `_localindex.py` and `_localstore.py`):
+Invariants (the details are in `index.py` and `store.py`):
 - `put` is atomic and crash-safe: the body is written to a new blob (fsynced with its directory
   when `fsync`), then one SQLite transaction switches the key to it; a crash leaves the old
   object or the new one. Blobs that no row names are swept when a process opens a bucket that no

@@ -2,7 +2,7 @@
 
 Owns `<root>/` as seen by one process: which buckets exist, creating and deleting them, and each
 request of the `Backend` protocol as one blocking call, run by `local.py` in a worker thread.
-One bucket's index and files are `_localindex.BucketIndex`.
+One bucket's index and files are `index.BucketIndex`.
 
 Invariants: a bucket appears atomically (built in `.tmp-<id>/`, renamed into place) and
 disappears atomically (renamed to `.trash-<id>/`, then removed); an open `BucketIndex` is used

@@ -1,82 +1,53 @@
 """The S3 backend: `base.Backend` over the S3 REST API with httpx2, signed with SigV4.
 
-Owns the HTTP conversation with an S3 endpoint (AWS, SeaweedFS, MinIO, Ceph ...): addressing,
-key encoding, signing, retries and the translation of answers into `bucketfs.types` values.
-Invariants:
+Owns the operations on buckets and objects of an S3 endpoint, and the translation of its
+answers into `bucketfs.types` values; the request path (addressing, signing, retries) is
+`client.py`, multipart uploads `multipart.py`. Invariants:
 
-- every request goes through `_request` (one attempt = sign + send + classify) inside
-  `retry.retry_call`; statuses and transport failures become errors only in `http.py`;
-- requests go as parts (host, encoded target, header bytes) straight to httpcore2's
-  connection pool (`wire.py`), not through `httpx2.AsyncClient.send` nor httpx2's
-  `Request`/`Response` models: no cookie jar, redirects, auth flow, URL parsing or header
-  normalisation run per request (S3 needs none of them; docs/performance.md has the cost);
-  signing is `sigv4.py`, keys, headers and dates on the wire are `s3_values.py`;
-- a request is signed again on every attempt (fresh date, fresh credentials from botocore's
-  chain, refreshed in a worker thread when they are about to expire); no credentials at all
-  means anonymous, unsigned requests;
-- a key is sent URL-encoded once: every byte except the unreserved characters and `/`, with
-  the path segments `.` and `..` sent as `%2E`, so no HTTP layer collapses them;
-- bodies are read raw: a `Content-Encoding` of the object is never undone on the way (an object
-  stored gzip-compressed is read back compressed, byte for byte);
+- every operation is one or more `_request`s (see `client.py`); a `get` range is half-open and
+  a 416 or a server ignoring `Range` are `http.ranged_get`'s business;
 - a streaming GET is retried only until its headers arrived; after the first chunk a failure
   surfaces as `Transient`;
-- logs carry method, bucket, key, status and duration at DEBUG, never a credential, a signature
-  or a presigned URL.
-
-Payload signing: request bodies we build (XML) are signed with their SHA-256. Object data
-(PutObject, UploadPart) is sent as `UNSIGNED-PAYLOAD` over https, where TLS already guarantees
-integrity; over plain http its real SHA-256 is signed (`sign_payload=None`, the default), so a
-server that checks it (AWS, MinIO, Ceph) refuses a body corrupted on the way. The hash costs
-about 0.8 ms per MiB on this machine and runs in a worker thread for bodies over 1 MiB.
-Measured with SeaweedFS 4.48 over http: it accepts `UNSIGNED-PAYLOAD` and does *not* check a
-signed hash (a wrong one is accepted), so `sign_payload=False` is a safe speed lever there.
+- a copy onto itself that changes nothing is sent as a REPLACE with the same values (S3
+  refuses it otherwise), guarded by the source's ETag.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import logging
-import re
-import time
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from contextlib import AbstractAsyncContextManager
 
-import botocore.session
-import httpcore2._async.http11 as _httpcore_http11
-import httpx2
-import trio
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, ReadOnlyCredentials
-from botocore.exceptions import BotoCoreError
 
 from bucketfs.backends.base import MAX_OBJECT_SIZE, Backend
 from bucketfs.backends.http import (
     RANGED_OK,
-    error_class,
-    no_chunks,
-    ranged_chunks,
-    ranged_content,
-    transport_error,
+    RawResponse,
+    SendGet,
+    quote_key,
+    range_header,
+    ranged_get,
+    ranged_stream,
 )
-from bucketfs.backends.retry import retry_call
-from bucketfs.backends.s3 import sigv4, xmlparse
+from bucketfs.backends.s3 import xmlparse
+from bucketfs.backends.s3.client import (
+    DEFAULT_REGION,
+    EMPTY_SHA256,
+    UNSIGNED_PAYLOAD,
+    S3Credentials,
+)
+from bucketfs.backends.s3.errors import error_class
+from bucketfs.backends.s3.multipart import S3Multipart
 from bucketfs.backends.s3.values import (
     batches,
     encode_query,
     object_info,
     put_result,
-    quote_key,
-    quote_name,
     quoted_etag,
     write_headers,
 )
-from bucketfs.backends.wire import Answer, Wire
-from bucketfs.errors import BackendError, BucketNotFound, ConfigError, NotFound
+from bucketfs.errors import BucketNotFound, NotFound
 from bucketfs.types import (
     BucketInfo,
     ListPage,
@@ -86,279 +57,25 @@ from bucketfs.types import (
     WriteOptions,
 )
 
-__all__ = ["S3Backend", "S3Credentials", "batches", "encode_query", "quote_key"]
-
-log = logging.getLogger(__name__)
-
-DEFAULT_REGION = "us-east-1"
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-#: bodies larger than this are hashed in a worker thread
-_THREAD_HASH_SIZE = 1 << 20
-_DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
-_OK = frozenset({200, 204, 206})
-
-
-@dataclass(frozen=True, slots=True)
-class S3Credentials:
-    """Explicit credentials, bypassing botocore's chain (tests, `-o access_key=...`)."""
-
-    access_key: str
-    secret_key: str
-    session_token: str | None = None
+#: re-exported for the callers that build a backend (`app/mount.py`) and for tests
+__all__ = [
+    "EMPTY_SHA256",
+    "UNSIGNED_PAYLOAD",
+    "S3Backend",
+    "S3Credentials",
+    "batches",
+    "encode_query",
+    "quote_key",
+]
 
 
-#: httpcore2 reads a response 64 KiB at a time, each through h11's buffer copies: for 8 MiB
-#: ranged GETs that costs about a quarter of the throughput (measured: 354 -> 459 MB/s with
-#: 4 GETs in flight on SeaweedFS). It is a class attribute of httpcore2's HTTP/1.1
-#: connection; only this package uses httpx2 in the daemon.
-RESPONSE_READ_SIZE = 1 << 20
-if getattr(_httpcore_http11.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < RESPONSE_READ_SIZE:
-    _httpcore_http11.AsyncHTTP11Connection.READ_NUM_BYTES = RESPONSE_READ_SIZE
-
-#: request bodies above this are handed to httpcore2 in slices of this size
-BODY_SLICE = 1 << 20
-
-
-async def _slices(body: bytes) -> AsyncIterator[bytes]:
-    view = memoryview(body)
-    for start in range(0, len(body), BODY_SLICE):
-        yield bytes(view[start : start + BODY_SLICE])
-
-
-class S3Backend(Backend):
+class S3Backend(S3Multipart, Backend):
     """An S3-compatible object store reached over HTTP(S)."""
 
     supports_versions = True
     max_object_size = MAX_OBJECT_SIZE
     #: signs every request and is shown as `user.bucketfs.region`
     region: str
-
-    def __init__(
-        self,
-        endpoint: str | None = None,
-        region: str | None = None,
-        profile: str | None = None,
-        *,
-        path_style: bool | None = None,
-        max_connections: int = 32,
-        retry_deadline: float = 60.0,
-        credentials: S3Credentials | None = None,
-        anonymous: bool = False,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
-        sign_payload: bool | None = None,
-        transport: httpx2.AsyncBaseTransport | None = None,
-    ) -> None:
-        """`credentials` bypasses botocore's chain, `anonymous` sends unsigned requests;
-        `sign_payload` None signs object data over http only (see the module docstring);
-        `transport` replaces the network (unit tests put an `httpx2.MockTransport` here)."""
-        session: botocore.session.Session | None = None
-        if region is None or (credentials is None and not anonymous):
-            session = botocore.session.Session(profile=profile)
-        if region is None:
-            assert session is not None
-            region = _session_region(session)
-        self.region = region
-        self._credentials: Credentials | None
-        if anonymous:
-            self._credentials = None
-        elif credentials is not None:
-            self._credentials = Credentials(
-                credentials.access_key, credentials.secret_key, credentials.session_token
-            )
-        else:
-            assert session is not None
-            self._credentials = _session_credentials(session, profile)
-        self.endpoint = (endpoint or f"https://s3.{region}.amazonaws.com").rstrip("/")
-        url = httpx2.URL(self.endpoint)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError(f"S3 endpoint must be an http(s) URL, not {self.endpoint!r}")
-        self._scheme = url.scheme
-        self._raw_scheme = url.raw_scheme
-        self._raw_host = url.raw_host
-        self._port = url.port
-        self._netloc = url.netloc.decode("ascii")
-        # as sent and as signed: percent-encoded (an endpoint path is rare)
-        self._base_path = url.raw_path.decode("ascii").split("?", 1)[0].rstrip("/")
-        self._path_style = path_style if path_style is not None else endpoint is not None
-        self._sign_payload = sign_payload if sign_payload is not None else url.scheme == "http"
-        self.retry_deadline = retry_deadline
-        self.description = f"s3 {self.endpoint}"
-        self._wire = Wire(
-            https=url.scheme == "https",
-            max_connections=max_connections,
-            timeouts=httpx2.Timeout(read_timeout, connect=connect_timeout).as_dict(),
-            transport=transport,
-        )
-
-    # --- plumbing ----------------------------------------------------------------------
-
-    def _virtual_host(self, bucket: str) -> bool:
-        """Virtual-hosted addressing unless path style was asked for or the name cannot be a
-        host name label (dots would also break the TLS wildcard certificate)."""
-        return not self._path_style and _DNS_BUCKET.match(bucket) is not None
-
-    def _url(self, bucket: str | None, key: str | None, query: Mapping[str, str]) -> str:
-        return self._join(self._url_parts(bucket, key, query))
-
-    def _join(self, parts: tuple[str, str, str]) -> str:
-        host, path, query = parts
-        url = f"{self._scheme}://{host}{path}"
-        return f"{url}?{query}" if query else url
-
-    def _url_parts(
-        self, bucket: str | None, key: str | None, query: Mapping[str, str]
-    ) -> tuple[str, str, str]:
-        """Host, encoded path and encoded query of a request."""
-        netloc, path = self._netloc, self._base_path
-        if bucket is not None:
-            if self._virtual_host(bucket):
-                netloc = f"{bucket}.{netloc}"
-            else:
-                path += "/" + quote_name(bucket)
-        if key is not None:
-            path += "/" + quote_key(key)
-        elif not path:
-            path = "/"
-        return netloc, path, encode_query(query) if query else ""
-
-    async def _frozen_credentials(self) -> ReadOnlyCredentials | None:
-        creds = self._credentials
-        if creds is None:
-            return None
-        refresh_needed = getattr(creds, "refresh_needed", None)
-        if refresh_needed is not None and refresh_needed():
-            return await trio.to_thread.run_sync(creds.get_frozen_credentials)
-        return creds.get_frozen_credentials()
-
-    def _signed_headers(
-        self,
-        method: str,
-        parts: tuple[str, str, str],
-        headers: Mapping[str, str],
-        payload_hash: str,
-        creds: ReadOnlyCredentials | None,
-    ) -> list[tuple[bytes, bytes]]:
-        host, path, query = parts
-        if creds is None:
-            items = {**headers, "Host": host}
-        else:
-            items = sigv4.sign(
-                method,
-                host,
-                path,
-                query,
-                headers,
-                payload_hash,
-                access_key=creds.access_key or "",
-                secret_key=creds.secret_key or "",
-                session_token=creds.token,
-                region=self.region,
-            )
-        items["Accept-Encoding"] = "identity"
-        return [(name.encode("ascii"), value.encode("utf-8")) for name, value in items.items()]
-
-    async def _payload_hash(self, body: bytes, *, data: bool) -> str:
-        if not body:
-            return EMPTY_SHA256
-        if data and not self._sign_payload:
-            return UNSIGNED_PAYLOAD
-        if len(body) > _THREAD_HASH_SIZE:
-            return await trio.to_thread.run_sync(lambda: hashlib.sha256(body).hexdigest())
-        return hashlib.sha256(body).hexdigest()
-
-    async def _request(
-        self,
-        method: str,
-        bucket: str | None,
-        key: str | None = None,
-        *,
-        query: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        body: bytes = b"",
-        data: bool = False,
-        ok: frozenset[int] = _OK,
-        bucket_level: bool = False,
-        error_in_body: bool = False,
-        stream: bool = False,
-    ) -> tuple[Answer, bytes]:
-        """One S3 call with retries: the answer (open when `stream`) and its raw body."""
-        what = f"{method} {bucket or ''}/{key or ''}"
-        parts = self._url_parts(bucket, key, query or {})
-        host = self._raw_host
-        if parts[0] != self._netloc:  # virtual-hosted
-            host = f"{bucket}.".encode("ascii") + host
-        target = (f"{parts[1]}?{parts[2]}" if parts[2] else parts[1]).encode("ascii")
-        all_headers = dict(headers or {})
-        if body and method in ("PUT", "POST") and not data:
-            md5 = base64.b64encode(hashlib.md5(body).digest()).decode("ascii")
-            all_headers["Content-MD5"] = md5
-        payload_hash = await self._payload_hash(body, data=data)
-
-        async def attempt() -> tuple[Answer, bytes]:
-            creds = await self._frozen_credentials()
-            signed = self._signed_headers(method, parts, all_headers, payload_hash, creds)
-            content: bytes | AsyncIterator[bytes] = body
-            if len(body) > BODY_SLICE:
-                # h11 joins what it sends into one bytes object: a 16 MiB part would be copied
-                # whole (and the allocator keeps such copies); send it in slices instead
-                signed = [*signed, (b"Content-Length", str(len(body)).encode())]
-                content = _slices(body)
-            started = time.monotonic()
-            try:
-                response = await self._wire.send(
-                    method,
-                    self._raw_scheme,
-                    host,
-                    self._port,
-                    target,
-                    signed,
-                    content,
-                )
-                try:
-                    if stream and response.status_code in ok:
-                        return response, b""
-                    content = b"".join([chunk async for chunk in response.aiter_raw()])
-                finally:
-                    if not stream or response.status_code not in ok:
-                        await response.aclose()
-            except httpx2.TransportError as exc:
-                log.debug("%s failed after %.3fs: %r", what, time.monotonic() - started, exc)
-                raise transport_error(exc, self.endpoint, what) from exc
-            log.debug(
-                "%s %s/%s -> %d in %.3fs",
-                method,
-                bucket or "",
-                key or "",
-                response.status_code,
-                time.monotonic() - started,
-            )
-            if response.status_code not in ok:
-                raise self._error(response.status_code, content, what, bucket_level)
-            if error_in_body:
-                error = xmlparse.parse_error(content)
-                if error is not None:
-                    cls = error_class(None, error.code)
-                    raise cls(f"{what}: {error.code}: {error.message}")
-            return response, content
-
-        return await retry_call(attempt, deadline=self.retry_deadline, what=what)
-
-    def _error(self, status: int, body: bytes, what: str, bucket_level: bool) -> BackendError:
-        error = xmlparse.parse_error(body)
-        code = error.code if error is not None else None
-        cls = error_class(status, code)
-        if bucket_level and cls is NotFound:
-            cls = BucketNotFound
-        detail = f"{code}: {error.message}" if error is not None else "no details"
-        return cls(f"{what}: HTTP {status} ({detail})")
-
-    async def _xml(
-        self, method: str, bucket: str | None, key: str | None = None, **kwargs: Any
-    ) -> ET.Element:
-        _, content = await self._request(method, bucket, key, **kwargs)
-        return xmlparse.parse(content)
 
     # --- buckets -----------------------------------------------------------------------
 
@@ -432,15 +149,26 @@ class S3Backend(Backend):
         return object_info(key, response.headers)
 
     def _get_args(
-        self, start: int, end: int | None, if_match: str | None, version_id: str | None
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        headers: dict[str, str] = {}
-        if start > 0 or end is not None:
-            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        self,
+        bucket: str,
+        key: str,
+        start: int,
+        end: int | None,
+        if_match: str | None,
+        version_id: str | None,
+    ) -> tuple[SendGet, dict[str, str]]:
+        """How to send a GET of the object (plain or streamed), and its headers."""
+        headers = range_header(start, end)
         if if_match:
             headers["If-Match"] = quoted_etag(if_match)
         query = {"versionId": version_id} if version_id else {}
-        return headers, query
+
+        async def send(sent: Mapping[str, str], stream: bool) -> tuple[RawResponse, bytes]:
+            return await self._request(
+                "GET", bucket, key, query=query, headers=sent, ok=RANGED_OK, stream=stream
+            )
+
+        return send, headers
 
     async def get(
         self,
@@ -452,13 +180,8 @@ class S3Backend(Backend):
         if_match: str | None = None,
         version_id: str | None = None,
     ) -> bytes:
-        if end is not None and end <= start:
-            return b""
-        headers, query = self._get_args(start, end, if_match, version_id)
-        response, content = await self._request(
-            "GET", bucket, key, query=query, headers=headers, ok=RANGED_OK
-        )
-        return ranged_content(response.status_code, headers, content, start, end)
+        send, headers = self._get_args(bucket, key, start, end, if_match, version_id)
+        return await ranged_get(send, headers, start, end)
 
     def get_stream(
         self,
@@ -470,35 +193,8 @@ class S3Backend(Backend):
         if_match: str | None = None,
         version_id: str | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        return self._stream(bucket, key, start, end, if_match, version_id)
-
-    @asynccontextmanager
-    async def _stream(
-        self,
-        bucket: str,
-        key: str,
-        start: int,
-        end: int | None,
-        if_match: str | None,
-        version_id: str | None,
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
-        if end is not None and end <= start:
-            yield no_chunks()
-            return
-        headers, query = self._get_args(start, end, if_match, version_id)
-        response, _ = await self._request(
-            "GET",
-            bucket,
-            key,
-            query=query,
-            headers=headers,
-            ok=RANGED_OK,
-            stream=True,
-        )
-        try:
-            yield ranged_chunks(response, headers, start, end, self.endpoint, f"GET {bucket}/{key}")
-        finally:
-            await response.aclose()
+        send, headers = self._get_args(bucket, key, start, end, if_match, version_id)
+        return ranged_stream(send, headers, start, end, self.endpoint, f"GET {bucket}/{key}")
 
     # --- writing -----------------------------------------------------------------------
 
@@ -519,65 +215,6 @@ class S3Backend(Backend):
             headers["If-Match"] = quoted_etag(if_match)
         response, _ = await self._request("PUT", bucket, key, headers=headers, body=data, data=True)
         return put_result(response.header(b"etag"), response.header(b"x-amz-version-id"))
-
-    async def create_multipart(
-        self, bucket: str, key: str, opts: WriteOptions | None = None
-    ) -> str:
-        root = await self._xml(
-            "POST", bucket, key, query={"uploads": ""}, headers=write_headers(opts)
-        )
-        return xmlparse.parse_upload_id(root)
-
-    async def upload_part(
-        self, bucket: str, key: str, upload_id: str, part_number: int, data: bytes
-    ) -> str:
-        query = {"partNumber": str(part_number), "uploadId": upload_id}
-        response, _ = await self._request("PUT", bucket, key, query=query, body=data, data=True)
-        return xmlparse.strip_etag(response.header(b"etag") or "")
-
-    def _copy_source(self, bucket: str, key: str, version_id: str | None) -> str:
-        source = f"/{quote_name(bucket)}/{quote_key(key)}"
-        return f"{source}?versionId={quote_name(version_id)}" if version_id else source
-
-    async def upload_part_copy(
-        self,
-        bucket: str,
-        key: str,
-        upload_id: str,
-        part_number: int,
-        src_key: str,
-        start: int,
-        end: int,
-        *,
-        src_version_id: str | None = None,
-        if_match: str | None = None,
-    ) -> str:
-        headers = {
-            "x-amz-copy-source": self._copy_source(bucket, src_key, src_version_id),
-            "x-amz-copy-source-range": f"bytes={start}-{end - 1}",
-        }
-        if if_match:
-            headers["x-amz-copy-source-if-match"] = quoted_etag(if_match)
-        query = {"partNumber": str(part_number), "uploadId": upload_id}
-        root = await self._xml("PUT", bucket, key, query=query, headers=headers, error_in_body=True)
-        return xmlparse.parse_etag_result(root)
-
-    async def complete_multipart(
-        self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
-    ) -> PutResult:
-        response, content = await self._request(
-            "POST",
-            bucket,
-            key,
-            query={"uploadId": upload_id},
-            body=xmlparse.complete_body(parts),
-            error_in_body=True,
-        )
-        etag = xmlparse.parse_etag_result(xmlparse.parse(content))
-        return PutResult(etag=etag, version_id=response.header(b"x-amz-version-id"))
-
-    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
-        await self._request("DELETE", bucket, key, query={"uploadId": upload_id})
 
     async def copy(
         self,
@@ -640,24 +277,3 @@ class S3Backend(Backend):
         creds = self._credentials.get_frozen_credentials()
         S3SigV4QueryAuth(creds, "s3", self.region, expires=expires).add_auth(request)
         return str(request.url)
-
-    async def aclose(self) -> None:
-        await self._wire.aclose()
-
-
-def _session_region(session: botocore.session.Session) -> str:
-    try:
-        region = session.get_config_variable("region")
-    except BotoCoreError as exc:
-        raise ConfigError(f"cannot read the AWS configuration: {exc}") from exc
-    return str(region) if region else DEFAULT_REGION
-
-
-def _session_credentials(
-    session: botocore.session.Session, profile: str | None
-) -> Credentials | None:
-    """botocore's chain: environment, shared files, profile, container and instance metadata."""
-    try:
-        return session.get_credentials()
-    except BotoCoreError as exc:
-        raise ConfigError(f"cannot load AWS credentials (profile {profile!r}): {exc}") from exc

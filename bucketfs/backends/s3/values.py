@@ -1,11 +1,10 @@
 """S3 values on the wire: keys and queries as sent, headers as written and as read back.
 
-Owns `quote_key`, `encode_query`, `write_headers` (WriteOptions -> request headers) and
-`object_info` (the raw headers of a HEAD or GET -> `ObjectInfo`). Invariants:
+Owns `encode_query`, `write_headers` (WriteOptions -> request headers) and `object_info` (the
+raw headers of a HEAD or GET -> `ObjectInfo`); keys and names in a path are `http.quote_key`
+and `http.quote_name`, shared with Swift. Invariants:
 
-- a key is encoded once: every byte but the unreserved characters and `/`, the segments `.`
-  and `..` as `%2E` (no HTTP layer may collapse them); a query is sorted and fully encoded,
-  exactly as SigV4 canonicalises it;
+- a query is sorted and fully encoded, exactly as SigV4 canonicalises it;
 - answer headers are read in one pass over the raw pairs; a value is UTF-8 when it is valid
   UTF-8, else Latin-1 (never fails); a repeated header is its values joined by ", ";
 - a date is read as the server wrote it: the IMF-fixdate of RFC 9110 by a fast path, any other
@@ -17,11 +16,10 @@ from __future__ import annotations
 
 import calendar
 import email.utils
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
 from urllib.parse import quote
 
+from bucketfs.backends.http import header_text
 from bucketfs.backends.s3 import xmlparse
 from bucketfs.errors import InvalidRequest
 from bucketfs.types import ObjectInfo, PutResult, WriteOptions
@@ -40,8 +38,6 @@ SYSTEM_HEADER_NAMES: Mapping[str, str] = {
 _SYSTEM_BY_HEADER = {h.lower(): n for n, h in SYSTEM_HEADER_NAMES.items()}
 META_PREFIX = "x-amz-meta-"
 _SAFE = "-_.~"
-#: a key made of unreserved characters and `/` only (what `quote` leaves alone)
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.~/-]*")
 #: the answer headers `object_info` reads besides metadata and system headers
 _INFO_HEADERS = frozenset(
     {
@@ -65,25 +61,6 @@ _MONTHS = {
 }
 
 
-def quote_key(key: str) -> str:
-    """URL-encode a key for a request path: every byte but unreserved characters and `/`."""
-    if _PLAIN_KEY.fullmatch(key) and "/." not in key and not key.startswith("."):
-        return key  # nothing to encode, no `.` or `..` segment: the usual case
-    segments = []
-    for segment in key.split("/"):
-        if segment in (".", ".."):
-            segments.append(segment.replace(".", "%2E"))
-        else:
-            segments.append(quote(segment, safe=_SAFE))
-    return "/".join(segments)
-
-
-@lru_cache(maxsize=64)
-def quote_name(name: str) -> str:
-    """A bucket name or any single path segment, fully encoded."""
-    return quote(name, safe=_SAFE)
-
-
 def encode_query(query: Mapping[str, str]) -> str:
     """The query string exactly as SigV4 canonicalises it: sorted, everything encoded."""
     return "&".join(
@@ -98,15 +75,6 @@ def batches(keys: Sequence[str], size: int = DELETE_BATCH) -> list[Sequence[str]
 
 def quoted_etag(etag: str) -> str:
     return etag if etag.startswith('"') or etag == "*" else f'"{etag}"'
-
-
-def header_text(raw: bytes) -> str:
-    """A header value as text: UTF-8 when it is valid UTF-8, else Latin-1 (never fails).
-    RFC 2047 encoded words (`=?UTF-8?B?...?=`) are kept as they are."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
 
 
 def http_time(value: str | None) -> float:

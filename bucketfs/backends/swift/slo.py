@@ -1,11 +1,11 @@
 """Large objects on Swift: the multipart half of `base.Backend` as Static Large Objects (SLO),
 and the cleanup of the segments an SLO leaves behind.
 
-Owns the naming of segments and manifests and the life of an upload. Invariants:
+Owns the life of an upload and the manifests; where segments live is `segments.py`.
+Invariants:
 
-- an upload's segments are `<container>_segments/<key>/<upload id>/<part, 8 digits>` (the key
-  replaced by its SHA-256 when the name would pass Swift's 1024 bytes), so `abort_multipart`
-  finds them from (key, upload id) alone, even in another process;
+- `abort_multipart` finds an upload's segments from (key, upload id) alone (`segments.py`),
+  even in another process;
 - `create_multipart` keeps the upload's `WriteOptions` in memory until `complete_multipart`
   (an upload is completed by the process that started it; an unknown upload id is `NotFound`);
 - `upload_part_copy` is a server-side ranged copy (`PUT` with `X-Copy-From` and `Range`, the
@@ -21,22 +21,27 @@ Owns the naming of segments and manifests and the life of an upload. Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx2
 import trio
 
-from bucketfs.backends.s3.backend import quote_key
+from bucketfs.backends.http import quote_key, quote_name
+from bucketfs.backends.swift.account import SwiftAccount
+from bucketfs.backends.swift.segments import (
+    Upload,
+    is_slo,
+    segment_name,
+    segment_prefix,
+    segments_container,
+)
 from bucketfs.backends.swift.values import (
     md5_hex,
     put_result,
-    quote_name,
     strip_etag,
     write_headers,
 )
@@ -49,58 +54,22 @@ from bucketfs.errors import (
 )
 from bucketfs.types import PutResult, WriteOptions
 
-if TYPE_CHECKING:
-    from bucketfs.backends.swift.backend import SwiftBackend
-
 log = logging.getLogger(__name__)
 
-#: Swift's default `max_manifest_segments`
-MAX_MANIFEST_SEGMENTS = 1000
-#: Swift's limit on an object name, in UTF-8 bytes
-MAX_NAME_BYTES = 1024
 #: HEADs in flight when a bulk delete looks for SLOs among the keys
 HEAD_PARALLEL = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Upload:
-    bucket: str
-    key: str
-    opts: WriteOptions | None
-
-
-def segments_container(bucket: str) -> str:
-    return f"{bucket}_segments"
-
-
-def segment_prefix(key: str, upload_id: str) -> str:
-    """Where an upload's segments live in the segments container (ends with '/')."""
-    name = key
-    if len(key.encode()) + len(upload_id) + 40 > MAX_NAME_BYTES:
-        name = hashlib.sha256(key.encode()).hexdigest()
-    return f"{name}/{upload_id}/"
-
-
-def segment_name(key: str, upload_id: str, part_number: int) -> str:
-    if not 1 <= part_number <= 10_000:
-        raise InvalidRequest(f"part number {part_number} not in 1..10000")
-    return f"{segment_prefix(key, upload_id)}{part_number:08d}"
-
-
-def is_slo(headers: httpx2.Headers) -> bool:
-    return str(headers.get("x-static-large-object", "")).lower() == "true"
 
 
 # --- reading what a write replaces -------------------------------------------------------------
 
 
-async def head_raw(backend: SwiftBackend, bucket: str, key: str) -> httpx2.Headers | None:
+async def head_raw(backend: SwiftAccount, bucket: str, key: str) -> httpx2.Headers | None:
     """The headers of a HEAD, or None when the key does not exist."""
     response, _ = await backend._request("HEAD", bucket, key, ok=frozenset({200, 204, 404}))
     return None if response.status_code == 404 else response.headers
 
 
-async def owns_segments(backend: SwiftBackend, bucket: str, headers: httpx2.Headers) -> bool:
+async def owns_segments(backend: SwiftAccount, bucket: str, headers: httpx2.Headers) -> bool:
     """Whether the segments of this object may go with it (see the module's invariants)."""
     if not is_slo(headers):
         return False
@@ -110,7 +79,7 @@ async def owns_segments(backend: SwiftBackend, bucket: str, headers: httpx2.Head
 
 
 async def manifest_segments(
-    backend: SwiftBackend, bucket: str, key: str
+    backend: SwiftAccount, bucket: str, key: str
 ) -> list[tuple[str, str, bool]]:
     """(container, object, is a sub-manifest) of every segment of the SLO at `key`."""
     _, content = await backend._request("GET", bucket, key, query={"multipart-manifest": "get"})
@@ -129,7 +98,7 @@ async def manifest_segments(
 
 
 async def replaced(
-    backend: SwiftBackend, bucket: str, key: str, *, if_match: str | None = None
+    backend: SwiftAccount, bucket: str, key: str, *, if_match: str | None = None
 ) -> list[tuple[str, str, bool]] | None:
     """Before a write of `key`: check `if_match`, and return the segments that the write will
     orphan (None: nothing to clean up)."""
@@ -150,7 +119,7 @@ async def replaced(
 
 
 async def drop_segments(
-    backend: SwiftBackend, segments: Sequence[tuple[str, str, bool]] | None
+    backend: SwiftAccount, segments: Sequence[tuple[str, str, bool]] | None
 ) -> None:
     """Delete segments a write orphaned; nested manifests with their own segments."""
     if not segments:
@@ -171,7 +140,7 @@ async def drop_segments(
         log.warning("could not delete %d old segments: %s", len(segments), exc)
 
 
-async def has_segments_container(backend: SwiftBackend, bucket: str) -> bool:
+async def has_segments_container(backend: SwiftAccount, bucket: str) -> bool:
     response, _ = await backend._request(
         "HEAD", segments_container(bucket), ok=frozenset({200, 204, 404})
     )
@@ -179,7 +148,7 @@ async def has_segments_container(backend: SwiftBackend, bucket: str) -> bool:
 
 
 async def head_many(
-    backend: SwiftBackend, bucket: str, keys: Sequence[str]
+    backend: SwiftAccount, bucket: str, keys: Sequence[str]
 ) -> list[httpx2.Headers | None]:
     results: list[httpx2.Headers | None] = [None] * len(keys)
     limiter = trio.CapacityLimiter(HEAD_PARALLEL)
@@ -197,7 +166,7 @@ async def head_many(
 # --- multipart as SLO --------------------------------------------------------------------------
 
 
-async def ensure_segments_container(backend: SwiftBackend, bucket: str) -> str:
+async def ensure_segments_container(backend: SwiftAccount, bucket: str) -> str:
     container = segments_container(bucket)
     if container not in backend._segment_containers:
         await backend.head_bucket(bucket)  # no segments for a container that does not exist
@@ -207,7 +176,7 @@ async def ensure_segments_container(backend: SwiftBackend, bucket: str) -> str:
 
 
 async def create_multipart(
-    backend: SwiftBackend, bucket: str, key: str, opts: WriteOptions | None
+    backend: SwiftAccount, bucket: str, key: str, opts: WriteOptions | None
 ) -> str:
     write_headers(opts)  # refuse bad metadata now, not after the upload
     await ensure_segments_container(backend, bucket)
@@ -217,7 +186,7 @@ async def create_multipart(
 
 
 async def upload_part(
-    backend: SwiftBackend, bucket: str, key: str, upload_id: str, part_number: int, data: bytes
+    backend: SwiftAccount, bucket: str, key: str, upload_id: str, part_number: int, data: bytes
 ) -> str:
     name = segment_name(key, upload_id, part_number)
     headers = {"ETag": await md5_hex(data)}
@@ -228,7 +197,7 @@ async def upload_part(
 
 
 async def upload_part_copy(
-    backend: SwiftBackend,
+    backend: SwiftAccount,
     bucket: str,
     key: str,
     upload_id: str,
@@ -264,7 +233,7 @@ def _manifest(entries: Sequence[Mapping[str, Any]]) -> bytes:
 
 
 async def complete_multipart(
-    backend: SwiftBackend, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
+    backend: SwiftAccount, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
 ) -> PutResult:
     upload = backend._uploads.get(upload_id)
     if upload is None or (upload.bucket, upload.key) != (bucket, key):
@@ -306,7 +275,7 @@ async def complete_multipart(
     return put_result(response.headers)
 
 
-async def abort_multipart(backend: SwiftBackend, bucket: str, key: str, upload_id: str) -> None:
+async def abort_multipart(backend: SwiftAccount, bucket: str, key: str, upload_id: str) -> None:
     """Delete every segment (and sub-manifest) of the upload; nothing to do is fine."""
     backend._uploads.pop(upload_id, None)
     container = segments_container(bucket)

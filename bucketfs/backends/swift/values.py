@@ -19,6 +19,7 @@ from urllib.parse import quote
 import httpx2
 import trio
 
+from bucketfs.backends.http import header_text
 from bucketfs.errors import InvalidRequest
 from bucketfs.types import ObjectInfo, PutResult, WriteOptions
 
@@ -37,23 +38,11 @@ SYSTEM_HEADER_NAMES: Mapping[str, str] = {
 }
 
 
-def quote_name(name: str) -> str:
-    """A container name for a URL path or an `X-Copy-From` header."""
-    return quote(name, safe=_SAFE)
-
-
 def query_string(query: Mapping[str, str | None]) -> str:
     return "&".join(
         quote(k, safe=_SAFE) if v is None else f"{quote(k, safe=_SAFE)}={quote(v, safe=_SAFE)}"
         for k, v in query.items()
     )
-
-
-def _header_text(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
 
 
 def _http_time(value: str | None) -> float:
@@ -100,7 +89,7 @@ def object_info(key: str, headers: httpx2.Headers) -> ObjectInfo:
     for raw_name, raw_value in headers.raw:
         name = raw_name.decode("latin-1").lower()
         if name.startswith(_META):
-            metadata[name[len(_META) :]] = _header_text(raw_value)
+            metadata[name[len(_META) :]] = header_text(raw_value)
     system = {n: headers[h] for n, h in SYSTEM_HEADER_NAMES.items() if h in headers}
     timestamp = headers.get("x-timestamp")
     try:

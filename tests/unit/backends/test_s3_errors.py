@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from bucketfs.backends.http import error_class, transport_error
+from bucketfs.backends.http import transport_error
 from bucketfs.backends.retry import backoff
 from bucketfs.backends.s3 import xmlparse
 from bucketfs.backends.s3.backend import (
@@ -29,6 +29,7 @@ from bucketfs.backends.s3.backend import (
     encode_query,
     quote_key,
 )
+from bucketfs.backends.s3.errors import error_class
 from bucketfs.errors import (
     AccessDenied,
     AlreadyExists,
