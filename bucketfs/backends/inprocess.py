@@ -2,7 +2,9 @@
 
 Owns what `memory.py` and `local.py` must agree on so that both behave like S3: which bucket
 names and keys are valid, how user metadata is normalised, how an ETag is computed, and how one
-page of a (delimited) listing is cut out of an ordered sequence of keys.
+page of a (delimited) listing is cut out of an ordered sequence of keys and returned as a
+`ListPage` or `VersionPage` (`keys_page`, `versions_page`: each store only says how to seek in
+its ordered keys).
 
 Invariants: keys are compared as UTF-8 bytes (the order S3 lists in); a listing token is the last
 key or common prefix returned, and resuming after a common prefix skips every key under it; a
@@ -13,6 +15,7 @@ truncated only when another entry exists.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,7 +23,7 @@ from typing import TypeVar
 
 from bucketfs.backends.base import MAX_METADATA_BYTES, MAX_PUT_SIZE
 from bucketfs.errors import InvalidRequest
-from bucketfs.types import SYSTEM_HEADERS, WriteOptions
+from bucketfs.types import SYSTEM_HEADERS, ListPage, ObjectInfo, VersionPage, WriteOptions
 
 #: S3's limit on a key (its limit on user metadata is `base.MAX_METADATA_BYTES`).
 MAX_KEY_BYTES = 1024
@@ -184,6 +187,71 @@ def fold_page(
             out.append((key, item))
         else:
             return out, False
+
+
+#: restarts a store's ordered entries at a key (inclusive or not); see `fold_page`
+Seek = Callable[[bytes, bool], Iterator[tuple[bytes, T]]]
+Page = list[tuple[bytes, T | None]]
+
+
+def listing_bytes(
+    prefix: str, delimiter: str | None, marker: str | None
+) -> tuple[bytes, bytes | None, bytes | None]:
+    """A listing's prefix, delimiter (None: no folding) and resume marker as UTF-8."""
+    return (
+        encode_prefix(prefix),
+        encode_prefix(delimiter) if delimiter else None,
+        encode_prefix(marker) if marker is not None else None,
+    )
+
+
+def keys_page(
+    seek: Seek[T], prefix: bytes, delimiter: bytes | None, token: bytes | None, max_keys: int
+) -> tuple[Page[T], bool]:
+    """One page of a key listing resumed after `token`; and whether more entries follow."""
+    return fold_page(
+        seek(*resume_point(prefix, delimiter, token)), seek, prefix, delimiter, max_keys
+    )
+
+
+def versions_page(
+    seek: Seek[T],
+    older: Callable[[bytes, str], Iterator[tuple[bytes, T]] | None],
+    prefix: bytes,
+    delimiter: bytes | None,
+    key_marker: bytes | None,
+    version_marker: str | None,
+    max_keys: int,
+) -> tuple[Page[T], bool]:
+    """One page of a version listing resumed after (`key_marker`, `version_marker`);
+    `older(key, version id)` gives the versions of `key` after that one, None if it is gone."""
+    start, inclusive = resume_point(prefix, delimiter, key_marker)
+    entries = seek(start, inclusive)
+    if key_marker is not None and not inclusive and version_marker is not None:
+        rest = older(key_marker, version_marker)
+        if rest is not None:
+            entries = itertools.chain(rest, entries)
+    return fold_page(entries, seek, prefix, delimiter, max_keys)
+
+
+def list_page_of(page: Page[ObjectInfo], truncated: bool) -> ListPage:
+    """The `ListPage` of a cut page: folded prefixes apart, the last entry as the token."""
+    objects = tuple(info for _, info in page if info is not None)
+    prefixes = tuple(kb.decode() for kb, info in page if info is None)
+    next_token = page[-1][0].decode() if truncated and page else None
+    return ListPage(objects, prefixes, next_token)
+
+
+def version_page_of(page: Page[ObjectInfo], truncated: bool) -> VersionPage:
+    """The `VersionPage` of a cut page: the last entry's key and version id as the markers."""
+    versions = tuple(info for _, info in page if info is not None)
+    prefixes = tuple(kb.decode() for kb, info in page if info is None)
+    if not truncated or not page:
+        return VersionPage(versions, prefixes, None, None)
+    last_key, last = page[-1]
+    return VersionPage(
+        versions, prefixes, last_key.decode(), last.version_id if last is not None else None
+    )
 
 
 def metadata_from_json(data: Mapping[str, object]) -> dict[str, str]:

@@ -191,8 +191,7 @@ class MemoryBackend(Backend):
     ) -> ListPage:
         await self._request()
         b = self._bucket(bucket)
-        pb = c.encode_prefix(prefix)
-        db = c.encode_prefix(delimiter) if delimiter else None
+        pb, db, tb = c.listing_bytes(prefix, delimiter, token)
         hi = c.prefix_end(pb)
 
         def seek(start: bytes, inclusive: bool) -> Iterator[tuple[bytes, ObjectInfo]]:
@@ -201,12 +200,7 @@ class MemoryBackend(Backend):
                 if live is not None:
                     yield kb, _public(live.info)
 
-        start = c.resume_point(pb, db, c.encode_prefix(token) if token is not None else None)
-        page, truncated = c.fold_page(seek(*start), seek, pb, db, max_keys)
-        objects = tuple(info for _, info in page if info is not None)
-        prefixes = tuple(kb.decode() for kb, info in page if info is None)
-        next_token = page[-1][0].decode() if truncated and page else None
-        return ListPage(objects, prefixes, next_token)
+        return c.list_page_of(*c.keys_page(seek, pb, db, tb, max_keys))
 
     async def list_versions_page(
         self,
@@ -220,8 +214,7 @@ class MemoryBackend(Backend):
     ) -> VersionPage:
         await self._request()
         b = self._bucket(bucket)
-        pb = c.encode_prefix(prefix)
-        db = c.encode_prefix(delimiter) if delimiter else None
+        pb, db, km = c.listing_bytes(prefix, delimiter, key_marker)
         hi = c.prefix_end(pb)
 
         def versions_of(kb: bytes, skip: int = 0) -> Iterator[tuple[bytes, ObjectInfo]]:
@@ -232,16 +225,12 @@ class MemoryBackend(Backend):
             for kb, _ in b.seek(hi, start, inclusive):
                 yield from versions_of(kb)
 
-        km = c.encode_prefix(key_marker) if key_marker is not None else None
-        start_key, inclusive = c.resume_point(pb, db, km)
-        entries = seek(start_key, inclusive)
-        if km is not None and not inclusive and version_marker is not None:
-            vids = [v.info.version_id for v in b.versions.get(km, ())]
-            if version_marker in vids:
-                rest = versions_of(km, vids.index(version_marker) + 1)
-                entries = _chain(rest, entries)
-        page, truncated = c.fold_page(entries, seek, pb, db, max_keys)
-        return _version_page(page, truncated)
+        def older(kb: bytes, version_id: str) -> Iterator[tuple[bytes, ObjectInfo]] | None:
+            vids = [v.info.version_id for v in b.versions.get(kb, ())]
+            return versions_of(kb, vids.index(version_id) + 1) if version_id in vids else None
+
+        page = c.versions_page(seek, older, pb, db, km, version_marker, max_keys)
+        return c.version_page_of(*page)
 
     async def head(self, bucket: str, key: str, *, version_id: str | None = None) -> ObjectInfo:
         await self._request()
@@ -473,17 +462,3 @@ class MemoryBackend(Backend):
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
-
-
-def _chain(*its: Iterator[tuple[bytes, ObjectInfo]]) -> Iterator[tuple[bytes, ObjectInfo]]:
-    for it in its:
-        yield from it
-
-
-def _version_page(page: list[tuple[bytes, ObjectInfo | None]], truncated: bool) -> VersionPage:
-    versions = tuple(info for _, info in page if info is not None)
-    prefixes = tuple(kb.decode() for kb, info in page if info is None)
-    if not truncated or not page:
-        return VersionPage(versions, prefixes, None, None)
-    last_key, last = page[-1]
-    return VersionPage(versions, prefixes, last_key.decode(), last.version_id if last else None)

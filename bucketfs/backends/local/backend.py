@@ -131,18 +131,9 @@ class LocalBackend(Backend):
         token: str | None = None,
         max_keys: int = 1000,
     ) -> ListPage:
-        page, truncated = await self._run(
-            self._store.list_page,
-            bucket,
-            c.encode_prefix(prefix),
-            c.encode_prefix(delimiter) if delimiter else None,
-            c.encode_prefix(token) if token is not None else None,
-            max_keys,
-        )
-        objects = tuple(info for _, info in page if info is not None)
-        prefixes = tuple(kb.decode() for kb, info in page if info is None)
-        next_token = page[-1][0].decode() if truncated and page else None
-        return ListPage(objects, prefixes, next_token)
+        pb, db, tb = c.listing_bytes(prefix, delimiter, token)
+        page = await self._run(self._store.list_page, bucket, pb, db, tb, max_keys)
+        return c.list_page_of(*page)
 
     async def list_versions_page(
         self,
@@ -154,23 +145,11 @@ class LocalBackend(Backend):
         version_marker: str | None = None,
         max_keys: int = 1000,
     ) -> VersionPage:
-        page, truncated = await self._run(
-            self._store.list_versions_page,
-            bucket,
-            c.encode_prefix(prefix),
-            c.encode_prefix(delimiter) if delimiter else None,
-            c.encode_prefix(key_marker) if key_marker is not None else None,
-            version_marker,
-            max_keys,
+        pb, db, km = c.listing_bytes(prefix, delimiter, key_marker)
+        page = await self._run(
+            self._store.list_versions_page, bucket, pb, db, km, version_marker, max_keys
         )
-        versions = tuple(info for _, info in page if info is not None)
-        prefixes = tuple(kb.decode() for kb, info in page if info is None)
-        if not truncated or not page:
-            return VersionPage(versions, prefixes, None, None)
-        last_key, last = page[-1]
-        return VersionPage(
-            versions, prefixes, last_key.decode(), last.version_id if last is not None else None
-        )
+        return c.version_page_of(*page)
 
     async def head(self, bucket: str, key: str, *, version_id: str | None = None) -> ObjectInfo:
         return await self._run(self._store.head, bucket, key, version_id)

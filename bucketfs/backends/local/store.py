@@ -181,8 +181,7 @@ class LocalStore:
         b = self.bucket(bucket)
         with b.read() as conn:
             seek = b.seek_live(conn, c.prefix_end(prefix))
-            start = c.resume_point(prefix, delimiter, token)
-            page, truncated = c.fold_page(seek(*start), seek, prefix, delimiter, max_keys)
+            page, truncated = c.keys_page(seek, prefix, delimiter, token, max_keys)
         return [(k, None if r is None else r.info()) for k, r in page], truncated
 
     def list_versions_page(
@@ -197,13 +196,14 @@ class LocalStore:
         b = self.bucket(bucket)
         with b.read() as conn:
             seek = b.seek_versions(conn, c.prefix_end(prefix))
-            start, inclusive = c.resume_point(prefix, delimiter, key_marker)
-            entries = seek(start, inclusive)
-            if key_marker is not None and not inclusive and version_marker is not None:
-                marker = b.find_locked(conn, key_marker, version_marker)
-                if marker is not None:
-                    entries = _chain(b.older_versions(conn, key_marker, marker.seq), entries)
-            page, truncated = c.fold_page(entries, seek, prefix, delimiter, max_keys)
+
+            def older(kb: bytes, version_id: str) -> Iterator[tuple[bytes, Row]] | None:
+                marker = b.find_locked(conn, kb, version_id)
+                return None if marker is None else b.older_versions(conn, kb, marker.seq)
+
+            page, truncated = c.versions_page(
+                seek, older, prefix, delimiter, key_marker, version_marker, max_keys
+            )
         return [(k, None if r is None else r.info(listing=True)) for k, r in page], truncated
 
     def head(self, bucket: str, key: str, version_id: str | None) -> ObjectInfo:
@@ -497,8 +497,3 @@ class LocalStore:
 def _fields(stored: Any) -> tuple[dict[str, str], str | None, dict[str, str]]:
     metadata, content_type, system = stored
     return dict(metadata), content_type, dict(system)
-
-
-def _chain(*its: Iterator[tuple[bytes, Row]]) -> Iterator[tuple[bytes, Row]]:
-    for it in its:
-        yield from it
