@@ -1,10 +1,11 @@
 """What the two HTTP stores (`s3/`, `swift/`) share: names on the wire, the transport-error
 seam, and ranged GETs buffered or streamed.
 
-Owns `quote_key`/`quote_name` (a key or a name in a request path), `header_text`,
-`transport_error` (an httpx2 exception -> `Transient` or `Unreachable`), and the ranged GET:
-its `Range` header, and what its answer means (`ranged_get`, `ranged_stream`: 416 is an empty
-range, a 200 to a Range request is the whole object to slice). What is a store's own stays in
+Owns `quote_key`/`quote_name` (a key or a name in a request path), `header_text`, the headers
+of an object's system fields (`SYSTEM_HEADER_NAMES`), `transport_error` (an httpx2 exception ->
+`Transient` or `Unreachable`), and the ranged GET: its `Range` header, and what its answer
+means (`ranged_get`, `ranged_stream`: 416 is an empty range, a 200 to a Range request is the
+whole object to slice). What is a store's own stays in
 its folder: S3's status and code mapping (`s3/errors.py`) and its httpcore2 exchange
 (`s3/wire.py`), Swift's status mapping (`swift/client.py`). Invariants:
 
@@ -30,6 +31,15 @@ import httpx2
 from bucketfs.errors import Transient, Unreachable
 
 _SAFE = "-_.~"
+#: `WriteOptions.system` / `ObjectInfo.system` names -> the HTTP headers that carry them (S3
+#: and Swift keep the same ones)
+SYSTEM_HEADER_NAMES: Mapping[str, str] = {
+    "cache_control": "Cache-Control",
+    "content_encoding": "Content-Encoding",
+    "content_disposition": "Content-Disposition",
+    "content_language": "Content-Language",
+    "expires": "Expires",
+}
 #: a key made of unreserved characters and `/` only (what `quote` leaves alone)
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.~/-]*")
 

@@ -19,7 +19,7 @@ import email.utils
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import quote
 
-from bucketfs.backends.http import header_text
+from bucketfs.backends.http import SYSTEM_HEADER_NAMES, header_text
 from bucketfs.backends.s3 import xmlparse
 from bucketfs.errors import InvalidRequest
 from bucketfs.types import ObjectInfo, PutResult, WriteOptions
@@ -27,14 +27,6 @@ from bucketfs.types import ObjectInfo, PutResult, WriteOptions
 #: keys per DeleteObjects request (S3's limit)
 DELETE_BATCH = 1000
 
-#: `WriteOptions.system` / `ObjectInfo.system` names -> HTTP header names
-SYSTEM_HEADER_NAMES: Mapping[str, str] = {
-    "cache_control": "Cache-Control",
-    "content_encoding": "Content-Encoding",
-    "content_disposition": "Content-Disposition",
-    "content_language": "Content-Language",
-    "expires": "Expires",
-}
 _SYSTEM_BY_HEADER = {h.lower(): n for n, h in SYSTEM_HEADER_NAMES.items()}
 META_PREFIX = "x-amz-meta-"
 _SAFE = "-_.~"

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx2
 import trio
 
-from bucketfs.backends.http import header_text
+from bucketfs.backends.http import SYSTEM_HEADER_NAMES, header_text
 from bucketfs.errors import InvalidRequest
 from bucketfs.types import ObjectInfo, PutResult, WriteOptions
 
@@ -27,15 +27,6 @@ from bucketfs.types import ObjectInfo, PutResult, WriteOptions
 DELETE_MARKER_TYPE = "application/x-deleted;swift_versions_deleted=1"
 _SAFE = "-_.~"
 _META = "x-object-meta-"
-
-#: `WriteOptions.system` / `ObjectInfo.system` names -> the headers Swift keeps for an object
-SYSTEM_HEADER_NAMES: Mapping[str, str] = {
-    "cache_control": "Cache-Control",
-    "content_encoding": "Content-Encoding",
-    "content_disposition": "Content-Disposition",
-    "content_language": "Content-Language",
-    "expires": "Expires",
-}
 
 
 def query_string(query: Mapping[str, str | None]) -> str:
