@@ -32,9 +32,9 @@ When it is no longer needed: when pyfuse3 (or libfuse under it) no longer blocks
 read, e.g. it reads /dev/fuse non-blocking and takes EAGAIN as "wait for readability again".
 Look for that in pyfuse3's `_session_loop` and its changelog, then prove it: with `protect`
 made a no-op (`fuse/session.py` calls it once), `tests/fuse/test_readwatch.py` must still pass
-on all three stores (its first test failed without this module on all three, docs/NEXT.md
-session 4). Then remove this module, its call and `tests/unit/test_readwatch.py` together;
-keep the FUSE test, it guards the behaviour.
+on all three stores (its first test failed without this module on all three: session 4 in
+docs/maintainers/NEXT.md). Then remove this module, its call and
+`tests/unit/fuse/test_readwatch.py` together; keep the FUSE test, it guards the behaviour.
 
 Invariants: the signal goes only to the thread that runs pyfuse3, only while it sits in that
 read (a read of a queued request returns at once); a spurious interruption is harmless

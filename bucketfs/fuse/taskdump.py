@@ -18,7 +18,7 @@ down to the cache and the backend) is invisible. So the chains below it are foun
 coroutines of this package that nothing else in the dump accounts for ("request:" lines,
 from `gc`). Threads get their kernel view because a frame alone cannot tell a thread inside
 SQLite or a read from one waiting for the GIL (added after the unexplained local-store hang
-of docs/NEXT.md, session 5).
+of docs/maintainers/NEXT.md, session 5).
 
 When it is no longer needed: the "request:" part when trio's walk reaches our handler below a
 pyfuse3 worker (a newer pyfuse3 whose session loop is plain Python, or Cython coroutines that
@@ -26,7 +26,7 @@ expose `cr_await`): check that a dump taken while a read hangs (tests/faults/tes
 `test_the_task_dump_names_what_a_stuck_read_waits_for`) shows the `read > ... materialize`
 chain on the pyfuse3 worker's own task line, then drop `_requests`. The dump as a whole is
 diagnosis, not a workaround: it goes only when nothing reads it any more (the test harness,
-`tests/helpers.py` `dump_tasks`, asks for it before it takes down a daemon that hangs).
+`tests/support/helpers.py` `dump_tasks`, asks for it before it takes down a hung daemon).
 
 Invariants: dumping never changes state and never awaits (it runs in one step of the loop).
 """
