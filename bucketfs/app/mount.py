@@ -12,7 +12,7 @@ the backend closes.
 
 Invariants: `on_ready` is called at most once, only after the mount is live; pyfuse3 is always
 closed, even after a failure; the mountpoint is never left as a stale FUSE mount by a clean exit;
-this module does not import pyfuse3 (only `bucketfs/fuse/` does).
+this module does not import pyfuse3 itself (only `bucketfs/fuse/` does).
 """
 
 from __future__ import annotations
