@@ -28,9 +28,7 @@ import itertools
 import logging
 import os
 import re
-import shutil
 import stat
-import subprocess
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
@@ -45,10 +43,10 @@ from bucketfs.app.notify import notify
 from bucketfs.app.options import MountConfig, option_names, parse_flag, parse_options
 from bucketfs.core.control import XATTR_FLUSH, XATTR_PID
 from bucketfs.errors import BucketfsError, ConfigError
+from bucketfs.fuse import fusermount
 
 PROG = "bucketfs"
 DEV_FUSE = "/dev/fuse"
-FUSERMOUNT = "fusermount3"
 READY_TIMEOUT = 60.0
 UMOUNT_TIMEOUT = 600.0
 UMOUNT_REPORT_INTERVAL = 10.0
@@ -228,7 +226,7 @@ def check_mountpoint(path: Path) -> None:
     """Refuse a missing, non-directory or mounted-on mountpoint; clear a stale mount."""
     if is_stale(path):
         warn(f"{path} is a stale mount (its daemon is gone); unmounting it first")
-        lazy_unmount(path)
+        fusermount.unmount(path, lazy=True)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -256,8 +254,7 @@ def check_fuse() -> None:
         ) from None
     if not stat.S_ISCHR(st.st_mode):
         raise ConfigError(f"{DEV_FUSE} is not a character device")
-    if not shutil.which(FUSERMOUNT):
-        raise ConfigError(f"{FUSERMOUNT} not found on PATH: install fuse3 (apt-get install fuse3)")
+    fusermount.require()
 
 
 def is_stale(path: Path) -> bool:
@@ -270,29 +267,13 @@ def is_stale(path: Path) -> bool:
     return False
 
 
-def lazy_unmount(path: Path) -> None:
-    """Detach a mount whose daemon is gone (`fusermount3 -u -z`)."""
-    _fusermount(path, "-u", "-z")
-
-
-def _fusermount(path: Path, *flags: str) -> None:
-    if not shutil.which(FUSERMOUNT):
-        raise ConfigError(f"{FUSERMOUNT} not found on PATH: install fuse3 (apt-get install fuse3)")
-    done = subprocess.run(
-        [FUSERMOUNT, *flags, str(path)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        detail = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
-        raise BucketfsError(f"cannot unmount {path}: {detail[0]}")
-
-
 # --- umount --------------------------------------------------------------------------------
 
 
 def cmd_umount(mountpoint: str, *, if_mounted: bool = False) -> int:
     path = Path(os.path.abspath(mountpoint))
     if is_stale(path):
-        lazy_unmount(path)
+        fusermount.unmount(path, lazy=True)
         note(f"{path} was a stale mount (its daemon was gone): detached it; nothing to upload")
         return 0
     try:
@@ -315,7 +296,7 @@ def cmd_umount(mountpoint: str, *, if_mounted: bool = False) -> int:
         if exc.errno not in (errno.EROFS, errno.ENOTSUP, errno.EOPNOTSUPP):
             not_uploaded = exc.strerror
     try:
-        _fusermount(path, "-u")
+        fusermount.unmount(path)
     except BucketfsError as exc:
         if "busy" in str(exc):
             raise BucketfsError(
@@ -420,11 +401,10 @@ def umount_helper_main(argv: Sequence[str] | None = None) -> int:
     try:
         ns = parser.parse_args(args)
         if ns.l:
-            lazy_unmount(Path(os.path.abspath(ns.mountpoint)))
+            fusermount.unmount(Path(os.path.abspath(ns.mountpoint)), lazy=True)
             return 0
         if ns.f:  # umount(8) itself, without helpers (-i): aborts the FUSE connection
-            done = subprocess.run(["umount", "-i", "-f", ns.mountpoint], check=False)
-            return done.returncode
+            return fusermount.abort(ns.mountpoint)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
     except BucketfsError as exc:

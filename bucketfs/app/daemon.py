@@ -22,7 +22,6 @@ import os
 import select
 import signal
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from bucketfs.app.options import MountConfig
 from bucketfs.errors import BucketfsError, ConfigError
+from bucketfs.fuse import fusermount
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,7 @@ def _kill_and_detach(cfg: MountConfig, pid: int, sig: int = signal.SIGKILL) -> N
     try:
         os.stat(cfg.mountpoint)
     except OSError:  # ENOTCONN: the kernel still has the mount, nobody serves it
-        subprocess.run(
-            ["fusermount3", "-u", "-z", str(cfg.mountpoint)], capture_output=True, check=False
-        )
+        fusermount.detach(cfg.mountpoint)
 
 
 def _run_child(cfg: MountConfig, serve: ServeFn, write_fd: int) -> None:

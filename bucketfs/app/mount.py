@@ -1,14 +1,18 @@
-"""Running one mount: backend, pre-flight checks, pyfuse3 session, signals, shutdown.
+"""Assembling one mount: backend, pre-flight checks, cache directory, `BucketFS` and its
+services, systemd notification; the pyfuse3 session itself is `fuse/session.py`.
 
 Owns the root nursery of the daemon. Order on start: build the backend, check that the bucket
 (or the account, for an all-buckets mount) answers — every failure here is a `BucketfsError`
-with a one-line message, raised before anything is mounted — then mount, then `on_ready()`.
-Order on stop (kernel unmount, `bucketfs umount`, SIGTERM, SIGINT): stop serving requests,
-upload every dirty file (bounded by `DRAIN_TIMEOUT`, what is left is logged), close the
-backend, unmount.
+with a one-line message, raised before anything is mounted — then start the filesystem's
+services, then hand the filesystem to `session.serve`, which mounts and calls back once the
+mount is live (then `on_ready()`). Order on stop (kernel unmount, `bucketfs umount`, SIGTERM,
+SIGINT): the session stops serving requests, tells systemd STOPPING, uploads every dirty file
+(bounded by `DRAIN_TIMEOUT`, what is left is logged) and unmounts; then the services stop and
+the backend closes.
 
 Invariants: `on_ready` is called at most once, only after the mount is live; pyfuse3 is always
-closed, even after a failure; the mountpoint is never left as a stale FUSE mount by a clean exit.
+closed, even after a failure; the mountpoint is never left as a stale FUSE mount by a clean exit;
+this module does not import pyfuse3 itself (only `bucketfs/fuse/` does).
 """
 
 from __future__ import annotations
@@ -19,13 +23,9 @@ import errno
 import logging
 import os
 import resource
-import shutil
-import signal
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import pyfuse3
 import trio
 
 from bucketfs.app.notify import notify
@@ -39,9 +39,7 @@ from bucketfs.errors import (
     ConfigError,
     Transient,
 )
-from bucketfs.fuse import readwatch
-from bucketfs.fuse.ops import FuseOps
-from bucketfs.fuse.taskdump import dump_on_signal
+from bucketfs.fuse import session
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +134,14 @@ def fs_options(cfg: MountConfig) -> FsOptions:
     )
 
 
-def fuse_options(cfg: MountConfig) -> set[str]:
-    opts = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
-    opts.add(f"fsname={cfg.fsname or cfg.source}")
-    opts.add("subtype=bucketfs")
-    opts.add("noatime")
-    if cfg.allow_other:
-        opts.add("allow_other")
-    if cfg.ro:
-        opts.add("ro")
-    if cfg.debug:
-        opts.add("debug")
-    return opts
+def session_options(cfg: MountConfig) -> session.SessionOptions:
+    return session.SessionOptions(
+        mountpoint=cfg.mountpoint,
+        fsname=str(cfg.fsname or cfg.source),
+        allow_other=cfg.allow_other,
+        read_only=cfg.ro,
+        debug=cfg.debug,
+    )
 
 
 def _cache_dir(cfg: MountConfig) -> Path:
@@ -158,49 +152,6 @@ def _cache_dir(cfg: MountConfig) -> Path:
     except OSError as exc:
         raise ConfigError(f"cannot use cache directory {path}: {exc}") from exc
     return path
-
-
-#: the kernel's readahead for this mount (128 KiB by default): larger means fewer, larger
-#: read requests through Python for sequential readers (measured 8.8 -> 6.2 s for 1 GiB cold)
-READ_AHEAD_KB = 16384
-
-
-async def _raise_readahead(mountpoint: Path) -> None:
-    """Best effort (needs root): /sys/class/bdi/<major:minor>/read_ahead_kb, once the kernel's
-    INIT (which sets it to the negotiated 128 KiB) is done. The device comes from mountinfo:
-    a stat() of our own mountpoint would wait for us to answer it."""
-    await trio.sleep(1.0)
-    await trio.to_thread.run_sync(_set_readahead, mountpoint)
-
-
-def _set_readahead(mountpoint: Path) -> None:
-    try:
-        device = None
-        with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
-            for line in mounts:
-                fields = line.split()
-                if fields[4] == str(mountpoint) and " - fuse" in line:
-                    device = fields[2]
-        if device is not None:
-            Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
-    except OSError as exc:
-        log.debug("could not raise the readahead of %s: %s", mountpoint, exc)
-
-
-def _unmount(mountpoint: Path) -> None:
-    """Ask the kernel to end the session (the daemon then drains and exits)."""
-    tool = shutil.which("fusermount3") or "fusermount3"
-    result = subprocess.run([tool, "-u", str(mountpoint)], capture_output=True, check=False)
-    if result.returncode != 0:
-        log.warning("mount busy, detaching it lazily: %s", result.stderr.decode().strip())
-        subprocess.run([tool, "-u", "-z", str(mountpoint)], capture_output=True, check=False)
-
-
-async def _watch_signals(mountpoint: Path) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s: unmounting %s", signal.Signals(signum).name, mountpoint)
-            await trio.to_thread.run_sync(_unmount, mountpoint)
 
 
 STATUS_INTERVAL = 10.0
@@ -235,34 +186,28 @@ async def _serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
             options=fs_options(cfg),
             cache_dir=_cache_dir(cfg),
         )
+        what = str(cfg.fsname or cfg.source)
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.run)
-            await nursery.start(dump_on_signal)
-            try:
-                pyfuse3.init(FuseOps(fs), str(cfg.mountpoint), fuse_options(cfg))
-            except RuntimeError as exc:
-                raise ConfigError(f"cannot mount on {cfg.mountpoint}: {exc}") from exc
-            mounted = True
-            unprotect = readwatch.protect()
-            try:
-                log.info("mounted %s on %s", cfg.fsname or cfg.source, cfg.mountpoint)
+
+            def mounted() -> None:
+                log.info("mounted %s on %s", what, cfg.mountpoint)
                 on_ready()
-                nursery.start_soon(_watch_signals, cfg.mountpoint)
-                nursery.start_soon(_raise_readahead, cfg.mountpoint)
                 if os.environ.get("NOTIFY_SOCKET"):  # only systemd reads these lines
-                    nursery.start_soon(_report_status, fs, str(cfg.fsname or cfg.source))
-                await pyfuse3.main()
-            finally:
-                with trio.CancelScope(shield=True):
-                    pending = fs.status()["dirty_bytes"] if fs.ready else 0
-                    notify(STOPPING=1, STATUS=f"uploading {pending} bytes before unmounting")
-                    with trio.move_on_after(DRAIN_TIMEOUT) as scope:
-                        failed = await fs.drain()
-                    if scope.cancelled_caught or failed:
-                        log.error("unmounted with data not uploaded: %s", failed or "timeout")
-                    unprotect()
-                    pyfuse3.close(unmount=mounted)
-                nursery.cancel_scope.cancel()
+                    nursery.start_soon(_report_status, fs, what)
+
+            def stopping() -> None:
+                pending = fs.status()["dirty_bytes"] if fs.ready else 0
+                notify(STOPPING=1, STATUS=f"uploading {pending} bytes before unmounting")
+
+            await session.serve(
+                fs,
+                session_options(cfg),
+                drain_timeout=DRAIN_TIMEOUT,
+                on_mounted=mounted,
+                on_stopping=stopping,
+            )
+            nursery.cancel_scope.cancel()
         log.info("unmounted %s", cfg.mountpoint)
     finally:
         with trio.CancelScope(shield=True):

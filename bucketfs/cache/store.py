@@ -1,7 +1,10 @@
 """The on-disk block cache: file contents in sparse data files, by blocks.
 
-Owns the content of `CACHE_DIR/data/<file id>` (`datafiles.py` makes and removes the files)
-and the in-memory state of every cached file (`CachedFile`).
+Owns the table of cached files (`files`, `by_key`), their content in
+`CACHE_DIR/data/<file id>` (`datafiles.py` makes and removes the files) and every change to it:
+writes, truncation, new files, and what an upload, a rename or a delete does to a file. The
+parts: `cachedfile.py` (one file's state), `fetch.py` (reads, fetches, readahead, fills),
+`blocks.py` (clean blocks in LRU order, eviction), `index.py` (the persistent index).
 A file's content is: its dirty blocks (written here), else its present clean blocks (fetched
 from the *base* object, the server object it was opened from), else the base object's bytes
 (fetched on demand with ranged GETs conditional on the base ETag), else zeros (past the end
@@ -20,115 +23,39 @@ Invariants (README and docs/cache.md say them in prose):
   counted against it (`max_dirty` throttles writers instead);
 - memory and the index hold a file only while it is dirty, has blocks present, is in use (a
   fetch, a fill or an upload in flight) or a node holds it (`holders`): a clean file that is
-  none of these is forgotten (`release`, when its node goes; `_evict`, when its last block
+  none of these is forgotten (`release`, when its node goes; eviction, when its last block
   goes; and a sweep whenever the table doubled since the last one, for files a node let go of
   by other ways), so what a mount keeps is bounded by what is open and cached, not by every
   file it ever touched.
-
-Random readers: after `FILL_AFTER` non-sequential misses in one file no larger than
-`cache_size / 8`, the rest of the file is fetched in the background (`FILL_PARALLEL` ranged
-GETs of `fetch_blocks` blocks, beside the readers' own fetches), so a database or an archive
-read at random places soon reads at local-disk speed, at the cost of fetching the file once.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
 import fcntl
 import logging
 import os
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from bucketfs.backends.base import Backend
+from bucketfs.cache.blocks import CleanBlocks
+from bucketfs.cache.cachedfile import CachedFile, ReadState
 from bucketfs.cache.datafiles import DataFiles, cache_error
+from bucketfs.cache.fetch import Fetcher
 from bucketfs.cache.index import CacheIndex, FileRow
-from bucketfs.errors import BucketfsError, CacheError
+from bucketfs.errors import CacheError
+
+__all__ = ["BlockCache", "CachedFile", "ReadState"]
 
 log = logging.getLogger(__name__)
 
-#: non-sequential read misses in one file before the rest of it is fetched in the background
-FILL_AFTER = 4
-#: GETs a background fill keeps in flight
-FILL_PARALLEL = 2
 #: the table of files is swept for files nothing needs when it grew past twice its size after
 #: the last sweep plus this
 SWEEP_SLACK = 1024
-
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def punch_hole(fd: int, offset: int, length: int) -> None:
-    """Give the disk space of [offset, offset+length) back; reads there return zeros."""
-    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
-    if _libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@dataclass(slots=True)
-class ReadState:
-    """Per-handle sequential-access detection."""
-
-    next_offset: int = 0
-    window: int = 0
-
-
-@dataclass(slots=True)
-class _Fetch:
-    done: trio.Event = field(default_factory=trio.Event)
-    error: BaseException | None = None
-
-
-@dataclass(eq=False, slots=True)
-class CachedFile:
-    id: int
-    bucket: str
-    key: str | None
-    size: int
-    base_key: str | None  # where the base object lives (the key it was opened under)
-    base_etag: str | None
-    base_size: int
-    meta: dict[str, Any]
-    dirty: bool = False
-    state: str = "clean"
-    error: str | None = None
-    #: what the last failed upload raised (its errno is what fsync reports)
-    failure: BucketfsError | None = None
-    present: set[int] = field(default_factory=set)
-    dirty_blocks: set[int] = field(default_factory=set)
-    #: what this file counts in `BlockCache.dirty_bytes` (see `_recharge`)
-    charge: int = 0
-    generation: int = 0
-    uploaded_generation: int = 0
-    inflight: dict[int, _Fetch] = field(default_factory=dict)
-    #: set while an upload runs; a write cancels it (the upload is then stale)
-    upload_scope: trio.CancelScope | None = None
-    #: set (and replaced) whenever an upload finished or failed, for waiters
-    progress: trio.Event = field(default_factory=trio.Event)
-    #: non-sequential reads that missed; FILL_AFTER of them start a background fill
-    random_misses: int = 0
-    filling: bool = False
-    #: nodes whose `cached` is this file (inodes.Node keeps the count)
-    holders: int = 0
-
-    @property
-    def upload_state(self) -> str:
-        if not self.dirty:
-            return "clean"
-        if self.state == "failed":
-            return f"failed: {self.error}"
-        return self.state
 
 
 class BlockCache:
@@ -163,14 +90,27 @@ class BlockCache:
         self.index.set_setting("cache_id", self.cache_id)
         self.files: dict[int, CachedFile] = {}
         self.by_key: dict[tuple[str, str], CachedFile] = {}
-        self._lru: OrderedDict[tuple[int, int], None] = OrderedDict()
-        self._limiter = trio.CapacityLimiter(max_parallel)
-        self._fill_limiter = trio.CapacityLimiter(FILL_PARALLEL)
-        self._max_window = max_window
-        self._fetch_blocks = fetch_blocks
-        self.gets = 0
-        self.hits = 0
-        self.misses = 0
+        self.blocks = CleanBlocks(
+            self.data_files,
+            self.index,
+            self.files,
+            self.release,
+            block_size=self.block_size,
+            cache_size=cache_size,
+        )
+        self.fetcher = Fetcher(
+            backend,
+            nursery,
+            self.data_files,
+            self.index,
+            self.blocks,
+            self.files,
+            block_size=self.block_size,
+            cache_size=cache_size,
+            max_parallel=max_parallel,
+            max_window=max_window,
+            fetch_blocks=fetch_blocks,
+        )
         #: dirty bytes over every file, kept in step by every change (`_recharge`)
         self._dirty_charge = 0
         #: told when a file leaves the cache or loses its name (the write-back ends its worker)
@@ -274,210 +214,34 @@ class BlockCache:
         return cf
 
     def _reset_clean(self, cf: CachedFile, etag: str | None, size: int) -> None:
-        self._drop_blocks(cf, set(cf.present))
+        self.blocks.drop(cf, set(cf.present))
         cf.base_etag, cf.base_size, cf.size, cf.base_key = etag, size if etag else 0, size, cf.key
         self.index.update(cf.id, base_etag=etag, base_size=cf.base_size, size=size)
 
-    # --- reading -----------------------------------------------------------------------
-
-    def _fetchable(self, cf: CachedFile, idx: int) -> bool:
-        return (
-            cf.base_etag is not None
-            and idx * self.block_size < cf.base_size
-            and idx not in cf.present
-        )
+    # --- reading (fetch.py) --------------------------------------------------------------
 
     async def read(self, cf: CachedFile, offset: int, size: int, state: ReadState) -> bytes:
-        end = min(offset + size, cf.size)
-        if offset >= end:
-            return b""
-        bs = self.block_size
-        first, last = offset // bs, (end - 1) // bs
-        if offset == state.next_offset and offset > 0:
-            state.window = min(max(2, state.window * 2), self._max_window)
-        elif offset != state.next_offset:
-            state.window = 0
-        state.next_offset = end
-        if not state.window and cf.base_etag is not None:
-            self._count_random_miss(cf, first, last)
-        if state.window and cf.base_etag is not None:
-            stop = min(last + 1 + state.window, (cf.base_size + bs - 1) // bs)
-            missing = [i for i in range(last + 1, stop) if self._fetchable(cf, i)]
-            if len(missing) >= min(self._fetch_blocks, state.window) or (
-                missing and stop * bs >= cf.base_size
-            ):
-                self._start_fetches(cf, missing)
-        await self.materialize_blocks(cf, first, last + 1)
-        try:
-            with self.data_files.using(cf.id) as fd:
-                data = os.pread(fd, end - offset, offset)
-        except OSError as exc:
-            raise cache_error(exc, "reading") from exc
-        for idx in range(first, last + 1):
-            self._touch(cf, idx)
-        if len(data) < end - offset:  # a sparse tail past what was written
-            data += bytes(end - offset - len(data))
-        return data
-
-    def _count_random_miss(self, cf: CachedFile, first: int, last: int) -> None:
-        if cf.filling or not any(self._fetchable(cf, i) for i in range(first, last + 1)):
-            return
-        cf.random_misses += 1
-        if cf.random_misses >= FILL_AFTER and cf.base_size <= self.cache_size // 8:
-            cf.filling = True
-            self._nursery.start_soon(self._fill, cf)
-
-    async def _fill(self, cf: CachedFile) -> None:
-        """Fetch every block of `cf` not present yet, `FILL_PARALLEL` GETs at a time; stop when
-        the base object changed, the file left the cache or a fetch failed."""
-        etag, bs = cf.base_etag, self.block_size
-        nblocks = (cf.base_size + bs - 1) // bs
-        starts = iter(range(0, nblocks, self._fetch_blocks))
-
-        async def worker() -> None:
-            for start in starts:
-                if cf.base_etag != etag or self.files.get(cf.id) is not cf:
-                    return
-                stop = min(start + self._fetch_blocks, nblocks)
-                run = [
-                    i for i in range(start, stop) if self._fetchable(cf, i) and i not in cf.inflight
-                ]
-                if not run:
-                    continue
-                fetch = self._claim(cf, run)
-                # a run with holes (blocks present or in flight) is fetched whole; what is
-                # already there is not written again
-                await self._fetch(cf, list(range(run[0], run[-1] + 1)), fetch, self._fill_limiter)
-                if fetch.error is not None:
-                    return
-
-        try:
-            async with trio.open_nursery() as nursery:
-                for _ in range(FILL_PARALLEL):
-                    nursery.start_soon(worker)
-        finally:
-            cf.filling = False
+        return await self.fetcher.read(cf, offset, size, state)
 
     async def read_local(self, cf: CachedFile, start: int, end: int) -> bytes:
         """Bytes [start, end) as the cache has them (materialize first); zeros in holes."""
-        try:
-            with self.data_files.using(cf.id) as fd:
-                if end - start > 4 * self.block_size:
-                    data = await trio.to_thread.run_sync(os.pread, fd, end - start, start)
-                else:
-                    data = os.pread(fd, end - start, start)
-        except OSError as exc:
-            raise cache_error(exc, "reading") from exc
-        if len(data) < end - start:
-            data += bytes(end - start - len(data))
-        return data
+        return await self.fetcher.read_local(cf, start, end)
 
     async def materialize(self, cf: CachedFile, start: int, end: int) -> None:
         """Make every block of [start, end) that the base object fills present."""
-        if end > start:
-            await self.materialize_blocks(
-                cf, start // self.block_size, (end - 1) // self.block_size + 1
-            )
+        await self.fetcher.materialize(cf, start, end)
 
-    async def materialize_blocks(self, cf: CachedFile, first: int, stop: int) -> None:
-        missing = [i for i in range(first, stop) if self._fetchable(cf, i)]
-        if missing:
-            self.misses += 1
-            self._start_fetches(cf, missing)
-        else:
-            self.hits += 1
-        for idx in range(first, stop):
-            for _ in range(3):
-                fetch = cf.inflight.get(idx)
-                if fetch is None:
-                    if self._fetchable(cf, idx):
-                        self._start_fetches(cf, [idx])
-                        continue
-                    break
-                await fetch.done.wait()
-                if fetch.error is not None:
-                    raise fetch.error
+    @property
+    def gets(self) -> int:
+        return self.fetcher.gets
 
-    def _start_fetches(self, cf: CachedFile, indexes: list[int]) -> None:
-        run: list[int] = []
-        for idx in indexes:
-            if idx in cf.inflight or not self._fetchable(cf, idx):
-                continue
-            if run and (idx != run[-1] + 1 or len(run) == self._fetch_blocks):
-                self._spawn(cf, run)
-                run = []
-            run.append(idx)
-        if run:
-            self._spawn(cf, run)
+    @property
+    def hits(self) -> int:
+        return self.fetcher.hits
 
-    def _spawn(self, cf: CachedFile, indexes: list[int]) -> None:
-        self._nursery.start_soon(self._fetch, cf, indexes, self._claim(cf, indexes))
-
-    @staticmethod
-    def _claim(cf: CachedFile, indexes: list[int]) -> _Fetch:
-        """One fetch for `indexes`: readers of those blocks wait for it meanwhile."""
-        fetch = _Fetch()
-        for idx in indexes:
-            cf.inflight[idx] = fetch
-        return fetch
-
-    async def _fetch(
-        self,
-        cf: CachedFile,
-        indexes: list[int],
-        fetch: _Fetch,
-        limiter: trio.CapacityLimiter | None = None,
-    ) -> None:
-        bs = self.block_size
-        start = indexes[0] * bs
-        end = min((indexes[-1] + 1) * bs, cf.base_size)
-        etag, base_key = cf.base_etag, cf.base_key
-        try:
-            assert etag is not None
-            assert base_key is not None
-            async with limiter or self._limiter:
-                self.gets += 1
-                data = await self.backend.get(cf.bucket, base_key, start, end, if_match=etag)
-            if cf.base_etag != etag:
-                return  # reset while we fetched: these bytes belong to no one
-            got = [i for i in indexes if i not in cf.present]
-            if got:
-                self._write_fetched(cf, start, data, got)
-        except BucketfsError as exc:
-            fetch.error = exc
-        except Exception as exc:
-            log.exception("fetching %s/%s [%d, %d) failed", cf.bucket, base_key, start, end)
-            fetch.error = exc
-        finally:
-            for idx in indexes:
-                if cf.inflight.get(idx) is fetch:
-                    del cf.inflight[idx]
-            fetch.done.set()
-
-    def _write_fetched(self, cf: CachedFile, start: int, data: bytes, indexes: list[int]) -> None:
-        bs = self.block_size
-        with self.data_files.using(cf.id) as fd:
-            for idx in indexes:
-                lo = idx * bs - start
-                piece = data[lo : lo + bs]
-                self._pwrite(fd, piece, idx * bs)
-                cf.present.add(idx)
-                self._touch(cf, idx)
-        self.index.set_blocks(cf.id, indexes, dirty=False)
-        self._evict()
-
-    def _pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
-        """pwrite, evicting clean blocks and trying once more when the disk is full."""
-        try:
-            return os.pwrite(fd, data, offset)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._lru:
-                raise cache_error(exc, "writing") from exc
-        self._evict(target=0)
-        try:
-            return os.pwrite(fd, data, offset)
-        except OSError as exc:
-            raise cache_error(exc, "writing") from exc
+    @property
+    def misses(self) -> int:
+        return self.fetcher.misses
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -492,7 +256,7 @@ class BlockCache:
         for idx in edges:
             lo, hi = idx * bs, (idx + 1) * bs
             if not (offset <= lo and end >= hi):
-                await self.materialize_blocks(cf, idx, idx + 1)
+                await self.fetcher.materialize_blocks(cf, idx, idx + 1)
         for idx in range(first, last + 1):
             fetch = cf.inflight.get(idx)
             if fetch is not None:  # a readahead of a block we overwrite whole: let it land first
@@ -502,7 +266,7 @@ class BlockCache:
         # left holding bytes it does not own)
         self._record(cf, new_dirty, max(cf.size, end))
         with self.data_files.using(cf.id) as fd:
-            written = self._pwrite(fd, data, offset)
+            written = self.blocks.pwrite(fd, data, offset)
         self._changed(cf, new_dirty, max(cf.size, offset + written), recorded=True)
         return written
 
@@ -522,7 +286,7 @@ class BlockCache:
         for idx in new_dirty:
             cf.dirty_blocks.add(idx)
             cf.present.add(idx)
-            self._lru.pop((cf.id, idx), None)
+            self.blocks.untrack(cf, idx)
         cf.size = size
         self._recharge(cf)
         cf.dirty = True
@@ -545,7 +309,7 @@ class BlockCache:
             raise cache_error(exc, "truncating") from exc
         keep = (size + bs - 1) // bs
         gone = {idx for idx in cf.present if idx >= keep}
-        self._drop_blocks(cf, gone, punch=False)
+        self.blocks.drop(cf, gone, punch=False)
         cf.dirty_blocks -= gone
         if size < cf.base_size:
             cf.base_size = size  # the base's bytes past here are no longer part of the file
@@ -610,8 +374,8 @@ class BlockCache:
         dirty, cf.dirty_blocks = cf.dirty_blocks, set()
         self._recharge(cf)
         for idx in dirty:
-            self._touch(cf, idx)
-        self._evict()
+            self.blocks.touch(cf, idx)
+        self.blocks.evict()
         return True
 
     def stored(self, cf: CachedFile, key: str, etag: str, size: int) -> None:
@@ -670,7 +434,7 @@ class BlockCache:
         if cf.key is not None and self.by_key.get((cf.bucket, cf.key)) is cf:
             del self.by_key[(cf.bucket, cf.key)]
         for idx in cf.present:
-            self._lru.pop((cf.id, idx), None)
+            self.blocks.untrack(cf, idx)
         cf.dirty_blocks.clear()
         self._recharge(cf)
         self.files.pop(cf.id, None)
@@ -709,18 +473,11 @@ class BlockCache:
             self.forget(cf)
         self._sweep_at = 2 * len(self.files) + SWEEP_SLACK
 
-    # --- eviction ----------------------------------------------------------------------------
-
-    def _touch(self, cf: CachedFile, idx: int) -> None:
-        if idx in cf.dirty_blocks:
-            return
-        key = (cf.id, idx)
-        self._lru[key] = None
-        self._lru.move_to_end(key)
+    # --- accounting -----------------------------------------------------------------------
 
     @property
     def clean_bytes(self) -> int:
-        return len(self._lru) * self.block_size
+        return self.blocks.nbytes
 
     @property
     def dirty_bytes(self) -> int:
@@ -733,34 +490,3 @@ class BlockCache:
         charge = min(len(cf.dirty_blocks) * self.block_size, cf.size) if cf.dirty_blocks else 0
         self._dirty_charge += charge - cf.charge
         cf.charge = charge
-
-    def _evict(self, target: int | None = None) -> None:
-        limit = self.cache_size if target is None else target
-        victims: dict[int, set[int]] = {}
-        while self._lru and len(self._lru) * self.block_size > limit:
-            (file_id, idx), _ = self._lru.popitem(last=False)
-            victims.setdefault(file_id, set()).add(idx)
-        for file_id, indexes in victims.items():
-            cf = self.files.get(file_id)
-            if cf is not None:
-                self._drop_blocks(cf, indexes - cf.dirty_blocks)
-                self.release(cf)  # its last block may have gone
-
-    def _drop_blocks(self, cf: CachedFile, indexes: set[int], *, punch: bool = True) -> None:
-        if not indexes:
-            return
-        bs = self.block_size
-        for idx in indexes:
-            cf.present.discard(idx)
-            self._lru.pop((cf.id, idx), None)
-
-        def punch_all(fd: int) -> None:
-            for idx in sorted(indexes):
-                punch_hole(fd, idx * bs, bs)
-
-        if punch:
-            try:
-                self.data_files.punch(cf.id, punch_all)
-            except OSError as exc:
-                log.warning("could not free cache blocks of file %d: %s", cf.id, exc)
-        self.index.drop_blocks(cf.id, indexes)

@@ -3,7 +3,8 @@
 Owns argument unpacking (bytes names, SetattrFields, flags) and the one place where errors
 become errno: a `BucketfsError` becomes `FUSEError(exc.errno)`; any other exception is a bug,
 logged with its traceback and answered with EIO, so the mount stays up. Invariants: no
-filesystem logic lives here; every operation goes through `_errors`; entries the kernel did
+filesystem logic lives here; every operation that answers goes through `_errors` (FORGET
+has no answer: a failure is logged) and no other code raises `FUSEError`; entries the kernel did
 not accept in readdir are not counted as references, nor are "." and ".." (readdirplus
 creates no dentry for them, so no FORGET will come).
 """
@@ -24,7 +25,14 @@ import trio
 from bucketfs.core.attrs import parse_rdev
 from bucketfs.core.fs import BucketFS
 from bucketfs.core.nodes import Kind, Node
-from bucketfs.errors import AccessDenied, BucketfsError, CacheError, InvalidArgument, Transient
+from bucketfs.errors import (
+    AccessDenied,
+    BucketfsError,
+    CacheError,
+    InvalidArgument,
+    NotPermitted,
+    Transient,
+)
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +217,7 @@ class FuseOps(pyfuse3.Operations):
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)  # hard links cannot exist between objects
+        raise NotPermitted("hard links cannot exist between objects")
 
     @_errors
     async def mknod(

@@ -2,8 +2,10 @@
 
 Owns a small watchdog process and the SIGUSR2 handler it relies on.
 
+The pyfuse3 behaviour it exists for (pyfuse3 3.5.0, `_session_loop` in its internal.pxi):
 pyfuse3 waits until /dev/fuse is readable (trio's `wait_readable`), then reads a request with
-a *blocking* read(), holding the GIL. A request can leave the kernel's queue between the two:
+libfuse's `fuse_session_receive_buf`: a *blocking* read(), made while holding the GIL (no
+`nogil` around it). A request can leave the kernel's queue between the two:
 a fatal signal to the process that made it (a tool killed, rsync ending its helper processes)
 withdraws a request the daemon has not read yet. The read then blocks the daemon whole: no
 upload, fetch or worker-thread result is handled until the kernel queues another request, and
@@ -25,6 +27,14 @@ holds), so a separate process
 (/proc/PID/syscall) every INTERVAL seconds; when two samples in a row show read() on the
 /dev/fuse descriptor, it sends the daemon's main thread SIGUSR2, whose handler does nothing.
 read() then fails with EINTR, which pyfuse3 handles by waiting for readability again.
+
+When it is no longer needed: when pyfuse3 (or libfuse under it) no longer blocks in that
+read, e.g. it reads /dev/fuse non-blocking and takes EAGAIN as "wait for readability again".
+Look for that in pyfuse3's `_session_loop` and its changelog, then prove it: with `protect`
+made a no-op (`fuse/session.py` calls it once), `tests/fuse/test_readwatch.py` must still pass
+on all three stores (its first test failed without this module on all three: session 4 in
+docs/maintainers/NEXT.md). Then remove this module, its call and
+`tests/unit/fuse/test_readwatch.py` together; keep the FUSE test, it guards the behaviour.
 
 Invariants: the signal goes only to the thread that runs pyfuse3, only while it sits in that
 read (a read of a queued request returns at once); a spurious interruption is harmless

@@ -2,15 +2,31 @@
 
 Owns the answer to SIGUSR1 (`kill -USR1 <daemon pid>`): a dump in the daemon's log at
 WARNING, one line per task, outermost call first (`a > b > c`: a awaits b, which awaits c),
-showing bucketfs's own frames and the innermost one; a frame that set a local `_since`
-(a kernel request, a local-store call in a thread) shows how long it has been running. A
-request that never returns shows up as a chain parked on an event, a lock, a socket or a
-thread; the test harness asks for a dump before it takes down a daemon that hangs, so a hang
-seen once in CI can be read from its log.
+showing bucketfs's own frames (by their path in the package, `fuse/ops.py:120 read`) and the
+innermost one; a frame that set a local `_since` (a kernel request, a local-store call in a
+thread) shows how long it has been running. A request that never returns shows up as a chain
+parked on an event, a lock, a socket or a thread; the test harness asks for a dump before it
+takes down a daemon that hangs, so a hang seen once in CI can be read from its log.
 
-pyfuse3 runs each kernel request in Cython coroutines, which hide what they await from trio's
-task walk: the chains below them are found as live coroutines of this package that nothing
-else in the dump accounts for ("request:" lines).
+The pyfuse3 and trio behaviour it exists for: a hung daemon shows nothing by itself. trio
+prints no task tree, and a task parked on an event or a lock has no stack a thread dump
+(py-spy) could show. trio's own walk (`Task.iter_await_frames`, as `_frames` here) follows
+`cr_await` from a task's coroutine, but pyfuse3 (3.5.0) serves every kernel request inside
+`_session_loop`, a Cython coroutine with no `cr_frame` or `cr_await`: the walk of a pyfuse3
+worker task stops at pyfuse3's pure-Python `async_wrapper`, and our handler (`fuse/ops.py`
+down to the cache and the backend) is invisible. So the chains below it are found as live
+coroutines of this package that nothing else in the dump accounts for ("request:" lines,
+from `gc`). Threads get their kernel view because a frame alone cannot tell a thread inside
+SQLite or a read from one waiting for the GIL (added after the unexplained local-store hang
+of docs/maintainers/NEXT.md, session 5).
+
+When it is no longer needed: the "request:" part when trio's walk reaches our handler below a
+pyfuse3 worker (a newer pyfuse3 whose session loop is plain Python, or Cython coroutines that
+expose `cr_await`): check that a dump taken while a read hangs (tests/faults/test_outage.py,
+`test_the_task_dump_names_what_a_stuck_read_waits_for`) shows the `read > ... materialize`
+chain on the pyfuse3 worker's own task line, then drop `_requests`. The dump as a whole is
+diagnosis, not a workaround: it goes only when nothing reads it any more (the test harness,
+`tests/support/helpers.py` `dump_tasks`, asks for it before it takes down a hung daemon).
 
 Invariants: dumping never changes state and never awaits (it runs in one step of the loop).
 """
@@ -35,7 +51,8 @@ from bucketfs.fuse import readwatch
 
 log = logging.getLogger(__name__)
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+#: the bucketfs package (this module is in bucketfs/fuse/): frames from below it are "ours"
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TRIO_CORE = os.path.join("trio", "_core", "")
 #: a frame with a local of this name (a `time.monotonic()`) shows how long it has been running
 SINCE = "_since"
@@ -56,8 +73,15 @@ def _ours(frame: FrameType) -> bool:
 
 
 def _where(frame: FrameType) -> str:
+    """`file:line function`; our files by their path in the package (there are several
+    `backend.py` and `store.py`), others by their name."""
     code = frame.f_code
-    where = f"{os.path.basename(code.co_filename)}:{frame.f_lineno} {code.co_name}"
+    name = (
+        os.path.relpath(code.co_filename, _PACKAGE)
+        if _ours(frame)
+        else os.path.basename(code.co_filename)
+    )
+    where = f"{name}:{frame.f_lineno} {code.co_name}"
     since = frame.f_locals.get(SINCE)
     if isinstance(since, float):
         where += f" ({time.monotonic() - since:.1f}s)"

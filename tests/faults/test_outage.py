@@ -303,10 +303,10 @@ def test_the_task_dump_names_what_a_stuck_read_waits_for(
             dump = mount.log.read_text(errors="replace").split("task dump (SIGUSR1)")[-1]
             tasks = dump.splitlines()
             assert any(
-                t.startswith("request: fuse_ops.py") and " read > " in t and "materialize" in t
+                t.startswith("request: fuse/ops.py") and " read > " in t and "materialize" in t
                 for t in tasks
             ), dump
-            assert any("_fetch" in t and "s3.py" in t and " get" in t for t in tasks), dump
+            assert any("_fetch" in t and "s3/backend.py" in t and " get" in t for t in tasks), dump
             assert any(t.startswith("thread ") for t in tasks), dump
             proxy.release()
             assert reader.wait(timeout=30) == 0

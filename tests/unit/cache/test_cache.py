@@ -484,7 +484,7 @@ def test_clean_files_nothing_holds_leave_memory_and_the_index(run_fs: RunFs) -> 
             assert h.fs.table.get(node.ino) is None
         assert [cf.key for cf in cache.files.values()] == ["a"]  # "empty" had no block
         assert cache.index.find(BUCKET, "empty") is None
-        cache._evict(target=0)
+        cache.blocks.evict(target=0)
         assert cache.files == {}
         assert cache.by_key == {}
         assert cache.index.find(BUCKET, "a") is None

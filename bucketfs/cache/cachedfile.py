@@ -1,0 +1,78 @@
+"""What the block cache knows about one file, in memory: `CachedFile`; and `ReadState`, what a
+handle's reads so far say about the next one.
+
+Owns no I/O: `store.BlockCache` changes these values (and the index with them, index first),
+`fetch.Fetcher` fills `present` and `inflight`, `blocks.CleanBlocks` empties `present`.
+
+Invariants: `dirty_blocks` is a subset of `present`; `dirty` is true while the file has a
+change the server has not confirmed (also a new file not uploaded yet, with no dirty block);
+`inflight` maps a block index to the fetch that brings it, only while that fetch runs; a
+fetch's `done` is set when it ends, failed or not; `charge` is what the file counts in the
+cache's dirty bytes (`BlockCache._recharge` keeps it in step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from bucketfs.errors import BucketfsError
+
+
+@dataclass(slots=True)
+class ReadState:
+    """Per-handle sequential-access detection."""
+
+    next_offset: int = 0
+    window: int = 0
+
+
+@dataclass(slots=True)
+class Fetch:
+    """One ranged GET in flight; readers of its blocks wait for `done`."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+@dataclass(eq=False, slots=True)
+class CachedFile:
+    id: int
+    bucket: str
+    key: str | None
+    size: int
+    base_key: str | None  # where the base object lives (the key it was opened under)
+    base_etag: str | None
+    base_size: int
+    meta: dict[str, Any]
+    dirty: bool = False
+    state: str = "clean"
+    error: str | None = None
+    #: what the last failed upload raised (its errno is what fsync reports)
+    failure: BucketfsError | None = None
+    present: set[int] = field(default_factory=set)
+    dirty_blocks: set[int] = field(default_factory=set)
+    #: what this file counts in `BlockCache.dirty_bytes` (see `_recharge`)
+    charge: int = 0
+    generation: int = 0
+    uploaded_generation: int = 0
+    inflight: dict[int, Fetch] = field(default_factory=dict)
+    #: set while an upload runs; a write cancels it (the upload is then stale)
+    upload_scope: trio.CancelScope | None = None
+    #: set (and replaced) whenever an upload finished or failed, for waiters
+    progress: trio.Event = field(default_factory=trio.Event)
+    #: non-sequential reads that missed; FILL_AFTER of them start a background fill
+    random_misses: int = 0
+    filling: bool = False
+    #: nodes whose `cached` is this file (core.nodes.Node keeps the count)
+    holders: int = 0
+
+    @property
+    def upload_state(self) -> str:
+        if not self.dirty:
+            return "clean"
+        if self.state == "failed":
+            return f"failed: {self.error}"
+        return self.state

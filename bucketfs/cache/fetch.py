@@ -1,0 +1,263 @@
+"""Reading through the block cache: present blocks from the data file, missing ones fetched from
+the base object with ranged GETs (conditional on its ETag), with readahead for sequential
+readers and a background fill for random ones.
+
+Owns the fetches in flight (`CachedFile.inflight`), their parallelism (`max_parallel` GETs,
+`FILL_PARALLEL` more for fills), and the read counters (`gets`, `hits`, `misses`).
+
+Sequential readers (`ReadState`): each read that starts where the last one ended doubles the
+readahead window (up to `max_window` blocks); missing blocks in it are fetched once at least
+`fetch_blocks` of them (or the rest of the object) are missing, `fetch_blocks` per GET.
+
+Random readers: after `FILL_AFTER` non-sequential misses in one file no larger than
+`cache_size / 8`, the rest of the file is fetched in the background (`FILL_PARALLEL` ranged
+GETs of `fetch_blocks` blocks, beside the readers' own fetches), so a database or an archive
+read at random places soon reads at local-disk speed, at the cost of fetching the file once.
+
+Invariants: a block is fetched by at most one GET at a time (readers of it wait for that
+one); fetched bytes land only in blocks not present yet (a written block is present, so a
+fetch never overwrites written bytes) and only if the base ETag is still the one they were
+fetched under; a fetch's failure is raised in every reader waiting for it, and logged if it
+is not a `BucketfsError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import trio
+
+from bucketfs.backends.base import Backend
+from bucketfs.cache.blocks import CleanBlocks
+from bucketfs.cache.cachedfile import CachedFile, Fetch, ReadState
+from bucketfs.cache.datafiles import DataFiles, cache_error
+from bucketfs.cache.index import CacheIndex
+from bucketfs.errors import BucketfsError
+
+log = logging.getLogger(__name__)
+
+#: non-sequential read misses in one file before the rest of it is fetched in the background
+FILL_AFTER = 4
+#: GETs a background fill keeps in flight
+FILL_PARALLEL = 2
+
+
+class Fetcher:
+    def __init__(
+        self,
+        backend: Backend,
+        nursery: trio.Nursery,
+        data_files: DataFiles,
+        index: CacheIndex,
+        blocks: CleanBlocks,
+        files: Mapping[int, CachedFile],
+        *,
+        block_size: int,
+        cache_size: int,
+        max_parallel: int,
+        max_window: int,
+        fetch_blocks: int,
+    ) -> None:
+        self._backend = backend
+        self._nursery = nursery
+        self._data_files = data_files
+        self._index = index
+        self._blocks = blocks
+        self._files = files
+        self.block_size = block_size
+        self._cache_size = cache_size
+        self._limiter = trio.CapacityLimiter(max_parallel)
+        self._fill_limiter = trio.CapacityLimiter(FILL_PARALLEL)
+        self._max_window = max_window
+        self._fetch_blocks = fetch_blocks
+        self.gets = 0
+        self.hits = 0
+        self.misses = 0
+
+    def _fetchable(self, cf: CachedFile, idx: int) -> bool:
+        return (
+            cf.base_etag is not None
+            and idx * self.block_size < cf.base_size
+            and idx not in cf.present
+        )
+
+    async def read(self, cf: CachedFile, offset: int, size: int, state: ReadState) -> bytes:
+        end = min(offset + size, cf.size)
+        if offset >= end:
+            return b""
+        bs = self.block_size
+        first, last = offset // bs, (end - 1) // bs
+        if offset == state.next_offset and offset > 0:
+            state.window = min(max(2, state.window * 2), self._max_window)
+        elif offset != state.next_offset:
+            state.window = 0
+        state.next_offset = end
+        if not state.window and cf.base_etag is not None:
+            self._count_random_miss(cf, first, last)
+        if state.window and cf.base_etag is not None:
+            stop = min(last + 1 + state.window, (cf.base_size + bs - 1) // bs)
+            missing = [i for i in range(last + 1, stop) if self._fetchable(cf, i)]
+            if len(missing) >= min(self._fetch_blocks, state.window) or (
+                missing and stop * bs >= cf.base_size
+            ):
+                self._start_fetches(cf, missing)
+        await self.materialize_blocks(cf, first, last + 1)
+        try:
+            with self._data_files.using(cf.id) as fd:
+                data = os.pread(fd, end - offset, offset)
+        except OSError as exc:
+            raise cache_error(exc, "reading") from exc
+        for idx in range(first, last + 1):
+            self._blocks.touch(cf, idx)
+        if len(data) < end - offset:  # a sparse tail past what was written
+            data += bytes(end - offset - len(data))
+        return data
+
+    def _count_random_miss(self, cf: CachedFile, first: int, last: int) -> None:
+        if cf.filling or not any(self._fetchable(cf, i) for i in range(first, last + 1)):
+            return
+        cf.random_misses += 1
+        if cf.random_misses >= FILL_AFTER and cf.base_size <= self._cache_size // 8:
+            cf.filling = True
+            self._nursery.start_soon(self._fill, cf)
+
+    async def _fill(self, cf: CachedFile) -> None:
+        """Fetch every block of `cf` not present yet, `FILL_PARALLEL` GETs at a time; stop when
+        the base object changed, the file left the cache or a fetch failed."""
+        etag, bs = cf.base_etag, self.block_size
+        nblocks = (cf.base_size + bs - 1) // bs
+        starts = iter(range(0, nblocks, self._fetch_blocks))
+
+        async def worker() -> None:
+            for start in starts:
+                if cf.base_etag != etag or self._files.get(cf.id) is not cf:
+                    return
+                stop = min(start + self._fetch_blocks, nblocks)
+                run = [
+                    i for i in range(start, stop) if self._fetchable(cf, i) and i not in cf.inflight
+                ]
+                if not run:
+                    continue
+                fetch = self._claim(cf, run)
+                # a run with holes (blocks present or in flight) is fetched whole; what is
+                # already there is not written again
+                await self._fetch(cf, list(range(run[0], run[-1] + 1)), fetch, self._fill_limiter)
+                if fetch.error is not None:
+                    return
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(FILL_PARALLEL):
+                    nursery.start_soon(worker)
+        finally:
+            cf.filling = False
+
+    async def read_local(self, cf: CachedFile, start: int, end: int) -> bytes:
+        """Bytes [start, end) as the cache has them (materialize first); zeros in holes."""
+        try:
+            with self._data_files.using(cf.id) as fd:
+                if end - start > 4 * self.block_size:
+                    data = await trio.to_thread.run_sync(os.pread, fd, end - start, start)
+                else:
+                    data = os.pread(fd, end - start, start)
+        except OSError as exc:
+            raise cache_error(exc, "reading") from exc
+        if len(data) < end - start:
+            data += bytes(end - start - len(data))
+        return data
+
+    async def materialize(self, cf: CachedFile, start: int, end: int) -> None:
+        """Make every block of [start, end) that the base object fills present."""
+        if end > start:
+            await self.materialize_blocks(
+                cf, start // self.block_size, (end - 1) // self.block_size + 1
+            )
+
+    async def materialize_blocks(self, cf: CachedFile, first: int, stop: int) -> None:
+        missing = [i for i in range(first, stop) if self._fetchable(cf, i)]
+        if missing:
+            self.misses += 1
+            self._start_fetches(cf, missing)
+        else:
+            self.hits += 1
+        for idx in range(first, stop):
+            for _ in range(3):
+                fetch = cf.inflight.get(idx)
+                if fetch is None:
+                    if self._fetchable(cf, idx):
+                        self._start_fetches(cf, [idx])
+                        continue
+                    break
+                await fetch.done.wait()
+                if fetch.error is not None:
+                    raise fetch.error
+
+    def _start_fetches(self, cf: CachedFile, indexes: list[int]) -> None:
+        run: list[int] = []
+        for idx in indexes:
+            if idx in cf.inflight or not self._fetchable(cf, idx):
+                continue
+            if run and (idx != run[-1] + 1 or len(run) == self._fetch_blocks):
+                self._spawn(cf, run)
+                run = []
+            run.append(idx)
+        if run:
+            self._spawn(cf, run)
+
+    def _spawn(self, cf: CachedFile, indexes: list[int]) -> None:
+        self._nursery.start_soon(self._fetch, cf, indexes, self._claim(cf, indexes))
+
+    @staticmethod
+    def _claim(cf: CachedFile, indexes: list[int]) -> Fetch:
+        """One fetch for `indexes`: readers of those blocks wait for it meanwhile."""
+        fetch = Fetch()
+        for idx in indexes:
+            cf.inflight[idx] = fetch
+        return fetch
+
+    async def _fetch(
+        self,
+        cf: CachedFile,
+        indexes: list[int],
+        fetch: Fetch,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        bs = self.block_size
+        start = indexes[0] * bs
+        end = min((indexes[-1] + 1) * bs, cf.base_size)
+        etag, base_key = cf.base_etag, cf.base_key
+        try:
+            assert etag is not None
+            assert base_key is not None
+            async with limiter or self._limiter:
+                self.gets += 1
+                data = await self._backend.get(cf.bucket, base_key, start, end, if_match=etag)
+            if cf.base_etag != etag:
+                return  # reset while we fetched: these bytes belong to no one
+            got = [i for i in indexes if i not in cf.present]
+            if got:
+                self._write_fetched(cf, start, data, got)
+        except BucketfsError as exc:
+            fetch.error = exc
+        except Exception as exc:
+            log.exception("fetching %s/%s [%d, %d) failed", cf.bucket, base_key, start, end)
+            fetch.error = exc
+        finally:
+            for idx in indexes:
+                if cf.inflight.get(idx) is fetch:
+                    del cf.inflight[idx]
+            fetch.done.set()
+
+    def _write_fetched(self, cf: CachedFile, start: int, data: bytes, indexes: list[int]) -> None:
+        bs = self.block_size
+        with self._data_files.using(cf.id) as fd:
+            for idx in indexes:
+                lo = idx * bs - start
+                piece = data[lo : lo + bs]
+                self._blocks.pwrite(fd, piece, idx * bs)
+                cf.present.add(idx)
+                self._blocks.touch(cf, idx)
+        self._index.set_blocks(cf.id, indexes, dirty=False)
+        self._blocks.evict()
