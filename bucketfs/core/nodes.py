@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bucketfs.cache.store import CachedFile
-    from bucketfs.core.versions import Virtual
     from bucketfs.types import ObjectInfo
 
 ROOT_INO = 1
@@ -60,6 +59,31 @@ KIND_BITS = {
     Kind.BLOCK: stat.S_IFBLK,
 }
 SPECIAL_KINDS = frozenset({Kind.FIFO, Kind.SOCKET, Kind.CHAR, Kind.BLOCK})
+
+
+class VKind(enum.Enum):
+    INDEX = "index"  # d/.versions/: a directory per name in d with versions
+    KEY = "key"  # d/.versions/name/: a file per version of d/name
+    VERSION = "version"  # one version (under KEY, or a file in a point-in-time view)
+    AT = "at"  # d/.versions/@T/ and every directory below it: a prefix as it was at T
+
+
+@dataclass(frozen=True, slots=True)
+class Virtual:
+    """What a node of the `.versions/` tree shows. `path` is a directory prefix ("" or ending
+    in "/") for INDEX and AT, an object key for KEY and VERSION."""
+
+    kind: VKind
+    bucket: str
+    path: str
+    at_ms: int | None = None  # AT and files in it: the instant, ms since the epoch (UTC)
+    version: ObjectInfo | None = None  # VERSION: the version shown
+
+    @property
+    def ident(self) -> tuple[object, ...]:
+        v = self.version
+        vid = (v.version_id, v.is_delete_marker, v.etag) if v is not None else None
+        return (self.kind, self.bucket, self.path, self.at_ms, vid)
 
 
 @dataclass(slots=True, eq=False)

@@ -22,12 +22,10 @@ last, then the listing, which is newest first) — never by the version id, whic
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import trio
@@ -36,7 +34,7 @@ from cachetools import LRUCache, TTLCache
 from bucketfs.backends.base import Backend
 from bucketfs.concurrency import for_each
 from bucketfs.core.attrs import Defaults, valid_name
-from bucketfs.core.nodes import InodeTable, Kind, Node
+from bucketfs.core.nodes import InodeTable, Kind, Node, Virtual, VKind
 from bucketfs.errors import NoEntry, NotSupported, ReadOnly
 from bucketfs.types import ObjectInfo
 
@@ -54,32 +52,7 @@ READ_BUFFERS = 16
 #: point-in-time listings check this many subdirectories at once
 PARALLEL_CHECKS = 8
 
-Entries = dict[str, tuple["Virtual", float]]  # name -> (what it is, mtime)
-
-
-class VKind(enum.Enum):
-    INDEX = "index"  # d/.versions/: a directory per name in d with versions
-    KEY = "key"  # d/.versions/name/: a file per version of d/name
-    VERSION = "version"  # one version (under KEY, or a file in a point-in-time view)
-    AT = "at"  # d/.versions/@T/ and every directory below it: a prefix as it was at T
-
-
-@dataclass(frozen=True, slots=True)
-class Virtual:
-    """What a node of the `.versions/` tree shows. `path` is a directory prefix ("" or ending
-    in "/") for INDEX and AT, an object key for KEY and VERSION."""
-
-    kind: VKind
-    bucket: str
-    path: str
-    at_ms: int | None = None  # AT and files in it: the instant, ms since the epoch (UTC)
-    version: ObjectInfo | None = None  # VERSION: the version shown
-
-    @property
-    def ident(self) -> tuple[object, ...]:
-        v = self.version
-        vid = (v.version_id, v.is_delete_marker, v.etag) if v is not None else None
-        return (self.kind, self.bucket, self.path, self.at_ms, vid)
+Entries = dict[str, tuple[Virtual, float]]  # name -> (what it is, mtime)
 
 
 # --- names and instants ----------------------------------------------------------------------

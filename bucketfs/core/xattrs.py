@@ -35,8 +35,8 @@ from datetime import UTC, datetime
 from bucketfs.backends.base import Backend
 from bucketfs.core.attrs import POSIX_KEYS
 from bucketfs.core.contents import write_options
-from bucketfs.core.nodes import ROOT_INO, Kind, Node
-from bucketfs.core.versions import NULL_VERSION, VKind, get_args, iso, millis
+from bucketfs.core.nodes import ROOT_INO, Kind, Node, VKind
+from bucketfs.core.versions import NULL_VERSION, get_args, iso, millis
 from bucketfs.errors import (
     BucketfsError,
     InvalidArgument,
