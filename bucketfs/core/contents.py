@@ -1,30 +1,41 @@
-"""File contents for the namespace core: a façade over the block cache and write-back.
+"""File contents for the namespace core: the one door from core/ into the cache.
 
-Owns the link between a `Node` and its `CachedFile`, and server-side copies. Reads and writes
-go to `cache.store.BlockCache`; dirty files are uploaded by `cache.writeback.WriteBack` after
-close (`schedule`), on fsync (`flush`) and at unmount (`drain`).
+Owns the link between a `Node` and its `CachedFile`, the block cache and write-back of one
+mount (built and started here), and server-side copies. Reads and writes go to
+`cache.store.BlockCache`; dirty files are uploaded by `cache.writeback.WriteBack` after close
+(`closed`), on fsync (`flush`) and at unmount (`drain`). No other core module calls the cache:
+the namespace learns about unsaved files through `Unsaved`, and about confirmed uploads and
+conflicts through the callbacks given at construction (`saved`, `conflicted`).
 
 Invariants: a node's `cached` is the cache's current file for its key (re-attached when the
 cache dropped it); the metadata a dirty file will be uploaded with is refreshed from the node
 before every change the node's attributes see; a writer waits (throttled) while the cache holds
-more than `max_dirty` dirty bytes, instead of filling the disk.
+more than `max_dirty` dirty bytes, instead of filling the disk; a file whose upload is in
+flight is moved, renamed or dropped only once that upload landed.
 """
 
 from __future__ import annotations
 
+import logging
 import mimetypes
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from bucketfs.backends.base import MAX_PUT_SIZE, Backend
-from bucketfs.cache.store import BlockCache, CachedFile, ReadState
-from bucketfs.cache.writeback import WriteBack, abort_quietly
+from bucketfs.backends.base import MAX_PUT_SIZE
+from bucketfs.cache.deletes import DeferredDeletes
+from bucketfs.cache.store import BlockCache, CachedFile
+from bucketfs.cache.store import ReadState as ReadState  # a handle's readahead state
+from bucketfs.cache.writeback import Uploaded, WriteBack, abort_quietly
 from bucketfs.concurrency import for_each
 from bucketfs.core.attrs import posix_metadata
 from bucketfs.core.nodes import Kind, Node
 from bucketfs.types import PutResult, WriteOptions
+
+log = logging.getLogger(__name__)
 
 DIRECTORY_CONTENT_TYPE = "application/x-directory"
 
@@ -33,6 +44,10 @@ DIRECTORY_CONTENT_TYPE = "application/x-directory"
 class DataOptions:
     max_parallel: int = 8
     max_dirty: int = 1 << 30
+    block_size: int = 1 << 20
+    cache_size: int = 10 << 30
+    writeback_delay: float = 0.0
+    part_size: int = 16 << 20
 
 
 def write_options(node: Node) -> WriteOptions:
@@ -57,21 +72,131 @@ def upload_meta(node: Node) -> dict[str, Any]:
     }
 
 
+class Unsaved:
+    """A file the cache holds dirty, perhaps not on the server yet (after a crash): what the
+    namespace may know of it without reaching into the cache. Read when asked, not copied."""
+
+    __slots__ = ("file",)
+
+    def __init__(self, cf: CachedFile) -> None:
+        self.file = cf
+
+    @property
+    def key(self) -> str | None:
+        return self.file.key
+
+    @property
+    def size(self) -> int:
+        return self.file.size
+
+    @property
+    def etag(self) -> str | None:
+        """The ETag of the server's object it changes, if that is under the same key."""
+        cf = self.file
+        return cf.base_etag if cf.base_key == cf.key else None
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self.file.meta.get("metadata", {}))
+
+    @property
+    def content_type(self) -> str | None:
+        content_type: str | None = self.file.meta.get("content_type")
+        return content_type
+
+    @property
+    def system(self) -> dict[str, str]:
+        return dict(self.file.meta.get("system", {}))
+
+
 class FileData:
     def __init__(
         self,
-        backend: Backend,
-        cache: BlockCache,
-        writeback: WriteBack,
+        backend: DeferredDeletes,
+        cache_dir: Path,
+        nursery: trio.Nursery,
         options: DataOptions,
+        *,
+        node_at: Callable[[str, str | None], Node | None],
+        saved: Callable[[Node], None],
+        conflicted: Callable[[Node | None], None],
     ) -> None:
+        """The cache in `cache_dir` and its write-back; `node_at` finds the node of a key,
+        `saved` hears of a node whose upload was confirmed (its fields set from it here),
+        `conflicted` of a key whose upload went to a conflict name (node None: not known)."""
         self._backend = backend
-        self.cache = cache
-        self.writeback = writeback
         self._opts = options
+        self._node_at = node_at
+        self._saved = saved
+        self._conflicted = conflicted
+        self.cache = BlockCache(
+            cache_dir,
+            backend,
+            nursery,
+            block_size=options.block_size,
+            cache_size=options.cache_size,
+        )
+        self.writeback = WriteBack(
+            self.cache,
+            backend,
+            delay=options.writeback_delay,
+            part_size=options.part_size,
+            on_uploaded=self._on_uploaded,
+            on_conflict=self._on_conflict,
+            held=self._held,
+        )
         self._limiter = trio.CapacityLimiter(options.max_parallel)
         self.locks: dict[int, trio.Lock] = {}
         self._clean = trio.Event()  # set whenever an upload finished: throttled writers retry
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Journal deferred deletes in the cache's index, then send them and upload."""
+        self._backend.attach(self.cache.index)
+        await nursery.start(self._backend.run)
+        await nursery.start(self.writeback.run)
+
+    def close(self) -> None:
+        """Only once every task that used the cache is gone (threads finish before cancelling)."""
+        self.cache.close()
+
+    async def drain(self) -> list[str]:
+        """Upload every dirty file; returns those that could not be uploaded (they stay in
+        the cache's index and are uploaded by the next mount of this cache directory)."""
+        failed = await self.writeback.drain()
+        names = [f"{cf.bucket}/{cf.key}" for cf in failed]
+        for cf in failed:
+            log.error("could not upload %s/%s: %s", cf.bucket, cf.key, cf.error)
+        return names
+
+    # --- what the write-back tells the namespace -----------------------------------------------
+
+    def _on_conflict(self, cf: CachedFile, key: str) -> None:
+        """Our version of `key` went to a conflict name: the name shows the server's again."""
+        node = self._node_at(cf.bucket, key)
+        if node is not None:
+            node.cached = None
+        self._conflicted(node)
+
+    def _held(self, cf: CachedFile) -> bool:
+        """Whether a handle has the file open for writing (its upload waits, WriteBack)."""
+        node = self._node_at(cf.bucket, cf.key)
+        return node is not None and node.writers > 0
+
+    def _on_uploaded(self, done: Uploaded) -> None:
+        """The write-back confirmed an upload: the node (if any) now matches the server."""
+        cf = done.file
+        if cf.key is not None:
+            node = self._node_at(cf.bucket, cf.key)
+            if node is not None and node.cached is cf:
+                node.etag = done.result.etag
+                node.version_id = done.result.version_id
+                node.size = done.size
+                node.metadata = dict(cf.meta.get("metadata", {}))
+                node.content_type = cf.meta.get("content_type")
+                node.kernel_etag = done.result.etag
+                node.full = True
+                self._saved(node)
+        self.uploaded()
 
     def lock(self, node: Node) -> trio.Lock:
         lock = self.locks.get(node.ino)
@@ -118,6 +243,24 @@ class FileData:
         cf = node.cached
         if cf is not None and cf.dirty:
             self.cache.set_meta(cf, upload_meta(node))
+
+    def adopt(self, node: Node, unsaved: Unsaved) -> None:
+        """`node` (just made from what the cache holds) shows that unsaved file."""
+        node.cached = unsaved.file
+
+    def unsaved(self, bucket: str, key: str) -> Unsaved | None:
+        """The dirty file the cache holds under `key`, if any."""
+        cf = self.cache.find(bucket, key)
+        return Unsaved(cf) if cf is not None and cf.dirty else None
+
+    def unsaved_under(self, bucket: str, prefix: str) -> list[Unsaved]:
+        """The dirty files the cache holds directly under the directory `prefix`."""
+        return [Unsaved(cf) for cf in self.cache.dirty_children(bucket, prefix)]
+
+    def rebased(self, node: Node, etag: str) -> None:
+        """The node's object was copied onto itself (new ETag): a clean copy follows it."""
+        if node.cached is not None and not node.cached.dirty:
+            self.cache.rebase(node.cached, etag)  # same bytes, new ETag
 
     # --- reading and writing -----------------------------------------------------------------
 
@@ -178,6 +321,92 @@ class FileData:
             self.cache.set_meta(cf, upload_meta(node))
             await self.writeback.flush(cf)
 
+    @staticmethod
+    def upload_state(node: Node) -> str:
+        """Where the node's data is ("clean", "dirty", "uploading", ...: control.py)."""
+        cf = node.cached
+        return cf.upload_state if cf is not None else "clean"
+
+    def released(self, node: Node) -> None:
+        """The last writable handle is gone and nothing is left to upload: a write-back
+        worker waiting for it ends its wait."""
+        if node.cached is not None:
+            self.writeback.released(node.cached)
+
+    def forget(self, node: Node) -> None:
+        """The last handle of a deleted file is gone: so goes its local copy."""
+        if node.cached is not None:
+            self.cache.forget(node.cached)
+            node.cached = None
+
+    async def flush_under(self, bucket: str | None, prefix: str) -> None:
+        """Return once every file dirty now under `prefix` (in `bucket`, or in any bucket if
+        None) is on the server."""
+        pending = [
+            cf
+            for cf in self.cache.dirty_files()
+            if cf.key is not None
+            and (bucket is None or cf.bucket == bucket)
+            and cf.key.startswith(prefix)
+        ]
+        for cf in pending:
+            await self.writeback.flush(cf)
+
+    def forget_clean_under(self, bucket: str | None, prefix: str) -> None:
+        """The objects under `prefix` move (a directory's rename, after its uploads): their
+        blocks are dropped; an open handle fetches again under the new key (`cached`)."""
+        cache = self.cache
+        for cf in list(cache.files.values()):
+            under = cf.key is not None and cf.key.startswith(prefix)
+            if under and cf.bucket == bucket and not cf.dirty:
+                cache.forget(cf)
+
+    async def drop(self, node: Node) -> bool:
+        """The name goes away: cancel its upload; open handles keep reading a local copy.
+        True if an upload of ours is on the server under the name even though the node has
+        no ETag (an older generation that landed after the file changed again)."""
+        assert node.bucket is not None
+        cf = node.cached or self.cache.find(node.bucket, node.key)
+        if cf is None and node.opens > 0 and node.etag is not None:
+            cf = self.cached(node)  # never read yet: attach, to copy it locally below
+        if cf is None:
+            return False
+        while cf.upload_scope is not None:  # let an upload in flight land, then delete it
+            await cf.progress.wait()
+        stored = cf.base_etag is not None and cf.base_key == node.key
+        if node.opens > 0:
+            node.cached = cf
+            await self.cache.materialize(cf, 0, cf.size)
+            self.cache.detach(cf)
+        else:
+            self.cache.forget(cf)
+            node.cached = None
+        return stored
+
+    def report(self) -> dict[str, object]:
+        """Where the data is, for `bucketfs status` (control.py)."""
+        cache, writeback = self.cache, self.writeback
+        dirty = cache.dirty_files()
+        lookups = cache.hits + cache.misses
+        return {
+            "dirty_files": len([cf for cf in dirty if cf.key is not None]),
+            "dirty_bytes": sum(
+                min(len(cf.dirty_blocks) * cache.block_size, cf.size) for cf in dirty
+            ),
+            "dirty": sorted(f"{cf.bucket}/{cf.key}" for cf in dirty if cf.key is not None)[:100],
+            "uploading": sum(1 for cf in dirty if cf.upload_scope is not None),
+            "failed": {f"{cf.bucket}/{cf.key}": cf.error for cf in dirty if cf.state == "failed"},
+            "uploads": writeback.uploads,
+            "uploaded_bytes": writeback.uploaded_bytes,
+            "upload_rate": round(writeback.upload_rate()),
+            "last_errors": writeback.last_errors,
+            "cache_bytes": cache.clean_bytes + cache.dirty_bytes,
+            "cache_size": cache.cache_size,
+            "hit_ratio": round(cache.hits / lookups, 3) if lookups else None,
+            "cached_files": len(cache.files),
+            "open_data_files": cache.data_files.open_count,
+        }
+
     # --- server-side copies --------------------------------------------------------------------
 
     async def copy_object(
@@ -221,3 +450,30 @@ class FileData:
         except BaseException:
             await abort_quietly(self._backend, bucket, dst_key, upload_id)
             raise
+
+    async def rename(self, node: Node, new_key: str, *, replaces: bool) -> None:
+        """Upload pending content under the old name, then copy on the server and delete."""
+        assert node.bucket is not None
+        async with self.lock(node):
+            cf = node.cached
+            while cf is not None and cf.upload_scope is not None:
+                await cf.progress.wait()  # an upload in flight lands under the old name first
+            stored = cf is not None and cf.base_etag is not None and cf.base_key == node.key
+            if node.etag is None and not stored:
+                if cf is not None:  # nothing on the server yet: the pending upload moves
+                    self.cache.move(cf, node.bucket, new_key)
+                    if replaces:  # and knowingly replaces whatever the target's object is
+                        cf.meta["replaces"] = True
+                        self.cache.set_meta(cf, cf.meta)
+                return
+            # unchanged ranges of a modified object come from the old key: upload, then move
+            await self.flush(node)
+            etag = cf.base_etag if cf is not None and cf.base_key == node.key else node.etag
+            result = await self.copy_object(
+                node.bucket, node.key, new_key, node.size, None, etag=etag
+            )
+            await self._backend.defer_delete(node.bucket, node.key)
+            node.etag, node.version_id = result.etag, result.version_id
+            if cf is not None:
+                self.cache.move(cf, node.bucket, new_key)
+                self.cache.rebase(cf, result.etag)

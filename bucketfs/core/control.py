@@ -2,12 +2,29 @@
 state or tell it to upload now.
 
 Owns the names of those attributes, the one list both sides read: the daemon answers them
-(`fs.BucketFS`), the `bucketfs status`/`flush`/`unmount` commands (`app/client.py`, `app/cli.py`)
-ask them. Invariant: a control attribute is never stored on an object; it is read-only except
-`XATTR_FLUSH`, which only uploads.
+(`Control` here, called by `fs.BucketFS`), the `bucketfs status`/`flush`/`unmount` commands
+(`app/client.py`, `app/cli.py`) ask them. Also owns the daemon's answers: the pid, the `status`
+report, a file's upload state, and `sync_path` (the flush attribute, and a directory's rename).
+Every other attribute is passed on to xattrs.py (object metadata).
+
+Invariants: a control attribute is never stored on an object; it is read-only except
+`XATTR_FLUSH`, which only uploads; setting `XATTR_FLUSH` returns only once the file, or
+everything below the directory, and every delete queued before it, is on the server.
 """
 
 from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bucketfs.core.nodes import ROOT_INO, Kind
+from bucketfs.errors import NotPermitted
+
+if TYPE_CHECKING:  # types only: the status/flush client imports the names above, not the core
+    from bucketfs.core.namespace import Namespace
+    from bucketfs.core.xattrs import Xattrs
 
 #: on the root: the daemon's process id (decimal)
 XATTR_PID = "user.bucketfs.pid"
@@ -20,3 +37,79 @@ XATTR_UPLOAD_STATE = "user.bucketfs.upload_state"
 
 #: the control attributes, which no object's metadata may hold
 CONTROL_XATTRS = frozenset({XATTR_PID, XATTR_STATUS, XATTR_FLUSH, XATTR_UPLOAD_STATE})
+
+
+async def sync_path(namespace: Namespace, ino: int) -> None:
+    """`bucketfs flush PATH`: upload a file, or everything under a directory, now."""
+    node = namespace.node(ino)
+    if node.kind is not Kind.DIR:
+        await namespace.data.flush(node)
+        return
+    await namespace.backend.flush()  # unlinks first: what `flush` returns for is the server
+    await namespace.data.flush_under(node.bucket, node.key)
+
+
+class Control:
+    def __init__(self, namespace: Namespace, xattrs: Xattrs, cache_dir: Path) -> None:
+        self._ns = namespace
+        self._xattrs = xattrs
+        self._cache_dir = cache_dir
+
+    def status(self) -> dict[str, object]:
+        """What `bucketfs status` prints: where the data is."""
+        data = self._ns.data.report()
+        return {
+            "dirty_files": data["dirty_files"],
+            "dirty_bytes": data["dirty_bytes"],
+            "dirty": data["dirty"],
+            "uploading": data["uploading"],
+            "deletes_queued": self._ns.backend.queued,
+            "failed": data["failed"],
+            "uploads": data["uploads"],
+            "uploaded_bytes": data["uploaded_bytes"],
+            "upload_rate": data["upload_rate"],
+            "last_errors": data["last_errors"],
+            "cache_dir": str(self._cache_dir),
+            "cache_bytes": data["cache_bytes"],
+            "cache_size": data["cache_size"],
+            "hit_ratio": data["hit_ratio"],
+            "subtree_listings": self._ns.subtrees.listed,  # listing.py (JSON only)
+            # what memory holds per file (JSON only): bounded by what is open and cached
+            "nodes": len(self._ns.table),
+            "cached_files": data["cached_files"],
+            "open_data_files": data["open_data_files"],
+        }
+
+    async def getxattr(self, ino: int, name: str) -> bytes:
+        node = self._ns.node(ino)
+        if ino == ROOT_INO and name == XATTR_PID:
+            return str(os.getpid()).encode()
+        if ino == ROOT_INO and name == XATTR_STATUS:
+            return json.dumps(self.status(), indent=1).encode()
+        if name == XATTR_UPLOAD_STATE and node.kind is not Kind.DIR and node.virtual is None:
+            return self._ns.data.upload_state(node).encode()
+        # hook: object metadata and fields (xattrs.py), with the object's metadata known
+        return await self._xattrs.get(node, name)
+
+    async def listxattr(self, ino: int) -> list[str]:
+        node = await self._ns.getattr(ino)
+        names = [XATTR_PID, XATTR_STATUS] if ino == ROOT_INO else []
+        if node.kind is not Kind.DIR and node.virtual is None:
+            names.append(XATTR_UPLOAD_STATE)
+        return names + await self._xattrs.names(node)  # hook: xattrs.py
+
+    async def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        node = self._ns.node(ino)
+        if name == XATTR_FLUSH:
+            # `bucketfs flush`: returns once the file (or everything below the directory) is
+            # on the server; the kernel waits for our answer
+            await sync_path(self._ns, node.ino)
+            return
+        if name in CONTROL_XATTRS:  # all read-only but XATTR_FLUSH, handled above
+            raise NotPermitted(f"{name} is read-only")
+        await self._xattrs.set(node, name, value)  # hook: xattrs.py
+
+    async def removexattr(self, ino: int, name: str) -> None:
+        if name in CONTROL_XATTRS:
+            raise NotPermitted(f"{name} is read-only")
+        await self._xattrs.remove(self._ns.node(ino), name)  # hook: xattrs.py

@@ -1,11 +1,11 @@
 """What listings say a directory holds, and subtree listings that refresh many at once.
 
 Owns `Entry` (a name as a listing shows it), reading one LIST page into a directory's entries,
-and `Subtrees`: listings of every directory under an ancestor, made from one recursive
-(undelimited) LIST of that ancestor.
+listing one directory (`list_children`), and `Subtrees`: listings of every directory under an
+ancestor, made from one recursive (undelimited) LIST of that ancestor.
 
 Why subtrees: a lookup of a name that is not in a fresh listing must ask the server (one LIST
-of the directory, `BucketFS._relist`). A writer spreading new files over many directories
+of the directory, `Namespace._relist`). A writer spreading new files over many directories
 (`cp -r` of a wide tree, a build, the bench's 2,000 files in 200 directories) finds every
 directory's listing older than `dir_timeout` at its next create there, so it waited for one
 LIST per file. When directories under a common ancestor are relisted within a few seconds of
@@ -60,6 +60,31 @@ def add_page(prefix: str, page: ListPage, files: dict[str, Entry], dirs: dict[st
         name = info.key[len(prefix) :]
         if name and valid_name(name, where=info.key):
             files[name] = Entry(Kind.FILE, info)
+
+
+async def list_children(
+    backend: Backend, bucket: str | None, prefix: str, *, max_pages: int | None = None
+) -> dict[str, Entry] | None:
+    """Every child of directory `prefix` on the server, by name (a directory wins over a
+    file; with `bucket` None the buckets); None if that takes more than `max_pages` pages."""
+    if bucket is None:
+        buckets = await backend.list_buckets()
+        return {b.name: Entry(Kind.DIR, None) for b in buckets if valid_name(b.name)}
+    files: dict[str, Entry] = {}
+    dirs: dict[str, Entry] = {}
+    token: str | None = None
+    while True:
+        page = await backend.list_page(bucket, prefix, delimiter="/", token=token)
+        add_page(prefix, page, files, dirs)
+        token = page.next_token
+        if token is None:
+            break
+        if max_pages is not None:
+            max_pages -= 1
+            if max_pages <= 0:
+                return None
+    files.update(dirs)
+    return dict(sorted(files.items()))
 
 
 def apply_change(listing: dict[str, Entry], name: str, kind: Kind | None) -> None:

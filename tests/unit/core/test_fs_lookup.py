@@ -302,7 +302,7 @@ def test_lookups_after_a_listing_expired_list_a_small_directory_again(run_fs: Ru
 def test_a_large_directory_is_not_listed_again_for_one_lookup(
     run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("bucketfs.core.fs.RELIST_ENTRIES", 2)
+    monkeypatch.setattr("bucketfs.core.namespace.RELIST_ENTRIES", 2)
 
     async def body(h: Harness) -> None:
         for i in range(3):

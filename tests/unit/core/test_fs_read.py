@@ -15,7 +15,7 @@ import time
 import pytest
 import trio
 
-from bucketfs.core import fs as fs_module
+from bucketfs.core import namespace as fs_module
 from bucketfs.core.nodes import ROOT_INO
 from bucketfs.errors import (
     IsADirectory,

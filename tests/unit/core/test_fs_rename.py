@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from bucketfs.core.fs import RENAME_EXCHANGE, RENAME_NOREPLACE
+from bucketfs.core.mutations import RENAME_EXCHANGE, RENAME_NOREPLACE
 from bucketfs.core.nodes import ROOT_INO, Kind
 from bucketfs.errors import (
     CrossDevice,

@@ -67,7 +67,7 @@ def test_new_files_across_many_directories_cost_one_listing_of_their_ancestor(
                 await h.fs.lookup(ino, "f")
             await h.write_file("f", b"x", parent=ino)
         assert h.store.calls["list_page"] == 2
-        assert h.fs._subtrees.listed == 1
+        assert h.fs.namespace.subtrees.listed == 1
         assert h.store.calls["head"] == 0
         await h.put("w/d5/theirs", b"t")
         with pytest.raises(NoEntry):  # within dir_timeout: the subtree listing answers
@@ -94,7 +94,7 @@ def test_one_busy_directory_is_relisted_alone(run_fs: RunFs) -> None:
             with pytest.raises(NoEntry):
                 await h.fs.lookup(ino, f"f{i}")
             await h.write_file(f"f{i}", b"x", parent=ino)
-        assert h.fs._subtrees.listed == 0
+        assert h.fs.namespace.subtrees.listed == 0
 
     run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)
 
@@ -115,7 +115,8 @@ def test_a_subtree_too_large_for_its_pages_is_not_listed_again(
         for ino in dirs:
             with pytest.raises(NoEntry):
                 await h.fs.lookup(ino, "f")
-        assert h.fs._subtrees.listed >= 1  # w/ (3 markers + ... fits) once the root gave up
+        # w/ (3 markers + ... fits) once the root gave up
+        assert h.fs.namespace.subtrees.listed >= 1
         h.store.calls.clear()
         outlive_listings()
         with pytest.raises(NoEntry):
@@ -132,7 +133,7 @@ def test_a_change_through_the_mount_is_kept_in_the_subtree_listing(run_fs: RunFs
         for ino in dirs:
             with pytest.raises(NoEntry):
                 await h.fs.lookup(ino, "f")
-        assert h.fs._subtrees.listed == 1
+        assert h.fs.namespace.subtrees.listed == 1
         await h.write_file("mine", b"m", parent=dirs[2])  # in a subtree-listed directory
         assert (await h.fs.lookup(dirs[2], "mine")).kind is Kind.FILE
         await h.fs.unlink(dirs[2], "mine")
@@ -154,6 +155,6 @@ def test_exclusive_creates_never_list_a_subtree(run_fs: RunFs) -> None:
         for ino in dirs:
             fh, _ = await h.fs.create(ino, "x", 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0, 0)
             await h.fs.release(fh)
-        assert h.fs._subtrees.listed == 0
+        assert h.fs.namespace.subtrees.listed == 0
 
     run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)

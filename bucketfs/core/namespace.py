@@ -1,0 +1,610 @@
+"""The namespace: what is known about names and attributes, and for how long it holds.
+
+Owns the inode table of one mount and every store of what the server said about names:
+lookups, getattr, readdir snapshots, and these caches with their freshness rules:
+
+- a node's attributes (`InodeTable`, nodes.py): fresh until `attr_expiry`, `attr_timeout`
+  after the HEAD (or our own upload) that set them, `max(attr_timeout, dir_timeout)` after a
+  prefetch made for a listing; `full` False (from a listing, no user metadata) means getattr
+  asks the server once before answering; nodes with local state the server lacks
+  (`Node.pinned`) are never replaced by what a listing or HEAD says;
+- a directory's marker (or that it has none): reused until `marker_expiry`,
+  `max(attr_timeout, dir_attr_timeout)` after it was read; a directory known so is only asked
+  whether it still exists (one LIST), not for its marker again;
+- negative entries (`_negative`): a name found absent stays so for `negative_timeout`, unless
+  this mount creates it;
+- listings of a directory (`_listings`): used for `dir_timeout`, and kept in step with every
+  change made through this mount (`changed`), not dropped; an exclusive create (O_EXCL) and an
+  rmdir drop them (`drop_listing`), a conflict drops all of them;
+- subtree listings (`listing.Subtrees`): the same rules, for many directories at once;
+- the size of each directory's last listing (`_listing_sizes`, no expiry) decides whether a
+  lookup after the listing expired lists the directory again (at most `RELIST_ENTRIES`) rather
+  than sending a HEAD and a LIST per name; a relisting that overlapped a change made through
+  this mount (`_changes`) is not kept;
+- HEADs kept for reuse (`_heads_sent`): a HEAD that found a key serves the next `open` of it
+  within `OPEN_REUSES_HEAD`, and one open at most;
+- listed nodes waiting for a prefetch of their metadata (prefetch.py);
+- on the node itself: a symlink's target (until its ETag changes), the ETag the kernel's page
+  cache holds (`kernel_etag`, handles.py), the last HEAD for xattrs (`head_info`, xattrs.py).
+
+What stays elsewhere: the `.versions/` tree keeps its own listings (versions.py: read-only
+history, never in the key namespace); file contents and what awaits upload live in the cache,
+seen through contents.py (`Unsaved`).
+
+Namespace rules (README "How bucketfs maps keys"): a key `a/b/c` is file `c` in directory
+`a/b`; directories come from common prefixes and from `dir/` marker objects; when a key is both
+a file and a prefix the directory wins (the object stays reachable with other S3 tools); keys
+whose segments cannot be file names are skipped and logged once.
+
+Invariants: inode numbers are never reused, so nothing kept per inode outlives its node
+(`_node_dropped`); every cache here is invalidated by every change made through this mount.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from cachetools import LRUCache, TTLCache
+
+from bucketfs.cache.deletes import DeferredDeletes
+from bucketfs.concurrency import gather
+from bucketfs.core.attrs import NAME_MAX, Defaults, object_kind, parse_posix, valid_name
+from bucketfs.core.contents import FileData, Unsaved
+from bucketfs.core.listing import Entry, Subtrees, apply_change, list_children
+from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
+from bucketfs.core.options import FsOptions
+from bucketfs.core.prefetch import Prefetch
+from bucketfs.core.versions import Versions
+from bucketfs.errors import (
+    BucketNotFound,
+    InvalidArgument,
+    NameTooLong,
+    NoEntry,
+    NotADirectory,
+    NotFound,
+    NotPermitted,
+    ReadOnly,
+)
+from bucketfs.types import ObjectInfo
+
+if TYPE_CHECKING:
+    import trio
+
+    from bucketfs.cache.store import CachedFile  # a type only: passed on to contents.py
+
+#: a directory whose last listing had at most this many entries is listed again (one page)
+#: to answer a lookup once its listing expired, instead of a HEAD and a LIST per name
+RELIST_ENTRIES = 1000
+#: `open` reuses a HEAD of the same key sent at most this long before it instead of sending
+#: another: the kernel looks a name up (one HEAD) right before it opens it, within one
+#: syscall. A HEAD serves one `open` at most, so two opens never share one.
+OPEN_REUSES_HEAD = 0.01
+
+
+class Namespace:
+    def __init__(
+        self, backend: DeferredDeletes, *, bucket: str | None, prefix: str, options: FsOptions
+    ) -> None:
+        self.backend = backend
+        self.opts = options
+        self.defaults = Defaults(options.uid, options.gid, options.file_mode, options.dir_mode)
+        root = Node(
+            ino=ROOT_INO,
+            kind=Kind.DIR,
+            bucket=bucket,
+            key=prefix,
+            parent=ROOT_INO,
+            name="",
+            mode=options.dir_mode,
+            uid=options.uid,
+            gid=options.gid,
+            is_bucket=bucket is not None and not prefix,
+        )
+        self.table = InodeTable(root, on_drop=self._node_dropped)
+        self._negative: TTLCache[tuple[int, str], bool] = TTLCache(
+            maxsize=65536, ttl=max(options.negative_timeout, 1e-6)
+        )
+        self._listings: TTLCache[int, dict[str, Entry]] = TTLCache(
+            maxsize=1024, ttl=max(options.dir_timeout, 1e-6)
+        )
+        #: when the last HEAD that found each key was sent, and the ETag it saw (for `open`,
+        #: OPEN_REUSES_HEAD)
+        self._heads_sent: TTLCache[tuple[str, str], tuple[float, str]] = TTLCache(
+            maxsize=4096, ttl=OPEN_REUSES_HEAD
+        )
+        self._data: FileData | None = None
+        self.prefetch = Prefetch(self._prefetched)
+        #: entries of each directory's last listing, by inode (to decide on relisting)
+        self._listing_sizes: LRUCache[int, int] = LRUCache(maxsize=65536)
+        #: changes made through this mount, per directory inode (a relisting of a directory
+        #: that overlaps a change there is not kept)
+        self._changes: LRUCache[int, int] = LRUCache(maxsize=65536)
+        #: listings of many directories from one recursive LIST of an ancestor (listing.py)
+        self.subtrees = Subtrees(options.dir_timeout)
+        # hook: the .versions/ tree (versions.py)
+        self.versions = Versions(
+            backend,
+            self.table,
+            self.defaults,
+            enabled=not options.noversions,
+            ttl=options.dir_timeout,
+        )
+
+    def attach(self, data: FileData, nursery: trio.Nursery) -> None:
+        """`BucketFS.run` started: file contents and prefetches are served from now on."""
+        self._data = data
+        self.prefetch.nursery = nursery
+
+    @property
+    def ready(self) -> bool:
+        return self._data is not None
+
+    @property
+    def data(self) -> FileData:
+        if self._data is None:
+            raise RuntimeError("BucketFS.run() has not started")
+        return self._data
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def node(self, ino: int) -> Node:
+        node = self.table.get(ino)
+        if node is None:
+            raise NoEntry(f"inode {ino} is not known")
+        return node
+
+    def dir(self, ino: int) -> Node:
+        node = self.node(ino)
+        if node.kind is not Kind.DIR:
+            raise NotADirectory()
+        return node
+
+    def writable(self) -> None:
+        if self.opts.read_only:
+            raise ReadOnly()
+
+    def bucket_of(self, directory: Node) -> str:
+        if directory.bucket is None:
+            raise NotPermitted("only directories (buckets) can be made at the top of s3://")
+        return directory.bucket
+
+    def node_at(self, bucket: str, key: str | None) -> Node | None:
+        """The node reachable under `key` in `bucket`, if the table has one."""
+        ino = self.table.by_path.get((bucket, key)) if key is not None else None
+        return self.table.get(ino) if ino is not None else None
+
+    def new_node(self, parent: Node, name: str, kind: Kind, **attrs: object) -> Node:
+        mode = self.defaults.dir_mode if kind is Kind.DIR else self.defaults.file_mode
+        base: dict[str, object] = {"mode": mode, "uid": self.defaults.uid, "gid": self.defaults.gid}
+        base.update(attrs)
+        if parent.bucket is None:
+            base.setdefault("bucket", name)
+            base.setdefault("key", "")
+            base.setdefault("is_bucket", True)
+        return self.table.add(parent, name, kind, **base)
+
+    # --- changes made through this mount -------------------------------------------------------
+
+    def changed(self, directory: Node, name: str, kind: Kind | None = None) -> None:
+        """A change made through this mount: a listing we hold is kept in step (not dropped),
+        so lookups of new names need no request; `kind` None means `name` is gone."""
+        self._changes[directory.ino] = self._changes.get(directory.ino, 0) + 1
+        self._negative.pop((directory.ino, name), None)
+        # POSIX: an entry made, removed or renamed changes its directory's mtime and ctime;
+        # kept in memory (a marker PUT per create would double its cost), written with the
+        # directory's next marker write (docs/core.md)
+        now = time.time()
+        directory.mtime = directory.ctime = directory.entries_changed = now
+        if directory.bucket is not None:
+            self.subtrees.changed(directory.bucket, directory.key, name, kind)
+        listing = self._listings.get(directory.ino)
+        if listing is not None:
+            apply_change(listing, name, kind)
+
+    def drop_listing(self, directory: Node) -> None:
+        """Forget what listings (its own or a subtree's) say `directory` holds."""
+        self._listings.pop(directory.ino, None)
+        if directory.bucket is not None:
+            self.subtrees.forget(directory.bucket, directory.key)
+
+    def forget_absence(self, parent: Node, name: str) -> None:
+        """Ask the server whether `name` exists, even if it was absent a moment ago."""
+        self._negative.pop((parent.ino, name), None)
+
+    def made_empty(self, directory: Node) -> None:
+        """We just made `directory`: its listing is known, it is empty."""
+        self._listings[directory.ino] = {}
+        self._listing_sizes[directory.ino] = 0
+
+    def saved(self, node: Node) -> None:
+        """Our upload of `node` was confirmed (contents.py set its fields from it)."""
+        node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+        self.table.settle(node)  # the kernel may have forgotten it while dirty
+
+    def conflicted(self, node: Node | None) -> None:
+        """Our version of a key went to a conflict name: the name shows the server's again."""
+        if node is not None:
+            node.attr_expiry = 0.0
+            node.kernel_etag = None
+        self._negative.clear()
+        self._listings.clear()
+        self.subtrees.clear()
+
+    # --- what the server says applied to a node ------------------------------------------------
+
+    def apply(self, node: Node, info: ObjectInfo, *, full: bool) -> None:
+        posix = parse_posix(info.metadata) if full else None
+        default_mode = self.defaults.dir_mode if node.kind is Kind.DIR else self.defaults.file_mode
+        if node.kind is not Kind.DIR:
+            if node.etag != info.etag:
+                node.link_target = None
+            node.size = info.size
+            node.etag = info.etag
+            node.version_id = info.version_id
+        node.mtime = (posix.mtime if posix and posix.mtime is not None else None) or (
+            info.last_modified or node.mtime
+        )
+        # S3 has no ctime: it is when we last saw a change, and never goes backwards (tar
+        # and rsync compare it before and after reading a file)
+        derived = node.mtime if posix and posix.mtime is not None else info.last_modified
+        node.ctime = max(node.ctime, derived) if node.full else derived
+        if node.kind is Kind.DIR:  # entries changed here: until the marker says so too
+            node.mtime = max(node.mtime, node.entries_changed)
+            node.ctime = max(node.ctime, node.entries_changed)
+        if posix is not None:
+            node.atime = posix.atime
+        node.mode = posix.mode if posix and posix.mode is not None else default_mode
+        node.uid = posix.uid if posix and posix.uid is not None else self.defaults.uid
+        node.gid = posix.gid if posix and posix.gid is not None else self.defaults.gid
+        if full:
+            node.metadata = dict(info.metadata)
+            node.content_type = info.content_type
+            node.system = dict(info.system)
+        node.full = full
+        node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+        if node.kind is Kind.DIR and full:
+            self.marker_seen(node)
+
+    def marker_seen(self, node: Node) -> None:
+        """The directory's marker (or that it has none) was just read from the server."""
+        node.marker_expiry = time.monotonic() + max(
+            self.opts.attr_timeout, self.opts.dir_attr_timeout
+        )
+
+    def _apply_marker(self, node: Node, marker: ObjectInfo | None) -> None:
+        """A directory's `dir/` marker as just read from the server (None: it has none)."""
+        node.has_marker = marker is not None
+        if marker is not None:
+            self.apply(node, marker, full=True)
+        else:
+            node.full = True
+            node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+            self.marker_seen(node)
+
+    @staticmethod
+    def _marker_fresh(node: Node) -> bool:
+        """A directory whose attributes (from its marker) may be reused without asking."""
+        return node.kind is Kind.DIR and node.full and node.marker_expiry > time.monotonic()
+
+    @staticmethod
+    def _file_entry(info: ObjectInfo) -> Entry:
+        return Entry(object_kind(info.metadata), info)
+
+    # --- lookup and attributes -----------------------------------------------------------------
+
+    async def lookup(self, parent_ino: int, name: str) -> Node:
+        """Find `name` in the directory and count one kernel reference to it."""
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise NameTooLong()
+        if not valid_name(name):
+            raise NoEntry()
+        parent = self.dir(parent_ino)
+        # hook: .versions/ and everything below it (versions.py)
+        node = await self.versions.lookup(parent, name) or await self.find(parent, name)
+        self.table.remember(node)
+        return node
+
+    async def find(self, parent: Node, name: str, *, exact: bool = False) -> Node:
+        """The node of `name`, asking the server unless known and fresh; `exact` (O_EXCL,
+        which drops the cached listing first) asks about this directory alone, never with a
+        subtree listing (one page, not up to listing.PAGES, for every exclusive create)."""
+        node = self.table.child(parent, name)
+        if node is not None and not node.full:
+            self.prefetch.kick(node)
+            await self.prefetch.wait(node)
+        if node is not None and (
+            node.pinned or (node.full and node.attr_expiry > time.monotonic())
+        ):
+            return node
+        if node is None and parent.bucket is not None and self._data is not None:
+            unsaved = self.data.unsaved(parent.bucket, parent.key + name)
+            if unsaved is not None:
+                return self._node_from_cache(parent, name, unsaved)
+        if (parent.ino, name) in self._negative:
+            raise NoEntry()
+        if node is not None and node.kind is not Kind.DIR and node.bucket is not None:
+            # revalidate a known file with one HEAD; only if it is gone ask what is there now
+            info = await self.head_or_none(node.bucket, node.key)
+            if info is not None and self._file_entry(info).kind is node.kind:
+                self.apply(node, info, full=True)
+                return node
+        # a known directory's attributes outlive its entry: only ask whether it still exists
+        known_dir = node is not None and self._marker_fresh(node)
+        entry = await self._resolve(parent, name, marker=not known_dir, exact=exact)
+        if entry is None:
+            if node is not None:
+                self.table.detach(node)
+            self._negative[(parent.ino, name)] = True
+            raise NoEntry()
+        if node is not None and known_dir and entry.kind is Kind.DIR:
+            node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+            return node
+        if node is None or node.kind is not entry.kind:
+            node = self.new_node(parent, name, entry.kind)
+        if entry.kind is Kind.DIR:
+            self._apply_marker(node, entry.info)
+        elif entry.info is not None:
+            self.apply(node, entry.info, full=True)
+        return node
+
+    def _node_from_cache(self, parent: Node, name: str, unsaved: Unsaved) -> Node:
+        """A node for a file the cache holds but the server may not have yet (after a crash)."""
+        metadata = unsaved.metadata
+        posix = parse_posix(metadata)
+        kind = Kind.LINK if posix.kind is Kind.LINK else Kind.FILE
+        node = self.new_node(
+            parent,
+            name,
+            kind,
+            mode=posix.mode if posix.mode is not None else self.defaults.file_mode,
+            uid=posix.uid if posix.uid is not None else self.defaults.uid,
+            gid=posix.gid if posix.gid is not None else self.defaults.gid,
+            mtime=posix.mtime if posix.mtime is not None else time.time(),
+            atime=posix.atime,
+            size=unsaved.size,
+            etag=unsaved.etag,
+            metadata=metadata,
+            content_type=unsaved.content_type,
+            system=unsaved.system,
+        )
+        self.data.adopt(node, unsaved)
+        return node
+
+    async def _resolve(
+        self, parent: Node, name: str, *, marker: bool = True, exact: bool = False
+    ) -> Entry | None:
+        """What `name` in `parent` is on the server: a directory wins over a file. A
+        directory's marker is read only if `marker` (else its entry has no info)."""
+        if parent.bucket is None:
+            try:
+                await self.backend.head_bucket(name)
+            except BucketNotFound:
+                return None
+            return Entry(Kind.DIR, None)
+        bucket, key = parent.bucket, parent.key + name
+        listed = self._listings.get(parent.ino)
+        if listed is None:
+            listed = self.subtrees.get(bucket, parent.key)
+        size = self._listing_sizes.get(parent.ino)
+        if listed is None and size is not None and size <= RELIST_ENTRIES:
+            listed = await self._relist(parent, subtree=not exact)
+        if listed is not None:
+            entry = listed.get(name)
+            if entry is None:
+                return None
+            if entry.kind is Kind.DIR:
+                if not marker:
+                    return entry
+                return Entry(Kind.DIR, await self.head_or_none(bucket, key + "/"))
+            info = await self.head_or_none(bucket, key)
+            return None if info is None else self._file_entry(info)
+        head: ObjectInfo | None = None
+        is_dir = False
+
+        async def do_head() -> None:
+            nonlocal head
+            head = await self.head_or_none(bucket, key)
+
+        async def do_list() -> None:
+            nonlocal is_dir
+            page = await self.backend.list_page(bucket, key + "/", delimiter="/", max_keys=1)
+            is_dir = bool(page.objects or page.prefixes)
+
+        if marker:
+            await gather(do_head, do_list)
+        else:  # a known directory: a HEAD only if it is no longer one
+            await do_list()
+            if is_dir:
+                return Entry(Kind.DIR, None)
+            await do_head()
+        if is_dir:
+            return Entry(Kind.DIR, await self.head_or_none(bucket, key + "/"))
+        return None if head is None else self._file_entry(head)
+
+    async def _relist(self, directory: Node, *, subtree: bool = True) -> dict[str, Entry] | None:
+        """List a small directory again (one page) for lookups after its listing expired:
+        a loop creating files there then costs one LIST per `dir_timeout`, not two requests
+        per name; when directories near it needed that too, list an ancestor's whole subtree
+        instead (listing.py). None if it no longer fits one page or this mount changed
+        something while the listing was made (the listing could lack that change)."""
+        assert directory.bucket is not None
+        bucket = directory.bucket
+        ancestor = None
+        if subtree:
+            above = self._ancestors(directory)
+            ancestor = self.subtrees.ancestor_to_list(bucket, directory.key, above)
+        if ancestor is not None:
+            listings = await self.subtrees.refresh(self.backend, bucket, ancestor)
+            if listings is not None and directory.key in listings:
+                return listings[directory.key]
+        changes = self._changes.get(directory.ino, 0)
+        listed = await list_children(self.backend, bucket, directory.key, max_pages=1)
+        if listed is None:
+            self._listing_sizes[directory.ino] = RELIST_ENTRIES + 1
+            return None
+        if self._changes.get(directory.ino, 0) != changes:
+            return None
+        self._listings[directory.ino] = listed
+        self._listing_sizes[directory.ino] = len(listed)
+        return listed
+
+    def _ancestors(self, directory: Node) -> list[str]:
+        """The keys of the directories above `directory` in its bucket, nearest first."""
+        keys: list[str] = []
+        node = directory
+        while node.ino != ROOT_INO and not node.is_bucket:
+            parent = self.table.get(node.parent)
+            if parent is None or parent.bucket != directory.bucket:
+                break
+            keys.append(parent.key)
+            node = parent
+        return keys
+
+    async def head_or_none(
+        self, bucket: str, key: str, *, reusable: bool = True
+    ) -> ObjectInfo | None:
+        """The object's metadata, or None; a HEAD that found it may serve the next `open`
+        (OPEN_REUSES_HEAD) unless not `reusable`."""
+        sent = time.monotonic()
+        try:
+            info = await self.backend.head(bucket, key)
+        except NotFound:
+            self._heads_sent.pop((bucket, key), None)
+            return None
+        if reusable:
+            self._heads_sent[(bucket, key)] = (sent, info.etag)
+        return info
+
+    def headed_just_now(self, node: Node) -> bool:
+        """Whether a HEAD of `node`'s key was sent within OPEN_REUSES_HEAD and applied (and
+        no other open used it)."""
+        assert node.bucket is not None
+        head = self._heads_sent.pop((node.bucket, node.key), None)
+        return (
+            head is not None
+            and node.full
+            and node.etag == head[1]
+            and time.monotonic() - head[0] <= OPEN_REUSES_HEAD
+        )
+
+    async def _prefetched(self, node: Node) -> None:
+        """The HEAD of one listed node, sent ahead of the kernel's question (prefetch.py)."""
+        if not node.full and not node.pinned and node.bucket is not None:
+            key = node.key
+            info = await self.head_or_none(node.bucket, key)
+            if node.pinned or node.full or node.key != key:
+                return  # changed through this mount while we asked
+            if node.kind is Kind.DIR:
+                self._apply_marker(node, info)
+            elif info is not None and self._file_entry(info).kind is node.kind:
+                self.apply(node, info, full=True)
+            # metadata read on behalf of a listing is as fresh as the listing
+            node.attr_expiry = time.monotonic() + max(self.opts.attr_timeout, self.opts.dir_timeout)
+
+    async def getattr(self, ino: int) -> Node:
+        node = self.node(ino)
+        if node.virtual is not None:  # hook: versions never change (versions.py)
+            return node
+        if not node.full:
+            self.prefetch.kick(node)
+            await self.prefetch.wait(node)
+        if node.pinned or node.unlinked or node.ino == ROOT_INO:
+            return node
+        if node.full and node.attr_expiry > time.monotonic():
+            return node
+        if node.bucket is None or node.is_bucket:
+            return node
+        if node.kind is Kind.DIR:
+            if self._marker_fresh(node):
+                node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+            else:
+                self._apply_marker(node, await self.head_or_none(node.bucket, node.key))
+            return node
+        info = await self.head_or_none(node.bucket, node.key)
+        if info is None:
+            # gone on the server: keep answering with what we know until the kernel asks again
+            node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+            return node
+        if self._file_entry(info).kind is node.kind:
+            self.apply(node, info, full=True)
+        return node
+
+    async def readlink(self, ino: int) -> str:
+        node = self.node(ino)
+        if node.kind is not Kind.LINK:
+            raise InvalidArgument("not a symbolic link")
+        if node.link_target is None:
+            data = await self.data.read_all(node)
+            node.link_target = data.decode("utf-8", "surrogateescape")
+        return node.link_target
+
+    def forget(self, items: Sequence[tuple[int, int]]) -> None:
+        for ino, count in items:
+            self.table.forget(ino, count)
+
+    def remember(self, node: Node) -> None:
+        self.table.remember(node)
+
+    def _node_dropped(self, ino: int, cf: CachedFile | None) -> None:
+        """The table dropped a node: so go what was kept for it (here, contents.py, the cache);
+        inode numbers are never reused, so nothing kept under `ino` could serve again."""
+        for per_inode in (self._listings, self._listing_sizes, self._changes):
+            per_inode.pop(ino, None)
+        self.prefetch.dropped(ino)
+        if self._data is not None:
+            self._data.dropped(ino, cf)
+
+    # --- readdir snapshots ---------------------------------------------------------------------
+
+    async def snapshot(self, directory: Node) -> list[tuple[str, Node]]:
+        """The entries of `directory` now: its listing, with what only this mount has."""
+        # what is only local must be taken before the listing is asked for: an upload may land
+        # while we wait, after the server made the listing without it
+        local = [n for n in self.table.known_children(directory) if n.pinned and not n.unlinked]
+        cached: dict[str, Unsaved] = {}
+        if directory.bucket is not None and self._data is not None:
+            for unsaved in self.data.unsaved_under(directory.bucket, directory.key):
+                assert unsaved.key is not None
+                cached[unsaved.key[len(directory.key) :]] = unsaved
+        listed = await list_children(self.backend, directory.bucket, directory.key)
+        assert listed is not None
+        self._listings[directory.ino] = listed
+        self._listing_sizes[directory.ino] = len(listed)
+        entries: list[tuple[str, Node]] = []
+        seen: set[str] = set()
+        for name, entry in listed.items():
+            node = self.table.child(directory, name)
+            if node is None and name in cached and entry.kind is not Kind.DIR:
+                node = self._node_from_cache(directory, name, cached[name])
+            if node is not None and node.pinned:
+                entries.append((name, node))
+                seen.add(name)
+                continue
+            if node is None or (
+                # a listing tells a directory from an object, not a symlink or a fifo from a file
+                node.kind is not entry.kind and Kind.DIR in (node.kind, entry.kind)
+            ):
+                node = self.new_node(directory, name, entry.kind, full=False)
+            if entry.kind is not Kind.DIR and entry.info is not None:
+                # same ETag: keep the metadata we know (a listing does not carry it)
+                if not (node.full and node.etag == entry.info.etag):
+                    self.apply(node, entry.info, full=False)
+            elif entry.kind is Kind.DIR and not node.full:
+                node.attr_expiry = 0.0
+            entries.append((name, node))
+            seen.add(name)
+        for node in local:
+            if node.name not in seen and not node.unlinked and node.parent == directory.ino:
+                entries.append((node.name, node))
+                seen.add(node.name)
+        for name, unsaved in cached.items():
+            if name not in seen and valid_name(name) and unsaved.key is not None:
+                entries.append((name, self._node_from_cache(directory, name, unsaved)))
+        # metadata of listed files is fetched only once the kernel asks for one of them (ls -l,
+        # du, rsync do; find and plain ls do not)
+        partial = [node for _, node in entries if not node.full]
+        if partial:
+            self.prefetch.defer(directory.ino, partial)
+        return entries

@@ -1,0 +1,31 @@
+"""The options of one mount's filesystem core (`-o` options, as app/mount.py reads them).
+
+Owns `FsOptions`, a frozen value every part of the core reads. Invariants: it does not change
+while the mount runs; timeouts are in seconds, sizes in bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FsOptions:
+    uid: int
+    gid: int
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    dir_timeout: float = 1.0
+    dir_attr_timeout: float = 60.0
+    negative_timeout: float = 1.0
+    read_only: bool = False
+    part_size: int = 16 << 20
+    max_parallel: int = 16
+    block_size: int = 1 << 20
+    cache_size: int = 10 << 30
+    writeback_delay: float = 0.0
+    max_dirty: int = 2 << 30
+    noversions: bool = False  # hide the .versions/ tree (versions.py)
+    url_ttl: int = 3600  # seconds a user.bucketfs.url stays valid (xattrs.py)

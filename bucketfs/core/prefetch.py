@@ -1,0 +1,83 @@
+"""Metadata prefetch after a listing: the HEADs readdir starts for files known only from it.
+
+Owns which listed nodes wait for the kernel's first question about one of them (`defer`), and
+the HEADs in flight (`kick`, `wait`). What a HEAD means for a node is the namespace's business
+(`refresh`, namespace.py); this module only decides when they are sent and lets a caller wait.
+
+Invariants: nothing is sent for a directory's listing until the kernel asks about one of its
+listed non-directories (ls -l, du and rsync do; find and plain ls do not); at most
+`PREFETCH_ENTRIES` HEADs per listing and `PREFETCH_PARALLEL` in flight; one HEAD per node at a
+time, and whoever waits for it is woken whether it succeeded or failed; a failed prefetch is
+logged and forgotten (the next getattr asks again); without a nursery (before `run`) nothing is
+prefetched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+from cachetools import LRUCache
+
+from bucketfs.core.nodes import Kind, Node
+from bucketfs.errors import BucketfsError
+
+log = logging.getLogger(__name__)
+
+#: readdir asks for the metadata of at most this many listed entries ahead of the kernel
+PREFETCH_ENTRIES = 4096
+PREFETCH_PARALLEL = 32
+
+
+class Prefetch:
+    def __init__(self, refresh: Callable[[Node], Awaitable[None]]) -> None:
+        """`refresh(node)` sends the HEAD of one listed node and applies what it says."""
+        self._refresh = refresh
+        self.nursery: trio.Nursery | None = None
+        #: HEADs started by readdir for nodes known only from a listing, by inode
+        self._prefetching: dict[int, trio.Event] = {}
+        self._limiter = trio.CapacityLimiter(PREFETCH_PARALLEL)
+        #: listed nodes of a directory whose metadata nobody asked for yet, by its inode
+        self._deferred: LRUCache[int, list[Node]] = LRUCache(maxsize=256)
+
+    def defer(self, directory_ino: int, nodes: list[Node]) -> None:
+        """A listing of the directory left `nodes` without metadata: HEAD them on demand."""
+        self._deferred[directory_ino] = nodes
+
+    def dropped(self, ino: int) -> None:
+        self._deferred.pop(ino, None)
+
+    async def wait(self, node: Node) -> None:
+        event = self._prefetching.get(node.ino)
+        if event is not None:
+            await event.wait()
+
+    def kick(self, node: Node) -> None:
+        """The kernel asks for a listed file: HEAD its siblings from that listing too."""
+        if node.kind is not Kind.DIR:
+            nodes = self._deferred.pop(node.parent, None)
+            if nodes:
+                self._start(nodes)
+
+    def _start(self, nodes: list[Node]) -> None:
+        if self.nursery is None:
+            return
+        for node in nodes[:PREFETCH_ENTRIES]:
+            if node.ino not in self._prefetching:
+                self._prefetching[node.ino] = trio.Event()
+                self.nursery.start_soon(self._prefetch, node)
+
+    async def _prefetch(self, node: Node) -> None:
+        """HEAD one listed node so that its metadata is there when the kernel asks."""
+        try:
+            async with self._limiter:
+                await self._refresh(node)
+        except BucketfsError as exc:
+            log.debug("prefetch of %s failed: %s", node.key, exc)
+        except Exception:
+            log.exception("prefetch of %s failed", node.key)
+        finally:
+            event = self._prefetching.pop(node.ino, None)
+            if event is not None:
+                event.set()
