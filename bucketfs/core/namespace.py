@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING
 
 from cachetools import LRUCache, TTLCache
 
-from bucketfs.cache.deletes import DeferredDeletes
 from bucketfs.concurrency import gather
 from bucketfs.core.attrs import NAME_MAX, Defaults, object_kind, parse_posix, valid_name
 from bucketfs.core.contents import FileData, Unsaved
@@ -69,10 +68,11 @@ from bucketfs.errors import (
 )
 from bucketfs.types import ObjectInfo
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: file contents are reached through contents.py alone
     import trio
 
-    from bucketfs.cache.store import CachedFile  # a type only: passed on to contents.py
+    from bucketfs.cache.deletes import DeferredDeletes
+    from bucketfs.cache.store import CachedFile
 
 #: a directory whose last listing had at most this many entries is listed again (one page)
 #: to answer a lookup once its listing expired, instead of a HEAD and a LIST per name

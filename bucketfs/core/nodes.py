@@ -1,8 +1,11 @@
 """The inode table: which inode is which object, and what we know about it.
 
 Owns `Node` (one file, symlink, directory or special file (fifo, socket, device) the kernel
-may hold an inode number for) and
-`InodeTable` (inode -> node, and (bucket, path) -> inode for the nodes still reachable by name).
+may hold an inode number for), `InodeTable` (inode -> node, and (bucket, path) -> inode for the
+nodes still reachable by name), and the kinds a node may be: `Kind`, and `Virtual`/`VKind` for
+the nodes of the `.versions/` tree (versions.py; kept here so that nodes.py imports no other
+core module, and no module of core/ imports in a circle). The cache's `CachedFile` is a type
+here only (`Node.cached`): contents.py is what reads and changes it.
 
 Invariants:
 - inode numbers are never reused while the daemon runs; ROOT (1) is never forgotten;
@@ -41,7 +44,7 @@ class Kind(enum.Enum):
     FILE = "file"
     DIR = "dir"
     LINK = "link"
-    # special files: an empty object whose `mode` metadata says which (meta.py)
+    # special files: an empty object whose `mode` metadata says which (attrs.py)
     FIFO = "fifo"
     SOCKET = "socket"
     CHAR = "char"  # a character device (its number in `rdev` metadata)

@@ -8,8 +8,9 @@ In every directory `d` of a bucket, `d/.versions/` (never listed by readdir of `
 - `@<ISO-8601 instant>/` (looked up, never listed): the subtree `d` as it was at that instant.
 
 Every node here is a `Node` with `virtual` set, made by `InodeTable.add_virtual`: it has an inode
-but no place in the key namespace (`by_path`, `children`), so nothing in `fs.py` that walks keys
-ever meets it. See docs/versions.md for the decisions and their reasons.
+but no place in the key namespace (`by_path`, `children`), so nothing in namespace.py that walks
+keys ever meets it; `Virtual` and `VKind` live in nodes.py (a node's field). See
+docs/versions.md for the decisions and their reasons.
 
 Invariants: nothing here writes to the store (every change is refused with EROFS by `refuse`);
 a version's content never changes, so a version file's bytes may be cached freely (LRU buffer,
@@ -370,7 +371,7 @@ class Versions:
         await for_each(prefixes, check, self._limiter)
         for prefix in sorted(existed):
             name = prefix[len(v.path) : -1]
-            if valid_name(name, where=prefix):  # a directory wins over a file, as in fs.py
+            if valid_name(name, where=prefix):  # a directory wins over a file, as in listing.py
                 entries[name] = (Virtual(VKind.AT, v.bucket, prefix, at_ms), at_ms / 1000)
         return dict(sorted(entries.items()))
 
