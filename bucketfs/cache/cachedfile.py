@@ -13,6 +13,7 @@ cache's dirty bytes (`BlockCache._recharge` keeps it in step).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,13 +21,23 @@ import trio
 
 from bucketfs.errors import BucketfsError
 
+#: reads a handle remembers to tell a sequential reader whose requests arrive out of order
+RECENT_READS = 8
+
 
 @dataclass(slots=True)
 class ReadState:
-    """Per-handle sequential-access detection."""
+    """Per-handle sequential-access detection (`fetch.Fetcher._advance` keeps it).
+
+    `next_offset` is where the stream of sequential reads has reached (the highest end seen),
+    `window` how many blocks past it are fetched ahead (0: a random reader), `recent` the
+    (start, end) of the last `RECENT_READS` reads: the kernel sends a sequential reader's
+    readahead as several requests at once, and they arrive in any order.
+    """
 
     next_offset: int = 0
     window: int = 0
+    recent: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=RECENT_READS))
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ is not a `BucketfsError`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Mapping
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 FILL_AFTER = 4
 #: GETs a background fill keeps in flight
 FILL_PARALLEL = 2
+#: a sequential reader's window is fetched in about this many GETs (see `part_blocks`)
+PARTS_AHEAD = 4
+#: fetched bytes are written to the data file in a worker thread from this many blocks on
+THREAD_WRITE_BLOCKS = 2
 
 
 class Fetcher:
@@ -72,6 +77,7 @@ class Fetcher:
         self._fill_limiter = trio.CapacityLimiter(FILL_PARALLEL)
         self._max_window = max_window
         self._fetch_blocks = fetch_blocks
+        self._max_part = max(fetch_blocks, max_window // PARTS_AHEAD)
         self.gets = 0
         self.hits = 0
         self.misses = 0
@@ -89,20 +95,12 @@ class Fetcher:
             return b""
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs
-        if offset == state.next_offset and offset > 0:
-            state.window = min(max(2, state.window * 2), self._max_window)
-        elif offset != state.next_offset:
-            state.window = 0
-        state.next_offset = end
-        if not state.window and cf.base_etag is not None:
-            self._count_random_miss(cf, first, last)
-        if state.window and cf.base_etag is not None:
-            stop = min(last + 1 + state.window, (cf.base_size + bs - 1) // bs)
-            missing = [i for i in range(last + 1, stop) if self._fetchable(cf, i)]
-            if len(missing) >= min(self._fetch_blocks, state.window) or (
-                missing and stop * bs >= cf.base_size
-            ):
-                self._start_fetches(cf, missing)
+        sequential = self._advance(state, offset, end)
+        if cf.base_etag is not None:
+            if sequential:
+                self._read_ahead(cf, first, last, state)
+            else:
+                self._count_random_miss(cf, first, last)
         await self.materialize_blocks(cf, first, last + 1)
         try:
             with self._data_files.using(cf.id) as fd:
@@ -114,6 +112,52 @@ class Fetcher:
         if len(data) < end - offset:  # a sparse tail past what was written
             data += bytes(end - offset - len(data))
         return data
+
+    def _advance(self, state: ReadState, offset: int, end: int) -> bool:
+        """Record a read of [offset, end) in `state`; whether it continues a sequential stream.
+
+        Sequential: it starts where the stream reached, or touches one of the last reads (the
+        kernel's readahead requests arrive in any order); each such read doubles the window.
+        A read elsewhere within the window of a stream is part of it too (window kept); any
+        other read ends the stream (window 0: a random reader)."""
+        reached = state.next_offset
+        touches = offset == reached or any(offset == e or end == s for s, e in state.recent)
+        state.recent.append((offset, end))
+        if touches:
+            state.window = min(max(2, state.window * 2), self._max_window)
+        elif not (state.window and abs(offset - reached) <= state.window * self.block_size):
+            state.window = 0
+            state.next_offset = end
+            return False
+        state.next_offset = max(reached, end)
+        return True
+
+    def part_blocks(self, window: int) -> int:
+        """Blocks per GET for a readahead window: about `PARTS_AHEAD` GETs cover it, each at
+        least `fetch_blocks` and at most `max_window / PARTS_AHEAD` blocks."""
+        return min(max(self._fetch_blocks, window // PARTS_AHEAD), self._max_part)
+
+    def _read_ahead(self, cf: CachedFile, first: int, last: int, state: ReadState) -> None:
+        """Start GETs for the missing blocks from the read's own to `window` blocks past where
+        the stream reached, in parts of `part_blocks(window)`. A part shorter than that starts
+        only if it holds the reader's own blocks, ends at a block already there (or in flight)
+        or at the object's end; else it waits for the window to move on, so a steady reader's
+        GETs are all full parts."""
+        bs = self.block_size
+        nblocks = (cf.base_size + bs - 1) // bs
+        stop = min((state.next_offset + bs - 1) // bs + state.window, nblocks)
+        part = self.part_blocks(state.window)
+        run: list[int] = []
+        for idx in range(first, stop + 1):
+            if idx < stop and self._fetchable(cf, idx) and idx not in cf.inflight:
+                run.append(idx)
+                if len(run) == part:
+                    self._spawn(cf, run)
+                    run = []
+                continue
+            if run and (run[0] <= last or idx < stop or stop == nblocks):
+                self._spawn(cf, run)
+            run = []
 
     def _count_random_miss(self, cf: CachedFile, first: int, last: int) -> None:
         if cf.filling or not any(self._fetchable(cf, i) for i in range(first, last + 1)):
@@ -234,11 +278,11 @@ class Fetcher:
             async with limiter or self._limiter:
                 self.gets += 1
                 data = await self._backend.get(cf.bucket, base_key, start, end, if_match=etag)
-            if cf.base_etag != etag:
-                return  # reset while we fetched: these bytes belong to no one
-            got = [i for i in indexes if i not in cf.present]
-            if got:
-                self._write_fetched(cf, start, data, got)
+            # only blocks this fetch claimed: a fill's run may span blocks another fetch
+            # brings (and a write may land in those once that one is done)
+            got = [i for i in indexes if cf.inflight.get(i) is fetch and i not in cf.present]
+            if got and self._current(cf, etag):
+                await self._write_fetched(cf, start, data, got, etag)
         except BucketfsError as exc:
             fetch.error = exc
         except Exception as exc:
@@ -250,14 +294,55 @@ class Fetcher:
                     del cf.inflight[idx]
             fetch.done.set()
 
-    def _write_fetched(self, cf: CachedFile, start: int, data: bytes, indexes: list[int]) -> None:
+    def _current(self, cf: CachedFile, etag: str) -> bool:
+        """Whether bytes fetched under `etag` still belong to `cf` (not reset, not forgotten)."""
+        return cf.base_etag == etag and self._files.get(cf.id) is cf
+
+    async def _write_fetched(
+        self, cf: CachedFile, start: int, data: bytes, indexes: list[int], etag: str
+    ) -> None:
+        """Write the fetched blocks `indexes` (claimed by the running fetch, so no write or
+        truncate touches them meanwhile) and mark them present. Large writes go to a worker
+        thread, off the thread that serves FUSE; a full disk is retried here (eviction)."""
         bs = self.block_size
+        view = memoryview(data)
+        pieces = [(view[i * bs - start : (i + 1) * bs - start], i * bs) for i in indexes]
         with self._data_files.using(cf.id) as fd:
-            for idx in indexes:
-                lo = idx * bs - start
-                piece = data[lo : lo + bs]
-                self._blocks.pwrite(fd, piece, idx * bs)
-                cf.present.add(idx)
-                self._blocks.touch(cf, idx)
+            if len(indexes) >= THREAD_WRITE_BLOCKS:
+                try:
+                    await trio.to_thread.run_sync(_pwrite_all, fd, _coalesce(pieces, view, start))
+                    pieces = []
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise cache_error(exc, "writing") from exc
+                if not self._current(cf, etag):
+                    return  # reset or forgotten meanwhile: these bytes are no one's
+            for piece, offset in pieces:  # the pwrite that evicts and tries once more
+                self._blocks.pwrite(fd, piece, offset)
+        cf.present.update(indexes)
+        for idx in indexes:
+            self._blocks.touch(cf, idx)
         self._index.set_blocks(cf.id, indexes, dirty=False)
         self._blocks.evict()
+
+
+def _coalesce(
+    pieces: list[tuple[memoryview, int]], view: memoryview, start: int
+) -> list[tuple[memoryview, int]]:
+    """Adjacent pieces of `view` (which starts at file offset `start`) as one write each."""
+    out: list[tuple[memoryview, int]] = []
+    for piece, offset in pieces:
+        if out and out[-1][1] + len(out[-1][0]) == offset:
+            lo = out[-1][1] - start
+            out[-1] = (view[lo : offset - start + len(piece)], out[-1][1])
+        else:
+            out.append((piece, offset))
+    return out
+
+
+def _pwrite_all(fd: int, pieces: list[tuple[memoryview, int]]) -> None:
+    """pwrite every piece whole (in a worker thread: OSError as the OS said)."""
+    for piece, offset in pieces:
+        done = 0
+        while done < len(piece):
+            done += os.pwrite(fd, piece[done:], offset + done)
