@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 import trio.lowlevel
+import trio.testing
 
 from bucketfs.cache.cachedfile import ReadState
 from bucketfs.core.nodes import ROOT_INO
@@ -117,23 +118,37 @@ def test_a_write_while_a_part_is_fetched_is_not_overwritten(run_fs: RunFs) -> No
         await h.put("f", data)
         node = await h.fs.lookup(ROOT_INO, "f")
         ranges = _record_gets(h)
+        gate = trio.Event()
+        get = h.store.get
+
+        held: list[int] = []
+
+        async def held_get(bucket: str, key: str, start: int = 0, *args: Any, **kw: Any) -> bytes:
+            if start >= 6 * MiB and not held:  # one part, never one the reads below need
+                held.append(start)
+                await gate.wait()
+            return await get(bucket, key, start, *args, **kw)
+
+        h.store.get = held_get  # type: ignore[method-assign]
         fh, _keep = await h.fs.open(node.ino, os.O_RDWR)
         for off in range(0, 4 * MiB, 128 * KiB):  # a sequential start: parts in flight
             assert await h.fs.read(fh, off, 128 * KiB) == data[off : off + 128 * KiB]
-        cache = h.fs.data.cache
-        cf = cache.find(BUCKET, "f")
+        cf = h.fs.data.cache.find(BUCKET, "f")
         assert cf is not None
-        assert any(i * MiB >= 8 * MiB for i in cf.inflight)  # readahead past what was read
-        target = max(cf.inflight) * MiB - MiB + 100
-        await h.fs.write(fh, target, b"written")
-        assert (
-            await h.fs.read(fh, target - 3, 13)
-            == data[target - 3 : target] + b"written" + (data[target + 7 : target + 10])
-        )
+        assert held  # readahead past what was read, held
+        target = held[0] + MiB + 100
+        assert target // MiB in cf.inflight
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(h.fs.write, fh, target, b"written")
+            await trio.testing.wait_all_tasks_blocked()
+            assert cf.inflight  # the write waits for the part that brings its block
+            gate.set()
+        got = await h.fs.read(fh, target - 3, 13)
+        assert got == data[target - 3 : target] + b"written" + data[target + 7 : target + 10]
         await h.fs.release(fh)
         assert len(ranges) < 10
 
-    run_fs(body, latency=0.01)
+    run_fs(body)
 
 
 def test_part_size_grows_with_the_window(run_fs: RunFs) -> None:
