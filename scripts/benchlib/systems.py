@@ -2,7 +2,8 @@
 
 A `System` knows whether it is installed and how to `mount(bucket, endpoint, workdir)`; the
 returned `MountHandle` knows its daemon's pid (peak RSS and CPU seconds come from /proc) and how to
-unmount. `raw` and `local` are systems without a mount.
+unmount. `raw` and `local` are systems without a mount. `bucketfs-base` (`BASE`) is bucketfs run
+from another checkout with its own venv (`--base-repo`), mounted and measured like `bucketfs`.
 
 Invariant: every live mount is registered in `CLEANUP` from just before the mount command runs
 until its unmount finished; `CLEANUP.unmount_all()` (called from `finally`, atexit and the signal
@@ -424,25 +425,9 @@ class BucketfsBase(Bucketfs):
 
 
 def _git_head(repo: Path) -> str:
-    """`git describe`-like text for a checkout: short commit, `+dirty` with local changes."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "not a git checkout"
-    return head + ("+dirty" if dirty else "")
+    """The checkout's commit, `-dirty` with uncommitted changes (`git describe --always`)."""
+    cmd = ["git", "-C", str(repo), "describe", "--always", "--dirty", "--abbrev=7"]
+    return _first_line(cmd) or "not a git checkout"
 
 
 class Rclone(System):
