@@ -1,6 +1,7 @@
 """The benchmark loop: server, proxy, buckets, mounts, phases, failures, cleanup.
 
-For each repetition, each system and each selected scenario: get the data the scenario needs (a
+For each repetition, each selected scenario and each system (in that order, so that one row's
+columns are measured close together in time): get the data the scenario needs (a
 shared dataset bucket, populated once per system, or a fresh bucket per repetition), mount fresh,
 run the phases, unmount, and record one `Result` per phase.
 
@@ -285,9 +286,11 @@ class Bench:
     # --- the loop --------------------------------------------------------------------------------
 
     def run(self) -> None:
+        # scenario by scenario, every system in turn: the columns of one row (bucketfs and
+        # bucketfs-base above all) are measured minutes apart, not a whole run apart
         for rep in range(self.sizes.repetitions):
-            for system in self.systems:
-                for scenario in self.scenarios:
+            for scenario in self.scenarios:
+                for system in self.systems:
                     self.run_scenario(system, scenario, rep)
 
     def _store(self, system: System, label: str) -> Store:
