@@ -4,6 +4,7 @@ of `--base-repo` (the system `bucketfs-base`, with a fake checkout: nothing is m
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import json
@@ -411,3 +412,31 @@ def test_phase_measures_the_daemons_cpu_during_the_phase() -> None:
     cpu = env.results["tar_c"].daemon_cpu_s
     assert cpu is not None
     assert 0.1 <= cpu < 5
+
+
+def test_run_goes_scenario_by_scenario_and_system_by_system(tmp_path: Path) -> None:
+    from benchlib.data import QUICK
+    from benchlib.runner import Bench
+
+    scenarios = [Scenario(n, (n,), lambda env: None) for n in ("a", "b")]
+    two = [systems.Bucketfs(), systems.BucketfsBase(tmp_path)]
+    bench = Bench(
+        sizes=dataclasses.replace(QUICK, repetitions=2),
+        quick=True,
+        systems=two,  # type: ignore[arg-type]
+        scenarios=scenarios,
+        workdir=tmp_path,
+        endpoint=None,
+        use_proxy=False,
+        verbose=False,
+    )
+    calls: list[tuple[str, str, int]] = []
+    bench.run_scenario = lambda sys_, sc, rep: calls.append((sc.name, sys_.name, rep))  # type: ignore[method-assign]
+    bench.run()
+    assert calls[:4] == [
+        ("a", "bucketfs", 0),
+        ("a", "bucketfs-base", 0),
+        ("b", "bucketfs", 0),
+        ("b", "bucketfs-base", 0),
+    ]
+    assert len(calls) == 8
