@@ -56,7 +56,7 @@ def make_backend(cfg: MountConfig) -> Backend:
     if cfg.source.scheme == "swift":
         from bucketfs.backends.swift.backend import SwiftBackend
 
-        # credentials from the environment only (ST_*, OS_*): see backends/swift_auth.py
+        # credentials from the environment only (ST_*, OS_*): see backends/swift/auth.py
         return SwiftBackend.from_env(
             os.environ,
             auth_url=cfg.auth_url,

@@ -135,7 +135,7 @@ class MountConfig:
     profile: str | None = None  # None: AWS_PROFILE or "default"
     path_style: bool | None = None  # -o addressing=path|virtual|auto (None)
     # swift: -o auth_url=URL, else ST_AUTH / OS_AUTH_URL / OS_STORAGE_URL of the environment
-    # (the credentials themselves come from the environment only: see backends/swift_auth.py)
+    # (the credentials themselves come from the environment only: see backends/swift/auth.py)
     auth_url: str | None = None
     create_tempurl_key: bool = False  # swift: -o create_tempurl_key, if the account has none
     store: Path = field(default_factory=default_store_root)  # local:// root directory
@@ -419,7 +419,7 @@ _LOCAL_ONLY = ("store",)
 
 def swift_auth_url(env: Mapping[str, str]) -> str | None:
     """The URL the environment authenticates Swift at, with the precedence of
-    `backends.swift_auth.auth_from_env`: ST_AUTH (with ST_USER and ST_KEY), OS_AUTH_URL,
+    `backends.swift.auth.auth_from_env`: ST_AUTH (with ST_USER and ST_KEY), OS_AUTH_URL,
     OS_STORAGE_URL. None: no Swift settings (the backend then names what is missing)."""
     if env.get("ST_AUTH") and env.get("ST_USER") and env.get("ST_KEY"):
         return env["ST_AUTH"]

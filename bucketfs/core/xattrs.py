@@ -13,13 +13,13 @@ Owns the mapping between xattr names and what an object carries:
   never logged); on the mount root and bucket directories `versioning` (read-write) and
   `region`. `url` is only given when asked for by name (never listed).
 
-The mount's control attributes (`pid`, `status`, `flush`, `upload_state`) stay in `fs.py`.
+The mount's control attributes (`pid`, `status`, `flush`, `upload_state`) are `control.py`'s.
 
 Invariants: a change is validated completely before anything is sent; it reaches the server
-through `persist` (fs.py: copy in place with the metadata replaced for a clean file, the
-pending upload for a dirty one, a marker PUT for a directory) and, if that fails, the node is
-left as it was; every refusal logs one INFO line that says why (a missing attribute only at
-DEBUG: the kernel and `ls` ask for `security.*` names all the time).
+through `persist` (`Mutations.persist_attrs`: copy in place with the metadata replaced for a
+clean file, the pending upload for a dirty one, a marker PUT for a directory) and, if that
+fails, the node is left as it was; every refusal logs one INFO line that says why (a missing
+attribute only at DEBUG: the kernel and `ls` ask for `security.*` names all the time).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def user_keys(metadata: dict[str, str]) -> list[str]:
 
 class Xattrs:
     """getxattr/listxattr/setxattr/removexattr of files and directories (not the control
-    attributes of fs.py)."""
+    attributes of control.py)."""
 
     def __init__(
         self,

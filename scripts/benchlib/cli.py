@@ -17,7 +17,7 @@ from typing import Any
 from . import reqbench, stats
 from .data import FULL, QUICK
 from .runner import Bench, log
-from .systems import ALL_SYSTEMS, CLEANUP, REPO
+from .systems import ALL_SYSTEMS, BASE, CLEANUP, REPO, System
 from .workloads import RESULT_NAMES, SCENARIOS, TABLE_ROWS
 
 
@@ -60,18 +60,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="`requests`: measure the backends of this checkout (its .venv and code)",
     )
     p.add_argument("--no-swift", action="store_true", help="`requests`: do not start Swift")
+    p.add_argument(
+        "--base-repo",
+        type=Path,
+        help=f"add the system {BASE.name}: bucketfs from the checkout in DIR (its .venv), "
+        "for an A/B against this checkout in one run",
+        metavar="DIR",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failures")
     args = p.parse_args(argv)
     if args.only:
         unknown = set(args.only.split(",")) - set(names)
         if unknown:
             p.error(f"unknown systems {sorted(unknown)}; known: {names}")
+        if BASE.name in args.only.split(",") and args.base_repo is None:
+            p.error(f"{BASE.name} needs --base-repo DIR")
+    if args.base_repo is not None and not (args.base_repo / "bucketfs").is_dir():
+        p.error(f"--base-repo {args.base_repo}: no bucketfs package there")
     if args.workloads:
         known = set(RESULT_NAMES) | {s.name for s in SCENARIOS} | {"requests"}
         unknown = set(args.workloads.split(",")) - known
         if unknown:
             p.error(f"unknown workloads {sorted(unknown)}; see --list")
     return args
+
+
+#: systems without a daemon: no column in the CPU table
+NO_DAEMON = {s.name for s in ALL_SYSTEMS if s.kind != "mount"}
+
+
+def select_systems(only: str | None, base_repo: Path | None) -> list[System]:
+    """The systems of this run, in table order; `bucketfs-base` only with `--base-repo`."""
+    BASE.repo = base_repo.resolve() if base_repo is not None else None
+    wanted = set(only.split(",")) if only else None
+    return [
+        s
+        for s in ALL_SYSTEMS
+        if (wanted is None or s.name in wanted) and (s is not BASE or BASE.repo is not None)
+    ]
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -91,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dataclasses.replace(sizes, repetitions=args.reps)
     if args.timeout:
         sizes = dataclasses.replace(sizes, timeout=args.timeout)
-    wanted = set(args.only.split(",")) if args.only else None
-    systems = [s for s in ALL_SYSTEMS if wanted is None or s.name in wanted]
+    systems = select_systems(args.only, args.base_repo)
     status: dict[str, str] = {}
     installs: dict[str, str] = {}
     for system in systems:
@@ -102,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 installs[system.name] = f"install failed: {exc}"
                 log(f"bench: installing {system.name} failed: {exc}")
-        status[system.name] = "ok" if system.installed() else "not installed"
+        status[system.name] = "ok" if system.installed() else system.missing()
     selected = set(args.workloads.split(",")) if args.workloads else None
     want_requests = selected is not None and "requests" in selected
     if want_requests:
@@ -156,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"S3 requests and MiB up/down (mounts: {counted}; raw: its own client)")
         print(stats.render_traffic(ran, names, status, summary))
         print()
+        print("daemon CPU seconds during each result (medians; ratio = system / bucketfs)")
+        print(stats.render_cpu(ran, [n for n in names if n not in NO_DAEMON], status, summary))
+        print()
         print(stats.render_daemons(names, status, stats.daemon_totals(results)))
     if samples:
         print()
@@ -179,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "repetitions": sizes.repetitions,
         "sizes": sizes.as_json(),
         "workloads": ran,
+        "base_repo": str(BASE.repo) if BASE.repo is not None else None,
         **bench.meta(),
     }
     systems_json = {

@@ -1,14 +1,15 @@
 """The benchmark loop: server, proxy, buckets, mounts, phases, failures, cleanup.
 
-For each repetition, each system and each selected scenario: get the data the scenario needs (a
+For each repetition, each selected scenario and each system (in that order, so that one row's
+columns are measured close together in time): get the data the scenario needs (a
 shared dataset bucket, populated once per system, or a fresh bucket per repetition), mount fresh,
 run the phases, unmount, and record one `Result` per phase.
 
 Invariants: a failure anywhere (mount, population, a phase, unmount) becomes a recorded failure
 of the results concerned and the loop goes on; a phase that runs past its timeout is abandoned
 after the mount under it was aborted (which turns a hung FUSE call into ENOTCONN); the proxy's
-counters are read right before and right after each phase, and only one mount is live at a time,
-so each phase's counts are its own.
+counters and the daemon's CPU seconds are read right before and right after each phase, and only
+one mount is live at a time, so each phase's counts and CPU are its own.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .proxy import CountingProxy
 from .raw import ClientCounter
 from .stats import Result
 from .store import LocalStore, S3Store, Store
-from .systems import CLEANUP, Credentials, MountHandle, System, is_mounted
+from .systems import CLEANUP, Credentials, MountHandle, System, is_mounted, proc_stats
 from .workloads import DataFiles, Metrics, Scenario, populate_dataset
 
 
@@ -142,6 +143,8 @@ class ScenarioEnv:
                 box["error"] = exc
                 box["trace"] = traceback.format_exc()
 
+        handle = self.handle
+        cpu_before = proc_stats(handle.pid)["cpu_s"] if handle is not None else None
         before = snapshot()
         worker = threading.Thread(target=target, name=f"phase-{name}", daemon=True)
         worker.start()
@@ -153,6 +156,10 @@ class ScenarioEnv:
             worker.join(30)
             box.setdefault("error", TimeoutError(f"{name} ran over {self.sizes.timeout:.0f}s"))
         after = snapshot()
+        if handle is not None and self.handle is handle and cpu_before is not None:
+            cpu_after = proc_stats(handle.pid)["cpu_s"]
+            if cpu_after is not None:
+                result.daemon_cpu_s = cpu_after - cpu_before
         if counted_by:
             result.counts = delta(after, before)
             result.counted_by = counted_by
@@ -279,9 +286,11 @@ class Bench:
     # --- the loop --------------------------------------------------------------------------------
 
     def run(self) -> None:
+        # scenario by scenario, every system in turn: the columns of one row (bucketfs and
+        # bucketfs-base above all) are measured minutes apart, not a whole run apart
         for rep in range(self.sizes.repetitions):
-            for system in self.systems:
-                for scenario in self.scenarios:
+            for scenario in self.scenarios:
+                for system in self.systems:
                     self.run_scenario(system, scenario, rep)
 
     def _store(self, system: System, label: str) -> Store:
@@ -343,7 +352,7 @@ class Bench:
             text = "  ".join(f"{k}={v:.3g}" for k, v in r.metrics.items())
         else:
             text = f"FAILED {r.error}"
-        log(f"[{r.rep + 1}/{self.sizes.repetitions}] {r.system:12} {r.workload:18} {text}")
+        log(f"[{r.rep + 1}/{self.sizes.repetitions}] {r.system:13} {r.workload:18} {text}")
 
     # --- metadata --------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ class Result:
     counts: dict[str, Any] | None = None  # CountingProxy Counts.as_json(); None if not counted
     counted_by: str = ""  # "proxy", "client" (raw's own boto3 hooks) or "" (not measured)
     daemon: dict[str, Any] | None = None  # {"pid", "rss_peak_mib", "cpu_s"} of the mount's daemon
+    daemon_cpu_s: float | None = None  # the daemon's CPU seconds during this phase (mounts only)
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,6 +71,7 @@ def summarize(results: Sequence[Result]) -> dict[str, dict[str, dict[str, Any]]]
             "requests_total": median(totals),
             "bytes_up": median(r.counts["bytes_up"] for r in good if r.counts is not None),
             "bytes_down": median(r.counts["bytes_down"] for r in good if r.counts is not None),
+            "daemon_cpu_s": median(r.daemon_cpu_s for r in good if r.daemon_cpu_s is not None),
             "errors": [r.error for r in runs if not r.ok],
         }
         out.setdefault(system, {})[workload] = entry
@@ -172,10 +174,12 @@ def render_traffic(
     status: dict[str, str],
     summary: dict[str, dict[str, dict[str, Any]]],
 ) -> str:
-    """S3 requests and MiB up/down (medians) per workload and system."""
+    """S3 requests (with the ratio to bucketfs's) and MiB up/down (medians) per workload."""
     header = ["workload", *systems]
     body: list[list[str]] = []
     for workload in workloads:
+        ref_entry = summary.get(REFERENCE, {}).get(workload)
+        ref = ref_entry["requests_total"] if ref_entry else None
         line = [workload]
         for system in systems:
             entry = summary.get(system, {}).get(workload)
@@ -186,7 +190,36 @@ def render_traffic(
             else:
                 up = entry["bytes_up"] / 2**20
                 down = entry["bytes_down"] / 2**20
-                line.append(f"{entry['requests_total']:.0f} req {fmt_value(up)}/{fmt_value(down)}")
+                total = entry["requests_total"]
+                r = None if system == REFERENCE else ratio(total, ref)
+                times = f" ({r:.2f}x)" if r is not None else ""
+                line.append(f"{total:.0f} req{times} {fmt_value(up)}/{fmt_value(down)}")
+        body.append(line)
+    return _grid(header, body)
+
+
+def render_cpu(
+    workloads: Sequence[str],
+    systems: Sequence[str],
+    status: dict[str, str],
+    summary: dict[str, dict[str, dict[str, Any]]],
+) -> str:
+    """The daemon's CPU seconds during each result (medians), with ratios to bucketfs."""
+    header = ["workload", *systems]
+    body: list[list[str]] = []
+    for workload in workloads:
+        ref_entry = summary.get(REFERENCE, {}).get(workload)
+        ref = ref_entry.get("daemon_cpu_s") if ref_entry else None
+        line = [workload]
+        for system in systems:
+            entry = summary.get(system, {}).get(workload)
+            if status.get(system, "ok") != "ok":
+                line.append(status[system])
+            elif entry is None or entry.get("daemon_cpu_s") is None:
+                line.append("-")
+            else:
+                value = entry["daemon_cpu_s"]
+                line.append(fmt_cell(value, ref, is_reference=system == REFERENCE))
         body.append(line)
     return _grid(header, body)
 

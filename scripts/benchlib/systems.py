@@ -2,7 +2,8 @@
 
 A `System` knows whether it is installed and how to `mount(bucket, endpoint, workdir)`; the
 returned `MountHandle` knows its daemon's pid (peak RSS and CPU seconds come from /proc) and how to
-unmount. `raw` and `local` are systems without a mount.
+unmount. `raw` and `local` are systems without a mount. `bucketfs-base` (`BASE`) is bucketfs run
+from another checkout with its own venv (`--base-repo`), mounted and measured like `bucketfs`.
 
 Invariant: every live mount is registered in `CLEANUP` from just before the mount command runs
 until its unmount finished; `CLEANUP.unmount_all()` (called from `finally`, atexit and the signal
@@ -29,6 +30,8 @@ VENV_BIN = Path(sys.executable).parent
 MOUNT_TIMEOUT = 60.0
 UMOUNT_TIMEOUT = 900.0
 _mount_ids = itertools.count(1)
+#: the `bucketfs mount -o` options the bench passes (also checked in a --base-repo checkout)
+MOUNT_OPTIONS = ("endpoint", "cache_dir", "region")
 
 
 @dataclass
@@ -118,11 +121,19 @@ def wait_pid_gone(pid: int | None, timeout: float) -> bool:
     return True
 
 
-def _checked(cmd: list[str]) -> None:
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=UMOUNT_TIMEOUT, check=False)
+def _checked(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=UMOUNT_TIMEOUT,
+        check=False,
+        env=env,
+        cwd=cwd,
+    )
     if out.returncode != 0:
         err = (out.stderr or out.stdout).strip()[-800:]
-        raise RuntimeError(f"{os.path.basename(cmd[0])} {cmd[1]} exited {out.returncode}: {err}")
+        raise RuntimeError(f"{' '.join(cmd[:-1])} exited {out.returncode}: {err}")
 
 
 @dataclass
@@ -175,9 +186,14 @@ class MountHandle:
         CLEANUP.forget(self)
 
 
+@dataclass
 class BucketfsHandle(MountHandle):
+    cli: list[str] = field(default_factory=lambda: [str(VENV_BIN / "bucketfs")])
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+
     def _polite_unmount(self) -> None:
-        _checked([str(VENV_BIN / "bucketfs"), "umount", str(self.path)])
+        _checked([*self.cli, "umount", str(self.path)], env=self.env, cwd=self.cwd)
 
 
 class Cleanup:
@@ -220,6 +236,10 @@ class System:
 
     def installed(self) -> bool:
         return self.kind != "mount" or self.binary() is not None
+
+    def missing(self) -> str:
+        """The status shown instead of figures when `installed()` is false."""
+        return "not installed"
 
     def install(self) -> str:
         """Install the system; returns a log line. Only called with --install."""
@@ -268,6 +288,8 @@ def _profile(handle: MountHandle) -> None:
 
 
 class Bucketfs(System):
+    """This checkout's bucketfs, with the venv the harness runs in."""
+
     name = "bucketfs"
 
     def binary(self) -> str | None:
@@ -277,30 +299,135 @@ class Bucketfs(System):
     def version(self) -> str:
         from importlib.metadata import version
 
-        return f"bucketfs {version('bucketfs')}"
+        return f"bucketfs {version('bucketfs')} ({_git_head(REPO)})"
+
+    def cli(self) -> list[str]:
+        """The `bucketfs` command, without its subcommand."""
+        return [str(self.binary())]
+
+    def run_env(self, creds: Credentials) -> tuple[dict[str, str], Path | None]:
+        """Environment and working directory of `bucketfs mount` and `umount`."""
+        return creds.env(), None
+
+    def mount_command(
+        self, bucket: str, mp: Path, endpoint: str, cache: Path, region: str
+    ) -> list[str]:
+        options = f"endpoint={endpoint},cache_dir={cache},region={region}"
+        assert [o.split("=")[0] for o in options.split(",")] == list(MOUNT_OPTIONS)
+        return [*self.cli(), "mount", f"s3://{bucket}", str(mp), "-o", options]
 
     def mount(self, bucket: str, endpoint: str, creds: Credentials, workdir: Path) -> MountHandle:
         mp, cache = _fresh_dirs(workdir, self.name)
-        handle = BucketfsHandle(self.name, mp, log=workdir / "mount.log")
+        env, cwd = self.run_env(creds)
+        handle = BucketfsHandle(
+            self.name, mp, log=cache / "bucketfs.log", cli=self.cli(), env=env, cwd=cwd
+        )
         CLEANUP.add(handle)
-        options = f"endpoint={endpoint},cache_dir={cache},region={creds.region}"
         try:
             out = subprocess.run(
-                [str(self.binary()), "mount", f"s3://{bucket}", str(mp), "-o", options],
-                env=creds.env(),
+                self.mount_command(bucket, mp, endpoint, cache, creds.region),
+                env=env,
+                cwd=cwd,
                 capture_output=True,
                 text=True,
                 timeout=MOUNT_TIMEOUT,
                 check=False,
             )
             if out.returncode != 0:
-                raise RuntimeError(f"bucketfs mount failed: {(out.stderr or out.stdout)[-1500:]}")
+                raise RuntimeError(
+                    f"{self.name} mount failed: {(out.stderr or out.stdout)[-1500:]}"
+                )
             handle.pid = int(os.getxattr(mp, "user.bucketfs.pid"))
             _profile(handle)
         except BaseException:
             handle.abort()
             raise
         return handle
+
+
+class BucketfsBase(Bucketfs):
+    """bucketfs from another checkout (`--base-repo DIR`), for an A/B in one run.
+
+    Runs `DIR/.venv/bin/python -m bucketfs` with DIR as working directory and first on
+    PYTHONPATH, so the CLI and the daemon it forks import DIR's code and DIR's dependencies
+    (an older checkout may use httpx where this one uses httpx2). The bench's options
+    (endpoint, cache_dir, region) and `bucketfs umount` exist since f4f4cee.
+    """
+
+    name = "bucketfs-base"
+
+    def __init__(self, repo: Path | None = None) -> None:
+        self.repo = repo
+        self._checked: str | None = None
+
+    def python(self) -> Path | None:
+        return None if self.repo is None else self.repo / ".venv" / "bin" / "python"
+
+    def binary(self) -> str | None:
+        python = self.python()
+        return str(python) if python is not None and python.exists() else None
+
+    def missing(self) -> str:
+        if self.repo is None:
+            return "no --base-repo"
+        return f"no {self.python()}"
+
+    def cli(self) -> list[str]:
+        return [str(self.python()), "-m", "bucketfs"]
+
+    def run_env(self, creds: Credentials) -> tuple[dict[str, str], Path | None]:
+        assert self.repo is not None
+        env = creds.env()
+        env["PYTHONPATH"] = str(self.repo)
+        env.pop("PYTHONHOME", None)
+        return env, self.repo
+
+    def _run(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        env, cwd = self.run_env(Credentials("", ""))
+        return subprocess.run(
+            [str(self.python()), *args],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def preflight(self) -> str:
+        """Check once that DIR's python imports DIR's own bucketfs and that its `mount` knows
+        the options the bench passes; return the package's version. Raises otherwise."""
+        if self._checked is None:
+            assert self.repo is not None
+            code = "import bucketfs, importlib.metadata as m; "
+            code += "print(bucketfs.__file__); print(m.version('bucketfs'))"
+            out = self._run(["-c", code])
+            lines = out.stdout.split()
+            if out.returncode != 0 or len(lines) != 2:
+                raise RuntimeError(f"{self.python()} cannot import bucketfs: {out.stderr[-800:]}")
+            path = Path(lines[0]).resolve()
+            if not path.is_relative_to(self.repo.resolve()):
+                raise RuntimeError(f"{self.python()} imports bucketfs from {path}, not {self.repo}")
+            helptext = self._run(["-m", "bucketfs", "mount", "--help"]).stdout
+            absent = [o for o in MOUNT_OPTIONS if o not in helptext]
+            if absent:
+                raise RuntimeError(f"`bucketfs mount` of {self.repo} has no options {absent}")
+            self._checked = lines[1]
+        return self._checked
+
+    def version(self) -> str:
+        assert self.repo is not None
+        return f"bucketfs {self.preflight()} ({_git_head(self.repo)}, {self.repo})"
+
+    def mount(self, bucket: str, endpoint: str, creds: Credentials, workdir: Path) -> MountHandle:
+        self.preflight()
+        return super().mount(bucket, endpoint, creds, workdir)
+
+
+def _git_head(repo: Path) -> str:
+    """The checkout's commit, `-dirty` with uncommitted changes (`git describe --always`)."""
+    cmd = ["git", "-C", str(repo), "describe", "--always", "--dirty", "--abbrev=7"]
+    return _first_line(cmd) or "not a git checkout"
 
 
 class Rclone(System):
@@ -446,8 +573,11 @@ def _fresh_dirs(workdir: Path, name: str) -> tuple[Path, Path]:
     return mp, cache
 
 
+BASE = BucketfsBase()  # its repo is set by `--base-repo`
+
 ALL_SYSTEMS: list[System] = [
     Bucketfs(),
+    BASE,
     Rclone("full"),
     Rclone("off"),
     S3fs(),

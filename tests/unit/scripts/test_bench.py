@@ -1,13 +1,18 @@
 """The pure parts of the benchmark harness (scripts/benchlib): formatting, medians and ratios,
-the JSON document's shape, and the counting proxy against a real local HTTP server."""
+the JSON document's shape, the counting proxy against a real local HTTP server, and the wiring
+of `--base-repo` (the system `bucketfs-base`, with a fake checkout: nothing is mounted)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import json
+import os
 import sys
 import threading
+import time
+import types
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,9 +21,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
 
-from benchlib import reqbench, stats
+from benchlib import cli, reqbench, stats, systems
 from benchlib.proxy import CountingProxy, RequestParser
+from benchlib.runner import ScenarioEnv
 from benchlib.stats import Result
+from benchlib.workloads import Scenario
 
 
 def result(system: str, workload: str, rep: int, **metrics: float) -> Result:
@@ -276,3 +283,160 @@ def test_requests_table_puts_each_backend_beside_its_bare_client() -> None:
     # a row only where something was measured; a missing figure is "-", so is its ratio
     assert table[3].split() == ["LIST", "32", "1,500", "-", "-", "-"]
     assert len(table) == 4
+
+
+# --- --base-repo: the system bucketfs-base ------------------------------------------------------
+
+
+@pytest.fixture
+def base_reset() -> Iterator[None]:
+    yield
+    systems.BASE.repo = None
+    systems.BASE._checked = None
+
+
+def fake_checkout(where: Path, *, imports_from: Path | None = None, options: str = "") -> Path:
+    """A directory with a bucketfs package and a `.venv/bin/python` that answers the preflight:
+    where `import bucketfs` comes from, the version, and `mount --help` naming `options`."""
+    (where / "bucketfs").mkdir(parents=True)
+    python = where / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    init = (imports_from or where) / "bucketfs" / "__init__.py"
+    python.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = -c ]; then echo "$PWD|$PYTHONPATH" > "$0.seen"; '
+        f"echo {init}; echo 0.0.9; exit 0; fi\n"
+        f'echo "options (-o): {options or ", ".join(systems.MOUNT_OPTIONS)}"\n'
+    )
+    python.chmod(0o755)
+    return where
+
+
+def test_base_system_needs_base_repo_and_comes_right_after_bucketfs(
+    tmp_path: Path, base_reset: None
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--only", "bucketfs,bucketfs-base"])
+    with pytest.raises(SystemExit):  # no bucketfs package in DIR
+        cli.parse_args(["--base-repo", str(tmp_path)])
+    assert "bucketfs-base" not in [s.name for s in cli.select_systems(None, None)]
+    repo = fake_checkout(tmp_path / "old")
+    args = cli.parse_args(["--base-repo", str(repo), "--only", "raw,bucketfs-base,bucketfs"])
+    names = [s.name for s in cli.select_systems(args.only, args.base_repo)]
+    assert names == ["bucketfs", "bucketfs-base", "raw"]
+    every = [s.name for s in cli.select_systems(None, repo)]
+    assert every[:3] == ["bucketfs", "bucketfs-base", "rclone-full"]
+    assert systems.BASE.repo == repo.resolve()
+    assert "bucketfs-base" not in cli.NO_DAEMON
+    assert {"raw", "local"} <= cli.NO_DAEMON
+
+
+def test_base_system_runs_the_checkouts_python_on_its_code(
+    tmp_path: Path, base_reset: None
+) -> None:
+    base = systems.BucketfsBase()
+    assert not base.installed()
+    assert base.missing() == "no --base-repo"
+    base.repo = tmp_path / "gone"
+    assert not base.installed()
+    assert base.missing().startswith("no ")
+    assert ".venv" in base.missing()
+    repo = fake_checkout(tmp_path / "old")
+    base.repo = repo
+    python = str(repo / ".venv" / "bin" / "python")
+    assert base.installed()
+    assert base.binary() == python
+    assert base.cli() == [python, "-m", "bucketfs"]
+    env, cwd = base.run_env(systems.Credentials("AK", "SK", "eu-1"))
+    assert (env["PYTHONPATH"], cwd) == (str(repo), repo)
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_DEFAULT_REGION"]) == ("AK", "eu-1")
+    cmd = base.mount_command("b1", Path("/mp"), "http://127.0.0.1:9", Path("/c"), "eu-1")
+    assert cmd == [
+        *base.cli(),
+        *["mount", "s3://b1", "/mp", "-o", "endpoint=http://127.0.0.1:9,cache_dir=/c,region=eu-1"],
+    ]
+    assert base.preflight() == "0.0.9"
+    assert (repo / ".venv" / "bin" / "python.seen").read_text().strip() == f"{repo}|{repo}"
+    # the unmount goes through the same command, environment and directory
+    handle = systems.BucketfsHandle(base.name, Path("/mp"), cli=base.cli(), env=env, cwd=cwd)
+    assert handle.cli == [python, "-m", "bucketfs"]
+    assert handle.cwd == repo
+
+
+def test_base_preflight_refuses_other_code_and_missing_options(
+    tmp_path: Path, base_reset: None
+) -> None:
+    elsewhere = systems.BucketfsBase(fake_checkout(tmp_path / "a", imports_from=tmp_path / "b"))
+    with pytest.raises(RuntimeError, match="imports bucketfs from"):
+        elsewhere.preflight()
+    old = systems.BucketfsBase(fake_checkout(tmp_path / "c", options="endpoint, region"))
+    with pytest.raises(RuntimeError, match="cache_dir"):
+        old.preflight()
+
+
+def test_cpu_table_and_request_ratios_compare_with_bucketfs() -> None:
+    a = result("bucketfs", "tar_c", 0, time_s=1.0)
+    b = result("bucketfs-base", "tar_c", 0, time_s=2.0)
+    a.daemon_cpu_s, b.daemon_cpu_s = 0.5, 1.5
+    b.counts = dict(b.counts or {}, requests_total=6)
+    summary = stats.summarize([a, b, result("s3fs", "tar_c", 0, time_s=1.0)])
+    assert summary["bucketfs-base"]["tar_c"]["daemon_cpu_s"] == 1.5
+    status = {"rclone-full": "not installed"}
+    names = ["bucketfs", "bucketfs-base", "s3fs", "rclone-full"]
+    row = stats.render_cpu(["tar_c"], names, status, summary).splitlines()[2]
+    assert row.split() == ["tar_c", "0.50", "1.50", "(3.00x)", "-", "not", "installed"]
+    traffic = stats.render_traffic(["tar_c"], names, status, summary).splitlines()[2]
+    assert "2 req 0.000/1.00" in traffic
+    assert "6 req (3.00x) 0.000/1.00" in traffic
+
+
+def test_phase_measures_the_daemons_cpu_during_the_phase() -> None:
+    """The daemon here is this very process: the phase burns CPU, the result records it."""
+    sizes = types.SimpleNamespace(timeout=30.0)
+    bench = types.SimpleNamespace(
+        sizes=sizes, quick=True, files=None, raw_client=None, proxy=None, verbose=False
+    )
+    bench.progress = lambda r: None
+    system = systems.Bucketfs()
+    scenario = Scenario("tar_c", ("tar_c",), lambda env: None)
+    env = ScenarioEnv(bench, system, scenario, 0, None, "b")  # type: ignore[arg-type]
+    env.handle = systems.MountHandle("bucketfs", Path("/nowhere"), pid=os.getpid())
+
+    def burn() -> dict[str, float]:
+        end = time.process_time() + 0.2
+        while time.process_time() < end:
+            pass
+        return {"time_s": 0.2}
+
+    env.phase("tar_c", burn)
+    cpu = env.results["tar_c"].daemon_cpu_s
+    assert cpu is not None
+    assert 0.1 <= cpu < 5
+
+
+def test_run_goes_scenario_by_scenario_and_system_by_system(tmp_path: Path) -> None:
+    from benchlib.data import QUICK
+    from benchlib.runner import Bench
+
+    scenarios = [Scenario(n, (n,), lambda env: None) for n in ("a", "b")]
+    two = [systems.Bucketfs(), systems.BucketfsBase(tmp_path)]
+    bench = Bench(
+        sizes=dataclasses.replace(QUICK, repetitions=2),
+        quick=True,
+        systems=two,  # type: ignore[arg-type]
+        scenarios=scenarios,
+        workdir=tmp_path,
+        endpoint=None,
+        use_proxy=False,
+        verbose=False,
+    )
+    calls: list[tuple[str, str, int]] = []
+    bench.run_scenario = lambda sys_, sc, rep: calls.append((sc.name, sys_.name, rep))  # type: ignore[method-assign]
+    bench.run()
+    assert calls[:4] == [
+        ("a", "bucketfs", 0),
+        ("a", "bucketfs-base", 0),
+        ("b", "bucketfs", 0),
+        ("b", "bucketfs-base", 0),
+    ]
+    assert len(calls) == 8
