@@ -5,9 +5,16 @@ readers and a background fill for random ones.
 Owns the fetches in flight (`CachedFile.inflight`), their parallelism (`max_parallel` GETs,
 `FILL_PARALLEL` more for fills), and the read counters (`gets`, `hits`, `misses`).
 
-Sequential readers (`ReadState`): each read that starts where the last one ended doubles the
-readahead window (up to `max_window` blocks); missing blocks in it are fetched once at least
-`fetch_blocks` of them (or the rest of the object) are missing, `fetch_blocks` per GET.
+Sequential readers (`ReadState`, `_advance`): a read that starts where the stream reached, or
+touches one of the handle's last reads (the kernel sends its readahead as several requests at
+once and they arrive in any order), doubles the readahead window (up to `max_window` blocks); a
+read elsewhere inside the window keeps it; any other read makes the handle a random reader.
+The missing blocks from the read's own to `window` blocks past the stream are fetched in parts
+of `part_blocks(window)` blocks (window / `PARTS_AHEAD`: from `fetch_blocks` up to
+`max_window / PARTS_AHEAD`, 16 MiB by default), one ranged GET each, `max_parallel` in flight;
+a shorter part is sent only when it holds the reader's own blocks or ends at a block already
+there or at the object's end, so a steady reader's GETs are full parts (a cold 1 GiB read:
+about 70 GETs, 1 MiB blocks kept in the cache as before).
 
 Random readers: after `FILL_AFTER` non-sequential misses in one file no larger than
 `cache_size / 8`, the rest of the file is fetched in the background (`FILL_PARALLEL` ranged
@@ -17,8 +24,10 @@ read at random places soon reads at local-disk speed, at the cost of fetching th
 Invariants: a block is fetched by at most one GET at a time (readers of it wait for that
 one); fetched bytes land only in blocks not present yet (a written block is present, so a
 fetch never overwrites written bytes) and only if the base ETag is still the one they were
-fetched under; a fetch's failure is raised in every reader waiting for it, and logged if it
-is not a `BucketfsError`.
+fetched under (a fetch writes only the blocks it claimed; it writes in a worker thread from
+`THREAD_WRITE_BLOCKS` on, off the thread that serves FUSE, and the blocks stay claimed until
+they are present, so a write or a truncate waits for them); a fetch's failure is raised in
+every reader waiting for it, and logged if it is not a `BucketfsError`.
 """
 
 from __future__ import annotations
