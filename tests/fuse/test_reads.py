@@ -1,0 +1,93 @@
+"""The read path through a real mount on SeaweedFS, requests counted by the bench's relay
+(scripts/benchlib/proxy.py): a cold sequential read is a few large GETs whatever order the
+kernel's readahead requests arrive in; an unchanged object is read again from the kernel's page
+cache, a changed one is not (close-to-open)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.support.helpers import MountFactory, mount_factory_for, s3_store_env
+from tests.support.servers import SeaweedServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from benchlib.proxy import CountingProxy
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def proxy(seaweed: SeaweedServer) -> Iterator[CountingProxy]:
+    url = urlsplit(seaweed.endpoint)
+    relay = CountingProxy(url.hostname or "127.0.0.1", url.port or 80).start()
+    try:
+        yield relay
+    finally:
+        relay.close()
+
+
+@pytest.fixture
+def factory(seaweed: SeaweedServer, tmp_path: Path) -> Iterator[MountFactory]:
+    with mount_factory_for(s3_store_env(seaweed), tmp_path / "mounts") as made:
+        yield made
+
+
+def _gets(relay: CountingProxy) -> int:
+    return relay.snapshot().requests.get("GET", 0)
+
+
+def _read(path: Path) -> bytes:
+    parts = []
+    with open(path, "rb", buffering=0) as f:
+        while part := f.read(MiB):
+            parts.append(part)
+    return b"".join(parts)
+
+
+def test_a_cold_sequential_read_is_a_few_large_gets(
+    seaweed: SeaweedServer, proxy: CountingProxy, factory: MountFactory
+) -> None:
+    mount = factory(options=[f"endpoint={proxy.endpoint}"])
+    assert mount.bucket is not None
+    body = os.urandom(80 * MiB)
+    seaweed.client().put_object(Bucket=mount.bucket, Key="big.bin", Body=body)
+    before = _gets(proxy)
+    assert _read(mount.path / "big.bin") == body
+    gets = _gets(proxy) - before
+    # 16 MiB parts once the window has grown (a few smaller ones first): 951 GETs of ~1 MiB
+    # for 1 GiB before
+    assert 0 < gets <= 12, gets
+    assert _read(mount.path / "big.bin") == body
+    assert _gets(proxy) - before == gets  # read again: from the caches, no GET
+
+
+def test_an_object_changed_on_the_server_is_not_read_from_the_page_cache(
+    seaweed: SeaweedServer, factory: MountFactory
+) -> None:
+    mount = factory()
+    assert mount.bucket is not None
+    client = seaweed.client()
+    client.put_object(Bucket=mount.bucket, Key="f.bin", Body=b"a" * (3 * MiB))
+    path = mount.path / "f.bin"
+    assert _read(path) == b"a" * (3 * MiB)
+    assert _read(path) == b"a" * (3 * MiB)  # kept in the page cache (same ETag)
+    resident = subprocess.run(
+        ["fincore", "-b", "-n", "-o", "RES", str(path)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    if resident:
+        assert int(resident[0]) == 3 * MiB
+    client.put_object(Bucket=mount.bucket, Key="f.bin", Body=b"b" * (2 * MiB))
+    for _ in range(50):  # the mount's attributes may be cached for a moment
+        if os.stat(path).st_size == 2 * MiB:
+            break
+        time.sleep(0.1)
+    assert _read(path) == b"b" * (2 * MiB)
