@@ -1,15 +1,18 @@
-"""One HTTP/1.1 exchange of the S3 backend, straight on httpcore2's connection pool.
+"""One HTTP/1.1 exchange of the S3 backend: the lean h11 pool, httpcore2's, or a transport.
 
 Owns `Wire` (a connection pool, or a caller's httpx2 transport) and `Answer` (status, raw
 headers, raw body stream). The S3 backend already holds what a request needs as parts (host,
 encoded target, header bytes); httpx2's `Request`, `URL` and `Response` models would parse the
 URL it just built, normalise the headers again and wrap the answer twice, about a fifth of a
-HEAD's whole CPU cost (docs/performance.md, "The request path"). So the default path hands the
-parts to `httpcore2.AsyncConnectionPool`, the same pool `httpx2.AsyncHTTPTransport` wraps.
-Invariants:
+HEAD's whole CPU cost (docs/performance.md, "The request path"). So the parts go to
+`s3/pool.py` (h11 over trio streams, our LIFO pool) for http:// endpoints, and to
+`httpcore2.AsyncConnectionPool` (the pool `httpx2.AsyncHTTPTransport` wraps) for https://
+ones, where TLS stays with a maintained library that already does it (certificate checks,
+`SSLKEYLOGFILE`, proxies' CA settings) and costs more than the pool it would save.
+`Wire.lean = False` sends http:// through httpcore2 too (the bench's A/B). Invariants:
 
-- the pool, HTTP framing and parsing are httpcore2's and h11's: nothing here touches a socket
-  or a byte of the protocol;
+- HTTP framing and parsing are h11's (through `pool.py` or httpcore2): nothing here touches a
+  socket or a byte of the protocol;
 - a failure without an HTTP answer (also while reading a body) leaves as the httpx2 exception
   httpx2's own transport raises for it, so `http.transport_error` stays the one seam that turns
   them into `Transient`/`Unreachable`;
@@ -27,6 +30,8 @@ from typing import Any
 
 import httpcore2
 import httpx2
+
+from bucketfs.backends.s3.pool import Pool
 
 #: httpcore2's exceptions -> httpx2's, most specific first (the order of httpx2's own mapping)
 _MAPPED: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
@@ -99,6 +104,9 @@ class Answer:
 class Wire:
     """Sends requests given as parts over one connection pool (or `transport`)."""
 
+    #: plain-http endpoints go through `pool.Pool` (False: through httpcore2, for A/B)
+    lean = True
+
     def __init__(
         self,
         *,
@@ -111,6 +119,10 @@ class Wire:
         pool seconds)."""
         self._transport = transport
         self._extensions: dict[str, Any] = {"timeout": dict(timeouts)}
+        self._lean: dict[int, Pool] = {}
+        self._lean_args: dict[str, Any] | None = None
+        if not https and transport is None and self.lean:
+            self._lean_args = {"max_connections": max_connections, "timeouts": dict(timeouts)}
         self._pool = httpcore2.AsyncConnectionPool(
             ssl_context=httpx2.create_ssl_context() if https else None,
             max_connections=max_connections,
@@ -134,6 +146,8 @@ class Wire:
             headers = [*headers, (b"Content-Length", str(len(body)).encode("ascii"))]
         if self._transport is not None:
             return await self._send_transport(method, scheme, host, port, target, headers, body)
+        if self._lean_args is not None:
+            return await self._send_lean(method, host, port, target, headers, body)
         request = httpcore2.Request(
             method.encode("ascii"),
             httpcore2.URL(scheme=scheme, host=host, port=port, target=target),
@@ -146,6 +160,23 @@ class Wire:
         except _LOW_LEVEL as exc:
             raise as_httpx(exc) from exc
         return Answer(response.status, response.headers, response.aiter_stream(), response.aclose)
+
+    async def _send_lean(
+        self,
+        method: str,
+        host: bytes,
+        port: int | None,
+        target: bytes,
+        headers: Headers,
+        body: Body,
+    ) -> Answer:
+        port = 80 if port is None else port
+        pool = self._lean.get(port)
+        if pool is None:
+            assert self._lean_args is not None
+            pool = self._lean[port] = Pool(port, **self._lean_args)
+        exchange = await pool.send(method.encode("ascii"), host, target, headers, body)
+        return Answer(exchange.status_code, exchange.headers, exchange.aiter_raw(), exchange.aclose)
 
     async def _send_transport(
         self,
@@ -171,6 +202,8 @@ class Wire:
         )
 
     async def aclose(self) -> None:
+        for pool in self._lean.values():
+            await pool.aclose()
         await self._pool.aclose()
         if self._transport is not None:
             await self._transport.aclose()
