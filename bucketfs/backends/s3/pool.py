@@ -1,15 +1,18 @@
-"""The lean HTTP/1.1 path of the S3 backend: h11 over trio TCP streams, a LIFO pool per host.
+"""The lean HTTP/1.1 path of the S3 backend: h11 over trio streams, a LIFO pool per host.
 
-Owns `Pool` (keep-alive connections to plain-http endpoints, at most `max_connections` of them,
-idle or busy, over every host) and `Exchange` (one request on one connection, its response body
-read chunk by chunk). `s3/wire.py` uses it for http:// endpoints; https:// stays on httpcore2.
+Owns `Pool` (keep-alive connections to one endpoint, TCP or TLS over TCP, at most
+`max_connections` of them, idle or busy, over every host) and `Exchange` (one request on one
+connection, its response body read chunk by chunk). `s3/wire.py` sends every S3 request of the
+daemon through it (a caller's httpx2 transport aside).
 Why: httpcore2's pool, request and response models cost about twice a HEAD's own work
 (docs/maintainers/performance.md, "The request path"); this path is one h11 state machine, one
 `send_all` and one `receive_some` for a small exchange. Invariants:
 
-- HTTP framing and parsing are h11's: this module only moves bytes between h11 and a socket
-  (no header, status line or body framing of ours); `Host` and the other headers come from the
-  caller, `Content-Length` too when the body is an async iterable (else chunked encoding);
+- HTTP framing and parsing are h11's, TLS is the `ssl` module's through `trio.SSLStream` (the
+  caller's `ssl.SSLContext`: certificate and host name checks are its own); this module only
+  moves bytes between h11 and a stream (no header, status line or body framing of ours);
+  `Host` and the other headers come from the caller, `Content-Length` too when the body is an
+  async iterable (else chunked encoding);
 - a connection goes back to the pool only when both h11 sides are DONE (the response read to
   its end, no `Connection: close`); a body not read to the end, a failure, a timeout or a
   cancellation (`trio.Cancelled` included) closes the connection it interrupted;
@@ -17,8 +20,9 @@ Why: httpcore2's pool, request and response models cost about twice a HEAD's own
   the server closed it or sent garbage): a stale one is closed and the request, not sent yet,
   goes on another (or a new) connection;
 - failures leave as the httpx2 exceptions httpx2's own transport raises for them
-  (`ConnectError`, `ConnectTimeout`, `ReadTimeout`, `WriteError`, `RemoteProtocolError`,
-  `PoolTimeout` ...), so `http.transport_error` stays the one seam mapping them;
+  (`ConnectError` also for a TLS handshake refused, `ConnectTimeout`, `ReadTimeout`,
+  `WriteError`, `RemoteProtocolError`, `PoolTimeout` ...), so `http.transport_error` stays
+  the one seam mapping them;
 - timeouts: `connect` bounds opening a connection, `read` each wait for response bytes,
   `write` each send, `pool` the wait for a free connection slot (None: no limit);
 - every connection slot taken is given back exactly once (`Exchange.aclose`).
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import math
 import select
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 
 import h11
@@ -45,17 +50,22 @@ Headers = list[tuple[bytes, bytes]]
 class _Conn:
     """One TCP connection and its h11 state machine."""
 
-    __slots__ = ("h11", "host", "poll", "stream")
+    __slots__ = ("h11", "host", "poll", "socket", "stream")
 
-    def __init__(self, host: bytes, stream: trio.SocketStream) -> None:
+    def __init__(
+        self, host: bytes, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    ) -> None:
         self.host = host
         self.stream = stream
+        tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        self.socket = tcp.socket
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 << 10)
         self.poll = select.poll()
-        self.poll.register(stream.socket.fileno(), select.POLLIN)
+        self.poll.register(self.socket.fileno(), select.POLLIN)
 
     def stale(self) -> bool:
-        """Readable while idle: the server closed it (EOF) or sent something unasked."""
+        """Readable while idle: the server closed it (EOF, TLS close_notify) or sent something
+        unasked."""
         return bool(self.poll.poll(0))
 
     async def close(self) -> None:
@@ -75,8 +85,11 @@ class Pool:
         *,
         max_connections: int,
         timeouts: Mapping[str, float | None],
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context`: TLS over every connection (an https:// endpoint)."""
         self._port = port
+        self._ssl = ssl_context
         self._slots = trio.Semaphore(max_connections)
         self._max = max_connections
         self._connect = _timeout(timeouts.get("connect"))
@@ -105,17 +118,33 @@ class Pool:
         self._open += 1
         try:
             with trio.fail_after(self._connect):
-                stream = await trio.open_tcp_stream(host.decode("ascii"), self._port)
+                return _Conn(host, await self._open_stream(host.decode("ascii")))
         except trio.TooSlowError as exc:
             self._open -= 1
             raise httpx2.ConnectTimeout("timed out connecting") from exc
-        except OSError as exc:
+        except (OSError, trio.BrokenResourceError) as exc:
             self._open -= 1
-            raise httpx2.ConnectError(str(exc)) from exc
+            cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+            raise httpx2.ConnectError(str(cause) or type(cause).__name__) from exc
         except BaseException:
             self._open -= 1
             raise
-        return _Conn(host, stream)
+
+    async def _open_stream(
+        self, host: str
+    ) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+        tcp = await trio.open_tcp_stream(host, self._port)
+        if self._ssl is None:
+            return tcp
+        # https_compatible: a server closing without close_notify ends a response with
+        # Content-Length cleanly (as browsers and httpcore2 accept)
+        stream = trio.SSLStream(tcp, self._ssl, server_hostname=host, https_compatible=True)
+        try:
+            await stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(tcp)
+            raise
+        return stream
 
     async def _close_one_idle(self) -> None:
         """Make room: every slot is free or idle, so with all connections open one is idle
@@ -137,7 +166,7 @@ class Pool:
             self._idle.setdefault(conn.host, []).append(conn)
         else:
             self._open -= 1
-            conn.stream.socket.close()  # no await: also safe inside a cancelled scope
+            conn.socket.close()  # no await: also safe inside a cancelled scope
 
     # --- requests -----------------------------------------------------------------------
 
@@ -241,7 +270,7 @@ class Pool:
                     raise httpx2.RemoteProtocolError(
                         "Server disconnected without sending a response."
                     )
-                h.receive_data(data)
+                h.receive_data(data if isinstance(data, bytes) else bytes(data))
         except h11.RemoteProtocolError as exc:
             raise httpx2.RemoteProtocolError(str(exc)) from exc
 

@@ -4,12 +4,11 @@ Owns `Wire` (a connection pool, or a caller's httpx2 transport) and `Answer` (st
 headers, raw body stream). The S3 backend already holds what a request needs as parts (host,
 encoded target, header bytes); httpx2's `Request`, `URL` and `Response` models would parse the
 URL it just built, normalise the headers again and wrap the answer twice, about a fifth of a
-HEAD's whole CPU cost (docs/performance.md, "The request path"). So the parts go to
-`s3/pool.py` (h11 over trio streams, our LIFO pool) for http:// endpoints, and to
-`httpcore2.AsyncConnectionPool` (the pool `httpx2.AsyncHTTPTransport` wraps) for https://
-ones, where TLS stays with a maintained library that already does it (certificate checks,
-`SSLKEYLOGFILE`, proxies' CA settings) and costs more than the pool it would save.
-`Wire.lean = False` sends http:// through httpcore2 too (the bench's A/B). Invariants:
+HEAD's whole CPU cost (docs/performance.md, "The request path"), and httpcore2's pool about
+as much again. So the parts go to `s3/pool.py` (h11 over trio streams, our LIFO pool; TLS
+through `trio.SSLStream` with the same `ssl.SSLContext` httpx2 would build, so the same
+certificates are trusted). `Wire.lean = False` sends them to `httpcore2.AsyncConnectionPool`
+(the pool `httpx2.AsyncHTTPTransport` wraps) as before: the bench's A/B. Invariants:
 
 - HTTP framing and parsing are h11's (through `pool.py` or httpcore2): nothing here touches a
   socket or a byte of the protocol;
@@ -121,10 +120,16 @@ class Wire:
         self._extensions: dict[str, Any] = {"timeout": dict(timeouts)}
         self._lean: dict[int, Pool] = {}
         self._lean_args: dict[str, Any] | None = None
-        if not https and transport is None and self.lean:
-            self._lean_args = {"max_connections": max_connections, "timeouts": dict(timeouts)}
+        ssl_context = httpx2.create_ssl_context() if https else None
+        self._default_port = 443 if https else 80
+        if transport is None and self.lean:
+            self._lean_args = {
+                "max_connections": max_connections,
+                "timeouts": dict(timeouts),
+                "ssl_context": ssl_context,
+            }
         self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=httpx2.create_ssl_context() if https else None,
+            ssl_context=ssl_context,
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
             keepalive_expiry=5.0,  # httpx2's default
@@ -170,7 +175,7 @@ class Wire:
         headers: Headers,
         body: Body,
     ) -> Answer:
-        port = 80 if port is None else port
+        port = self._default_port if port is None else port
         pool = self._lean.get(port)
         if pool is None:
             assert self._lean_args is not None

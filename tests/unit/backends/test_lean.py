@@ -3,15 +3,20 @@
 Covers what a pool must get right: keep-alive reuse, a connection the server closed while idle,
 `Connection: close`, a cancelled request, a body not read to its end, timeouts, a connection
 broken mid-body, the connection limit, and request bodies streamed (with a length or chunked);
-then the same path through `Wire` and `S3Client`'s error mapping.
+TLS through `trio.SSLStream` with a self-signed certificate made by the openssl CLI; then the
+same path through `Wire`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import h11
 import httpx2
@@ -63,7 +68,7 @@ class Server:
     seen: Seen
 
 
-async def _serve_one(stream: trio.SocketStream, handler: Handler, seen: Seen) -> None:
+async def _serve_one(stream: trio.abc.Stream, handler: Handler, seen: Seen) -> None:
     seen.connections += 1
     seen.open_now += 1
     seen.most_open = max(seen.most_open, seen.open_now)
@@ -105,18 +110,23 @@ async def _serve_one(stream: trio.SocketStream, handler: Handler, seen: Seen) ->
             if what == "close" or conn.our_state is h11.MUST_CLOSE:
                 return
             conn.start_next_cycle()
-    except (trio.BrokenResourceError, h11.RemoteProtocolError):
+    except (trio.BrokenResourceError, h11.RemoteProtocolError, ssl.SSLError):
         return
     finally:
         seen.open_now -= 1
         await trio.aclose_forcefully(stream)
 
 
-async def start(nursery: trio.Nursery, handler: Handler = ok) -> Server:
+async def start(
+    nursery: trio.Nursery, handler: Handler = ok, tls: ssl.SSLContext | None = None
+) -> Server:
     seen = Seen()
 
     async def serve(stream: trio.SocketStream) -> None:
-        await _serve_one(stream, handler, seen)
+        if tls is None:
+            await _serve_one(stream, handler, seen)
+        else:
+            await _serve_one(trio.SSLStream(stream, tls, server_side=True), handler, seen)
 
     listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
     return Server(listeners[0].socket.getsockname()[1], seen)
@@ -374,3 +384,119 @@ async def test_wire_uses_the_lean_pool_for_http() -> None:
         assert wire._lean
         await wire.aclose()
         nursery.cancel_scope.cancel()
+
+
+# --- TLS: a self-signed certificate made with the openssl CLI --------------------------------
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(certificate, key) for 127.0.0.1 and localhost; the certificate is its own CA."""
+    where = tmp_path_factory.mktemp("tls")
+    crt, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(key), "-out", str(crt), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return crt, key
+
+
+def _server_context(cert: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*cert)
+    return context
+
+
+def test_tls_with_a_trusted_ca_file(cert: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await start(nursery, tls=_server_context(cert))
+            client = ssl.create_default_context(cafile=str(cert[0]))
+            pool = Pool(server.port, max_connections=2, timeouts=TIMEOUTS, ssl_context=client)
+            assert await fetch(pool) == (200, b"hello")
+            assert await fetch(pool, b"PUT", b"x" * 100_000) == (200, b"")
+            assert await fetch(pool, b"HEAD") == (200, b"")
+            assert server.seen.connections == 1
+            await pool.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_tls_connection_closed_while_idle_is_not_used(cert: tuple[Path, Path]) -> None:
+    async def close_after(
+        request: h11.Request, body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes, str]:
+        return 200, [], b"x", "close"
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await start(nursery, close_after, tls=_server_context(cert))
+            client = ssl.create_default_context(cafile=str(cert[0]))
+            pool = Pool(server.port, max_connections=2, timeouts=TIMEOUTS, ssl_context=client)
+            for _ in range(3):
+                assert await fetch(pool) == (200, b"x")
+                await trio.sleep(0.05)
+            assert server.seen.connections == 3
+            await pool.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_tls_untrusted_certificate_cannot_connect(cert: tuple[Path, Path]) -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await start(nursery, tls=_server_context(cert))
+            pool = Pool(
+                server.port,
+                max_connections=2,
+                timeouts=TIMEOUTS,
+                ssl_context=_empty_trust(),
+            )
+            with pytest.raises(httpx2.ConnectError) as caught:
+                await fetch(pool)
+            assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+            assert isinstance(transport_error(caught.value, "e", "GET"), Unreachable)
+            assert pool._open == 0
+            await pool.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def _empty_trust() -> ssl.SSLContext:
+    """Verifies certificates, and trusts no CA at all."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def test_wire_https_trusts_what_httpx2_trusts(
+    cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Wire` builds its context as httpx2 does: SSL_CERT_FILE names the CA file."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert[0]))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    assert os.environ["SSL_CERT_FILE"]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await start(nursery, tls=_server_context(cert))
+            wire = Wire(https=True, max_connections=2, timeouts=TIMEOUTS)
+            answer = await wire.send(
+                "GET", b"https", b"127.0.0.1", server.port, b"/t", [(b"Host", b"h")], b""
+            )
+            assert answer.status_code == 200
+            assert b"".join([c async for c in answer.aiter_raw()]) == b"hello"
+            await answer.aclose()
+            assert list(wire._lean) == [server.port]
+            await wire.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
