@@ -326,7 +326,12 @@ class Exchange:
         if conn is None:
             return
         h = conn.h11
-        reusable = complete and h.our_state is h11.DONE and h.their_state is h11.DONE
+        reusable = (
+            complete
+            and h.our_state is h11.DONE
+            and h.their_state is h11.DONE
+            and h.trailing_data == (b"", False)  # nothing sent past the response, no EOF
+        )
         self._pool._release(conn, reusable)
 
     async def aclose(self) -> None:
