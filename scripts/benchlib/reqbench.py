@@ -179,7 +179,9 @@ def run_child(
         "--target",
         json.dumps(asdict(target)),
     ]
-    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1800)
+    # cwd=repo: `python -m` puts the working directory first on sys.path, which would import
+    # the parent's checkout of bucketfs instead of `repo`'s
+    out = subprocess.run(args, env=env, cwd=repo, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"reqbench child {client} failed: {out.stderr[-2000:]}")
     return parse_lines(out.stdout)
