@@ -6,8 +6,9 @@
     http.py        what the HTTP stores share: quoting, transport errors, ranged GETs
     inprocess.py   what the in-process stores share: S3's name, key and listing rules
     memory.py      the store in dicts (tests)
-    s3/            client.py (request path), errors.py, wire.py (httpcore2), multipart.py,
-                   backend.py, and values on the wire (values.py, xmlparse.py, sigv4.py)
+    s3/            client.py (request path), wire.py and pool.py (h11 over trio streams),
+                   errors.py, multipart.py, backend.py, and values on the wire (values.py,
+                   xmlparse.py, sigv4.py)
     swift/         client.py (auth, requests, errors), account.py (containers, listings),
                    segments.py and slo.py (large objects), backend.py, auth.py, values.py
     local/         backend.py (async face), store.py (operations), index.py (SQLite, blobs)

@@ -6,8 +6,8 @@ of an object's system fields (`SYSTEM_HEADER_NAMES`), `transport_error` (an http
 `Transient` or `Unreachable`), and the ranged GET: its `Range` header, and what its answer
 means (`ranged_get`, `ranged_stream`: 416 is an empty range, a 200 to a Range request is the
 whole object to slice). What is a store's own stays in
-its folder: S3's status and code mapping (`s3/errors.py`) and its httpcore2 exchange
-(`s3/wire.py`), Swift's status mapping (`swift/client.py`). Invariants:
+its folder: S3's status and code mapping (`s3/errors.py`) and its HTTP exchange
+(`s3/wire.py`, `s3/pool.py`), Swift's status mapping (`swift/client.py`). Invariants:
 
 - a key is encoded once: every byte but the unreserved characters and `/`, the segments `.`
   and `..` as `%2E` (no HTTP layer may collapse them);

@@ -8,12 +8,14 @@ machine. Each client runs in a child process of its own (`python -m benchlib.req
 ...`), so one client's garbage, pools or threads never bill another, and a child can run the
 backends of another checkout (`--requests-repo`: its .venv and code) for an A/B.
 
-Clients: `s3` is `bucketfs.backends.s3.backend.S3Backend` (signing, retries, parsing included);
+Clients: `s3` is `bucketfs.backends.s3.backend.S3Backend` (signing, retries, parsing included),
+on its lean h11 path for http:// (`s3/pool.py`); `s3-httpcore2` is the same backend with
+`Wire.lean = False`, i.e. on httpcore2's pool as before issue 16's lean path (an A/B in one run);
 `bare` sends the same requests, signed once beforehand (S3 has no replay protection), through
 a bare `AsyncHTTPTransport` of httpx2 (httpx when httpx2 is not installed: older checkouts),
 reading each body whole and parsing nothing; `swift` and `bare-swift` do the same against a
-Swift server (`tests/support/swift_server.py`, started when available) with `SwiftBackend` and with an
-`X-Auth-Token` fetched once.
+Swift server (`tests/support/swift_server.py`, started when available) with `SwiftBackend` and
+with an `X-Auth-Token` fetched once.
 
 Invariants: every answer is checked (status, body size, listed names), so a failing request is
 an error and never a cheap one; the children print one JSON object per line and nothing else on
@@ -38,7 +40,7 @@ from typing import Any
 
 KINDS = ("head", "get", "put", "list")
 INFLIGHT = (1, 8, 32)
-CLIENTS = ("s3", "bare", "swift", "bare-swift")
+CLIENTS = ("s3-httpcore2", "s3", "bare", "swift", "bare-swift")
 #: what each client is compared with in the table
 BARE_OF = {"s3": "bare", "swift": "bare-swift"}
 OBJECT_SIZE = 4096
@@ -88,7 +90,7 @@ def medians(samples: Iterable[Sample]) -> dict[tuple[str, str, int], float]:
 
 def _label(client: str, samples: Sequence[Sample]) -> str:
     libs = sorted({s.lib for s in samples if s.client == client})
-    names = {"s3": "S3Backend", "swift": "SwiftBackend"}
+    names = {"s3": "S3Backend", "s3-httpcore2": "S3Backend/httpcore2", "swift": "SwiftBackend"}
     name = names.get(client, client)
     return f"{name} ({'/'.join(libs)})" if client.startswith("bare") and libs else name
 
@@ -177,7 +179,9 @@ def run_child(
         "--target",
         json.dumps(asdict(target)),
     ]
-    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1800)
+    # cwd=repo: `python -m` puts the working directory first on sys.path, which would import
+    # the parent's checkout of bucketfs instead of `repo`'s
+    out = subprocess.run(args, env=env, cwd=repo, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"reqbench child {client} failed: {out.stderr[-2000:]}")
     return parse_lines(out.stdout)
@@ -202,10 +206,12 @@ def run_all(
     repo: Path = REPO,
     log: Callable[[str], None] = print,
 ) -> list[Sample]:
-    """Every client present, `reps` times each, interleaved (s3, bare, swift, bare-swift, s3,
-    ...). The test Swift is one eventlet process (~10 ms a request here): its clients send
-    `SWIFT_SHARE` of `requests`."""
-    clients = ["s3", "bare"] + (["swift", "bare-swift"] if target.swift_auth else [])
+    """Every client present, `reps` times each, interleaved (s3-httpcore2, s3, bare, swift,
+    bare-swift, s3-httpcore2, ...). The test Swift is one eventlet process (~10 ms a request
+    here): its clients send `SWIFT_SHARE` of `requests`."""
+    clients = ["s3-httpcore2", "s3", "bare"] + (
+        ["swift", "bare-swift"] if target.swift_auth else []
+    )
     samples: list[Sample] = []
     for rep in range(reps):
         for client in clients:
@@ -279,6 +285,10 @@ def _backend_calls(backend: Any, put: Call) -> dict[str, Call]:
 async def _s3_calls(target: Target, client: str) -> tuple[dict[str, Call], str, Any]:
     from bucketfs.backends.s3.backend import S3Backend, S3Credentials
 
+    if client == "s3-httpcore2":
+        from bucketfs.backends.s3 import wire
+
+        wire.Wire.lean = False  # an older checkout has no lean path: the same as `s3` there
     creds = S3Credentials(target.access_key, target.secret_key)
     backend = S3Backend(target.endpoint, target.region, credentials=creds, path_style=True)
     from bucketfs.errors import AlreadyExists
@@ -286,7 +296,7 @@ async def _s3_calls(target: Target, client: str) -> tuple[dict[str, Call], str, 
     with contextlib.suppress(AlreadyExists):
         await backend.create_bucket(BUCKET)
     body = await _seed(backend)
-    if client == "s3":
+    if client in ("s3", "s3-httpcore2"):
 
         async def put() -> None:
             _check(bool((await backend.put(BUCKET, "put", body)).etag), "PUT")
@@ -370,8 +380,8 @@ async def _bare_s3(target: Target, body: bytes) -> tuple[dict[str, Call], str, A
 
 
 async def _swift_calls(target: Target, client: str) -> tuple[dict[str, Call], str, Any]:
-    from bucketfs.backends.swift.backend import SwiftBackend
     from bucketfs.backends.swift.auth import V1Auth
+    from bucketfs.backends.swift.backend import SwiftBackend
 
     assert target.swift_auth is not None
     backend = SwiftBackend(V1Auth(target.swift_auth, target.swift_user, target.swift_key))

@@ -8,10 +8,11 @@ operations. Invariants:
 - every request goes through `_request` (one attempt = sign + send + classify) inside
   `retry.retry_call`; statuses become errors only in `s3/errors.py`, transport failures only
   in `http.transport_error`;
-- requests go as parts (host, encoded target, header bytes) straight to httpcore2's
-  connection pool (`s3/wire.py`), not through `httpx2.AsyncClient.send` nor httpx2's
-  `Request`/`Response` models: no cookie jar, redirects, auth flow, URL parsing or header
-  normalisation run per request (S3 needs none of them; docs/performance.md has the cost);
+- requests go as parts (host, encoded target, header bytes) to `s3/wire.py`, which sends
+  them through our h11 connection pool (`s3/pool.py`), not through `httpx2.AsyncClient.send`
+  nor httpx2's `Request`/`Response` models: no cookie jar, redirects, auth flow, URL parsing
+  or header normalisation run per request (S3 needs none of them; docs/performance.md has the
+  cost);
   signing is `sigv4.py`, keys, headers and dates on the wire are `values.py` and `http.py`;
 - a request is signed again on every attempt (fresh date, fresh credentials from botocore's
   chain, refreshed in a worker thread when they are about to expire); no credentials at all
@@ -79,6 +80,7 @@ class S3Credentials:
     session_token: str | None = None
 
 
+#: (`Wire.lean = False` only: the lean pool reads `pool.READ_SIZE` at a time)
 #: httpcore2 reads a response 64 KiB at a time, each through h11's buffer copies: for 8 MiB
 #: ranged GETs that costs about a quarter of the throughput (measured: 354 -> 459 MB/s with
 #: 4 GETs in flight on SeaweedFS). It is a class attribute of httpcore2's HTTP/1.1
@@ -87,7 +89,7 @@ RESPONSE_READ_SIZE = 1 << 20
 if getattr(_httpcore_http11.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < RESPONSE_READ_SIZE:
     _httpcore_http11.AsyncHTTP11Connection.READ_NUM_BYTES = RESPONSE_READ_SIZE
 
-#: request bodies above this are handed to httpcore2 in slices of this size
+#: request bodies above this are handed to the wire in slices of this size
 BODY_SLICE = 1 << 20
 
 

@@ -1,15 +1,17 @@
-"""One HTTP/1.1 exchange of the S3 backend, straight on httpcore2's connection pool.
+"""One HTTP/1.1 exchange of the S3 backend: the lean h11 pool, httpcore2's, or a transport.
 
 Owns `Wire` (a connection pool, or a caller's httpx2 transport) and `Answer` (status, raw
 headers, raw body stream). The S3 backend already holds what a request needs as parts (host,
 encoded target, header bytes); httpx2's `Request`, `URL` and `Response` models would parse the
 URL it just built, normalise the headers again and wrap the answer twice, about a fifth of a
-HEAD's whole CPU cost (docs/performance.md, "The request path"). So the default path hands the
-parts to `httpcore2.AsyncConnectionPool`, the same pool `httpx2.AsyncHTTPTransport` wraps.
-Invariants:
+HEAD's whole CPU cost (docs/performance.md, "The request path"), and httpcore2's pool about
+as much again. So the parts go to `s3/pool.py` (h11 over trio streams, our LIFO pool; TLS
+through `trio.SSLStream` with the same `ssl.SSLContext` httpx2 would build, so the same
+certificates are trusted). `Wire.lean = False` sends them to `httpcore2.AsyncConnectionPool`
+(the pool `httpx2.AsyncHTTPTransport` wraps) as before: the bench's A/B. Invariants:
 
-- the pool, HTTP framing and parsing are httpcore2's and h11's: nothing here touches a socket
-  or a byte of the protocol;
+- HTTP framing and parsing are h11's (through `pool.py` or httpcore2): nothing here touches a
+  socket or a byte of the protocol;
 - a failure without an HTTP answer (also while reading a body) leaves as the httpx2 exception
   httpx2's own transport raises for it, so `http.transport_error` stays the one seam that turns
   them into `Transient`/`Unreachable`;
@@ -27,6 +29,8 @@ from typing import Any
 
 import httpcore2
 import httpx2
+
+from bucketfs.backends.s3.pool import Pool
 
 #: httpcore2's exceptions -> httpx2's, most specific first (the order of httpx2's own mapping)
 _MAPPED: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
@@ -99,6 +103,9 @@ class Answer:
 class Wire:
     """Sends requests given as parts over one connection pool (or `transport`)."""
 
+    #: plain-http endpoints go through `pool.Pool` (False: through httpcore2, for A/B)
+    lean = True
+
     def __init__(
         self,
         *,
@@ -111,8 +118,18 @@ class Wire:
         pool seconds)."""
         self._transport = transport
         self._extensions: dict[str, Any] = {"timeout": dict(timeouts)}
+        self._lean: dict[int, Pool] = {}
+        self._lean_args: dict[str, Any] | None = None
+        ssl_context = httpx2.create_ssl_context() if https else None
+        self._default_port = 443 if https else 80
+        if transport is None and self.lean:
+            self._lean_args = {
+                "max_connections": max_connections,
+                "timeouts": dict(timeouts),
+                "ssl_context": ssl_context,
+            }
         self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=httpx2.create_ssl_context() if https else None,
+            ssl_context=ssl_context,
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
             keepalive_expiry=5.0,  # httpx2's default
@@ -134,6 +151,8 @@ class Wire:
             headers = [*headers, (b"Content-Length", str(len(body)).encode("ascii"))]
         if self._transport is not None:
             return await self._send_transport(method, scheme, host, port, target, headers, body)
+        if self._lean_args is not None:
+            return await self._send_lean(method, host, port, target, headers, body)
         request = httpcore2.Request(
             method.encode("ascii"),
             httpcore2.URL(scheme=scheme, host=host, port=port, target=target),
@@ -146,6 +165,23 @@ class Wire:
         except _LOW_LEVEL as exc:
             raise as_httpx(exc) from exc
         return Answer(response.status, response.headers, response.aiter_stream(), response.aclose)
+
+    async def _send_lean(
+        self,
+        method: str,
+        host: bytes,
+        port: int | None,
+        target: bytes,
+        headers: Headers,
+        body: Body,
+    ) -> Answer:
+        port = self._default_port if port is None else port
+        pool = self._lean.get(port)
+        if pool is None:
+            assert self._lean_args is not None
+            pool = self._lean[port] = Pool(port, **self._lean_args)
+        exchange = await pool.send(method.encode("ascii"), host, target, headers, body)
+        return Answer(exchange.status_code, exchange.headers, exchange.aiter_raw(), exchange.aclose)
 
     async def _send_transport(
         self,
@@ -171,6 +207,8 @@ class Wire:
         )
 
     async def aclose(self) -> None:
+        for pool in self._lean.values():
+            await pool.aclose()
         await self._pool.aclose()
         if self._transport is not None:
             await self._transport.aclose()

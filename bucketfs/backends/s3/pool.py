@@ -1,0 +1,339 @@
+"""The lean HTTP/1.1 path of the S3 backend: h11 over trio streams, a LIFO pool per host.
+
+Owns `Pool` (keep-alive connections to one endpoint, TCP or TLS over TCP, at most
+`max_connections` of them, idle or busy, over every host) and `Exchange` (one request on one
+connection, its response body read chunk by chunk). `s3/wire.py` sends every S3 request of the
+daemon through it (a caller's httpx2 transport aside).
+Why: httpcore2's pool, request and response models cost about twice a HEAD's own work
+(docs/maintainers/performance.md, "The request path"); this path is one h11 state machine, one
+`send_all` and one `receive_some` for a small exchange. Invariants:
+
+- HTTP framing and parsing are h11's, TLS is the `ssl` module's through `trio.SSLStream` (the
+  caller's `ssl.SSLContext`: certificate and host name checks are its own); this module only
+  moves bytes between h11 and a stream (no header, status line or body framing of ours);
+  `Host` and the other headers come from the caller, `Content-Length` too when the body is an
+  async iterable (else chunked encoding);
+- a connection goes back to the pool only when both h11 sides are DONE (the response read to
+  its end, no `Connection: close`); a body not read to the end, a failure, a timeout or a
+  cancellation (`trio.Cancelled` included) closes the connection it interrupted;
+- an idle connection is checked before reuse (a zero-byte `poll`: readable while idle means
+  the server closed it or sent garbage): a stale one is closed and the request, not sent yet,
+  goes on another (or a new) connection;
+- failures leave as the httpx2 exceptions httpx2's own transport raises for them
+  (`ConnectError` also for a TLS handshake refused, `ConnectTimeout`, `ReadTimeout`,
+  `WriteError`, `RemoteProtocolError`, `PoolTimeout` ...), so `http.transport_error` stays
+  the one seam mapping them;
+- timeouts: `connect` bounds opening a connection, `read` each wait for response bytes,
+  `write` each send, `pool` the wait for a free connection slot (None: no limit);
+- every connection slot taken is given back exactly once (`Exchange.aclose`).
+"""
+
+from __future__ import annotations
+
+import math
+import select
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+
+import h11
+import httpx2
+import trio
+
+#: bytes asked for per receive: large, so a ranged GET of several MiB takes few reads
+READ_SIZE = 1 << 20
+#: request bodies up to this size go out in the same `send_all` as the request head
+_JOIN_BODY = 64 << 10
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class _Conn:
+    """One TCP connection and its h11 state machine."""
+
+    __slots__ = ("h11", "host", "poll", "socket", "stream")
+
+    def __init__(
+        self, host: bytes, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    ) -> None:
+        self.host = host
+        self.stream = stream
+        tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        self.socket = tcp.socket
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 << 10)
+        self.poll = select.poll()
+        self.poll.register(self.socket.fileno(), select.POLLIN)
+
+    def stale(self) -> bool:
+        """Readable while idle: the server closed it (EOF, TLS close_notify) or sent something
+        unasked."""
+        return bool(self.poll.poll(0))
+
+    async def close(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+def _timeout(value: float | None) -> float:
+    return math.inf if value is None else value
+
+
+class Pool:
+    """Keep-alive connections to one endpoint (any number of virtual hosts on it)."""
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        max_connections: int,
+        timeouts: Mapping[str, float | None],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """`ssl_context`: TLS over every connection (an https:// endpoint)."""
+        self._port = port
+        self._ssl = ssl_context
+        self._slots = trio.Semaphore(max_connections)
+        self._max = max_connections
+        self._connect = _timeout(timeouts.get("connect"))
+        self._read = _timeout(timeouts.get("read"))
+        self._write = _timeout(timeouts.get("write"))
+        self._pool_wait = _timeout(timeouts.get("pool"))
+        #: idle connections by host, most recently used last
+        self._idle: dict[bytes, list[_Conn]] = {}
+        self._open = 0
+        self._closed = False
+
+    # --- connections ---------------------------------------------------------------------
+
+    async def _connection(self, host: bytes) -> _Conn:
+        """An idle connection to `host` that is still open, else a new one; the caller
+        holds a slot."""
+        idle = self._idle.get(host)
+        while idle:
+            conn = idle.pop()
+            if not conn.stale():
+                return conn
+            self._open -= 1
+            await conn.close()
+        if self._open >= self._max:
+            await self._close_one_idle()
+        self._open += 1
+        try:
+            with trio.fail_after(self._connect):
+                return _Conn(host, await self._open_stream(host.decode("ascii")))
+        except trio.TooSlowError as exc:
+            self._open -= 1
+            raise httpx2.ConnectTimeout("timed out connecting") from exc
+        except (OSError, trio.BrokenResourceError) as exc:
+            self._open -= 1
+            cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+            raise httpx2.ConnectError(str(cause) or type(cause).__name__) from exc
+        except BaseException:
+            self._open -= 1
+            raise
+
+    async def _open_stream(
+        self, host: str
+    ) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+        tcp = await trio.open_tcp_stream(host, self._port)
+        if self._ssl is None:
+            return tcp
+        # https_compatible: a server closing without close_notify ends a response with
+        # Content-Length cleanly (as browsers and httpcore2 accept)
+        stream = trio.SSLStream(tcp, self._ssl, server_hostname=host, https_compatible=True)
+        try:
+            await stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(tcp)
+            raise
+        return stream
+
+    async def _close_one_idle(self) -> None:
+        """Make room: every slot is free or idle, so with all connections open one is idle
+        (for another host)."""
+        for idle in self._idle.values():
+            if idle:
+                conn = idle.pop(0)
+                self._open -= 1
+                await conn.close()
+                return
+
+    def _release(self, conn: _Conn | None, reusable: bool) -> None:
+        """Give the slot back, and `conn` to the idle list when it may serve again."""
+        self._slots.release()
+        if conn is None:
+            return
+        if reusable and not self._closed:
+            conn.h11.start_next_cycle()
+            self._idle.setdefault(conn.host, []).append(conn)
+        else:
+            self._open -= 1
+            conn.socket.close()  # no await: also safe inside a cancelled scope
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def send(
+        self,
+        method: bytes,
+        host: bytes,
+        target: bytes,
+        headers: Headers,
+        body: bytes | AsyncIterable[bytes],
+    ) -> Exchange:
+        """Send one request to `host` and read the response head; its body is not read yet
+        (`Exchange.aiter_raw`). `headers` hold `Host` and, for a bytes body, its framing."""
+        if self._closed:
+            raise httpx2.ConnectError("the connection pool is closed")
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_after(self._pool_wait) as scope:
+                await self._slots.acquire()
+            if scope.cancelled_caught:
+                raise httpx2.PoolTimeout("timed out waiting for a connection") from None
+        conn: _Conn | None = None
+        try:
+            conn = await self._connection(host)
+            await self._send_request(conn, method, target, headers, body)
+            head = await self._next(conn)
+            while isinstance(head, h11.InformationalResponse):
+                head = await self._next(conn)
+        except BaseException:
+            self._release(conn, False)
+            raise
+        assert isinstance(head, h11.Response)
+        return Exchange(self, conn, head)
+
+    async def _send_request(
+        self,
+        conn: _Conn,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: bytes | AsyncIterable[bytes],
+    ) -> None:
+        h = conn.h11
+        if not isinstance(body, bytes) and not any(
+            n.lower() == b"content-length" for n, _ in headers
+        ):
+            headers = [*headers, (b"Transfer-Encoding", b"chunked")]
+        try:
+            out = h.send(h11.Request(method=method, target=target, headers=headers))
+            assert out is not None
+            if isinstance(body, bytes):
+                if body and len(body) <= _JOIN_BODY:
+                    out += _data(h, body)
+                    body = b""
+                if not body:
+                    end = h.send(h11.EndOfMessage())
+                    await self._send_all(conn, out + end if end else out)
+                    return
+                await self._send_all(conn, out)
+                await self._send_all(conn, _data(h, body))
+            else:
+                await self._send_all(conn, out)
+                async for chunk in body:
+                    if chunk:
+                        await self._send_all(conn, _data(h, chunk))
+            end = h.send(h11.EndOfMessage())
+            if end:
+                await self._send_all(conn, end)
+        except h11.LocalProtocolError as exc:
+            raise httpx2.LocalProtocolError(str(exc)) from exc
+
+    async def _send_all(self, conn: _Conn, data: bytes) -> None:
+        try:
+            with trio.fail_after(self._write):
+                await conn.stream.send_all(data)
+        except trio.TooSlowError as exc:
+            raise httpx2.WriteTimeout("timed out sending") from exc
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise httpx2.WriteError(str(exc) or type(exc).__name__) from exc
+
+    async def _next(self, conn: _Conn) -> h11.Event:
+        """The next response event, reading from the socket as h11 needs."""
+        h = conn.h11
+        try:
+            while True:
+                event = h.next_event()
+                if event is h11.PAUSED:  # pragma: no cover - only after a full response
+                    raise httpx2.RemoteProtocolError("response after the end of the exchange")
+                if event is not h11.NEED_DATA:
+                    assert not isinstance(event, type)
+                    return event
+                try:
+                    with trio.fail_after(self._read):
+                        data = await conn.stream.receive_some(READ_SIZE)
+                except trio.TooSlowError as exc:
+                    raise httpx2.ReadTimeout("timed out reading") from exc
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise httpx2.ReadError(str(exc) or type(exc).__name__) from exc
+                if not data and h.their_state is h11.SEND_RESPONSE:
+                    raise httpx2.RemoteProtocolError(
+                        "Server disconnected without sending a response."
+                    )
+                h.receive_data(data if isinstance(data, bytes) else bytes(data))
+        except h11.RemoteProtocolError as exc:
+            raise httpx2.RemoteProtocolError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                self._open -= 1
+                await conn.close()
+
+
+def _data(h: h11.Connection, chunk: bytes) -> bytes:
+    out = h.send(h11.Data(data=chunk))
+    assert out is not None
+    return out
+
+
+class Exchange:
+    """A response head and its connection: read the body once (`aiter_raw`), then `aclose`."""
+
+    __slots__ = ("_conn", "_done", "_pool", "headers", "status_code")
+
+    def __init__(self, pool: Pool, conn: _Conn, head: h11.Response) -> None:
+        self._pool = pool
+        self._conn: _Conn | None = conn
+        self._done = False
+        self.status_code = head.status_code
+        #: (name, value) pairs as received, in order
+        self.headers: Headers = head.headers.raw_items()
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        if conn is None or self._done:
+            return
+        try:
+            while True:
+                event = await self._pool._next(conn)
+                if isinstance(event, h11.Data):
+                    yield bytes(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                else:  # pragma: no cover - h11 yields nothing else inside a response
+                    raise httpx2.RemoteProtocolError(f"unexpected {event!r}")
+        except BaseException:
+            self._finish(False)
+            raise
+        self._done = True
+        self._finish(True)
+
+    def _finish(self, complete: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        h = conn.h11
+        reusable = (
+            complete
+            and h.our_state is h11.DONE
+            and h.their_state is h11.DONE
+            and h.trailing_data == (b"", False)  # nothing sent past the response, no EOF
+        )
+        self._pool._release(conn, reusable)
+
+    async def aclose(self) -> None:
+        """Give the connection back (kept only when the body was read to its end)."""
+        self._finish(self._done)
