@@ -1,13 +1,14 @@
 """What the two HTTP stores (`s3/`, `swift/`) share: names on the wire, the transport-error
 seam, and ranged GETs buffered or streamed.
 
-Owns `quote_key`/`quote_name` (a key or a name in a request path), `header_text`, the headers
-of an object's system fields (`SYSTEM_HEADER_NAMES`), `transport_error` (an httpx2 exception ->
-`Transient` or `Unreachable`), and the ranged GET: its `Range` header, and what its answer
-means (`ranged_get`, `ranged_stream`: 416 is an empty range, a 200 to a Range request is the
-whole object to slice). What is a store's own stays in
-its folder: S3's status and code mapping (`s3/errors.py`) and its HTTP exchange
-(`s3/wire.py`, `s3/pool.py`), Swift's status mapping (`swift/client.py`). Invariants:
+Owns `quote_key`/`quote_name` (a key or a name in a request path), `header_text`, the headers of
+an object's system fields (`SYSTEM_HEADER_NAMES`) and of a write (`write_headers`: each store
+says its metadata prefix and which name characters it keeps), `transport_error` (an httpx2
+exception -> `Transient` or `Unreachable`), and the ranged GET: its `Range` header, and what its
+answer means (`ranged_get`, `ranged_stream`: 416 is an empty range, a 200 to a Range request is
+the whole object to slice). What is a store's own stays in its folder: S3's status and code
+mapping (`s3/errors.py`) and its HTTP exchange (`s3/wire.py`, `s3/pool.py`), Swift's status
+mapping (`swift/client.py`). Invariants:
 
 - a key is encoded once: every byte but the unreserved characters and `/`, the segments `.`
   and `..` as `%2E` (no HTTP layer may collapse them);
@@ -28,7 +29,8 @@ from urllib.parse import quote
 
 import httpx2
 
-from bucketfs.errors import Transient, Unreachable
+from bucketfs.errors import InvalidRequest, Transient, Unreachable
+from bucketfs.types import WriteOptions
 
 _SAFE = "-_.~"
 #: `WriteOptions.system` / `ObjectInfo.system` names -> the HTTP headers that carry them (S3
@@ -61,6 +63,41 @@ def quote_key(key: str) -> str:
 def quote_name(name: str) -> str:
     """A bucket or container name, or any single path segment, fully encoded."""
     return quote(name, safe=_SAFE)
+
+
+def write_headers(
+    opts: WriteOptions | None,
+    *,
+    meta_prefix: str,
+    name_chars: str,
+    bad_name: Callable[[str], str],
+) -> dict[str, str]:
+    """The headers that carry `opts` on a write: Content-Type, the system headers, and each
+    metadata name (lower-cased) under `meta_prefix`. A metadata name must be ASCII letters,
+    digits or one of `name_chars` (else `InvalidRequest(bad_name(name))`); no value may hold a
+    line break. The one rule both HTTP stores follow; each says its prefix and characters."""
+    headers: dict[str, str] = {}
+    if opts is None:
+        return headers
+    if opts.content_type:
+        headers["Content-Type"] = opts.content_type
+    for name, value in opts.system.items():
+        if name == "content_type":
+            headers["Content-Type"] = value
+            continue
+        header = SYSTEM_HEADER_NAMES.get(name)
+        if header is None:
+            raise InvalidRequest(f"unknown system header {name!r}")
+        headers[header] = value
+    for name, value in opts.metadata.items():
+        lname = name.lower()
+        if not lname or not all(c.isascii() and (c.isalnum() or c in name_chars) for c in lname):
+            raise InvalidRequest(bad_name(name))
+        headers[meta_prefix + lname] = value
+    for header, value in headers.items():
+        if "\r" in value or "\n" in value:
+            raise InvalidRequest(f"header {header} contains a line break")
+    return headers
 
 
 def header_text(raw: bytes) -> str:

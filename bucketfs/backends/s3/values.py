@@ -19,9 +19,9 @@ import email.utils
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import quote
 
+from bucketfs.backends import http
 from bucketfs.backends.http import SYSTEM_HEADER_NAMES, header_text
 from bucketfs.backends.s3 import xmlparse
-from bucketfs.errors import InvalidRequest
 from bucketfs.types import ObjectInfo, PutResult, WriteOptions
 
 #: keys per DeleteObjects request (S3's limit)
@@ -130,25 +130,9 @@ def put_result(etag: str | None, version_id: str | None) -> PutResult:
 def write_headers(opts: WriteOptions | None) -> dict[str, str]:
     """Headers that carry `opts` on PUT, CreateMultipartUpload and a REPLACE copy. Values are
     sent as UTF-8 bytes (SeaweedFS keeps them; AWS stores non-ASCII values RFC 2047-encoded)."""
-    headers: dict[str, str] = {}
-    if opts is None:
-        return headers
-    if opts.content_type:
-        headers["Content-Type"] = opts.content_type
-    for name, value in opts.system.items():
-        if name == "content_type":
-            headers["Content-Type"] = value
-            continue
-        header = SYSTEM_HEADER_NAMES.get(name)
-        if header is None:
-            raise InvalidRequest(f"unknown system header {name!r}")
-        headers[header] = value
-    for name, value in opts.metadata.items():
-        lname = name.lower()
-        if not lname or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in lname):
-            raise InvalidRequest(f"metadata name {name!r} is not a valid HTTP header name")
-        headers[META_PREFIX + lname] = value
-    for header, value in headers.items():
-        if "\r" in value or "\n" in value:
-            raise InvalidRequest(f"header {header} contains a line break")
-    return headers
+    return http.write_headers(
+        opts,
+        meta_prefix=META_PREFIX,
+        name_chars="-_.",
+        bad_name=lambda name: f"metadata name {name!r} is not a valid HTTP header name",
+    )

@@ -19,8 +19,8 @@ from urllib.parse import quote
 import httpx2
 import trio
 
+from bucketfs.backends import http
 from bucketfs.backends.http import SYSTEM_HEADER_NAMES, header_text
-from bucketfs.errors import InvalidRequest
 from bucketfs.types import ObjectInfo, PutResult, WriteOptions
 
 #: the content type of a delete marker, in listings and in the HEAD of that version
@@ -122,30 +122,14 @@ def write_headers(opts: WriteOptions | None) -> dict[str, str]:
 
     Metadata names must be ASCII letters, digits, '-' or '.': Swift's WSGI server silently
     drops a header whose name holds '_', so such a name is refused instead of lost."""
-    headers: dict[str, str] = {}
-    if opts is None:
-        return headers
-    if opts.content_type:
-        headers["Content-Type"] = opts.content_type
-    for name, value in opts.system.items():
-        if name == "content_type":
-            headers["Content-Type"] = value
-            continue
-        header = SYSTEM_HEADER_NAMES.get(name)
-        if header is None:
-            raise InvalidRequest(f"unknown system header {name!r}")
-        headers[header] = value
-    for name, value in opts.metadata.items():
-        lname = name.lower()
-        if not lname or not all(c.isascii() and (c.isalnum() or c in "-.") for c in lname):
-            raise InvalidRequest(
-                f"metadata name {name!r} cannot be stored in Swift (letters, digits, '-', '.')"
-            )
-        headers["X-Object-Meta-" + lname] = value
-    for header, value in headers.items():
-        if "\r" in value or "\n" in value:
-            raise InvalidRequest(f"header {header} contains a line break")
-    return headers
+    return http.write_headers(
+        opts,
+        meta_prefix="X-Object-Meta-",
+        name_chars="-.",
+        bad_name=lambda name: (
+            f"metadata name {name!r} cannot be stored in Swift (letters, digits, '-', '.')"
+        ),
+    )
 
 
 async def md5_hex(data: bytes) -> str:
