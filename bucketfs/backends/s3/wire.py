@@ -103,7 +103,8 @@ class Answer:
 class Wire:
     """Sends requests given as parts over one connection pool (or `transport`)."""
 
-    #: plain-http endpoints go through `pool.Pool` (False: through httpcore2, for A/B)
+    #: every endpoint (http and https) goes through `pool.Pool`; False: through httpcore2's
+    #: pool as before the lean path (the requests bench's A/B)
     lean = True
 
     def __init__(
@@ -120,20 +121,24 @@ class Wire:
         self._extensions: dict[str, Any] = {"timeout": dict(timeouts)}
         self._lean: dict[int, Pool] = {}
         self._lean_args: dict[str, Any] | None = None
-        ssl_context = httpx2.create_ssl_context() if https else None
+        self._pool: httpcore2.AsyncConnectionPool | None = None
         self._default_port = 443 if https else 80
-        if transport is None and self.lean:
+        if transport is not None:
+            return
+        ssl_context = httpx2.create_ssl_context() if https else None
+        if self.lean:
             self._lean_args = {
                 "max_connections": max_connections,
                 "timeouts": dict(timeouts),
                 "ssl_context": ssl_context,
             }
-        self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=5.0,  # httpx2's default
-        )
+        else:
+            self._pool = httpcore2.AsyncConnectionPool(
+                ssl_context=ssl_context,
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=5.0,  # httpx2's default
+            )
 
     async def send(
         self,
@@ -153,6 +158,7 @@ class Wire:
             return await self._send_transport(method, scheme, host, port, target, headers, body)
         if self._lean_args is not None:
             return await self._send_lean(method, host, port, target, headers, body)
+        assert self._pool is not None
         request = httpcore2.Request(
             method.encode("ascii"),
             httpcore2.URL(scheme=scheme, host=host, port=port, target=target),
@@ -209,7 +215,8 @@ class Wire:
     async def aclose(self) -> None:
         for pool in self._lean.values():
             await pool.aclose()
-        await self._pool.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
         if self._transport is not None:
             await self._transport.aclose()
 
