@@ -312,8 +312,8 @@ class Bucketfs(System):
     def mount_command(
         self, bucket: str, mp: Path, endpoint: str, cache: Path, region: str
     ) -> list[str]:
-        options = f"endpoint={endpoint},cache_dir={cache},region={region}"
-        assert [o.split("=")[0] for o in options.split(",")] == list(MOUNT_OPTIONS)
+        values = {"endpoint": endpoint, "cache_dir": cache, "region": region}
+        options = ",".join(f"{name}={values[name]}" for name in MOUNT_OPTIONS)
         return [*self.cli(), "mount", f"s3://{bucket}", str(mp), "-o", options]
 
     def mount(self, bucket: str, endpoint: str, creds: Credentials, workdir: Path) -> MountHandle:
