@@ -5,8 +5,15 @@ and cached, not by how many files went through it (issue 12, items 1 and 2).
   soft limit cannot help) writes, reads back and uploads 5,000 files; its descriptor count,
   sampled from /proc the whole time, stays under `FD_BOUND`.
 - Memory: 50,000 files created, read and deleted in rounds of 5,000 through one mount; the
-  daemon's RSS after the last round is within `RSS_SLACK` of its RSS after the first, and its
-  per-file tables (`nodes`, `cached_files` in `bucketfs status --json`) are back to nothing.
+  daemon's RSS after the last round is within `RSS_SLACK` of its RSS after the warm-up rounds
+  (`WARM_ROUNDS`), and its per-file tables (`nodes`, `cached_files` in `bucketfs status
+  --json`) are back to nothing. The first rounds grow the process for good without leaking:
+  pymalloc's arena set (freed only when wholly empty), SQLite's page caches (~1.9 MB in all)
+  and the bounded caches filling. Measured per round (session 8): RSS after round 0 was 2.5
+  to 8.7 MiB below the last round's, after round 2 0.4 to 2.8 MiB, flat from there on, with
+  Python's allocated blocks flat from round 0 (about 138,000) and `malloc_trim` giving back
+  under 1.6 MiB. A leak grows every round instead: the bound catches one of about 180 bytes
+  per file, and the failure message lists RSS per round to tell the two shapes apart.
 
 Names and attributes are kept by the kernel for a minute (`entry_timeout`, `attr_timeout`):
 the tests are about what the daemon holds, and fewer lookups keep them short.
@@ -40,7 +47,9 @@ FD_BOUND = MAX_OPEN + 64
 LIMIT = 256
 FILES = 5000
 ROUNDS, PER_ROUND, DIRS = 10, 5000, 10
-RSS_SLACK = 8 << 20
+#: rounds after which the daemon's RSS is taken as the baseline
+WARM_ROUNDS = 3
+RSS_SLACK = 6 << 20
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -148,7 +157,7 @@ def test_memory_stays_bounded_over_50000_files(local_mounts: MountFactory) -> No
     temporary files do, and the store is not what takes the time."""
     mnt = local_mounts(options=["writeback_delay=300", "entry_timeout=60", "attr_timeout=60"])
     pid = daemon_pid(mnt)
-    after_first = 0
+    per_round: list[int] = []
     for r in range(ROUNDS):
         top = mnt.path / f"r{r}"
         dirs = [top / f"d{d}" for d in range(DIRS)]
@@ -168,13 +177,14 @@ def test_memory_stays_bounded_over_50000_files(local_mounts: MountFactory) -> No
         for d in dirs:
             d.rmdir()
         top.rmdir()
-        if r == 0:
-            mnt.flush()
-            after_first = rss(pid)
-    mnt.flush()
-    grown = rss(pid) - after_first
+        mnt.flush()
+        per_round.append(rss(pid))
+    grown = per_round[-1] - per_round[WARM_ROUNDS - 1]
     status = mnt.status()
-    assert grown < RSS_SLACK, f"RSS grew by {grown / 2**20:.1f} MiB ({status})"
+    shape = ", ".join(f"{n / 2**20:.1f}" for n in per_round)
+    assert grown < RSS_SLACK, (
+        f"RSS grew by {grown / 2**20:.1f} MiB (MiB per round: {shape}; {status})"
+    )
     assert status["nodes"] <= 1 + DIRS + 1, status  # the root, and what the kernel still holds
     assert status["cached_files"] == 0, status
     assert mnt.raw_store is not None
