@@ -21,8 +21,15 @@ Random readers: after `FILL_AFTER` non-sequential misses in one file no larger t
 GETs of `fetch_blocks` blocks, beside the readers' own fetches), so a database or an archive
 read at random places soon reads at local-disk speed, at the cost of fetching the file once.
 
+Bodies are streamed: a GET's bytes land in the data file `LAND_BLOCKS` blocks at a time as
+they arrive, and each block's readers go on as soon as that block is there, not when the whole
+part is (a reader at the start of a 16 MiB part waits for ~1 MiB, and no whole part is held in
+memory). A connection that breaks mid-body costs one more GET, for the blocks not landed yet
+(`Backend.get`, retried as every request is).
+
 Invariants: a block is fetched by at most one GET at a time (readers of it wait for that
-one); fetched bytes land only in blocks not present yet (a written block is present, so a
+one: `inflight` maps it to its own `Fetch`, released when it landed); fetched bytes land only
+in blocks not present yet (a written block is present, so a
 fetch never overwrites written bytes) and only if the base ETag is still the one they were
 fetched under (a fetch writes only the blocks it claimed; it writes in a worker thread from
 `THREAD_WRITE_BLOCKS` on, off the thread that serves FUSE, and the blocks stay claimed until
@@ -56,6 +63,8 @@ FILL_PARALLEL = 2
 PARTS_AHEAD = 4
 #: fetched bytes are written to the data file in a worker thread from this many blocks on
 THREAD_WRITE_BLOCKS = 2
+#: a streamed body lands in the data file this many blocks at a time
+LAND_BLOCKS = 2
 
 
 class Fetcher:
@@ -193,11 +202,11 @@ class Fetcher:
                 ]
                 if not run:
                     continue
-                fetch = self._claim(cf, run)
+                claimed = self._claim(cf, run)
                 # a run with holes (blocks present or in flight) is fetched whole; what is
                 # already there is not written again
-                await self._fetch(cf, list(range(run[0], run[-1] + 1)), fetch, self._fill_limiter)
-                if fetch.error is not None:
+                span = list(range(run[0], run[-1] + 1))
+                if await self._fetch(cf, span, claimed, self._fill_limiter) is not None:
                     return
 
         try:
@@ -263,45 +272,119 @@ class Fetcher:
         self._nursery.start_soon(self._fetch, cf, indexes, self._claim(cf, indexes))
 
     @staticmethod
-    def _claim(cf: CachedFile, indexes: list[int]) -> Fetch:
-        """One fetch for `indexes`: readers of those blocks wait for it meanwhile."""
-        fetch = Fetch()
+    def _claim(cf: CachedFile, indexes: list[int]) -> dict[int, Fetch]:
+        """A fetch per block of `indexes`: readers of a block wait for its own meanwhile."""
+        claimed: dict[int, Fetch] = {}
         for idx in indexes:
-            cf.inflight[idx] = fetch
-        return fetch
+            claimed[idx] = cf.inflight[idx] = Fetch()
+        return claimed
 
     async def _fetch(
         self,
         cf: CachedFile,
         indexes: list[int],
-        fetch: Fetch,
+        claimed: dict[int, Fetch],
         limiter: trio.CapacityLimiter | None = None,
-    ) -> None:
+    ) -> BaseException | None:
+        """One ranged GET for blocks indexes[0]..indexes[-1], streamed into the data file; every
+        claimed block is released once it landed (or the fetch ended). Returns the error that
+        ended it, also set in the fetches of the blocks it did not bring."""
         bs = self.block_size
         start = indexes[0] * bs
         end = min((indexes[-1] + 1) * bs, cf.base_size)
         etag, base_key = cf.base_etag, cf.base_key
+        error: BaseException | None = None
         try:
             assert etag is not None
             assert base_key is not None
             async with limiter or self._limiter:
                 self.gets += 1
-                data = await self._backend.get(cf.bucket, base_key, start, end, if_match=etag)
-            # only blocks this fetch claimed: a fill's run may span blocks another fetch
-            # brings (and a write may land in those once that one is done)
-            got = [i for i in indexes if cf.inflight.get(i) is fetch and i not in cf.present]
-            if got and self._current(cf, etag):
-                await self._write_fetched(cf, start, data, got, etag)
+                reached = await self._stream(cf, base_key, start, end, etag, claimed)
+                if reached < end:  # the body broke off: the rest once more, buffered
+                    self.gets += 1
+                    data = await self._backend.get(cf.bucket, base_key, reached, end, if_match=etag)
+                    await self._land(cf, reached, data, claimed, etag)
         except BucketfsError as exc:
-            fetch.error = exc
+            error = exc
         except Exception as exc:
             log.exception("fetching %s/%s [%d, %d) failed", cf.bucket, base_key, start, end)
-            fetch.error = exc
+            error = exc
         finally:
-            for idx in indexes:
+            for idx, fetch in claimed.items():
                 if cf.inflight.get(idx) is fetch:
                     del cf.inflight[idx]
-            fetch.done.set()
+                if not fetch.done.is_set():
+                    fetch.error = error
+                    fetch.done.set()
+        return error
+
+    async def _stream(
+        self,
+        cf: CachedFile,
+        key: str,
+        start: int,
+        end: int,
+        etag: str,
+        claimed: dict[int, Fetch],
+    ) -> int:
+        """Receive [start, end) and land it `LAND_BLOCKS` blocks at a time; returns how far it
+        landed: `end`, or less when the connection broke after the answer began (an error
+        before that, such as a changed ETag, is raised)."""
+        step = self.block_size * LAND_BLOCKS
+        buf = bytearray()
+        reached = start
+        broke: BucketfsError | None = None
+        async with self._backend.get_stream(cf.bucket, key, start, end, if_match=etag) as chunks:
+            received = aiter(chunks)
+            while True:
+                try:
+                    chunk = await anext(received)
+                except StopAsyncIteration:
+                    break
+                except BucketfsError as exc:  # the connection broke mid-body
+                    broke = exc
+                    break
+                buf += chunk
+                if len(buf) >= step:
+                    ready = len(buf) - len(buf) % step
+                    piece = bytes(buf[:ready])
+                    del buf[:ready]
+                    await self._land(cf, reached, piece, claimed, etag)
+                    reached += ready
+        if broke is not None:
+            whole = len(buf) - len(buf) % self.block_size
+            log.info(
+                "GET %s/%s broke off at %d of [%d, %d): fetching the rest again (%s)",
+                cf.bucket, key, reached + whole, start, end, broke,
+            )  # fmt: skip
+            if whole:
+                await self._land(cf, reached, bytes(buf[:whole]), claimed, etag)
+            return reached + whole
+        if buf:
+            await self._land(cf, reached, bytes(buf), claimed, etag)
+            reached += len(buf)
+        return reached
+
+    async def _land(
+        self, cf: CachedFile, offset: int, data: bytes, claimed: dict[int, Fetch], etag: str
+    ) -> None:
+        """Write the fetched bytes at block-aligned `offset` into the blocks this fetch still
+        claims and that are not present, then release every claimed block they cover."""
+        bs = self.block_size
+        first = offset // bs
+        covered = range(first, first + (len(data) + bs - 1) // bs)
+        # only blocks this fetch claimed: a fill's run may span blocks another fetch brings
+        # (and a write may land in those once that one is done)
+        got = [i for i in covered if i in claimed and cf.inflight.get(i) is claimed[i]]
+        got = [i for i in got if i not in cf.present]
+        if got and self._current(cf, etag):
+            await self._write_fetched(cf, offset, data, got, etag)
+        for idx in covered:
+            fetch = claimed.get(idx)
+            if fetch is not None and not fetch.done.is_set():
+                if cf.inflight.get(idx) is fetch:
+                    del cf.inflight[idx]
+                fetch.done.set()
 
     def _current(self, cf: CachedFile, etag: str) -> bool:
         """Whether bytes fetched under `etag` still belong to `cf` (not reset, not forgotten)."""

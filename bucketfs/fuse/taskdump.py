@@ -58,14 +58,37 @@ _TRIO_CORE = os.path.join("trio", "_core", "")
 SINCE = "_since"
 
 
+def _frame_of(coro: Any) -> FrameType | None:
+    frame: FrameType | None = (
+        getattr(coro, "cr_frame", None)
+        or getattr(coro, "gi_frame", None)
+        or getattr(coro, "ag_frame", None)
+    )
+    return frame
+
+
 def _frames(coro: Any) -> Iterator[tuple[Any, FrameType]]:
-    """(coroutine, its frame) from `coro` down what each awaits, while they are Python's."""
+    """(coroutine, its frame) from `coro` down what each awaits, while they are Python's.
+
+    An `async with` on an `asynccontextmanager` awaits the generator's `asend` object, which
+    has no frame and does not say which generator it drives: the walk goes on from the
+    context manager's generator (`self.gen` in contextlib's `__aenter__`/`__aexit__`), so a
+    streamed GET still shows the backend it waits in."""
     while coro is not None:
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        frame = _frame_of(coro)
         if frame is None:
             return
         yield coro, frame
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        awaited = (
+            getattr(coro, "cr_await", None)
+            or getattr(coro, "gi_yieldfrom", None)
+            or getattr(coro, "ag_await", None)
+        )
+        if awaited is not None and _frame_of(awaited) is None:
+            gen = getattr(frame.f_locals.get("self"), "gen", None)
+            if _frame_of(gen) is not None:
+                awaited = gen
+        coro = awaited
 
 
 def _ours(frame: FrameType) -> bool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import os
 import random
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import trio
@@ -15,6 +17,7 @@ import trio.testing
 
 from bucketfs.cache.cachedfile import ReadState
 from bucketfs.core.nodes import ROOT_INO
+from bucketfs.errors import Transient
 from tests.support.harness import BUCKET, Harness, RunFs, data_of
 
 MiB = 1 << 20
@@ -22,9 +25,10 @@ KiB = 1 << 10
 
 
 def _record_gets(h: Harness) -> list[tuple[int, int]]:
-    """The ranges of the GETs the cache sends from now on, as (start, end)."""
+    """The ranges of the GETs the cache sends from now on (buffered or streamed), as (start,
+    end)."""
     ranges: list[tuple[int, int]] = []
-    get = h.store.get
+    get, get_stream = h.store.get, h.store.get_stream
 
     async def counting_get(
         bucket: str, key: str, start: int = 0, end: Any = None, **kw: Any
@@ -32,7 +36,14 @@ def _record_gets(h: Harness) -> list[tuple[int, int]]:
         ranges.append((start, end))
         return await get(bucket, key, start, end, **kw)
 
+    def counting_stream(
+        bucket: str, key: str, start: int = 0, end: Any = None, **kw: Any
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        ranges.append((start, end))
+        return get_stream(bucket, key, start, end, **kw)
+
     h.store.get = counting_get  # type: ignore[method-assign]
+    h.store.get_stream = counting_stream  # type: ignore[method-assign]
     return ranges
 
 
@@ -119,17 +130,21 @@ def test_a_write_while_a_part_is_fetched_is_not_overwritten(run_fs: RunFs) -> No
         node = await h.fs.lookup(ROOT_INO, "f")
         ranges = _record_gets(h)
         gate = trio.Event()
-        get = h.store.get
+        get_stream = h.store.get_stream
 
         held: list[int] = []
 
-        async def held_get(bucket: str, key: str, start: int = 0, *args: Any, **kw: Any) -> bytes:
+        @asynccontextmanager
+        async def held_stream(
+            bucket: str, key: str, start: int = 0, *args: Any, **kw: Any
+        ) -> AsyncIterator[AsyncIterator[bytes]]:
             if start >= 6 * MiB and not held:  # one part, never one the reads below need
                 held.append(start)
                 await gate.wait()
-            return await get(bucket, key, start, *args, **kw)
+            async with get_stream(bucket, key, start, *args, **kw) as chunks:
+                yield chunks
 
-        h.store.get = held_get  # type: ignore[method-assign]
+        h.store.get_stream = held_stream  # type: ignore[method-assign]
         fh, _keep = await h.fs.open(node.ino, os.O_RDWR)
         for off in range(0, 4 * MiB, 128 * KiB):  # a sequential start: parts in flight
             assert await h.fs.read(fh, off, 128 * KiB) == data[off : off + 128 * KiB]
@@ -183,5 +198,97 @@ def test_read_state_tells_streams_from_jumps(run_fs: RunFs) -> None:
         assert state.window == 0
         assert not read(37)
         assert read(38)  # two adjacent reads start a stream again
+
+    run_fs(body)
+
+
+def _chunked_stream(
+    h: Harness,
+    *,
+    hold_after: int | None = None,
+    until: trio.Event | None = None,
+    break_after: int | None = None,
+) -> tuple[list[bool], list[tuple[int, int]]]:
+    """Make the store's streamed GETs yield 256 KiB chunks. The first GET, after `hold_after`
+    bytes, waits (up to 10 s of the test clock) for `until` and records whether it came; or it
+    breaks off with `Transient` after `break_after` bytes (as a dropped connection does).
+    Returns those records and every GET's range."""
+    came: list[bool] = []
+    ranges = _record_gets(h)
+    get_stream = h.store.get_stream
+    first: list[int] = []
+
+    @asynccontextmanager
+    async def stream(
+        bucket: str, key: str, start: int = 0, *args: Any, **kw: Any
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        special = not first
+        first.append(start)
+        async with get_stream(bucket, key, start, *args, **kw) as chunks:
+            body = b"".join([c async for c in chunks])
+
+        async def chunked() -> AsyncIterator[bytes]:
+            for i in range(0, len(body), 256 * KiB):
+                if special and hold_after is not None and i == hold_after:
+                    assert until is not None
+                    for _ in range(1000):  # the bytes before land in a worker thread
+                        if until.is_set():
+                            break
+                        await trio.sleep(0.01)
+                    came.append(until.is_set())
+                if special and break_after is not None and i >= break_after:
+                    raise Transient("connection reset by peer (test)")
+                await trio.lowlevel.checkpoint()
+                yield body[i : i + 256 * KiB]
+
+        yield chunked()
+
+    h.store.get_stream = stream  # type: ignore[method-assign]
+    return came, ranges
+
+
+def test_a_reader_goes_on_once_its_blocks_landed_not_the_whole_part(run_fs: RunFs) -> None:
+    """The first read's GET brings blocks 0 to 2 (the readahead window); the reader of block 0
+    is answered while that body is held back after its first 2 MiB."""
+
+    async def body(h: Harness) -> None:
+        data = data_of(16 * MiB, seed=5)
+        await h.put("f", data)
+        node = await h.fs.lookup(ROOT_INO, "f")
+        answered = trio.Event()
+        came, ranges = _chunked_stream(h, hold_after=2 * MiB, until=answered)
+        fh, _keep = await h.fs.open(node.ino, os.O_RDONLY)
+        got = await h.fs.read(fh, 0, 128 * KiB)
+        answered.set()
+        assert got == data[: 128 * KiB]
+        cf = h.fs.data.cache.find(BUCKET, "f")
+        assert cf is not None
+        assert 2 in cf.inflight  # the rest of the part is still on its way
+        await cf.inflight[2].done.wait()
+        await h.fs.release(fh)
+        assert ranges[0][0] == 0
+        assert ranges[0][1] > 2 * MiB, ranges  # a part longer than what came before the hold
+        assert came == [True]  # the reader had its bytes before the rest of the part came
+
+    run_fs(body)
+
+
+def test_a_body_that_breaks_off_is_fetched_on_from_the_last_whole_block(run_fs: RunFs) -> None:
+    """A connection dropped mid-body: the blocks that arrived whole stay, one more GET brings
+    the rest (from the first block that did not), and the file reads back whole."""
+
+    async def body(h: Harness) -> None:
+        size = 8 * MiB
+        data = data_of(size, seed=6)
+        await h.put("f", data)
+        node = await h.fs.lookup(ROOT_INO, "f")
+        _gate, ranges = _chunked_stream(h, break_after=3 * MiB + 512 * KiB)
+        fh, _keep = await h.fs.open(node.ino, os.O_RDONLY)
+        assert await h.fs.read(fh, 0, size) == data  # one read: one GET for the whole file
+        await h.fs.release(fh)
+        assert ranges[0] == (0, size)
+        assert (3 * MiB, size) in ranges[1:]  # the half block that came is fetched again
+        assert ranges == [(0, size), (3 * MiB, size)]  # nothing else
+        assert h.fs.data.cache.gets == len(ranges)
 
     run_fs(body)
