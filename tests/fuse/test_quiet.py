@@ -6,12 +6,13 @@ chmod, chown, setfattr, tar and rsync change right after close goes up with the 
 write request, no server-side copy. Writes are counted two ways: on SeaweedFS every PUT and POST
 through a counting relay (a server-side copy is a PUT too), and on both stores the versions of
 the object in a versioned bucket (a copy in place is a version of its own). fsync, `bucketfs
-flush` and unmount skip the quiet period.
+flush`, unmount and SIGTERM skip the quiet period.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -172,7 +173,7 @@ def test_an_upload_waits_for_the_quiet_period(mnt: Mount) -> None:
     assert mnt.status()["uploads"] == 2
 
 
-def test_fsync_flush_and_unmount_skip_the_quiet_period(mount_factory: MountFactory) -> None:
+def test_fsync_flush_unmount_and_sigterm_skip_the_quiet_period(mount_factory: MountFactory) -> None:
     mnt = mount_factory(options=["writeback_delay=60"])
     raw = mnt.raw_store
     assert raw is not None
@@ -192,4 +193,11 @@ def test_fsync_flush_and_unmount_skip_the_quiet_period(mount_factory: MountFacto
     (mnt.path / "unmounted").write_bytes(b"unmounted")
     mnt.stop()
     assert raw.get("unmounted") == b"unmounted"
-    assert time.monotonic() - started < 30  # none of them waited for the 60 s quiet period
+    mnt.start()
+    (mnt.path / "terminated").write_bytes(b"terminated")
+    assert mnt.proc is not None
+    mnt.proc.send_signal(signal.SIGTERM)
+    assert mnt.proc.wait(timeout=30) == 0
+    mnt._force_down()  # the daemon is gone and unmounted: only the bookkeeping is left
+    assert raw.get("terminated") == b"terminated"
+    assert time.monotonic() - started < 40  # none of them waited for the 60 s quiet period
