@@ -158,9 +158,8 @@ def test_an_upload_waits_for_the_quiet_period(mnt: Mount) -> None:
     wait_uploaded(mnt)
     assert raw.get("f") == b"one"
 
-    closed = time.monotonic()
     path.write_bytes(b"two")
-    time.sleep(0.6)
+    time.sleep(0.4)
     changed = time.monotonic()
     os.chmod(path, 0o600)
     deadline = time.monotonic() + 20
