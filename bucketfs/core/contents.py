@@ -4,9 +4,10 @@ Owns the link between a `Node` and its `CachedFile`, the block cache and write-b
 mount (built and started here), and server-side copies. Reads and writes go to
 `cache.store.BlockCache`; dirty files are uploaded by `cache.writeback.WriteBack` once left
 alone for `writeback_delay` after close (`closed`; changes of the attributes meanwhile go up
-with the content), at once on fsync (`flush`) and at unmount (`drain`). No other core module calls the cache:
-the namespace learns about unsaved files through `Unsaved`, and about confirmed uploads and
-conflicts through the callbacks given at construction (`saved`, `conflicted`).
+with the content), at once on fsync (`flush`) and at unmount (`drain`). No other core module
+calls the cache: the namespace learns about unsaved files through `Unsaved`, and about
+confirmed uploads and conflicts through the callbacks given at construction (`saved`,
+`conflicted`).
 
 Invariants: a node's `cached` is the cache's current file for its key (re-attached when the
 cache dropped it); the metadata a dirty file will be uploaded with is refreshed from the node
