@@ -162,7 +162,7 @@ class MountConfig:
     cache_size: int = 10 * 1024 * MiB  # -o cache_size=: clean cached bytes kept at most
     block_size: int = MiB  # -o block_size=: unit of caching and of ranged GETs
     max_dirty: int = 2 * 1024 * MiB  # -o max_dirty=: writers wait above this many dirty bytes
-    writeback_delay: float = 0.0  # -o writeback_delay=SECONDS: wait after close, then upload
+    writeback_delay: float = 1.0  # -o writeback_delay=SECONDS: quiet period before an upload
     noversions: bool = False  # -o noversions: no .versions/ directories
     url_ttl: int = 3600  # -o url_ttl=SECONDS: lifetime of a user.bucketfs.url
     fsname: str = ""  # "": str(source), as shown in /proc/mounts

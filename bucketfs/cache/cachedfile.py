@@ -69,6 +69,9 @@ class CachedFile:
     charge: int = 0
     generation: int = 0
     uploaded_generation: int = 0
+    #: when the file last changed (content, upload metadata) or was released, on trio's
+    #: clock: its upload waits until it was left alone for `writeback_delay` after that
+    changed: float = 0.0
     inflight: dict[int, Fetch] = field(default_factory=dict)
     #: set while an upload runs; a write cancels it (the upload is then stale)
     upload_scope: trio.CancelScope | None = None

@@ -293,6 +293,7 @@ class BlockCache:
         cf.state = "dirty"
         cf.error = None
         cf.generation += 1
+        cf.changed = trio.current_time()
         if cf.upload_scope is not None:
             cf.upload_scope.cancel()  # that upload is stale now
 
@@ -351,6 +352,7 @@ class BlockCache:
         self.index.update(cf.id, meta=cf.meta)
         if cf.dirty:
             cf.generation += 1
+            cf.changed = trio.current_time()
             if cf.upload_scope is not None:
                 cf.upload_scope.cancel()
 

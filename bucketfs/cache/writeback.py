@@ -1,11 +1,16 @@
 """Write-back: uploading dirty cached files to the server, in the background.
 
 Owns the upload workers (one per dirty file at most, all in the nursery of `run`). A file is
-scheduled at the release of its last writable handle, on fsync, after a crash (at start), and
-when dirty bytes pass `max_dirty`; its worker waits while the file is open for writing (`held`)
-and then `delay`, uploads a consistent snapshot, and marks it clean — or, when the file changed
-meanwhile, abandons the stale upload and starts again; on failure it retries with a growing
-delay (the file stays dirty, its state says why).
+scheduled at the release of its last writable handle (`closed`), on fsync, after a crash (at
+start), and when dirty bytes pass `max_dirty`; its worker waits while the file is open for
+writing (`held`) and then for the *quiet period*: until the file was left alone (no write,
+truncate, or change of the metadata it is uploaded with, no writable release:
+`CachedFile.changed`) for `delay` seconds — so what tar, rsync and cp change right after close
+(times, mode, owner, xattrs) goes up with the content in the one request. Then it uploads a
+consistent snapshot and marks it clean — or, when the file changed meanwhile, abandons the
+stale upload and starts again; on failure it retries with a growing delay (the file stays
+dirty, its state says why). Someone waiting for the file (fsync, `bucketfs flush`, unmount,
+`max_dirty`) skips both waits.
 
 Invariants:
 - an upload is a snapshot of one generation: every byte is read while the generation is
@@ -17,7 +22,8 @@ Invariants:
   `echo v > f` closes a duplicate first and must not upload the truncated file (one upload per
   save);
 - `flush(cf)` returns only once a generation at least as new as the one it saw is uploaded,
-  and raises the error of a failed attempt instead of waiting forever.
+  and raises the error of a failed attempt instead of waiting forever;
+- nothing here is awaited by a close: `closed` only records and schedules.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ UPLOAD_TAG = "bucketfs.upload"
 RETRY_FIRST = 1.0
 #: attempts a waiting flush/fsync makes before it reports the upload's failure
 FLUSH_ATTEMPTS = 3
+#: after a stale upload, the file is uploaded again once quiet for this long (or `delay`)
 STALE_SETTLE = 1.0
 #: the longest a writable open waits for the upload of the file's previous save
 PREVIOUS_SAVE_WAIT = 5.0
@@ -90,6 +97,8 @@ class WriteBack:
         self._workers: dict[CachedFile, trio.Event] = {}
         #: a worker waiting while its file is open for writing -> "released or kicked"
         self._wakes: dict[CachedFile, trio.Event] = {}
+        #: files whose upload attempt runs (or waits for an upload slot): due, not superseded
+        self._attempting: set[CachedFile] = set()
         self._worker_ended = trio.Event()
         self.uploaded_bytes = 0
         self.uploads = 0
@@ -146,6 +155,13 @@ class WriteBack:
             kick.set()
         self.released(cf)
 
+    def closed(self, cf: CachedFile) -> None:
+        """The file's last writable handle was released: it is uploaded once left alone for
+        `delay` from now (at once without a delay). Never waits."""
+        cf.changed = trio.current_time()
+        self.released(cf)
+        self.schedule(cf, now=not self.delay)
+
     def released(self, cf: CachedFile) -> None:
         """The file's last writable handle was released (or a wait must end): a worker
         waiting for that looks again."""
@@ -154,15 +170,20 @@ class WriteBack:
             wake.set()
 
     async def previous_save(self, cf: CachedFile) -> None:
-        """A writer is about to open a file whose last save is still on its way: let that
-        upload finish (or fail once) first, so that each save is one version and an
-        `O_TRUNC` never cuts the content a release handed to the write-back. Only for a
-        file sent in one PUT (a multipart upload of a large file is cancelled by the next
-        write anyway: its quick saves merge) and for at most PREVIOUS_SAVE_WAIT; not with a
-        `delay` (saves within it are merged on purpose), not for a failing upload (an outage
-        must not block writers), not while another writer holds the file."""
-        if self.delay or cf not in self._workers or not cf.dirty or cf.key is None:
+        """A writer is about to open a file whose last save is still on its way: if that
+        save's upload is due (its attempt runs or waits for a slot, someone asked for it, or
+        there is no `delay`), let it finish (or fail once) first, so that each save that
+        went out is one version and an `O_TRUNC` never cuts the content a release handed to
+        the write-back. A save still in its quiet period is superseded instead: no wait, no
+        version of its own (saves within `delay` merge on purpose). Only for a file sent in
+        one PUT (a multipart upload of a large file is cancelled by the next write anyway:
+        its quick saves merge) and for at most PREVIOUS_SAVE_WAIT; not for a failing upload
+        (an outage must not block writers), not while another writer holds the file."""
+        kick = self._workers.get(cf)
+        if kick is None or not cf.dirty or cf.key is None:
             return
+        if not (kick.is_set() or cf in self._attempting):
+            return  # in its quiet period: this open supersedes it
         if cf.size > self.part_size or cf.state == "failed" or self._held(cf):
             return
         with trio.move_on_after(PREVIOUS_SAVE_WAIT):
@@ -188,17 +209,19 @@ class WriteBack:
 
     async def _worker(self, cf: CachedFile) -> None:
         retry = RETRY_FIRST
+        quiet = self.delay
         try:
             while cf.dirty and cf.key is not None:
-                await self._until_due(cf, self._workers[cf])
+                await self._until_due(cf, self._workers[cf], quiet)
                 if not cf.dirty or cf.key is None:
                     break  # deleted (or uploaded by a flush) while we waited
                 self._workers[cf] = trio.Event()
                 try:
                     await self._attempt(cf)
-                    retry = RETRY_FIRST
+                    retry, quiet = RETRY_FIRST, self.delay
                 except StaleUpload:
-                    await self._settle(cf)
+                    # still being written: again once quiet (unless someone waits for it)
+                    quiet = max(self.delay, STALE_SETTLE)
                     continue
                 except Exception as exc:
                     if not isinstance(exc, BucketfsError):
@@ -229,20 +252,20 @@ class WriteBack:
             ended, self._worker_ended = self._worker_ended, trio.Event()
             ended.set()
 
-    async def _until_due(self, cf: CachedFile, kick: trio.Event) -> None:
+    async def _until_due(self, cf: CachedFile, kick: trio.Event, quiet: float) -> None:
         """Until the file may be uploaded: no handle has it open for writing and it was left
-        alone for `delay` — or at once when someone waits for it (`kick`)."""
+        alone for `quiet` seconds since its last change or release (`CachedFile.changed`,
+        which any change moves on) — or at once when someone waits for it (`kick`)."""
         while not kick.is_set():
             if self._held(cf):
                 wake = self._wakes[cf] = trio.Event()
                 await wake.wait()  # the last writable release, or a kick
                 continue
-            if not self.delay:
+            left = cf.changed + quiet - trio.current_time()
+            if left <= 0:
                 return
-            with trio.move_on_after(self.delay):
+            with trio.move_on_after(left):
                 await kick.wait()
-            if not self._held(cf):
-                return
 
     def _forgotten(self, cf: CachedFile) -> None:
         """`cf` left the cache or lost its name: its worker (if any) ends now, not after
@@ -255,17 +278,6 @@ class WriteBack:
         while self._workers:
             await self._worker_ended.wait()
 
-    async def _settle(self, cf: CachedFile) -> None:
-        """After a stale upload: wait until the file has been quiet for STALE_SETTLE seconds
-        (it is still being written) unless someone waits for it (fsync, flush, unmount)."""
-        while True:
-            generation = cf.generation
-            with trio.move_on_after(STALE_SETTLE):
-                await self._workers[cf].wait()
-                return
-            if cf.generation == generation:
-                return
-
     def _progress(self, cf: CachedFile) -> None:
         event, cf.progress = cf.progress, trio.Event()
         event.set()
@@ -274,6 +286,13 @@ class WriteBack:
         self.last_errors = [*self.last_errors[-9:], f"{cf.bucket}/{cf.key}: {exc}"]
 
     async def _attempt(self, cf: CachedFile) -> None:
+        self._attempting.add(cf)
+        try:
+            await self._attempt_now(cf)
+        finally:
+            self._attempting.discard(cf)
+
+    async def _attempt_now(self, cf: CachedFile) -> None:
         generation = cf.generation
         async with self._files:
             if cf.generation != generation or not cf.dirty or cf.key is None:

@@ -2,10 +2,12 @@
 
 Owns the link between a `Node` and its `CachedFile`, the block cache and write-back of one
 mount (built and started here), and server-side copies. Reads and writes go to
-`cache.store.BlockCache`; dirty files are uploaded by `cache.writeback.WriteBack` after close
-(`closed`), on fsync (`flush`) and at unmount (`drain`). No other core module calls the cache:
-the namespace learns about unsaved files through `Unsaved`, and about confirmed uploads and
-conflicts through the callbacks given at construction (`saved`, `conflicted`).
+`cache.store.BlockCache`; dirty files are uploaded by `cache.writeback.WriteBack` once left
+alone for `writeback_delay` after close (`closed`; changes of the attributes meanwhile go up
+with the content), at once on fsync (`flush`) and at unmount (`drain`). No other core module
+calls the cache: the namespace learns about unsaved files through `Unsaved`, and about
+confirmed uploads and conflicts through the callbacks given at construction (`saved`,
+`conflicted`).
 
 Invariants: a node's `cached` is the cache's current file for its key (re-attached when the
 cache dropped it); the metadata a dirty file will be uploaded with is refreshed from the node
@@ -46,7 +48,7 @@ class DataOptions:
     max_dirty: int = 1 << 30
     block_size: int = 1 << 20
     cache_size: int = 10 << 30
-    writeback_delay: float = 0.0
+    writeback_delay: float = 1.0
     part_size: int = 16 << 20
 
 
@@ -299,14 +301,12 @@ class FileData:
 
     def closed(self, node: Node) -> None:
         """The last writable handle was released (or a truncate without one): upload the
-        file in the background if it changed. Never called for a FLUSH: the data is in
-        the cache's index since each write returned."""
+        file in the background, once left alone for `writeback_delay`, if it changed. Never
+        called for a FLUSH: the data is in the cache's index since each write returned."""
         cf = node.cached
         if cf is not None and cf.dirty:
             self.cache.set_meta(cf, upload_meta(node))
-            self.writeback.released(cf)
-            # without a configured delay, a close also ends a worker's wait for quiet
-            self.writeback.schedule(cf, now=self.writeback.delay == 0)
+            self.writeback.closed(cf)  # uploaded once left alone for `writeback_delay`
 
     async def previous_save(self, node: Node) -> None:
         """Before a writer opens the file: its last save's upload lands first (WriteBack)."""

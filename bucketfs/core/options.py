@@ -25,7 +25,7 @@ class FsOptions:
     max_parallel: int = 16
     block_size: int = 1 << 20
     cache_size: int = 10 << 30
-    writeback_delay: float = 0.0
+    writeback_delay: float = 1.0
     max_dirty: int = 2 << 30
     noversions: bool = False  # hide the .versions/ tree (versions.py)
     url_ttl: int = 3600  # seconds a user.bucketfs.url stays valid (xattrs.py)

@@ -9,7 +9,8 @@ What must hold after the new daemon has flushed, checked with an independent cli
   name; no stray object (a conflict copy of our own upload) appears.
 
 The points: during writes (file open, not closed), after close with nothing uploaded yet
-(writeback_delay=3600), during a multipart upload, at random small delays after uploads
+(writeback_delay=3600; tests/faults/test_crash_quiet.py: during the default quiet period, with
+attributes changed meanwhile), during a multipart upload, at random small delays after uploads
 started (so sometimes during CompleteMultipartUpload), after several rewrites, and — through a
 proxy that withholds the server's answer — after the server stored an upload but before the
 daemon learned it did.
@@ -220,7 +221,8 @@ def test_kill_at_random_points_of_uploads(s3_crash_mounts: CrashMounts) -> None:
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
     rng = random.Random(seed)
-    mount = s3_crash_mounts(["part_size=5MiB"])
+    # no quiet period: the kills (0 to 0.5 s after the closes) must land during the uploads
+    mount = s3_crash_mounts(["part_size=5MiB", "writeback_delay=0"])
     server = mount.server
     sizes = {"multi.bin": 12 * MiB + 3, "single.bin": 2 * MiB, "tiny.txt": 10}
     for version in range(1, 6):

@@ -236,7 +236,8 @@ def test_fsync_uploads_before_returning(mnt: Mount) -> None:
 
 
 def test_close_starts_the_upload(mnt: Mount) -> None:
-    """close() returns at once and the upload follows (writeback_delay=0): no flush needed."""
+    """close() returns at once and the upload follows once the quiet period (writeback_delay,
+    1 s) passed: no flush needed."""
     store = mnt.raw_store
     assert store is not None
     data = rand_bytes(200_000, seed=10)

@@ -138,6 +138,7 @@ def test_defaults() -> None:
     assert (cfg.debug, cfg.log_level) == (False, "INFO")
     assert cfg.max_connections == 32
     assert cfg.part_size == 16 * MiB
+    assert cfg.writeback_delay == 1.0  # the upload quiet period (issue 17)
     assert cfg.fsname == "s3://bucket"
 
 
@@ -178,6 +179,7 @@ OPTION_CASES = [
     ("block_size=4096", "block_size", 4096),
     ("max_dirty=512M", "max_dirty", 512 * MiB),
     ("writeback_delay=5", "writeback_delay", 5.0),
+    ("writeback_delay=0", "writeback_delay", 0.0),
     ("noversions", "noversions", True),
     ("url_ttl=60", "url_ttl", 60),
 ]

@@ -1,9 +1,12 @@
 """One upload per save, on the memory backend: the upload starts at the release of the last
-writable handle (tests/fuse/test_saves.py does it through the kernel)."""
+writable handle, once the file was left alone for `writeback_delay` (the quiet period);
+tests/fuse/test_saves.py and tests/fuse/test_quiet.py do it through the kernel."""
 
 from __future__ import annotations
 
 import os
+
+import trio
 
 from bucketfs.core.nodes import ROOT_INO
 from tests.support.harness import BUCKET, Harness, RunFs
@@ -38,6 +41,9 @@ def test_a_file_open_twice_for_writing_is_uploaded_at_the_last_release(run_fs: R
 
 
 def test_each_save_of_a_file_saved_again_at_once_is_a_version(run_fs: RunFs) -> None:
+    """Without a quiet period every save is due at its release: the next writable open waits
+    for its upload, so each is a version."""
+
     async def body(h: Harness) -> None:
         await h.store.set_versioning(BUCKET, True)
         node = await h.write_file("f", b"1")
@@ -48,4 +54,105 @@ def test_each_save_of_a_file_saved_again_at_once_is_a_version(run_fs: RunFs) -> 
             await h.fs.release(fh)
         assert await versions(h, "f") == [b"1", b"2", b"3"]
 
+    run_fs(body, writeback_delay=0.0)
+
+
+async def save(h: Harness, ino: int, data: bytes) -> None:
+    """open(O_TRUNC) + write + flush + release, as `echo data > name` does."""
+    fh, _keep = await h.fs.open(ino, WO | os.O_TRUNC)
+    await h.fs.write(fh, 0, data)
+    await h.fs.flush(fh)
+    await h.fs.release(fh)
+
+
+def test_saves_within_the_quiet_period_are_one_upload(run_fs: RunFs) -> None:
+    """A save whose upload has not started when the file is opened for writing again is
+    superseded: no wait, no version of its own, and never an empty one."""
+
+    async def body(h: Harness) -> None:
+        await h.store.set_versioning(BUCKET, True)
+        node = await h.write_file("f", b"1")
+        started = trio.current_time()
+        for data in (b"2", b"3"):
+            await save(h, node.ino, data)
+        assert trio.current_time() - started < 0.5  # no open waited for an upload
+        assert h.store.calls["put"] == 0
+        assert await versions(h, "f") == [b"3"]
+        assert h.store.calls["put"] == 1
+
     run_fs(body)
+
+
+def test_a_save_whose_upload_started_is_waited_for(run_fs: RunFs) -> None:
+    """Past the quiet period the upload is due: a writable open lets it land first, so that
+    save is a version of its own."""
+
+    async def body(h: Harness) -> None:
+        await h.store.set_versioning(BUCKET, True)
+        node = await h.write_file("f", b"1")
+        await trio.sleep(1.1)  # past the quiet period: the PUT is on its way (latency 1 s)
+        assert h.store.calls["put"] == 1
+        fh, _keep = await h.fs.open(node.ino, WO | os.O_TRUNC)
+        assert h.fs.data.writeback.uploads == 1  # the open returned once the upload landed
+        await h.fs.write(fh, 0, b"2")
+        await h.fs.release(fh)
+        assert await versions(h, "f") == [b"1", b"2"]
+
+    run_fs(body, latency=1.0)
+
+
+def test_attributes_set_after_close_go_up_with_the_content(run_fs: RunFs) -> None:
+    """What tar, rsync and `cp -p` do right after close (times, mode, owner, xattrs) rides
+    with the pending upload: one PUT, no server-side copy."""
+
+    async def body(h: Harness) -> None:
+        node = await h.write_file("f", b"data")
+        await trio.sleep(0.5)  # a moment after close, within the quiet period
+        await h.fs.setattr(node.ino, mtime=1_000_000_000.0, atime=1_000_000_000.0)
+        await h.fs.setattr(node.ino, mode=0o600)
+        await h.fs.setattr(node.ino, uid=1000, gid=1000)
+        await h.fs.setxattr(node.ino, "user.colour", b"blue")
+        await h.fs.removexattr(node.ino, "user.colour")
+        await h.fs.setxattr(node.ino, "user.shape", b"round")
+        info = await h.head("f")
+        assert (h.store.calls["put"], h.store.calls["copy"]) == (1, 0)
+        assert info.metadata["mode"] == str(0o100600)
+        assert (info.metadata["uid"], info.metadata["gid"]) == ("1000", "1000")
+        assert info.metadata["mtime"].startswith("1000000000")
+        assert info.metadata["shape"] == "round"
+        assert "colour" not in info.metadata
+
+    run_fs(body)
+
+
+def test_each_change_restarts_the_quiet_period(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        node = await h.write_file("f", b"data")
+        for change in range(4):
+            await trio.sleep(0.7)
+            assert h.store.calls["put"] == 0, change
+            if change % 2:
+                await h.fs.setattr(node.ino, mtime=1_000_000_000.0 + change)
+            else:
+                await h.fs.setxattr(node.ino, "user.n", str(change).encode())
+        await trio.sleep(0.7)
+        assert h.store.calls["put"] == 0
+        await trio.sleep(0.5)
+        assert h.store.calls["put"] == 1
+        assert (await h.head("f")).metadata["n"] == "2"
+        assert h.store.calls["copy"] == 0
+
+    run_fs(body)
+
+
+def test_fsync_uploads_at_once(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        fh, _node = await h.fs.create(ROOT_INO, "f", 0o644, WO | os.O_CREAT, 0, 0)
+        await h.fs.write(fh, 0, b"data")
+        await h.fs.fsync(fh)
+        assert h.store.calls["put"] == 1
+        await h.fs.release(fh)
+        await h.settle()
+        assert h.store.calls["put"] == 1
+
+    run_fs(body, writeback_delay=3600.0)
