@@ -131,6 +131,7 @@ def fs_options(cfg: MountConfig) -> FsOptions:
         noversions=cfg.noversions,
         url_ttl=cfg.url_ttl,
         max_dirty=cfg.max_dirty,
+        transfers=cfg.transfers,
     )
 
 

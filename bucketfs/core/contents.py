@@ -46,6 +46,7 @@ DIRECTORY_CONTENT_TYPE = "application/x-directory"
 class DataOptions:
     max_parallel: int = 8
     max_dirty: int = 1 << 30
+    transfers: int = 16
     block_size: int = 1 << 20
     cache_size: int = 10 << 30
     writeback_delay: float = 1.0
@@ -143,6 +144,7 @@ class FileData:
             backend,
             delay=options.writeback_delay,
             part_size=options.part_size,
+            max_files=options.transfers,
             on_uploaded=self._on_uploaded,
             on_conflict=self._on_conflict,
             held=self._held,

@@ -113,6 +113,7 @@ class BucketFS:
                     DataOptions(
                         max_parallel=opts.max_parallel,
                         max_dirty=opts.max_dirty,
+                        transfers=opts.transfers,
                         block_size=opts.block_size,
                         cache_size=opts.cache_size,
                         writeback_delay=opts.writeback_delay,

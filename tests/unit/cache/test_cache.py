@@ -507,3 +507,34 @@ def test_a_node_forgotten_while_dirty_goes_once_uploaded(run_fs: RunFs) -> None:
         assert await h.body("late") == b"pending"
 
     run_fs(body, writeback_delay=3600.0)
+
+
+@pytest.mark.parametrize(("transfers", "expected"), [(None, 16), (3, 3)])
+def test_transfers_files_are_uploaded_at_once(
+    run_fs: RunFs, transfers: int | None, expected: int
+) -> None:
+    """40 closed files against a store that takes 50 ms per request: `transfers` (default 16)
+    of them are in flight at once, never more."""
+
+    async def body(h: Harness) -> None:
+        put = h.store.put
+        now = [0]
+        peak = [0]
+
+        async def counting_put(*args: Any, **kw: Any) -> Any:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+            try:
+                return await put(*args, **kw)
+            finally:
+                now[0] -= 1
+
+        h.store.put = counting_put  # type: ignore[method-assign]
+        for i in range(40):
+            await h.write_file(f"f{i:02d}", b"x" * 100)
+        await h.settle()
+        assert len(await h.keys()) == 40
+        assert peak[0] == expected
+
+    options: dict[str, Any] = {} if transfers is None else {"transfers": transfers}
+    run_fs(body, latency=0.05, writeback_delay=0.0, **options)
