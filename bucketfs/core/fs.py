@@ -99,6 +99,7 @@ class BucketFS:
             persist=self.mutations.persist_attrs,
             flush=self.sync_path,
             refresh=self.getattr,
+            send_markers=self.markers.flush,
             read_only=options.read_only,
         )
         self.control = control.Control(self.namespace, self.xattrs, cache_dir)
