@@ -360,6 +360,8 @@ class Mutations:
             new_prefix = new_key + "/"
             if new_prefix.startswith(node.key):
                 raise InvalidArgument("cannot move a directory into itself")
+            if target is not None:  # an empty directory replaced: its pending marker must
+                await ns.markers.remove(dst_dir.bucket, new_prefix)  # not land over ours
             await self._rename_dir(node, new_prefix)
         else:
             if target is not None:

@@ -231,6 +231,22 @@ def test_rename_of_a_pending_directory_sends_its_marker_first(run_fs: RunFs) -> 
     run_fs(body, **HOLD)
 
 
+def test_a_directory_renamed_over_a_pending_one_keeps_its_own_attributes(
+    run_fs: RunFs,
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.fs.mkdir(ROOT_INO, "target", 0o700, 0, 0)
+        d = await h.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0)
+        await h.write_file("f", b"1", parent=d.ino)
+        await h.fs.rename(ROOT_INO, "d", ROOT_INO, "target", 0)
+        assert h.fs.status()["markers_queued"] == 0
+        assert sorted(await h.keys()) == ["target/", "target/f"]
+        info = await h.store.head(BUCKET, "target/")
+        assert info.metadata["mode"] == str(stat.S_IFDIR | 0o755)
+
+    run_fs(body, **HOLD)
+
+
 def test_a_bucket_is_still_created_at_once(run_fs: RunFs) -> None:
     async def body(h: Harness) -> None:
         await h.fs.mkdir(ROOT_INO, "newbucket", 0o755, 0, 0)
