@@ -292,8 +292,9 @@ class Markers:
     async def _worker(self, p: PendingMarker) -> None:
         delay = RETRY_MIN
         while self._pending.get(p.item) is p:
-            with trio.move_on_at(p.due):
-                await p.kick.wait()
+            while not p.kick.is_set() and trio.current_time() < p.due:  # `update` moves it
+                with trio.move_on_at(p.due):
+                    await p.kick.wait()
             async with self._limiter:
                 if self._pending.get(p.item) is not p:
                     return

@@ -183,6 +183,21 @@ def test_attributes_set_before_the_marker_went_go_with_it(run_fs: RunFs) -> None
     run_fs(body, **HOLD)
 
 
+def test_the_quiet_period_counts_from_the_last_change(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        d = await h.fs.mkdir(ROOT_INO, "d", 0o700, 0, 0)
+        await trio.sleep(8)
+        await h.fs.setattr(d.ino, mode=0o755)
+        await trio.sleep(8)  # 16 s after mkdir, 8 s after the chmod
+        assert h.store.calls["put"] == 0
+        await trio.sleep(4)
+        assert h.store.calls["put"] == 1
+        info = await h.store.head(BUCKET, "d/")
+        assert info.metadata["mode"] == str(stat.S_IFDIR | 0o755)
+
+    run_fs(body, writeback_delay=10.0)
+
+
 def test_a_marker_that_fails_stays_pending_and_is_retried(run_fs: RunFs) -> None:
     async def body(h: Harness) -> None:
         await h.store.delete_bucket(BUCKET)  # behind the filesystem's back
