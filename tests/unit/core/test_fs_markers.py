@@ -62,7 +62,7 @@ def test_without_a_delay_the_marker_goes_at_once_in_the_background(run_fs: RunFs
         assert sorted(await h.store.keys()) == ["d/"]
         assert journal(h) == []
 
-    run_fs(body)
+    run_fs(body, writeback_delay=0.0)
 
 
 def test_a_pending_directory_is_seen_when_the_servers_listing_lacks_it(run_fs: RunFs) -> None:
