@@ -3,13 +3,17 @@
 `store_env` is parametrized over the stores ("local": a local directory store in the test's
 tmp dir; "s3": a fresh bucket on the session's SeaweedFS). `mount_factory` starts mounts with
 any source and options and tears them all down; `mnt` is a mounted fresh bucket (see
-`tests.support.helpers.Mount`: `.path`, `.store`, `.bucket`, `.remount()`).
+`tests.support.helpers.Mount`: `.path`, `.store`, `.bucket`, `.remount()`). For tests that
+count requests on SeaweedFS alone: `proxy` (the bench's counting relay in front of the
+session's SeaweedFS) and `s3_mounts` (a mount factory on a fresh SeaweedFS bucket).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,7 +25,12 @@ from tests.support.helpers import (
     mount_factory_for,
     s3_store_env,
 )
+from tests.support.servers import SeaweedServer
 from tests.support.swift_fixtures import swift_store_env
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from benchlib.proxy import CountingProxy
 
 
 @pytest.fixture(params=["local", "s3", "swift"])
@@ -42,3 +51,19 @@ def mount_factory(store_env: StoreEnv, tmp_path: Path) -> Iterator[MountFactory]
 @pytest.fixture
 def mnt(mount_factory: MountFactory) -> Mount:
     return mount_factory()
+
+
+@pytest.fixture
+def proxy(seaweed: SeaweedServer) -> Iterator[CountingProxy]:
+    url = urlsplit(seaweed.endpoint)
+    relay = CountingProxy(url.hostname or "127.0.0.1", url.port or 80).start()
+    try:
+        yield relay
+    finally:
+        relay.close()
+
+
+@pytest.fixture
+def s3_mounts(seaweed: SeaweedServer, tmp_path: Path) -> Iterator[MountFactory]:
+    with mount_factory_for(s3_store_env(seaweed), tmp_path / "mounts") as made:
+        yield made

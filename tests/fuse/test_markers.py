@@ -17,9 +17,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -29,10 +27,8 @@ from tests.support.helpers import (
     is_mounted,
     local_store_env,
     mount_factory_for,
-    s3_store_env,
     store_keeps_marker_metadata,
 )
-from tests.support.servers import SeaweedServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
@@ -211,22 +207,6 @@ def _failing_marker(mnt: Mount) -> None:
 
 
 # --- requests counted between the mount and SeaweedFS ------------------------------------------
-
-
-@pytest.fixture
-def proxy(seaweed: SeaweedServer) -> Iterator[CountingProxy]:
-    url = urlsplit(seaweed.endpoint)
-    relay = CountingProxy(url.hostname or "127.0.0.1", url.port or 80).start()
-    try:
-        yield relay
-    finally:
-        relay.close()
-
-
-@pytest.fixture
-def s3_mounts(seaweed: SeaweedServer, tmp_path: Path) -> Iterator[MountFactory]:
-    with mount_factory_for(s3_store_env(seaweed), tmp_path / "mounts") as made:
-        yield made
 
 
 def test_mkdir_and_rmdir_before_the_marker_went_send_nothing(

@@ -9,13 +9,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import pytest
-
-from tests.support.helpers import MountFactory, mount_factory_for, s3_store_env
+from tests.support.helpers import MountFactory
 from tests.support.servers import SeaweedServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
@@ -23,22 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from benchlib.proxy import CountingProxy
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def proxy(seaweed: SeaweedServer) -> Iterator[CountingProxy]:
-    url = urlsplit(seaweed.endpoint)
-    relay = CountingProxy(url.hostname or "127.0.0.1", url.port or 80).start()
-    try:
-        yield relay
-    finally:
-        relay.close()
-
-
-@pytest.fixture
-def factory(seaweed: SeaweedServer, tmp_path: Path) -> Iterator[MountFactory]:
-    with mount_factory_for(s3_store_env(seaweed), tmp_path / "mounts") as made:
-        yield made
 
 
 def _gets(relay: CountingProxy) -> int:
@@ -54,9 +34,9 @@ def _read(path: Path) -> bytes:
 
 
 def test_a_cold_sequential_read_is_a_few_large_gets(
-    seaweed: SeaweedServer, proxy: CountingProxy, factory: MountFactory
+    seaweed: SeaweedServer, proxy: CountingProxy, s3_mounts: MountFactory
 ) -> None:
-    mount = factory(options=[f"endpoint={proxy.endpoint}"])
+    mount = s3_mounts(options=[f"endpoint={proxy.endpoint}"])
     assert mount.bucket is not None
     body = os.urandom(80 * MiB)
     seaweed.client().put_object(Bucket=mount.bucket, Key="big.bin", Body=body)
@@ -71,9 +51,9 @@ def test_a_cold_sequential_read_is_a_few_large_gets(
 
 
 def test_an_object_changed_on_the_server_is_not_read_from_the_page_cache(
-    seaweed: SeaweedServer, factory: MountFactory
+    seaweed: SeaweedServer, s3_mounts: MountFactory
 ) -> None:
-    mount = factory()
+    mount = s3_mounts()
     assert mount.bucket is not None
     client = seaweed.client()
     client.put_object(Bucket=mount.bucket, Key="f.bin", Body=b"a" * (3 * MiB))
