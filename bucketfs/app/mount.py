@@ -132,6 +132,7 @@ def fs_options(cfg: MountConfig) -> FsOptions:
         url_ttl=cfg.url_ttl,
         max_dirty=cfg.max_dirty,
         transfers=cfg.transfers,
+        upload_parts=cfg.upload_parts,
     )
 
 

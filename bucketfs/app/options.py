@@ -163,6 +163,7 @@ class MountConfig:
     block_size: int = MiB  # -o block_size=: unit of caching and of ranged GETs
     max_dirty: int = 2 * 1024 * MiB  # -o max_dirty=: writers wait above this many dirty bytes
     transfers: int = 16  # -o transfers=N: files uploaded at once
+    upload_parts: int = 8  # -o upload_parts=N: multipart parts in flight (memory: N x part_size)
     writeback_delay: float = 1.0  # -o writeback_delay=SECONDS: quiet period before an upload
     noversions: bool = False  # -o noversions: no .versions/ directories
     url_ttl: int = 3600  # -o url_ttl=SECONDS: lifetime of a user.bucketfs.url
@@ -402,6 +403,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "block_size": ("block_size", _block_size),
     "max_dirty": ("max_dirty", _byte_count),
     "transfers": ("transfers", _count),
+    "upload_parts": ("upload_parts", _count),
     "writeback_delay": ("writeback_delay", _seconds),
     "noversions": ("noversions", parse_flag),
     "url_ttl": ("url_ttl", _url_ttl),

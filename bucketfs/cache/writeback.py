@@ -77,7 +77,7 @@ class WriteBack:
         delay: float = 0.0,
         part_size: int = 16 << 20,
         max_files: int = 4,
-        max_parts: int = 4,
+        max_parts: int = 8,
         on_uploaded: Callable[[Uploaded], None] = lambda _: None,
         on_conflict: Callable[[CachedFile, str], None] = lambda _cf, _key: None,
         held: Callable[[CachedFile], bool] = lambda _: False,

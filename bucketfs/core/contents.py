@@ -47,6 +47,7 @@ class DataOptions:
     max_parallel: int = 8
     max_dirty: int = 1 << 30
     transfers: int = 16
+    upload_parts: int = 8
     block_size: int = 1 << 20
     cache_size: int = 10 << 30
     writeback_delay: float = 1.0
@@ -145,6 +146,7 @@ class FileData:
             delay=options.writeback_delay,
             part_size=options.part_size,
             max_files=options.transfers,
+            max_parts=options.upload_parts,
             on_uploaded=self._on_uploaded,
             on_conflict=self._on_conflict,
             held=self._held,

@@ -114,6 +114,7 @@ class BucketFS:
                         max_parallel=opts.max_parallel,
                         max_dirty=opts.max_dirty,
                         transfers=opts.transfers,
+                        upload_parts=opts.upload_parts,
                         block_size=opts.block_size,
                         cache_size=opts.cache_size,
                         writeback_delay=opts.writeback_delay,

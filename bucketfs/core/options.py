@@ -28,5 +28,6 @@ class FsOptions:
     writeback_delay: float = 1.0
     max_dirty: int = 2 << 30
     transfers: int = 16  # files uploaded at once (cache/writeback.py)
+    upload_parts: int = 8  # multipart parts in flight, all files together (cache/writeback.py)
     noversions: bool = False  # hide the .versions/ tree (versions.py)
     url_ttl: int = 3600  # seconds a user.bucketfs.url stays valid (xattrs.py)

@@ -179,6 +179,7 @@ OPTION_CASES = [
     ("block_size=4096", "block_size", 4096),
     ("max_dirty=512M", "max_dirty", 512 * MiB),
     ("transfers=64", "transfers", 64),
+    ("upload_parts=4", "upload_parts", 4),
     ("writeback_delay=5", "writeback_delay", 5.0),
     ("writeback_delay=0", "writeback_delay", 0.0),
     ("noversions", "noversions", True),

@@ -538,3 +538,33 @@ def test_transfers_files_are_uploaded_at_once(
 
     options: dict[str, Any] = {} if transfers is None else {"transfers": transfers}
     run_fs(body, latency=0.05, writeback_delay=0.0, **options)
+
+
+@pytest.mark.parametrize(("upload_parts", "expected"), [(None, 8), (3, 3)])
+def test_upload_parts_are_in_flight_at_once(
+    run_fs: RunFs, upload_parts: int | None, expected: int
+) -> None:
+    """A 12-part multipart upload: `upload_parts` (default 8) parts hold an upload slot (their
+    bytes read for the request, or the request sent) at once, never more. Counted as slots
+    taken when a part is sent: how many reach the store together also depends on how fast the
+    parts are read from the cache on a loaded machine."""
+
+    async def body(h: Harness) -> None:
+        upload_part = h.store.upload_part
+        slots = h.fs.data.writeback._parts
+        peak = [0]
+
+        async def counting(*args: Any, **kw: Any) -> Any:
+            peak[0] = max(peak[0], slots.borrowed_tokens)
+            return await upload_part(*args, **kw)
+
+        h.store.upload_part = counting  # type: ignore[method-assign]
+        data = os.urandom(12 * 5 * MiB)
+        await h.write_file("big", data)
+        await h.settle()
+        assert await h.body("big") == data
+        assert slots.total_tokens == expected
+        assert peak[0] == expected
+
+    options: dict[str, Any] = {} if upload_parts is None else {"upload_parts": upload_parts}
+    run_fs(body, latency=0.1, writeback_delay=0.0, part_size=5 * MiB, **options)
