@@ -15,7 +15,6 @@ most `cache_size`; a block is in the LRU only while it is in its file's `present
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -23,20 +22,19 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 from bucketfs.cache.cachedfile import CachedFile
-from bucketfs.cache.datafiles import DataFiles, cache_error
+from bucketfs.cache.datafiles import DataFiles, cache_error, libc
 from bucketfs.cache.index import CacheIndex
 
 log = logging.getLogger(__name__)
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
     """Give the disk space of [offset, offset+length) back; reads there return zeros."""
     mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
-    if _libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)) != 0:
+    if libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -71,6 +69,14 @@ class CleanBlocks:
         key = (cf.id, idx)
         self._lru[key] = None
         self._lru.move_to_end(key)
+
+    def file_order(self) -> list[int]:
+        """Ids of the files with clean blocks, least recently used first (by their newest
+        block)."""
+        last: dict[int, int] = {}
+        for n, (file_id, _idx) in enumerate(self._lru):
+            last[file_id] = n
+        return sorted(last, key=last.__getitem__)
 
     def untrack(self, cf: CachedFile, idx: int) -> None:
         """Block `idx` of `cf` is no longer evictable (dirty now, or its file is gone)."""

@@ -28,6 +28,8 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 SPARE = 64
 #: data files kept open at most (beyond those in use right now)
 MAX_OPEN = 64
+
+
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def cache_error(exc: OSError, what: str) -> CacheError:
@@ -188,3 +193,14 @@ class DataFiles:
             os.close(self._open_file(file_id))
             self._ahead = file_id
             self.created_ahead += 1
+
+    def sync(self) -> None:
+        """syncfs(2) of the file system that holds the data files: what was written to them
+        reaches the disk."""
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if libc.syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)

@@ -299,8 +299,9 @@ class CacheIndex:
         rows = self.db.execute("SELECT bucket, key FROM deletes ORDER BY bucket, key")
         return [(str(b), str(k)) for b, k in rows]
 
-    def clean_files(self) -> list[int]:
-        return [row[0] for row in self.db.execute("SELECT id FROM files WHERE dirty=0")]
+    def clean_files(self) -> list[FileRow]:
+        rows = self.db.execute(f"SELECT {self._COLUMNS} FROM files WHERE dirty=0 ORDER BY id")
+        return [self._row(row) for row in rows]
 
     class _Txn:
         def __init__(self, db: _GuardedDb) -> None:

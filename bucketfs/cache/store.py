@@ -32,6 +32,7 @@ Invariants (README and docs/cache.md say them in prose):
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import uuid
@@ -52,6 +53,12 @@ from bucketfs.errors import CacheError
 __all__ = ["BlockCache", "CachedFile", "ReadState"]
 
 log = logging.getLogger(__name__)
+
+#: index settings: the machine's boot id when the last mount started, whether it ended with
+#: the cache synced ("1"), the clean files' eviction order (file ids, oldest first)
+BOOT_SETTING = "boot_id"
+SYNCED_SETTING = "synced"
+ORDER_SETTING = "clean_order"
 
 #: the table of files is swept for files nothing needs when it grew past twice its size after
 #: the last sweep plus this
@@ -131,7 +138,9 @@ class BlockCache:
         return fd
 
     def _load(self) -> None:
-        """Dirty files from an earlier run come back; clean ones are adopted lazily."""
+        """Dirty files from an earlier run come back, and so do clean ones with their blocks
+        when those can be trusted (`_clean_blocks_survived`)."""
+        keep_clean = self._clean_blocks_survived()
         for row in self.index.dirty_files():
             cf = self._from_row(row)
             for idx, dirty in self.index.blocks(row.id):
@@ -141,12 +150,43 @@ class BlockCache:
             cf.generation = 1
             self._recharge(cf)
             self._register(cf)
-        # clean files of an earlier run: their blocks are valid only for their base ETag and
-        # we do not know their ages: drop them rather than account for them
-        for file_id in self.index.clean_files():
-            self.index.remove(file_id)
-            self.data_files.remove(file_id)
+        # clean files of an earlier run: their blocks stay valid for their base ETag (`attach`
+        # compares it with what the server has now), evicted oldest first, the order saved by
+        # the last `close` (files it did not see were used after it: newest)
+        clean = self.index.clean_files()
+        order = {file_id: n for n, file_id in enumerate(self._saved_order())}
+        clean.sort(key=lambda row: (order.get(row.id, len(order)), row.id))
+        for row in clean:
+            blocks = [idx for idx, dirty in self.index.blocks(row.id) if not dirty]
+            if not keep_clean or row.key is None or not blocks:
+                self.index.remove(row.id)
+                self.data_files.remove(row.id)
+                continue
+            cf = self._from_row(row)
+            cf.present.update(blocks)
+            self._register(cf)
+            for idx in sorted(blocks):
+                self.blocks.touch(cf, idx)
         self.data_files.sweep(self.files.keys())
+        self.blocks.evict()  # `cache_size` may be smaller than last time
+        self.index.set_setting(BOOT_SETTING, _boot_id())
+        self.index.set_setting(SYNCED_SETTING, "0")
+
+    def _clean_blocks_survived(self) -> bool:
+        """Whether the data files hold what the index says of their clean blocks. Blocks are
+        written without fsync, so after a machine crash an index row may have reached the
+        disk while its bytes did not. They are trusted when the machine has not restarted
+        since the last mount used them (a killed daemon leaves its writes in the page cache),
+        or when that mount ended by syncing the cache's file system (`close`)."""
+        if self.index.setting(SYNCED_SETTING) == "1":
+            return True
+        return self.index.setting(BOOT_SETTING) == _boot_id()
+
+    def _saved_order(self) -> list[int]:
+        try:
+            return [int(i) for i in json.loads(self.index.setting(ORDER_SETTING) or "[]")]
+        except (ValueError, TypeError):
+            return []
 
     def _from_row(self, row: FileRow) -> CachedFile:
         return CachedFile(
@@ -169,9 +209,23 @@ class BlockCache:
             self.by_key[(cf.bucket, cf.key)] = cf
 
     def close(self) -> None:
-        self.data_files.close_all()
-        self.index.close()
-        os.close(self._lock_fd)
+        """Save the clean files' eviction order, make the data files durable (so the next
+        mount keeps their clean blocks even after the machine restarted), close."""
+        try:
+            self.index.set_setting(ORDER_SETTING, json.dumps(self.blocks.file_order()))
+            self.data_files.sync()
+            self.index.set_setting(SYNCED_SETTING, "1")
+        except (OSError, CacheError) as exc:
+            log.warning(
+                "cache %s not synced at unmount (%s): its clean blocks are kept only until "
+                "the machine restarts",
+                self.root,
+                exc,
+            )
+        finally:
+            self.data_files.close_all()
+            self.index.close()
+            os.close(self._lock_fd)
 
     # --- finding and creating files -----------------------------------------------------
 
@@ -492,3 +546,10 @@ class BlockCache:
         charge = min(len(cf.dirty_blocks) * self.block_size, cf.size) if cf.dirty_blocks else 0
         self._dirty_charge += charge - cf.charge
         cf.charge = charge
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""  # unknown: never equal to a stored one, so only a synced cache is trusted

@@ -495,11 +495,15 @@ class Mount:
             ",".join(opts),
         ]
 
-    def start(self) -> None:
+    def start(self, *, reuse_cache: bool = False) -> None:
+        """Mount; with a fresh cache directory unless `reuse_cache` (the last one's)."""
         assert self.proc is None, "already mounted"
         self.generation += 1
+        if reuse_cache and self.generation > 1:
+            cache_dir = self.workdir / f"cache-{self.generation - 1}"
+            cache_dir.rename(self.workdir / f"cache-{self.generation}")
         cache_dir = self.workdir / f"cache-{self.generation}"
-        cache_dir.mkdir(parents=True)
+        cache_dir.mkdir(parents=True, exist_ok=reuse_cache)
         self.path.mkdir(parents=True, exist_ok=True)
         log = self.workdir / f"daemon-{self.generation}.log"
         self.logs.append(log)
