@@ -132,6 +132,7 @@ def read_1g(env: RawEnv) -> None:
 
     env.phase("read_1g_cold", run)
     env.phase("read_1g_warm", run)
+    env.phase("read_1g_remount", run)  # no cache to keep: the same reads again
 
 
 def rand_4k(env: RawEnv) -> None:

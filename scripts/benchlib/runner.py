@@ -122,6 +122,25 @@ class ScenarioEnv:
             self.bench.drop_caches()
         return self.handle.path
 
+    def remount(self) -> Path:
+        """Unmount and mount again on the same cache directory (a system without a persistent
+        cache gets a fresh mount), then drop the page cache: what a reboot or a restart of the
+        mount leaves."""
+        if self.system.kind == "local":
+            return self.mount(cold=True)
+        assert self.handle is not None, "remount without a mount"
+        handle, self.handle = self.handle, None
+        handle.unmount()
+        self.handle = self.system.mount(
+            self.bucket,
+            self.bench.mount_endpoint,
+            self.bench.creds,
+            self.bench.rundir,
+            handle.cache,
+        )
+        self.bench.drop_caches()
+        return self.handle.path
+
     def _counts(self) -> tuple[Callable[[], Any], Callable[[Any, Any], dict[str, Any]], str]:
         if self.system.kind == "raw":
             counter = self.bench.raw_counter

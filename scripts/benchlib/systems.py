@@ -147,6 +147,8 @@ class MountHandle:
     pid: int | None = None
     mount_id: int = field(default_factory=lambda: next(_mount_ids))
     final_stats: dict[str, Any] | None = None
+    #: its persistent cache directory, if it has one (`ScenarioEnv.remount` mounts it again)
+    cache: Path | None = None
 
     def stats(self) -> dict[str, Any]:
         out = proc_stats(self.pid)
@@ -248,7 +250,16 @@ class System:
     def version(self) -> str:
         return ""
 
-    def mount(self, bucket: str, endpoint: str, creds: Credentials, workdir: Path) -> MountHandle:
+    def mount(
+        self,
+        bucket: str,
+        endpoint: str,
+        creds: Credentials,
+        workdir: Path,
+        cache: Path | None = None,
+    ) -> MountHandle:
+        """Mount `bucket`; with `cache`, on that cache directory of an earlier mount (a system
+        without a persistent cache ignores it)."""
         raise NotImplementedError
 
 
@@ -316,12 +327,20 @@ class Bucketfs(System):
         options = ",".join(f"{name}={values[name]}" for name in MOUNT_OPTIONS)
         return [*self.cli(), "mount", f"s3://{bucket}", str(mp), "-o", options]
 
-    def mount(self, bucket: str, endpoint: str, creds: Credentials, workdir: Path) -> MountHandle:
-        mp, cache = _fresh_dirs(workdir, self.name)
+    def mount(
+        self,
+        bucket: str,
+        endpoint: str,
+        creds: Credentials,
+        workdir: Path,
+        cache: Path | None = None,
+    ) -> MountHandle:
+        mp, cache = _fresh_dirs(workdir, self.name, cache)
         env, cwd = self.run_env(creds)
         handle = BucketfsHandle(
             self.name, mp, log=cache / "bucketfs.log", cli=self.cli(), env=env, cwd=cwd
         )
+        handle.cache = cache
         CLEANUP.add(handle)
         try:
             out = subprocess.run(
@@ -419,9 +438,16 @@ class BucketfsBase(Bucketfs):
         assert self.repo is not None
         return f"bucketfs {self.preflight()} ({_git_head(self.repo)}, {self.repo})"
 
-    def mount(self, bucket: str, endpoint: str, creds: Credentials, workdir: Path) -> MountHandle:
+    def mount(
+        self,
+        bucket: str,
+        endpoint: str,
+        creds: Credentials,
+        workdir: Path,
+        cache: Path | None = None,
+    ) -> MountHandle:
         self.preflight()
-        return super().mount(bucket, endpoint, creds, workdir)
+        return super().mount(bucket, endpoint, creds, workdir, cache)
 
 
 def _git_head(repo: Path) -> str:
@@ -446,8 +472,15 @@ class Rclone(System):
     def version(self) -> str:
         return _first_line([str(self.binary()), "version"])
 
-    def mount(self, bucket: str, endpoint: str, creds: Credentials, workdir: Path) -> MountHandle:
-        mp, cache = _fresh_dirs(workdir, self.name)
+    def mount(
+        self,
+        bucket: str,
+        endpoint: str,
+        creds: Credentials,
+        workdir: Path,
+        cache: Path | None = None,
+    ) -> MountHandle:
+        mp, cache = _fresh_dirs(workdir, self.name, cache)
         log = workdir / f"{self.name}-{mp.name}.log"
         env = creds.env()
         env.update(
@@ -473,7 +506,7 @@ class Rclone(System):
             "/dev/null",
         ]
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-        handle = MountHandle(self.name, mp, log=log, proc=proc, pid=proc.pid)
+        handle = MountHandle(self.name, mp, log=log, proc=proc, pid=proc.pid, cache=cache)
         CLEANUP.add(handle)
         try:
             wait_mounted(mp, proc, log)
@@ -501,7 +534,14 @@ class S3fs(System):
     def version(self) -> str:
         return _first_line([str(self.binary()), "--version"])
 
-    def mount(self, bucket: str, endpoint: str, creds: Credentials, workdir: Path) -> MountHandle:
+    def mount(
+        self,
+        bucket: str,
+        endpoint: str,
+        creds: Credentials,
+        workdir: Path,
+        cache: Path | None = None,
+    ) -> MountHandle:
         mp, _ = _fresh_dirs(workdir, self.name)
         passwd = workdir / "s3fs.passwd"
         if not passwd.exists():
@@ -564,12 +604,14 @@ class Local(System):
         return os.uname().release
 
 
-def _fresh_dirs(workdir: Path, name: str) -> tuple[Path, Path]:
+def _fresh_dirs(workdir: Path, name: str, cache: Path | None = None) -> tuple[Path, Path]:
+    """A new mount point, and a new cache directory unless `cache` (kept as it is)."""
     n = next(_mount_ids)
     mp = workdir / "mnt" / f"{name}-{n}"
-    cache = workdir / "cache" / f"{name}-{n}"
     mp.mkdir(parents=True)
-    cache.mkdir(parents=True)
+    if cache is None:
+        cache = workdir / "cache" / f"{name}-{n}"
+        cache.mkdir(parents=True)
     return mp, cache
 
 
