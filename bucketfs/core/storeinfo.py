@@ -47,7 +47,7 @@ REGION = "region"
 #: read-only figures of a bucket, from `Backend.space` (quota_* only when a quota is set)
 FIGURES = ("quota_bytes", "quota_count", "object_count", "bytes_used")
 #: seconds df figures are answered without asking the store again
-DF_TTL = 20.0
+DF_TTL = 10.0
 #: the longest `statfs` waits for figures it does not have yet (then: the defaults)
 DF_WAIT = 1.0
 
