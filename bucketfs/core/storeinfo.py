@@ -10,7 +10,9 @@ Owns two things:
 - the attributes of a bucket directory (the top directory of a bucket in a whole-account
   mount, the mount root of a one-bucket mount): `user.K` is the bucket's own metadata
   (`X-Container-Meta-K` on Swift; read-write), `user.bucketfs.versioning` (read-write),
-  `region`, `quota_bytes`, `quota_count`, `object_count`, `bytes_used` (read-only).
+  `region`, `quota_bytes`, `quota_count`, `object_count`, `bytes_used` (read-only). The root
+  of a mount of a prefix is a directory like any other (xattrs.py's) but for `versioning`
+  and `region`, which are the bucket's.
 
 Invariants: `statfs` never waits on a slow server for more than DF_WAIT seconds: figures older
 than DF_TTL are answered at once and refreshed by one background task in the mount's nursery;
@@ -151,9 +153,13 @@ class StoreInfo:
     # --- attributes of a bucket directory ----------------------------------------------------
 
     @staticmethod
-    def covers(node: Node) -> bool:
-        """Whether `node`'s attributes are a bucket's (or the mount root's), answered here."""
-        return node.is_bucket or node.ino == ROOT_INO
+    def covers(node: Node, name: str | None = None) -> bool:
+        """Whether attribute `name` of `node` (None: its list) is answered here: every
+        attribute of a bucket directory and of the root of a whole-account mount; on the root
+        of a mount of a prefix (an ordinary directory otherwise) the bucket's settings."""
+        if node.is_bucket or (node.ino == ROOT_INO and node.bucket is None):
+            return True
+        return node.ino == ROOT_INO and name in (None, NS + VERSIONING, NS + REGION)
 
     async def names(self, node: Node) -> list[str]:
         names: list[str] = []

@@ -206,7 +206,7 @@ class Xattrs:
     async def _value(self, node: Node, name: str) -> str | None:
         if not name.startswith(USER):
             return None
-        if self.store.covers(node):  # hook: a bucket's attributes (storeinfo.py)
+        if self.store.covers(node, name):  # hook: a bucket's attributes (storeinfo.py)
             return await self.store.value(node, name)
         if not name.startswith(NS):
             if node.virtual is not None and node.virtual.version is not None:
@@ -315,7 +315,7 @@ class Xattrs:
     async def set(self, node: Node, name: str, value: bytes) -> None:
         self._check_writable(node, name)
         node = await self._refresh(node.ino)  # the metadata must be known to be written back
-        if self.store.covers(node):  # hook: a bucket's attributes (storeinfo.py)
+        if self.store.covers(node, name):  # hook: a bucket's attributes (storeinfo.py)
             await self.store.set(node, name, value)
             return
         await self._apply(node, name, self._change(node, name, value))
@@ -323,7 +323,7 @@ class Xattrs:
     async def remove(self, node: Node, name: str) -> None:
         self._check_writable(node, name)
         node = await self._refresh(node.ino)
-        if self.store.covers(node):
+        if self.store.covers(node, name):
             await self.store.set(node, name, None)
             return
         await self._apply(node, name, self._change(node, name, None))

@@ -150,3 +150,20 @@ def test_a_store_without_bucket_metadata_refuses(
         assert await errno_of(h.fs.getxattr(ROOT_INO, "user.k")) == errno.ENODATA
 
     run_fs(body)
+
+
+def test_the_root_of_a_prefix_mount_is_a_directory_with_the_buckets_settings(
+    run_fs: RunFs,
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.fs.setxattr(ROOT_INO, "user.team", b"ops")  # the marker's metadata, as before
+        assert (await h.head("sub/")).metadata["team"] == "ops"
+        assert await h.store.bucket_metadata(BUCKET) == {}
+        assert await h.fs.getxattr(ROOT_INO, "user.team") == b"ops"
+        await h.fs.setxattr(ROOT_INO, NS + "versioning", b"Enabled")
+        assert await h.store.get_versioning(BUCKET) == "Enabled"
+        names = set(await h.fs.listxattr(ROOT_INO))
+        assert {"user.team", NS + "versioning"} <= names
+        assert NS + "bytes_used" not in names  # the bucket's figures: not of a prefix
+
+    run_fs(body, prefix="sub")
