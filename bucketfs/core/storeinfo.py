@@ -106,8 +106,9 @@ class StoreInfo:
         self.backend = backend
         self.bucket = bucket
         self._nursery: trio.Nursery | None = None
-        #: (when asked, what the store said); None: never answered yet
-        self._space: tuple[float, Space | None] | None = None
+        #: what the store said last (None: it has no figures), once `_known`
+        self._space: Space | None = None
+        self._known = False
         self._asked_at: float | None = None
         self._refreshing: trio.Event | None = None
 
@@ -124,10 +125,10 @@ class StoreInfo:
         if self._asked_at is None or now - self._asked_at >= DF_TTL:
             self._asked_at = now
             self._start_refresh()
-        if self._space is None and self._refreshing is not None:
+        if not self._known and self._refreshing is not None:
             with trio.move_on_after(DF_WAIT):
                 await self._refreshing.wait()
-        return statfs_of(self._space[1] if self._space is not None else None)
+        return statfs_of(self._space)
 
     def _start_refresh(self) -> None:
         if self._refreshing is not None:
@@ -144,8 +145,10 @@ class StoreInfo:
             space = await self.backend.space(self.bucket)
         except BucketfsError as exc:
             log.debug("df figures of %s unknown: %s", self.bucket or "the account", exc)
+        except Exception:  # a bug: the mount's nursery must not die of it; make it loud
+            log.exception("df figures of %s", self.bucket or "the account")
         else:
-            self._space = (trio.current_time(), space)
+            self._space, self._known = space, True
         finally:
             self._refreshing = None
             done.set()
