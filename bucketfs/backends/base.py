@@ -13,8 +13,9 @@ keeps (checked by `tests/backends/test_contract.py` against real servers):
   past the end is clipped, never an error;
 - `put` is atomic: readers see the old object or the new one, never a mix.
 
-Optional capabilities (what not every store has: its region, its usage figures, its limit on
-user metadata) are declared here with the answer of a store that lacks them (None, S3's limit).
+Optional capabilities (what not every store has: its region, its usage figures and quota
+(`space`), the metadata of a bucket, its limit on user metadata) are declared here with the
+answer of a store that lacks them (None, S3's limit, NotSupported).
 A store states what it has by subclassing `Backend` and overriding them; nothing outside
 `backends/` asks a backend's type or probes it with `getattr`.
 """
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
+from bucketfs.errors import NotSupported
 from bucketfs.types import (
     BucketInfo,
     ListPage,
@@ -42,6 +45,22 @@ MAX_PUT_SIZE = 5 * 1024**3
 MAX_OBJECT_SIZE = 5 * 1024**4
 #: S3's limit on the user metadata of an object (names and values, in UTF-8 bytes)
 MAX_METADATA_BYTES = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """What a store says about the room a bucket (or the whole account) takes and has, for `df`
+    and the bucket's `user.bucketfs.*` settings. None: the store does not say."""
+
+    #: bytes and objects of the current objects (old versions not counted where known)
+    bytes_used: int
+    object_count: int
+    #: a quota set on the bucket (or account): df's total is then the quota
+    quota_bytes: int | None = None
+    quota_count: int | None = None
+    #: room left where the store has a real size (the local store: its disk's free space)
+    free_bytes: int | None = None
+    free_files: int | None = None
 
 
 class Backend(Protocol):
@@ -64,6 +83,21 @@ class Backend(Protocol):
         """(bytes, objects) of the current objects of `bucket`, for `df`, when the store can
         say so in one cheap request; None when it cannot (S3 has no such request)."""
         return None
+
+    async def space(self, bucket: str | None) -> Space | None:
+        """Usage and quota of `bucket` (None: of the whole account) in one cheap request, for
+        `df`; None when the store cannot say so cheaply (S3)."""
+        return None
+
+    async def bucket_metadata(self, bucket: str) -> dict[str, str] | None:
+        """The user metadata of a bucket (keys lower case, without the protocol prefix); None
+        when the store keeps none on buckets."""
+        return None
+
+    async def set_bucket_metadata(self, bucket: str, changes: dict[str, str | None]) -> None:
+        """Set (a value) or remove (None) keys of the bucket's user metadata, other keys kept;
+        NotSupported when the store keeps none on buckets."""
+        raise NotSupported("this store keeps no metadata on buckets")
 
     # --- buckets -----------------------------------------------------------------------
     async def list_buckets(self) -> list[BucketInfo]: ...

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from bucketfs.backends import inprocess as c
-from bucketfs.backends.base import MAX_OBJECT_SIZE, Backend
+from bucketfs.backends.base import MAX_OBJECT_SIZE, Backend, Space
 from bucketfs.errors import (
     AlreadyExists,
     BucketNotEmpty,
@@ -65,6 +65,8 @@ class _Bucket:
     keys: list[bytes] = field(default_factory=list)
     versions: dict[bytes, list[_Version]] = field(default_factory=dict)
     uploads: dict[str, _Upload] = field(default_factory=dict)
+    #: the bucket's user metadata (as Swift keeps on a container; `quota-bytes` is its quota)
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def latest_live(self, kb: bytes) -> _Version | None:
         versions = self.versions.get(kb)
@@ -170,6 +172,31 @@ class MemoryBackend(Backend):
         b = self._bucket(bucket)
         live = [v for v in (b.latest_live(kb) for kb in b.keys) if v is not None]
         return sum(v.info.size for v in live), len(live)
+
+    async def space(self, bucket: str | None) -> Space:
+        """Usage as `usage` says; a quota (like Swift's) from the bucket's `quota-bytes` and
+        `quota-count` metadata."""
+        names = [bucket] if bucket is not None else sorted(self._buckets)
+        used = objects = 0
+        for name in names:
+            size, count = await self.usage(name)
+            used, objects = used + size, objects + count
+        meta = self._bucket(bucket).metadata if bucket is not None else {}
+        quota = {k: int(v) for k, v in meta.items() if k in ("quota-bytes", "quota-count")}
+        return Space(used, objects, quota.get("quota-bytes"), quota.get("quota-count"))
+
+    async def bucket_metadata(self, bucket: str) -> dict[str, str]:
+        await self._request()
+        return dict(self._bucket(bucket).metadata)
+
+    async def set_bucket_metadata(self, bucket: str, changes: dict[str, str | None]) -> None:
+        await self._request()
+        meta = self._bucket(bucket).metadata
+        for key, value in changes.items():
+            if value is None:
+                meta.pop(key.lower(), None)
+            else:
+                meta[key.lower()] = value
 
     async def get_versioning(self, bucket: str) -> str:
         await self._request()

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import trio
 
-from bucketfs.backends.base import Backend
+from bucketfs.backends.base import Backend, Space
 from bucketfs.errors import BucketfsError, CacheError
 from bucketfs.types import (
     BucketInfo,
@@ -95,6 +95,15 @@ class DeferredDeletes:
 
     async def usage(self, bucket: str) -> tuple[int, int] | None:
         return await self.inner.usage(bucket)
+
+    async def space(self, bucket: str | None) -> Space | None:
+        return await self.inner.space(bucket)
+
+    async def bucket_metadata(self, bucket: str) -> dict[str, str] | None:
+        return await self.inner.bucket_metadata(bucket)
+
+    async def set_bucket_metadata(self, bucket: str, changes: dict[str, str | None]) -> None:
+        await self.inner.set_bucket_metadata(bucket, changes)
 
     # --- the queue -----------------------------------------------------------------------
 

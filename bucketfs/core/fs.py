@@ -8,7 +8,8 @@ call to the part that owns it:
 - mutations.py: mkdir, rmdir, symlink, mknod, unlink, rename, setattr;
 - handles.py: open, create, read, write, flush, fsync, release, and the handle table;
 - control.py: the control attributes (pid, status, upload state, flush); xattrs.py: every
-  other extended attribute; versions.py: the read-only `.versions/` tree;
+  other extended attribute; versions.py: the read-only `.versions/` tree; storeinfo.py: `df`
+  figures and the attributes of bucket directories;
 - contents.py: file contents, the only door into the cache; the backend is wrapped in
   cache/deletes.py's `DeferredDeletes`, through which every request of the mount is sent.
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -38,22 +38,13 @@ from bucketfs.core.mutations import Mutations
 from bucketfs.core.namespace import Namespace
 from bucketfs.core.nodes import Node
 from bucketfs.core.options import FsOptions
+from bucketfs.core.storeinfo import StatFs, StoreInfo
 from bucketfs.core.xattrs import Xattrs
 from bucketfs.errors import BucketfsError
 
 __all__ = ["BucketFS", "FsOptions", "StatFs"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class StatFs:
-    bsize: int = 4096
-    blocks: int = 1 << 38  # 1 PiB in 4 KiB blocks: object stores have no fixed size
-    bfree: int = 1 << 38
-    files: int = 1 << 32
-    ffree: int = 1 << 32
-    namemax: int = 255
 
 
 class BucketFS:
@@ -83,6 +74,8 @@ class BucketFS:
             max_parallel=options.max_parallel,
             sync_path=self.sync_path,
         )
+        # hook: df figures and bucket attributes (storeinfo.py)
+        self.store_info = StoreInfo(self.backend, bucket=bucket)
         # hook: object metadata as xattrs (xattrs.py)
         self.xattrs = Xattrs(
             self.backend,
@@ -91,6 +84,7 @@ class BucketFS:
             flush=self.sync_path,
             refresh=self.getattr,
             read_only=options.read_only,
+            store=self.store_info,
         )
         self.control = control.Control(self.namespace, self.xattrs, cache_dir)
 
@@ -125,6 +119,7 @@ class BucketFS:
                     conflicted=ns.conflicted,
                 )
                 ns.attach(data, nursery)
+                self.store_info.attach(nursery)
                 await data.start(nursery)
                 task_status.started()
                 await trio.sleep_forever()
@@ -256,13 +251,8 @@ class BucketFS:
     # --- the mount as a whole, and extended attributes (control.py, xattrs.py) ---------------
 
     async def statfs(self) -> StatFs:
-        # hook: bytes and objects used where the store says (xattrs.py); free stays "plenty"
-        used = await self.xattrs.usage(self.table.root.bucket)
-        if used is None:
-            return StatFs()
-        free = StatFs()
-        blocks = free.blocks + (used[0] + free.bsize - 1) // free.bsize
-        return StatFs(blocks=blocks, files=free.files + used[1])
+        # hook: what the store says, cached; never waits long on the server (storeinfo.py)
+        return await self.store_info.statfs()
 
     def status(self) -> dict[str, object]:
         """What `bucketfs status` prints: where the data is."""

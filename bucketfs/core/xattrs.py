@@ -10,8 +10,9 @@ Owns the mapping between xattr names and what an object carries:
   `last_modified`, `storage_class`, `size` (and on version files `is_latest`,
   `delete_marker`); read-write: `content_type`, `cache_control`, `content_encoding`,
   `content_disposition`, `content_language`, `expires`; computed: `url` (a presigned URL,
-  never logged); on the mount root and bucket directories `versioning` (read-write) and
-  `region`. `url` is only given when asked for by name (never listed).
+  never logged). `url` is only given when asked for by name (never listed).
+- on the mount root and bucket directories: what storeinfo.py answers (the bucket's own
+  metadata as `user.K`, `versioning`, `region`, quota and usage figures).
 
 The mount's control attributes (`pid`, `status`, `flush`, `upload_state`) are `control.py`'s.
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 import email.utils
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +35,8 @@ from datetime import UTC, datetime
 from bucketfs.backends.base import Backend
 from bucketfs.core.attrs import POSIX_KEYS
 from bucketfs.core.contents import write_options
-from bucketfs.core.nodes import ROOT_INO, Kind, Node, VKind
+from bucketfs.core.nodes import Kind, Node, VKind
+from bucketfs.core.storeinfo import StoreInfo
 from bucketfs.core.versions import NULL_VERSION, get_args, iso, millis
 from bucketfs.errors import (
     BucketfsError,
@@ -60,8 +61,6 @@ VERSIONING = "versioning"
 REGION = "region"
 #: the default lifetime of a presigned URL (-o url_ttl=)
 URL_TTL = 3600
-#: seconds the bytes and objects used (df) are reused
-USAGE_TTL = 30.0
 
 _KEY_RE = re.compile(r"^[a-z0-9._-]+$")
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -151,14 +150,15 @@ class Xattrs:
         flush: Flush,
         refresh: Refresh,
         read_only: bool,
+        store: StoreInfo,
     ) -> None:
         self.backend = backend
+        self.store = store
         self.url_ttl = url_ttl
         self._persist = persist
         self._refresh = refresh
         self._flush = flush
         self._read_only = read_only
-        self._usage: tuple[float, tuple[int, int]] | None = None
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -177,9 +177,8 @@ class Xattrs:
             if not v.version.is_delete_marker:
                 fields += ["content_type", *self._system(node)]
             return names + [NS + f for f in fields]
-        if node.ino == ROOT_INO or node.is_bucket:
-            names += [NS + VERSIONING] if node.bucket is not None else []
-            names += [NS + REGION] if self._region() else []
+        if self.store.covers(node):  # hook: a bucket's attributes (storeinfo.py)
+            names += await self.store.names(node)
         if node.kind is Kind.DIR:
             if node.has_marker:
                 names += [NS + f for f in ("content_type", *self._system(node))]
@@ -207,6 +206,8 @@ class Xattrs:
     async def _value(self, node: Node, name: str) -> str | None:
         if not name.startswith(USER):
             return None
+        if self.store.covers(node, name):  # hook: a bucket's attributes (storeinfo.py)
+            return await self.store.value(node, name)
         if not name.startswith(NS):
             if node.virtual is not None and node.virtual.version is not None:
                 await self._head_version(node)
@@ -217,11 +218,6 @@ class Xattrs:
         field = name[len(NS) :]
         if field == URL:
             return await self._url(node, name)
-        if node.ino == ROOT_INO or node.is_bucket:
-            if field == VERSIONING and node.bucket is not None:
-                return await self.backend.get_versioning(node.bucket)
-            if field == REGION:
-                return self._region()
         if node.virtual is not None:
             return await self._version_value(node, field)
         if field in READ_WRITE:
@@ -295,29 +291,6 @@ class Xattrs:
         node.content_type = info.content_type
         node.system = dict(info.system)
 
-    async def usage(self, bucket: str | None) -> tuple[int, int] | None:
-        """(bytes, objects) used in the mounted bucket, for `df`, where the store says so
-        cheaply (`Backend.usage`: local store, Swift's container HEAD). S3 has no such
-        request: None. Asked at most every USAGE_TTL seconds; a failure is None, never an
-        error (df must not fail because the store is slow)."""
-        if bucket is None:
-            return None
-        now = time.monotonic()
-        if self._usage is not None and now - self._usage[0] < USAGE_TTL:
-            return self._usage[1]
-        try:
-            figures = await self.backend.usage(bucket)
-        except BucketfsError as exc:
-            log.debug("usage of %s unknown: %s", bucket, exc)
-            return None
-        if figures is None:
-            return None
-        self._usage = (now, (int(figures[0]), int(figures[1])))
-        return self._usage[1]
-
-    def _region(self) -> str | None:
-        return self.backend.region or None
-
     async def _url(self, node: Node, name: str) -> str | None:
         """A presigned GET of the file (of that version under `.versions/`). Never logged."""
         if node.kind is not Kind.FILE or node.bucket is None:
@@ -342,14 +315,17 @@ class Xattrs:
     async def set(self, node: Node, name: str, value: bytes) -> None:
         self._check_writable(node, name)
         node = await self._refresh(node.ino)  # the metadata must be known to be written back
-        if name == NS + VERSIONING and (node.ino == ROOT_INO or node.is_bucket):
-            await self._set_versioning(node, name, value)
+        if self.store.covers(node, name):  # hook: a bucket's attributes (storeinfo.py)
+            await self.store.set(node, name, value)
             return
         await self._apply(node, name, self._change(node, name, value))
 
     async def remove(self, node: Node, name: str) -> None:
         self._check_writable(node, name)
         node = await self._refresh(node.ino)
+        if self.store.covers(node, name):
+            await self.store.set(node, name, None)
+            return
         await self._apply(node, name, self._change(node, name, None))
 
     def _check_writable(self, node: Node, name: str) -> None:
@@ -357,15 +333,6 @@ class Xattrs:
             raise _refuse(ReadOnly(), node, name, "versions are read-only")
         if self._read_only:
             raise _refuse(ReadOnly(), node, name, "the mount is read-only")
-
-    async def _set_versioning(self, node: Node, name: str, value: bytes) -> None:
-        assert node.bucket is not None
-        state = _text(node, name, value).capitalize()
-        if state not in ("Enabled", "Suspended"):
-            why = "versioning is Enabled or Suspended (it cannot be turned Off again)"
-            raise _refuse(InvalidArgument(), node, name, why)
-        await self.backend.set_versioning(node.bucket, state == "Enabled")
-        log.info("versioning of bucket %s: %s", node.bucket, state)
 
     def _change(self, node: Node, name: str, value: bytes | None) -> Change:
         """The node's metadata with `name` set to `value` (None: removed), validated."""

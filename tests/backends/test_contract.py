@@ -520,6 +520,43 @@ def test_buckets(run: Runner, backend: Backend) -> None:
     run(body)
 
 
+def test_space_and_bucket_metadata(run: Runner, backend: Backend) -> None:
+    """The optional capabilities of a bucket as a whole: the stores that state usage (all but
+    S3) count the current objects; those that keep bucket metadata (Swift, memory) set and
+    remove keys one at a time, keeping the others; the rest refuse with NotSupported."""
+
+    async def body(bucket: str) -> None:
+        await backend.put(bucket, "a", b"12345")
+        await backend.put(bucket, "d/b", b"x")
+        space = await backend.space(bucket)
+        if isinstance(backend, S3Backend):
+            assert space is None
+        else:
+            assert space is not None
+            assert (space.bytes_used, space.object_count) == (6, 2)
+            assert space.quota_bytes is None
+        metadata = await backend.bucket_metadata(bucket)
+        if metadata is None:
+            with pytest.raises(NotSupported):
+                await backend.set_bucket_metadata(bucket, {"team": "ops"})
+            return
+        assert metadata == {}
+        await backend.set_bucket_metadata(bucket, {"Team": "ops", "quota-bytes": "100"})
+        await backend.set_bucket_metadata(bucket, {"owner": "ünï"})
+        assert await backend.bucket_metadata(bucket) == {
+            "team": "ops",
+            "quota-bytes": "100",
+            "owner": "ünï",
+        }
+        space = await backend.space(bucket)
+        assert space is not None
+        assert space.quota_bytes == 100
+        await backend.set_bucket_metadata(bucket, {"team": None})
+        assert await backend.bucket_metadata(bucket) == {"quota-bytes": "100", "owner": "ünï"}
+
+    run(body)
+
+
 # --- presign -----------------------------------------------------------------------------
 
 

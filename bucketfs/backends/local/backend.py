@@ -44,7 +44,7 @@ from typing import ParamSpec, TypeVar
 import trio
 
 from bucketfs.backends import inprocess as c
-from bucketfs.backends.base import MAX_OBJECT_SIZE, Backend
+from bucketfs.backends.base import MAX_OBJECT_SIZE, Backend, Space
 from bucketfs.backends.local.store import LocalStore
 from bucketfs.errors import BackendError, BucketfsError, NotSupported, Transient
 from bucketfs.types import (
@@ -114,6 +114,25 @@ class LocalBackend(Backend):
     async def usage(self, bucket: str) -> tuple[int, int]:
         """(bytes, objects) of the current objects: what `df` shows as used."""
         return await self._run(self._store.usage, bucket)
+
+    async def space(self, bucket: str | None) -> Space:
+        """What `df` shows: the current objects of `bucket` (of every bucket when None) as
+        used, and the free space of the filesystem the store lives on as free."""
+        return await self._run(self._space, bucket)
+
+    def _space(self, bucket: str | None) -> Space:
+        names = [bucket] if bucket is not None else [b.name for b in self._store.list_buckets()]
+        used = objects = 0
+        for name in names:
+            size, count = self._store.usage(name)
+            used, objects = used + size, objects + count
+        disk = os.statvfs(self.root)
+        return Space(
+            bytes_used=used,
+            object_count=objects,
+            free_bytes=disk.f_bavail * disk.f_frsize,
+            free_files=disk.f_favail,
+        )
 
     async def get_versioning(self, bucket: str) -> str:
         return await self._run(self._store.get_versioning, bucket)

@@ -2,9 +2,12 @@
 container listings.
 
 Owns what is asked of the account or of a container as a whole: containers as buckets,
-versioning (`X-Versions-Enabled`), usage (`X-Container-Bytes-Used`, ...) and JSON listings
-turned into `ListPage`/`VersionPage`. Invariants:
+versioning (`X-Versions-Enabled`), usage and quota (`X-Container-Bytes-Used`,
+`X-Container-Meta-Quota-Bytes`, the account's alike), container metadata
+(`X-Container-Meta-*`) and JSON listings turned into `ListPage`/`VersionPage`. Invariants:
 
+- the container's Temp-URL keys (`X-Container-Meta-Temp-URL-Key`, `-Key-2`) are secrets: never
+  returned as metadata, never changed through it;
 - a segments container (`<name>_segments`, `<name>+segments`) is not listed as a bucket when
   the container it serves is listed too, and goes with it in `delete_bucket` when empty;
 - a listing page asks for one entry more than it returns, so `next_token` is None exactly at
@@ -18,11 +21,19 @@ from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any
 
+import httpx2
+
+from bucketfs.backends.base import Space
+from bucketfs.backends.http import header_text
 from bucketfs.backends.swift.client import MAX_LISTING, SwiftClient
 from bucketfs.backends.swift.segments import segments_container
 from bucketfs.backends.swift.values import listing_info, listing_time, version_id
-from bucketfs.errors import BucketNotEmpty, BucketNotFound
+from bucketfs.errors import BucketNotEmpty, BucketNotFound, InvalidRequest
 from bucketfs.types import BucketInfo, ListPage, VersionPage
+
+_CONTAINER_META = "x-container-meta-"
+#: container metadata that is a credential, not a setting (TempURL keys of the container)
+_SECRET_KEYS = frozenset({"temp-url-key", "temp-url-key-2"})
 
 
 class SwiftAccount(SwiftClient):
@@ -79,6 +90,50 @@ class SwiftAccount(SwiftClient):
             int(response.headers.get(f"x-{kind}-bytes-used", "0")),
             int(response.headers.get(f"x-{kind}-object-count", "0")),
         )
+
+    async def space(self, bucket: str | None) -> Space:
+        """Bytes and objects used and the quota (when set) of a container, or of the account
+        when `bucket` is None, from one HEAD."""
+        response, _ = await self._request("HEAD", bucket, container_level=bucket is not None)
+        kind = "container" if bucket is not None else "account"
+        headers = response.headers
+        return Space(
+            bytes_used=_count(headers, f"x-{kind}-bytes-used") or 0,
+            object_count=_count(headers, f"x-{kind}-object-count") or 0,
+            quota_bytes=_count(headers, f"x-{kind}-meta-quota-bytes"),
+            quota_count=_count(headers, f"x-{kind}-meta-quota-count"),
+        )
+
+    async def bucket_metadata(self, bucket: str) -> dict[str, str]:
+        """`X-Container-Meta-*` of the container, names lower case (Temp-URL keys left out)."""
+        response, _ = await self._request("HEAD", bucket, container_level=True)
+        metadata: dict[str, str] = {}
+        for raw_name, raw_value in response.headers.raw:
+            name = raw_name.decode("latin-1").lower()
+            if name.startswith(_CONTAINER_META) and name[len(_CONTAINER_META) :]:
+                key = name[len(_CONTAINER_META) :]
+                if key not in _SECRET_KEYS:
+                    metadata[key] = header_text(raw_value)
+        return metadata
+
+    async def set_bucket_metadata(self, bucket: str, changes: dict[str, str | None]) -> None:
+        """One POST: `X-Container-Meta-K: v` sets, `X-Remove-Container-Meta-K` removes."""
+        headers: dict[str, str] = {}
+        for key, value in changes.items():
+            name = key.lower()
+            if not name or not all(c.isascii() and (c.isalnum() or c in "-.") for c in name):
+                raise InvalidRequest(
+                    f"metadata name {key!r} cannot be stored in Swift (letters, digits, '-', '.')"
+                )
+            if name in _SECRET_KEYS:
+                raise InvalidRequest(f"{key} is a Temp-URL key, not metadata")
+            if value is None:
+                headers[f"X-Remove-Container-Meta-{name}"] = "x"
+            elif "\r" in value or "\n" in value or not value:
+                raise InvalidRequest(f"the value of {key} cannot be sent in a header")
+            else:
+                headers[f"X-Container-Meta-{name}"] = value
+        await self._request("POST", bucket, headers=headers, container_level=True)
 
     async def _listing(
         self,
@@ -151,6 +206,17 @@ class SwiftAccount(SwiftClient):
             else:
                 next_key, next_version = str(last["name"]), version_id(last.get("version_id"))
         return VersionPage(versions, prefixes, next_key, next_version)
+
+
+def _count(headers: httpx2.Headers, name: str) -> int | None:
+    """A non-negative integer header; None when missing or not a number (a quota someone set
+    to nonsense is no quota: Swift's own middleware would refuse to enforce it)."""
+    value = headers.get(name)
+    try:
+        number = int(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and number >= 0 else None
 
 
 def _is_segments_of(name: str, names: set[str]) -> bool:
