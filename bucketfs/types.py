@@ -47,6 +47,10 @@ class ObjectInfo:
     storage_class: str | None = None
     #: the SYSTEM_HEADERS other than content_type that the server returned, by their names there
     system: Mapping[str, str] = field(default_factory=_empty)
+    #: the server's clock (HTTP `Date`) when it answered the HEAD that gave this info; None
+    #: from a listing or when the server did not say (attrstore.py compares it with
+    #: `last_modified`, never the local clock)
+    server_date: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

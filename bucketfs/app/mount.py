@@ -133,6 +133,7 @@ def fs_options(cfg: MountConfig) -> FsOptions:
         max_dirty=cfg.max_dirty,
         transfers=cfg.transfers,
         upload_parts=cfg.upload_parts,
+        meta_cache_size=cfg.meta_cache_size,
     )
 
 

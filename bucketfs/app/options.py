@@ -164,6 +164,7 @@ class MountConfig:
     max_dirty: int = 2 * 1024 * MiB  # -o max_dirty=: writers wait above this many dirty bytes
     transfers: int = 16  # -o transfers=N: files uploaded at once
     upload_parts: int = 8  # -o upload_parts=N: multipart parts in flight (memory: N x part_size)
+    meta_cache_size: int = 1_000_000  # -o meta_cache_size=N: HEAD results kept across mounts
     writeback_delay: float = 1.0  # -o writeback_delay=SECONDS: quiet period before an upload
     noversions: bool = False  # -o noversions: no .versions/ directories
     url_ttl: int = 3600  # -o url_ttl=SECONDS: lifetime of a user.bucketfs.url
@@ -301,6 +302,12 @@ def _count(key: str, value: str) -> int:
     return int(value)
 
 
+def _rows(key: str, value: str) -> int:
+    if not _needs_value(key, value).isdigit() or int(value) > 1 << 40:
+        raise ConfigError(f"bad value for option '{key}': {value!r} (a number of entries, 0: off)")
+    return int(value)
+
+
 def parse_size(key: str, value: str) -> int:
     """Bytes: `16777216`, `16M`, `16MiB` (K, M, G, T and KiB... are powers of 1024; KB, MB,
     GB, TB powers of 1000)."""
@@ -404,6 +411,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "max_dirty": ("max_dirty", _byte_count),
     "transfers": ("transfers", _count),
     "upload_parts": ("upload_parts", _count),
+    "meta_cache_size": ("meta_cache_size", _rows),
     "writeback_delay": ("writeback_delay", _seconds),
     "noversions": ("noversions", parse_flag),
     "url_ttl": ("url_ttl", _url_ttl),

@@ -264,7 +264,8 @@ class MemoryBackend(Backend):
         b = self._bucket(bucket)
         kb = c.encode_key(key)
         found = b.find(kb, version_id)
-        return _public(found.info, is_latest=found is b.versions[kb][0])
+        info = _public(found.info, is_latest=found is b.versions[kb][0])
+        return replace(info, server_date=time.time())  # this process is the server
 
     def _read(
         self,

@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from bucketfs.backends.base import MAX_PUT_SIZE
+from bucketfs.cache.attrstore import DEFAULT_ROWS, AttrStore
 from bucketfs.cache.deletes import DeferredDeletes
 from bucketfs.cache.store import BlockCache, CachedFile
 from bucketfs.cache.store import ReadState as ReadState  # a handle's readahead state
@@ -48,6 +49,7 @@ class DataOptions:
     max_dirty: int = 1 << 30
     transfers: int = 16
     upload_parts: int = 8
+    meta_cache_size: int = DEFAULT_ROWS
     block_size: int = 1 << 20
     cache_size: int = 10 << 30
     writeback_delay: float = 1.0
@@ -151,6 +153,8 @@ class FileData:
             on_conflict=self._on_conflict,
             held=self._held,
         )
+        #: what HEADs said, kept across mounts (the namespace asks it before a HEAD)
+        self.attrs = AttrStore(cache_dir / "attrs.sqlite", max_rows=options.meta_cache_size)
         self._limiter = trio.CapacityLimiter(options.max_parallel)
         self.locks: dict[int, trio.Lock] = {}
         self._clean = trio.Event()  # set whenever an upload finished: throttled writers retry
@@ -160,9 +164,11 @@ class FileData:
         self._backend.attach(self.cache.index)
         await nursery.start(self._backend.run)
         await nursery.start(self.writeback.run)
+        await nursery.start(self.attrs.run)
 
     def close(self) -> None:
         """Only once every task that used the cache is gone (threads finish before cancelling)."""
+        self.attrs.close()
         self.cache.close()
 
     async def drain(self) -> list[str]:

@@ -109,6 +109,7 @@ class BucketFS:
                         max_dirty=opts.max_dirty,
                         transfers=opts.transfers,
                         upload_parts=opts.upload_parts,
+                        meta_cache_size=opts.meta_cache_size,
                         block_size=opts.block_size,
                         cache_size=opts.cache_size,
                         writeback_delay=opts.writeback_delay,

@@ -23,6 +23,10 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
   this mount (`_changes`) is not kept;
 - HEADs kept for reuse (`_heads_sent`): a HEAD that found a key serves the next `open` of it
   within `OPEN_REUSES_HEAD`, and one open at most;
+- HEADs kept across mounts (`cache/attrstore.py`, through `FileData.attrs`): a listed file
+  whose listing ETag, size and LastModified equal what an earlier HEAD said (kept only when
+  the server answered it 2 s or more after LastModified) gets its metadata without a HEAD;
+  `open` still asks the server (close-to-open);
 - listed nodes waiting for a prefetch of their metadata (prefetch.py);
 - on the node itself: a symlink's target (until its ETag changes), the ETag the kernel's page
   cache holds (`kernel_etag`, handles.py), the last HEAD for xattrs (`head_info`, xattrs.py).
@@ -475,6 +479,8 @@ class Namespace:
             return None
         if reusable:
             self._heads_sent[(bucket, key)] = (sent, info.etag)
+        if self._data is not None and info.key == key:
+            self._data.attrs.remember(bucket, info)  # for later listings, here and after
         return info
 
     def headed_just_now(self, node: Node) -> bool:
@@ -493,7 +499,13 @@ class Namespace:
         """The HEAD of one listed node, sent ahead of the kernel's question (prefetch.py)."""
         if not node.full and not node.pinned and node.bucket is not None:
             key = node.key
-            info = await self.head_or_none(node.bucket, key)
+            # a listed file's etag, size and mtime are the listing's (apply, full=False): a
+            # HEAD of that very version, kept by this mount or an earlier one, answers
+            info = (
+                self.data.attrs.match(node.bucket, key, node.etag, node.size, node.mtime)
+                if node.kind is not Kind.DIR and node.etag and self._data is not None
+                else None
+            ) or await self.head_or_none(node.bucket, key)
             if node.pinned or node.full or node.key != key:
                 return  # changed through this mount while we asked
             if node.kind is Kind.DIR:

@@ -29,5 +29,6 @@ class FsOptions:
     max_dirty: int = 2 << 30
     transfers: int = 16  # files uploaded at once (cache/writeback.py)
     upload_parts: int = 8  # multipart parts in flight, all files together (cache/writeback.py)
+    meta_cache_size: int = 1_000_000  # HEAD results kept across mounts (cache/attrstore.py)
     noversions: bool = False  # hide the .versions/ tree (versions.py)
     url_ttl: int = 3600  # seconds a user.bucketfs.url stays valid (xattrs.py)

@@ -1,12 +1,14 @@
-"""Clean cached blocks survive an unmount and a mount with the same cache directory, through
-the kernel on SeaweedFS with requests counted (scripts/benchlib/proxy.py): a file read before
-the unmount is read again after it, with the kernel's page cache dropped, without a GET; one
-changed on the server meanwhile is read anew (cache/store.py `_load`, docs/cache.md)."""
+"""What a mount keeps for the next mount of the same cache directory, through the kernel on
+SeaweedFS with requests counted (scripts/benchlib/proxy.py): clean cached blocks (a file read
+before the unmount is read again after it, page cache dropped, without a GET; one changed on
+the server meanwhile is read anew: cache/store.py `_load`) and what HEADs said (`ls -l` after
+a remount sends no HEAD for unchanged objects: cache/attrstore.py)."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from tests.support.helpers import MountFactory
@@ -57,3 +59,47 @@ def test_clean_blocks_are_read_without_a_get_after_a_remount(
     before = _down(proxy)
     assert _read(mount.path / "changed.bin") == newer
     assert _down(proxy) - before >= 3 * MiB
+
+
+def _heads(relay: CountingProxy) -> int:
+    return relay.snapshot().requests.get("HEAD", 0)
+
+
+def _ls_l(path: Path) -> dict[str, os.stat_result]:
+    return {name: os.stat(path / name) for name in sorted(os.listdir(path))}
+
+
+def test_ls_l_after_a_remount_sends_no_head_for_unchanged_objects(
+    seaweed: SeaweedServer, proxy: CountingProxy, s3_mounts: MountFactory
+) -> None:
+    mount = s3_mounts(options=[f"endpoint={proxy.endpoint}"])
+    assert mount.bucket is not None
+    client = seaweed.client()
+    names = [f"d/f{i:02d}" for i in range(30)]
+    for key in names:
+        client.put_object(Bucket=mount.bucket, Key=key, Body=b"x" * 10, Metadata={"mode": "33152"})
+    time.sleep(2.2)  # HEADs are kept only when answered 2 s or more after LastModified
+    first = _ls_l(mount.path / "d")
+    assert {st.st_mode & 0o777 for st in first.values()} == {0o600}
+    mount.stop()
+    # another client changes one object's metadata only: same ETag and size, later second
+    client.copy_object(
+        Bucket=mount.bucket,
+        Key="d/f07",
+        CopySource={"Bucket": mount.bucket, "Key": "d/f07"},
+        Metadata={"mode": "33261"},
+        MetadataDirective="REPLACE",
+    )
+    _drop_page_cache()
+    mount.start(reuse_cache=True)
+    os.stat(mount.path / "d")  # the directory's own lookup is not what is counted
+    before = _heads(proxy)
+    again = _ls_l(mount.path / "d")
+    assert _heads(proxy) - before == 1, "only the object changed meanwhile is asked for"
+    assert again["f07"].st_mode & 0o777 == 0o755
+    assert {n: st.st_mode for n, st in again.items() if n != "f07"} == {
+        n: st.st_mode for n, st in first.items() if n != "f07"
+    }
+    assert {n: st.st_mtime for n, st in again.items() if n != "f07"} == {
+        n: st.st_mtime for n, st in first.items() if n != "f07"
+    }

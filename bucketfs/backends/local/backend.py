@@ -38,6 +38,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -171,7 +172,8 @@ class LocalBackend(Backend):
         return c.version_page_of(*page)
 
     async def head(self, bucket: str, key: str, *, version_id: str | None = None) -> ObjectInfo:
-        return await self._run(self._store.head, bucket, key, version_id)
+        info = await self._run(self._store.head, bucket, key, version_id)
+        return replace(info, server_date=time.time())  # this process is the server
 
     async def get(
         self,

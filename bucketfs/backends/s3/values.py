@@ -36,6 +36,7 @@ _INFO_HEADERS = frozenset(
         "content-length",
         "etag",
         "last-modified",
+        "date",
         "content-type",
         "x-amz-version-id",
         "x-amz-delete-marker",
@@ -120,6 +121,7 @@ def object_info(key: str, raw: Iterable[tuple[bytes, bytes]]) -> ObjectInfo:
         is_delete_marker=get("x-amz-delete-marker", "").lower() == "true",
         storage_class=get("x-amz-storage-class"),
         system={n: found[h] for h, n in _SYSTEM_BY_HEADER.items() if h in found},
+        server_date=http_time(get("date")) if "date" in found else None,
     )
 
 

@@ -99,6 +99,7 @@ def object_info(key: str, headers: httpx2.Headers) -> ObjectInfo:
         is_latest=True,
         is_delete_marker=content_type == DELETE_MARKER_TYPE,
         system=system,
+        server_date=_http_time(headers["date"]) if "date" in headers else None,
     )
 
 

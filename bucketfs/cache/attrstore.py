@@ -1,0 +1,213 @@
+"""Attributes that outlive a mount: what a HEAD established about an object, kept in
+`CACHE_DIR/attrs.sqlite`, so that a listing entry with the same ETag, size and LastModified is
+answered without a HEAD, in this mount and in every later mount of the same cache directory.
+
+Owns `attrs.sqlite` (one row per key: ETag, size, LastModified, version id, user metadata,
+content type, system headers, storage class, and a use stamp for eviction).
+
+Invariants:
+- a row is written only from a HEAD whose server `Date` is at least its LastModified plus
+  `SETTLE` seconds. LastModified has one-second resolution, and a metadata-only change by
+  another client (a server-side copy onto itself) keeps ETag and size: any change made after
+  that answer has a LastModified in a later second, so a row matches only the version it
+  describes. The local clock is never compared with LastModified; a HEAD without `Date`
+  is not kept;
+- a row is used only when a listing entry's ETag, size and LastModified (to the second) equal
+  it, so a newer listing that contradicts a row (also one left by a killed daemon) is never
+  answered from it;
+- rows are written in batches off the kernel's path (`run`: at most `FLUSH_EVERY` seconds
+  late, at `close` too); a killed daemon loses the last batch, which only costs HEADs;
+- at most `max_rows` rows; the least recently used go first (use stamps advance once per
+  batch). The file goes with the cache directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bucketfs.types import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+#: a HEAD answered at least this long after LastModified makes a row (see the invariants)
+SETTLE = 2.0
+#: rows wait at most this long in memory before they are written
+FLUSH_EVERY = 1.0
+#: rows kept by default (-o meta_cache_size=); about 250 bytes each on disk
+DEFAULT_ROWS = 1_000_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS attrs (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    modified INTEGER NOT NULL,
+    info TEXT NOT NULL,
+    used INTEGER NOT NULL,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS attrs_used ON attrs (used);
+"""
+
+
+def _second(t: float) -> int:
+    return int(t)
+
+
+def _encode(info: ObjectInfo) -> str:
+    return json.dumps(
+        {
+            "lm": info.last_modified,
+            "meta": dict(info.metadata),
+            "ct": info.content_type,
+            "vid": info.version_id,
+            "sc": info.storage_class,
+            "sys": dict(info.system),
+        },
+        separators=(",", ":"),
+    )
+
+
+def _decode(key: str, etag: str, size: int, text: str) -> ObjectInfo:
+    d: dict[str, Any] = json.loads(text)
+    return ObjectInfo(
+        key=key,
+        size=size,
+        etag=etag,
+        last_modified=float(d["lm"]),
+        metadata=d["meta"],
+        content_type=d["ct"],
+        version_id=d["vid"],
+        storage_class=d["sc"],
+        system=d["sys"],
+    )
+
+
+class AttrStore:
+    """Rows of what HEADs said, matched against listing entries."""
+
+    def __init__(self, path: Path, *, max_rows: int = DEFAULT_ROWS) -> None:
+        self.max_rows = max_rows
+        self._db: sqlite3.Connection | None = None
+        self._pending: dict[tuple[str, str], ObjectInfo] = {}
+        self._used: set[tuple[str, str]] = set()
+        self._stamp = 0
+        self._rows = 0
+        self.hits = 0
+        if max_rows <= 0:
+            return
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            self._stamp = int(db.execute("SELECT coalesce(max(used), 0) FROM attrs").fetchone()[0])
+            self._rows = int(db.execute("SELECT count(*) FROM attrs").fetchone()[0])
+        except sqlite3.Error as exc:
+            # a cache of HEADs: without it bucketfs only asks the server more often
+            log.warning("attribute cache %s not usable (%s): not keeping attributes", path, exc)
+            return
+        self._db = db
+
+    @property
+    def rows(self) -> int:
+        return self._rows + len(self._pending)
+
+    def match(
+        self, bucket: str, key: str, etag: str, size: int, modified: float
+    ) -> ObjectInfo | None:
+        """What a HEAD said of this version of the object, if a row has it: `etag`, `size` and
+        `modified` are what a listing says now."""
+        if self._db is None or not etag:
+            return None
+        info = self._pending.get((bucket, key))
+        if info is None:
+            try:
+                row = self._db.execute(
+                    "SELECT etag, size, modified, info FROM attrs WHERE bucket=? AND key=?",
+                    (bucket, key),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                log.debug("attribute cache read failed: %s", exc)
+                return None
+            if row is None or (row[0], row[1], row[2]) != (etag, size, _second(modified)):
+                return None
+            info = _decode(key, etag, size, row[3])
+        elif (info.etag, info.size, _second(info.last_modified)) != (
+            etag,
+            size,
+            _second(modified),
+        ):
+            return None
+        self._used.add((bucket, key))
+        self.hits += 1
+        return info
+
+    def remember(self, bucket: str, info: ObjectInfo) -> None:
+        """A HEAD's answer: kept if the server answered it long enough after LastModified."""
+        if self._db is None or info.server_date is None or not info.etag:
+            return
+        if info.is_delete_marker or info.server_date < info.last_modified + SETTLE:
+            return
+        self._pending[(bucket, info.key)] = info
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write what was remembered and used, every FLUSH_EVERY seconds."""
+        task_status.started()
+        while True:
+            await trio.sleep(FLUSH_EVERY)
+            if self._pending or self._used:
+                self.flush()
+
+    def flush(self) -> None:
+        db = self._db
+        if db is None:
+            return
+        pending, self._pending = self._pending, {}
+        used, self._used = self._used, set()
+        self._stamp += 1
+        try:
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT INTO attrs(bucket, key, etag, size, modified, info, used) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(bucket, key) DO UPDATE SET "
+                "etag=excluded.etag, size=excluded.size, modified=excluded.modified, "
+                "info=excluded.info, used=excluded.used",
+                [
+                    (b, k, i.etag, i.size, _second(i.last_modified), _encode(i), self._stamp)
+                    for (b, k), i in pending.items()
+                ],
+            )
+            db.executemany(
+                "UPDATE attrs SET used=? WHERE bucket=? AND key=?",
+                [(self._stamp, b, k) for (b, k) in used - pending.keys()],
+            )
+            self._rows += len(pending)  # at most: some replaced a row
+            if self._rows > self.max_rows:
+                self._rows = int(db.execute("SELECT count(*) FROM attrs").fetchone()[0])
+            if self._rows > self.max_rows:
+                db.execute(
+                    "DELETE FROM attrs WHERE (bucket, key) IN (SELECT bucket, key FROM attrs "
+                    "ORDER BY used LIMIT ?)",
+                    (self._rows - self.max_rows,),
+                )
+                self._rows = self.max_rows
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.warning("attribute cache write failed (%s): %d rows not kept", exc, len(pending))
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+
+    def close(self) -> None:
+        if self._db is not None:
+            self.flush()
+            self._db.close()
+            self._db = None
