@@ -45,12 +45,18 @@ class ObjectInfo:
     is_latest: bool = True
     is_delete_marker: bool = False
     storage_class: str | None = None
-    #: the SYSTEM_HEADERS other than content_type that the server returned, by their names there
+    #: the SYSTEM_HEADERS other than content_type that the server returned, by their names there;
+    #: on a store with per-object expiry (`Backend.expiry`) also `delete_at`, ISO 8601 UTC
+    #: (`2026-12-03T01:00:00Z`), written back like the others
     system: Mapping[str, str] = field(default_factory=_empty)
     #: the server's clock (HTTP `Date`) when it answered the HEAD that gave this info; None
     #: from a listing or when the server did not say (attrstore.py compares it with
     #: `last_modified`, never the local clock)
     server_date: float | None = None
+    #: the store's checksums of the content by algorithm (`sha256`, `crc32c`, `crc32`, `sha1`,
+    #: `md5`, `crc64nvme`), lower-case hex; a multipart composite ends in `-<parts>`. Filled
+    #: at least by `Backend.head_checksums` (read-only, never written back)
+    checksums: Mapping[str, str] = field(default_factory=_empty)
 
 
 @dataclass(frozen=True, slots=True)

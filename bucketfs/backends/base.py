@@ -14,10 +14,10 @@ keeps (checked by `tests/backends/test_contract.py` against real servers):
 - `put` is atomic: readers see the old object or the new one, never a mix.
 
 Optional capabilities (what not every store has: its region, its usage figures and quota
-(`space`), the metadata of a bucket, its limit on user metadata) are declared here with the
-answer of a store that lacks them (None, S3's limit, NotSupported).
-A store states what it has by subclassing `Backend` and overriding them; nothing outside
-`backends/` asks a backend's type or probes it with `getattr`.
+(`space`), the metadata of a bucket, its limit on user metadata, per-object expiry, checksums,
+upload URLs) are declared here with the answer of a store that lacks them (None, S3's limit,
+False, a plain HEAD, NotSupported). A store states what it has by subclassing `Backend` and
+overriding them; nothing outside `backends/` asks a backend's type or probes it with `getattr`.
 """
 
 from __future__ import annotations
@@ -78,6 +78,10 @@ class Backend(Protocol):
     region: str | None = None
     #: the most user metadata an object may carry (names and values, UTF-8 bytes)
     max_metadata_bytes: int = MAX_METADATA_BYTES
+    #: whether an object can be given a time at which the store deletes it (Swift's
+    #: `X-Delete-At`), carried as `system["delete_at"]` (see `ObjectInfo.system`); S3 has
+    #: bucket lifecycle rules instead
+    expiry: bool = False
 
     async def usage(self, bucket: str) -> tuple[int, int] | None:
         """(bytes, objects) of the current objects of `bucket`, for `df`, when the store can
@@ -98,6 +102,19 @@ class Backend(Protocol):
         """Set (a value) or remove (None) keys of the bucket's user metadata, other keys kept;
         NotSupported when the store keeps none on buckets."""
         raise NotSupported("this store keeps no metadata on buckets")
+
+    async def head_checksums(
+        self, bucket: str, key: str, *, version_id: str | None = None
+    ) -> ObjectInfo:
+        """Like `head`, with `ObjectInfo.checksums` filled where the store keeps checksums. S3
+        returns them only when asked, and asking is not free (on AWS a KMS-encrypted object
+        then needs `kms:Decrypt`), so plain `head` never asks."""
+        return await self.head(bucket, key, version_id=version_id)
+
+    def presign_upload(self, bucket: str, key: str, expires: int) -> str:
+        """A URL that plain HTTP PUT can upload the object's new content to for `expires`
+        seconds (a presigned PUT, a Swift TempURL for PUT)."""
+        raise NotSupported(f"{self.description} has no upload URLs")
 
     # --- buckets -----------------------------------------------------------------------
     async def list_buckets(self) -> list[BucketInfo]: ...

@@ -81,6 +81,7 @@ class DeferredDeletes:
         self.max_object_size = inner.max_object_size
         self.region = inner.region
         self.max_metadata_bytes = inner.max_metadata_bytes
+        self.expiry = inner.expiry
         #: (bucket, key) -> the batch that will delete it (replaced when a batch failed)
         self._pending: dict[tuple[str, str], _Batch] = {}
         #: (bucket, "a/b/") -> how many queued keys lie under that prefix
@@ -385,6 +386,13 @@ class DeferredDeletes:
 
     def presign(self, bucket: str, key: str, expires: int, **kw: Any) -> str:
         return self.inner.presign(bucket, key, expires, **kw)
+
+    async def head_checksums(self, bucket: str, key: str, **kw: Any) -> ObjectInfo:
+        await self._key(bucket, key)
+        return await self.inner.head_checksums(bucket, key, **kw)
+
+    def presign_upload(self, bucket: str, key: str, expires: int) -> str:
+        return self.inner.presign_upload(bucket, key, expires)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

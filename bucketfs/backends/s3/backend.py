@@ -47,7 +47,7 @@ from bucketfs.backends.s3.values import (
     quoted_etag,
     write_headers,
 )
-from bucketfs.errors import BucketNotFound, NotFound
+from bucketfs.errors import AccessDenied, BucketNotFound, NotFound
 from bucketfs.types import (
     BucketInfo,
     ListPage,
@@ -148,6 +148,21 @@ class S3Backend(S3Multipart, Backend):
         response, _ = await self._request("HEAD", bucket, key, query=query)
         return object_info(key, response.headers)
 
+    async def head_checksums(
+        self, bucket: str, key: str, *, version_id: str | None = None
+    ) -> ObjectInfo:
+        """A HEAD in checksum mode (`x-amz-checksum-mode: ENABLED`): the `x-amz-checksum-*`
+        the store kept come back. Refused (AWS: a KMS-encrypted object without
+        `kms:Decrypt`): a plain HEAD instead."""
+        query = {"versionId": version_id} if version_id else None
+        try:
+            response, _ = await self._request(
+                "HEAD", bucket, key, query=query, headers={"x-amz-checksum-mode": "ENABLED"}
+            )
+        except AccessDenied:
+            return await self.head(bucket, key, version_id=version_id)
+        return object_info(key, response.headers)
+
     def _get_args(
         self,
         bucket: str,
@@ -213,7 +228,10 @@ class S3Backend(S3Multipart, Backend):
             headers["If-None-Match"] = "*"
         if if_match:
             headers["If-Match"] = quoted_etag(if_match)
-        response, _ = await self._request("PUT", bucket, key, headers=headers, body=data, data=True)
+        digest = await self._data_checksum(data, headers)
+        response, _ = await self._request(
+            "PUT", bucket, key, headers=headers, body=data, data=True, sha256=digest
+        )
         return put_result(response.header(b"etag"), response.header(b"x-amz-version-id"))
 
     async def copy(
@@ -271,9 +289,17 @@ class S3Backend(S3Multipart, Backend):
 
     def presign(self, bucket: str, key: str, expires: int, *, version_id: str | None = None) -> str:
         url = self._url(bucket, key, {"versionId": version_id} if version_id else {})
+        return self._presigned("GET", url, expires)
+
+    def presign_upload(self, bucket: str, key: str, expires: int) -> str:
+        """A presigned PUT: `curl -T FILE URL` stores FILE as the object (its payload is
+        not signed, so any body goes; no checksum is asked for)."""
+        return self._presigned("PUT", self._url(bucket, key, {}), expires)
+
+    def _presigned(self, method: str, url: str, expires: int) -> str:
         if self._credentials is None:
             return url
-        request = AWSRequest(method="GET", url=url)
+        request = AWSRequest(method=method, url=url)
         creds = self._credentials.get_frozen_credentials()
         S3SigV4QueryAuth(creds, "s3", self.region, expires=expires).add_auth(request)
         return str(request.url)

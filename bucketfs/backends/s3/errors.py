@@ -37,6 +37,10 @@ _TRANSIENT_CODES = frozenset(
         "ServiceUnavailable",
         "OperationAborted",
         "ConditionalRequestConflict",
+        # the body that arrived does not match its checksum or signed hash: sent again, it
+        # is read again (Swift's 422 is retried for the same reason)
+        "BadDigest",
+        "XAmzContentSHA256Mismatch",
     }
 )
 

@@ -1,8 +1,9 @@
 """S3 values on the wire: keys and queries as sent, headers as written and as read back.
 
 Owns `encode_query`, `write_headers` (WriteOptions -> request headers) and `object_info` (the
-raw headers of a HEAD or GET -> `ObjectInfo`); keys and names in a path are `http.quote_key`
-and `http.quote_name`, shared with Swift. Invariants:
+raw headers of a HEAD or GET -> `ObjectInfo`, with the `x-amz-checksum-*` a HEAD in checksum
+mode returns, as hex) and `checksum_value` (a digest as S3 carries it, base64); keys and names
+in a path are `http.quote_key` and `http.quote_name`, shared with Swift. Invariants:
 
 - a query is sorted and fully encoded, exactly as SigV4 canonicalises it;
 - answer headers are read in one pass over the raw pairs; a value is UTF-8 when it is valid
@@ -14,6 +15,8 @@ and `http.quote_name`, shared with Swift. Invariants:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import calendar
 import email.utils
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +32,11 @@ DELETE_BATCH = 1000
 
 _SYSTEM_BY_HEADER = {h.lower(): n for n, h in SYSTEM_HEADER_NAMES.items()}
 META_PREFIX = "x-amz-meta-"
+#: S3's additional checksums: answer header -> algorithm (`ObjectInfo.checksums`)
+CHECKSUM_HEADERS = {
+    f"x-amz-checksum-{algorithm}": algorithm
+    for algorithm in ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
+}
 _SAFE = "-_.~"
 #: the answer headers `object_info` reads besides metadata and system headers
 _INFO_HEADERS = frozenset(
@@ -42,6 +50,7 @@ _INFO_HEADERS = frozenset(
         "x-amz-delete-marker",
         "x-amz-storage-class",
         *_SYSTEM_BY_HEADER,
+        *CHECKSUM_HEADERS,
     }
 )
 _INFO_HEADERS_BYTES = frozenset(h.encode("latin-1") for h in _INFO_HEADERS)
@@ -122,7 +131,31 @@ def object_info(key: str, raw: Iterable[tuple[bytes, bytes]]) -> ObjectInfo:
         storage_class=get("x-amz-storage-class"),
         system={n: found[h] for h, n in _SYSTEM_BY_HEADER.items() if h in found},
         server_date=http_time(get("date")) if "date" in found else None,
+        checksums=checksums(found),
     )
+
+
+def checksums(found: Mapping[str, str]) -> dict[str, str]:
+    """The `x-amz-checksum-*` answer headers as hex by algorithm: S3 sends base64 of the
+    digest (`...=-3` for the composite of a 3-part upload, kept as `<hex>-3`); an unreadable
+    value is left out."""
+    out: dict[str, str] = {}
+    for header, algorithm in CHECKSUM_HEADERS.items():
+        value = found.get(header)
+        if not value:
+            continue
+        encoded, dash, parts = value.partition("-")
+        try:
+            digest = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        out[algorithm] = digest.hex() + (f"-{parts}" if dash and parts.isdigit() else "")
+    return out
+
+
+def checksum_value(digest: bytes) -> str:
+    """A digest as an `x-amz-checksum-*` header or a `<ChecksumSHA256>` element carries it."""
+    return base64.b64encode(digest).decode("ascii")
 
 
 def put_result(etag: str | None, version_id: str | None) -> PutResult:

@@ -10,7 +10,7 @@ without quotes and times as POSIX seconds (UTC).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote_plus
@@ -135,13 +135,18 @@ def delete_body(keys: Iterable[str]) -> bytes:
     return _serialize(root)
 
 
-def complete_body(parts: Sequence[tuple[int, str]]) -> bytes:
+def complete_body(
+    parts: Sequence[tuple[int, str]], checksums: Mapping[int, str] | None = None
+) -> bytes:
+    """CompleteMultipartUpload's body; `checksums`: each part's SHA-256 (base64) if known."""
     root = _element("CompleteMultipartUpload")
     root.set("xmlns", _S3_NS)
     for number, etag in sorted(parts):
         part = _child(root, "Part")
         _child(part, "PartNumber", str(number))
         _child(part, "ETag", f'"{strip_etag(etag)}"')
+        if checksums and number in checksums:
+            _child(part, "ChecksumSHA256", checksums[number])
     return _serialize(root)
 
 

@@ -57,6 +57,8 @@ class SwiftBackend(SwiftAccount, Backend):
     """An OpenStack Swift account reached over HTTP(S); containers are the buckets."""
 
     supports_versions = True
+    #: `X-Delete-At` (values.py)
+    expiry = True
     #: Swift's documented bound of a static large object with its default settings:
     #: max_manifest_segments (1,000) segments of max_file_size (5 GiB)
     max_object_size = MAX_MANIFEST_SEGMENTS * MAX_PUT_SIZE
@@ -275,6 +277,13 @@ class SwiftBackend(SwiftAccount, Backend):
         parameter, `version-id` included."""
         if version_id:
             raise NotSupported("a Swift TempURL cannot address an old version of an object")
+        return self._tempurl("GET", bucket, key, expires)
+
+    def presign_upload(self, bucket: str, key: str, expires: int) -> str:
+        """A TempURL for PUT (the tempurl middleware allows PUT by default)."""
+        return self._tempurl("PUT", bucket, key, expires)
+
+    def _tempurl(self, method: str, bucket: str, key: str, expires: int) -> str:
         session, secret = self._session, self._tempurl_key
         if session is None or secret is None:
             raise NotSupported(
@@ -284,7 +293,7 @@ class SwiftBackend(SwiftAccount, Backend):
         expires_at = int(time.time()) + expires
         path = f"{urlsplit(session.storage_url).path.rstrip('/')}/{bucket}/{key}"
         signature = hmac.new(
-            secret.encode(), f"GET\n{expires_at}\n{path}".encode(), hashlib.sha256
+            secret.encode(), f"{method}\n{expires_at}\n{path}".encode(), hashlib.sha256
         ).hexdigest()
         query = {"temp_url_sig": signature, "temp_url_expires": str(expires_at)}
         return self._url(session.storage_url, bucket, key, dict(query))

@@ -5,13 +5,23 @@ headers and JSON listings. Invariants: user metadata is `X-Object-Meta-<name>` w
 lower-cased on the way back; an ETag is returned without quotes, and an SLO's is its
 `slo_etag` in listings as in HEAD; times are POSIX seconds (listings and `X-Timestamp` carry
 microseconds, so a listing and a HEAD of the same object agree); a version id of "" is None.
+
+Expiry: `X-Delete-At` (POSIX seconds) is `system["delete_at"]` as ISO 8601 UTC both ways; a
+write whose `delete_at` is already past sends none (Swift refuses a past one with 400, and the
+object it named is gone: the new content is a new object). Checksums: the ETag of an object
+that is not a large object (no `X-Static-Large-Object`, no `X-Object-Manifest`) is the MD5 of
+its content, shown as `checksums["md5"]`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import email.utils
 import hashlib
+import math
+import re
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +37,7 @@ from bucketfs.types import ObjectInfo, PutResult, WriteOptions
 DELETE_MARKER_TYPE = "application/x-deleted;swift_versions_deleted=1"
 _SAFE = "-_.~"
 _META = "x-object-meta-"
+_MD5_HEX = re.compile(r"[0-9a-f]{32}")
 
 
 def query_string(query: Mapping[str, str | None]) -> str:
@@ -87,11 +98,17 @@ def object_info(key: str, headers: httpx2.Headers) -> ObjectInfo:
         modified = float(timestamp) if timestamp else _http_time(headers.get("last-modified"))
     except ValueError:
         modified = _http_time(headers.get("last-modified"))
+    delete_at = iso_delete_at(headers.get("x-delete-at"))
+    if delete_at is not None:
+        system["delete_at"] = delete_at
     content_type = headers.get("content-type")
+    etag = strip_etag(headers.get("etag", ""))
+    large = "x-static-large-object" in headers or "x-object-manifest" in headers
+    md5 = not large and _MD5_HEX.fullmatch(etag) is not None
     return ObjectInfo(
         key=key,
         size=int(headers.get("content-length", "0")),
-        etag=strip_etag(headers.get("etag", "")),
+        etag=etag,
         last_modified=modified,
         metadata=metadata,
         content_type=content_type,
@@ -100,7 +117,32 @@ def object_info(key: str, headers: httpx2.Headers) -> ObjectInfo:
         is_delete_marker=content_type == DELETE_MARKER_TYPE,
         system=system,
         server_date=_http_time(headers["date"]) if "date" in headers else None,
+        checksums={"md5": etag} if md5 else {},
     )
+
+
+def iso_delete_at(value: str | None) -> str | None:
+    """`X-Delete-At` (POSIX seconds) as ISO 8601 UTC; None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        when = datetime.datetime.fromtimestamp(int(value), datetime.UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def delete_at_header(value: str) -> str | None:
+    """`system["delete_at"]` (ISO 8601) as `X-Delete-At`; None when it is not in the future
+    (or unreadable: the core validated it, so that is a bug, and nothing is sent)."""
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    seconds = math.ceil(when.timestamp())
+    return str(seconds) if seconds > time.time() else None
 
 
 def listing_info(item: Mapping[str, Any]) -> ObjectInfo:
@@ -119,11 +161,17 @@ def listing_info(item: Mapping[str, Any]) -> ObjectInfo:
 
 
 def write_headers(opts: WriteOptions | None) -> dict[str, str]:
-    """Headers that carry `opts` on a PUT, a manifest PUT, a copy or a POST.
+    """Headers that carry `opts` on a PUT, a manifest PUT, a copy or a POST (a POST replaces
+    them all: without `X-Delete-At` it clears the object's expiry).
 
     Metadata names must be ASCII letters, digits, '-' or '.': Swift's WSGI server silently
     drops a header whose name holds '_', so such a name is refused instead of lost."""
-    return http.write_headers(
+    delete_at = None
+    if opts is not None and "delete_at" in opts.system:
+        system = dict(opts.system)
+        delete_at = delete_at_header(system.pop("delete_at"))
+        opts = dataclasses.replace(opts, system=system)
+    headers = http.write_headers(
         opts,
         meta_prefix="X-Object-Meta-",
         name_chars="-.",
@@ -131,6 +179,9 @@ def write_headers(opts: WriteOptions | None) -> dict[str, str]:
             f"metadata name {name!r} cannot be stored in Swift (letters, digits, '-', '.')"
         ),
     )
+    if delete_at is not None:
+        headers["X-Delete-At"] = delete_at
+    return headers
 
 
 async def md5_hex(data: bytes) -> str:
