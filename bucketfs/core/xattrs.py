@@ -13,6 +13,19 @@ Owns the mapping between xattr names and what an object carries:
   never logged). `url` is only given when asked for by name (never listed).
 - on the mount root and bucket directories: what storeinfo.py answers (the bucket's own
   metadata as `user.K`, `versioning`, `region`, quota and usage figures).
+- `user.bucketfs.delete_at` (files, stores with `Backend.expiry`: Swift's `X-Delete-At`):
+  when the store deletes the object, ISO 8601 UTC; set as an ISO 8601 instant (an HTTP date
+  works too) or `+SECONDS` from now, only in the future; removing it cancels the deletion.
+  Carried as `system["delete_at"]` (`ObjectInfo.system`), so it travels with every write of
+  the object's metadata like the headers above. Not `expires`: that is the HTTP `Expires`
+  header, and reading a cache header as a deletion time would lose data.
+- `user.bucketfs.upload_url` (a file) and `user.bucketfs.upload_url.NAME` (a directory, a
+  bucket's too, asked before storeinfo.py: for its entry NAME, existing or not): a URL that
+  plain HTTP PUT uploads the object's content to (`Backend.presign_upload`), valid for
+  `url_ttl`; like `url` never listed, never logged, and refused on a read-only mount.
+- `user.bucketfs.checksum.ALG` (read-only, clean files and versions): the checksums the store
+  kept (`Backend.head_checksums`: S3's `x-amz-checksum-*`, Swift's MD5 ETag), hex; listed
+  only when present, which costs one HEAD per ETag.
 
 The mount's control attributes (`pid`, `status`, `flush`, `upload_state`) are `control.py`'s.
 
@@ -27,13 +40,15 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bucketfs.backends.base import Backend
-from bucketfs.core.attrs import POSIX_KEYS
+from bucketfs.core.attrs import POSIX_KEYS, check_new_name
 from bucketfs.core.contents import write_options
 from bucketfs.core.nodes import Kind, Node, VKind
 from bucketfs.core.storeinfo import StoreInfo
@@ -57,12 +72,16 @@ READ_ONLY = ("etag", "version_id", "last_modified", "storage_class", "size")
 READ_WRITE = SYSTEM_HEADERS  # content_type, cache_control, content_encoding, ...
 VERSION_FIELDS = ("is_latest", "delete_marker")
 URL = "url"
+UPLOAD_URL = "upload_url"
+DELETE_AT = "delete_at"
+CHECKSUM = "checksum."
 VERSIONING = "versioning"
 REGION = "region"
 #: the default lifetime of a presigned URL (-o url_ttl=)
 URL_TTL = 3600
 
 _KEY_RE = re.compile(r"^[a-z0-9._-]+$")
+_SECONDS_RE = re.compile(r"^\+[0-9]{1,10}$")
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _MEDIA_TYPE_RE = re.compile(rf"^{_TOKEN}/{_TOKEN}(\s*;.*)?$")
 
@@ -126,6 +145,11 @@ def _parse_date(text: str) -> datetime | None:
     return when.astimezone(UTC)
 
 
+def _checksum(info: ObjectInfo | None, field: str) -> str | None:
+    """`checksum.ALG` of the object the HEAD `info` describes, if the store kept it."""
+    return info.checksums.get(field[len(CHECKSUM) :]) if info is not None else None
+
+
 def metadata_bytes(metadata: dict[str, str]) -> int:
     return sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
 
@@ -176,6 +200,7 @@ class Xattrs:
             fields += list(VERSION_FIELDS)
             if not v.version.is_delete_marker:
                 fields += ["content_type", *self._system(node)]
+                fields += self._checksums(node.head_info)
             return names + [NS + f for f in fields]
         if self.store.covers(node):  # hook: a bucket's attributes (storeinfo.py)
             names += await self.store.names(node)
@@ -188,11 +213,19 @@ class Xattrs:
             fields += ["etag", *(["version_id"] if node.version_id else [])]
             fields += ["last_modified", "storage_class"]
         fields += ["size", "content_type", *self._system(node)]
+        if DELETE_AT in node.system:
+            fields.append(DELETE_AT)
+        if node.etag is not None and not node.dirty:
+            fields += self._checksums(await self._head(node))
         return names + [NS + f for f in fields]
 
     @staticmethod
     def _system(node: Node) -> list[str]:
         return [f for f in READ_WRITE if f != "content_type" and f in node.system]
+
+    @staticmethod
+    def _checksums(info: ObjectInfo | None) -> list[str]:
+        return [CHECKSUM + a for a in sorted(info.checksums)] if info is not None else []
 
     async def get(self, node: Node, name: str) -> bytes:
         if name.startswith(USER):  # the kernel asks for security.* on every write: no HEAD
@@ -206,6 +239,10 @@ class Xattrs:
     async def _value(self, node: Node, name: str) -> str | None:
         if not name.startswith(USER):
             return None
+        if name.startswith(NS + UPLOAD_URL):  # per object, also of a bucket directory's entries
+            field = name[len(NS) :]
+            if field == UPLOAD_URL or field.startswith(UPLOAD_URL + "."):
+                return self._upload_url(node, name, field[len(UPLOAD_URL) + 1 :])
         if self.store.covers(node, name):  # hook: a bucket's attributes (storeinfo.py)
             return await self.store.value(node, name)
         if not name.startswith(NS):
@@ -230,8 +267,12 @@ class Xattrs:
             return None
         if field == "size":
             return str(node.size)
+        if field == DELETE_AT:
+            return node.system.get(DELETE_AT)
         if node.etag is None:
             return None
+        if field.startswith(CHECKSUM):
+            return None if node.dirty else _checksum(await self._head(node), field)
         if field == "etag":
             return node.etag
         if field == "version_id":
@@ -261,6 +302,9 @@ class Xattrs:
         }
         if field in simple:
             return simple[field]
+        if field.startswith(CHECKSUM) and not info.is_delete_marker:
+            await self._head_version(node)
+            return _checksum(node.head_info, field)
         if field in READ_WRITE and not info.is_delete_marker:
             await self._head_version(node)
             if field == "content_type":
@@ -273,7 +317,7 @@ class Xattrs:
         if node.head_info is None or node.head_info.etag != node.etag:
             if node.bucket is None or node.etag is None:
                 return None
-            node.head_info = await self.backend.head(node.bucket, node.key)
+            node.head_info = await self.backend.head_checksums(node.bucket, node.key)
         return node.head_info
 
     async def _head_version(self, node: Node) -> None:
@@ -285,7 +329,7 @@ class Xattrs:
             node.head_info = v.version
             return
         version_id, _ = get_args(v.version)
-        info = await self.backend.head(v.bucket, v.path, version_id=version_id)
+        info = await self.backend.head_checksums(v.bucket, v.path, version_id=version_id)
         node.head_info = info
         node.metadata = dict(info.metadata)
         node.content_type = info.content_type
@@ -309,6 +353,30 @@ class Xattrs:
             return self.backend.presign(node.bucket, key, self.url_ttl, version_id=version_id)
         except NotSupported:
             raise _refuse(NotSupported(), node, name, "this store has no URLs") from None
+
+    def _upload_url(self, node: Node, name: str, entry: str) -> str | None:
+        """A presigned PUT of the file (`entry` ""), or of the directory's entry `entry`.
+        Never logged."""
+        if node.virtual is not None or node.bucket is None:
+            return None
+        if entry:
+            if node.kind is not Kind.DIR:
+                return None
+            try:
+                check_new_name(entry)
+            except BucketfsError as exc:
+                raise _refuse(InvalidArgument(), node, name, f"not a file name: {exc}") from None
+            key = node.key + entry
+        elif node.kind is Kind.FILE:
+            key = node.key
+        else:
+            return None
+        if self._read_only:
+            raise _refuse(ReadOnly(), node, name, "the mount is read-only")
+        try:
+            return self.backend.presign_upload(node.bucket, key, self.url_ttl)
+        except NotSupported:
+            raise _refuse(NotSupported(), node, name, "this store has no upload URLs") from None
 
     # --- changing ----------------------------------------------------------------------------
 
@@ -345,8 +413,19 @@ class Xattrs:
         system = dict(node.system)
         if name.startswith(NS):
             field = name[len(NS) :]
-            if field in READ_ONLY or field in (URL, VERSIONING, REGION, *VERSION_FIELDS):
+            if (
+                field in READ_ONLY
+                or field in (URL, VERSIONING, REGION, *VERSION_FIELDS)
+                or field.startswith((CHECKSUM, UPLOAD_URL))
+            ):
                 raise _refuse(NotPermitted(), node, name, "a read-only attribute")
+            if field == DELETE_AT:
+                when = self._delete_at(node, name, value)
+                if when:
+                    system[DELETE_AT] = when
+                else:
+                    system.pop(DELETE_AT, None)
+                return Change(metadata, content_type, system)
             if field not in READ_WRITE:
                 why = "unknown bucketfs attribute (user.bucketfs.* is reserved)"
                 raise _refuse(InvalidArgument(), node, name, why)
@@ -376,6 +455,31 @@ class Xattrs:
         else:
             metadata[key] = _text(node, name, value)
         return Change(metadata, content_type, system)
+
+    def _delete_at(self, node: Node, name: str, value: bytes | None) -> str:
+        """The deletion time `value` asks for, ISO 8601 UTC ("" when removing it)."""
+        if not self.backend.expiry:
+            why = "this store cannot delete an object at a set time (on S3: bucket lifecycle rules)"
+            raise _refuse(NotSupported(), node, name, why)
+        if node.kind is not Kind.FILE:
+            raise _refuse(NotSupported(), node, name, "only a file can be given an expiry")
+        if value is None:
+            if DELETE_AT not in node.system:
+                raise NoAttribute()
+            return ""
+        text = _text(node, name, value)
+        now = time.time()
+        if _SECONDS_RE.match(text):
+            stamp = math.ceil(now) + int(text[1:])
+        else:
+            when = _parse_date(text)
+            if when is None:
+                why = "not an ISO 8601 time, an HTTP date or +SECONDS"
+                raise _refuse(InvalidArgument(), node, name, why)
+            stamp = math.ceil(when.timestamp())  # the store keeps whole seconds
+        if stamp <= math.ceil(now):
+            raise _refuse(InvalidArgument(), node, name, "the time is not in the future")
+        return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     async def _check_kept(self, node: Node, name: str, change: Change) -> None:
         """Some stores keep no metadata on a directory marker (SeaweedFS: its directories are
