@@ -10,7 +10,9 @@ listings `account.py`, large objects `slo.py`. Invariants:
 - large objects are Static Large Objects (SLO, see `slo.py`): segments live in the container
   `<container>_segments` under `<key>/<upload id>/`; the segments of an SLO that is overwritten
   or deleted are deleted with it, except when the object or its container is versioned (an old
-  version may still need them).
+  version may still need them);
+- an object's expiry (`X-Delete-At`, `expiry`) is part of its `system` fields and sent with
+  every write of its metadata: a POST replaces all of it, so one without the header cancels it.
 
 Swift lacks a conditional PUT on `If-Match`: `put(if_match=...)` compares with a HEAD just
 before the PUT (a window of one round trip in which another writer can slip in).
