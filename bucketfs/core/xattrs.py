@@ -54,6 +54,7 @@ from bucketfs.core.nodes import Kind, Node, VKind
 from bucketfs.core.storeinfo import StoreInfo
 from bucketfs.core.versions import NULL_VERSION, get_args, iso, millis
 from bucketfs.errors import (
+    BackendError,
     BucketfsError,
     InvalidArgument,
     MetadataTooLarge,
@@ -216,7 +217,10 @@ class Xattrs:
         if DELETE_AT in node.system:
             fields.append(DELETE_AT)
         if node.etag is not None and not node.dirty:
-            fields += self._checksums(await self._head(node))
+            try:
+                fields += self._checksums(await self._head(node))
+            except BackendError as exc:  # listing the other attributes does not need it
+                log.debug("checksums of %s unknown: %s", node.key, exc)
         return names + [NS + f for f in fields]
 
     @staticmethod
