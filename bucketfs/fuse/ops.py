@@ -242,7 +242,15 @@ class FuseOps(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        size = self.fs.node(inode).size
         fh, keep = await self.fs.open(inode, flags)
+        if self.fs.handle(fh).node.size != size:
+            # another client changed the object (close-to-open): the kernel would read up to
+            # the size it holds; forget it (no writeback cache here, so this cannot block)
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+            except OSError as exc:
+                log.debug("could not invalidate the attributes of inode %d: %s", inode, exc)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     @_errors
