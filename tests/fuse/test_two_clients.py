@@ -146,19 +146,23 @@ def test_until_its_timeouts_run_out_a_mount_shows_what_it_saw(
     mount_factory: MountFactory,
 ) -> None:
     """The "not before" of the table, where it is deterministic: with timeouts of 60 s, B
-    keeps the attributes and the absence it saw (no request is sent); only `open` asks the
-    server at once (close-to-open), whatever the timeouts."""
+    keeps the attributes, the absence and the presence it saw (no request is sent); only
+    `open` asks the server at once (close-to-open), whatever the timeouts."""
     a, b = two_mounts(mount_factory, LONG_OPTIONS)
     f_a, f_b = a.path / "f", b.path / "f"
     f_a.write_bytes(b"v1")
+    (a.path / "g").write_bytes(b"g")
     a.flush()
     assert (mode(f_b), os.stat(f_b).st_size) == (0o644, 2)
     assert missing(b.path / "new")
+    assert not missing(b.path / "g")
     os.chmod(f_a, 0o600)
     (a.path / "new").write_bytes(b"n")
-    a.flush()
+    os.unlink(a.path / "g")
+    deleted(a, "g")
     assert (mode(f_b), os.stat(f_b).st_size) == (0o644, 2)
     assert missing(b.path / "new")
+    assert not missing(b.path / "g")
     f_a.write_bytes(b"v2, longer")
     a.flush()
     assert f_b.read_bytes() == b"v2, longer"  # the open asked
