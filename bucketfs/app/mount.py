@@ -134,6 +134,7 @@ def fs_options(cfg: MountConfig) -> FsOptions:
         transfers=cfg.transfers,
         upload_parts=cfg.upload_parts,
         meta_cache_size=cfg.meta_cache_size,
+        attrs=cfg.attrs,
     )
 
 

@@ -168,6 +168,7 @@ class MountConfig:
     writeback_delay: float = 1.0  # -o writeback_delay=SECONDS: quiet period before an upload
     noversions: bool = False  # -o noversions: no .versions/ directories
     url_ttl: int = 3600  # -o url_ttl=SECONDS: lifetime of a user.bucketfs.url
+    attrs: str = "full"  # -o attrs=full|listing: where file attributes come from
     fsname: str = ""  # "": str(source), as shown in /proc/mounts
     # S3 keys from a remote in a config file (bucketfs.app.config); None: botocore's chain. Never
     # in a repr, never an -o option (the command line shows in ps).
@@ -374,6 +375,12 @@ def _block_size(key: str, value: str) -> int:
     return size
 
 
+def _attrs(key: str, value: str) -> str:
+    if value not in ("full", "listing"):
+        raise ConfigError(f"bad value for option '{key}': {value!r} (full or listing)")
+    return value
+
+
 def _url_ttl(key: str, value: str) -> int:
     """Seconds a presigned URL lives: 1 to 604800 (7 days, SigV4's limit)."""
     if not _needs_value(key, value).isdigit() or not 1 <= int(value) <= 604800:
@@ -415,6 +422,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "writeback_delay": ("writeback_delay", _seconds),
     "noversions": ("noversions", parse_flag),
     "url_ttl": ("url_ttl", _url_ttl),
+    "attrs": ("attrs", _attrs),
     "auth_url": ("auth_url", _endpoint),
     "create_tempurl_key": ("create_tempurl_key", parse_flag),
 }

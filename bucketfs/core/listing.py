@@ -48,6 +48,7 @@ TOO_BIG_FOR = 600.0
 class Entry:
     kind: Kind
     info: ObjectInfo | None  # the object (file) or marker (dir) as listed, if any
+    head: bool = False  # `info` came from a HEAD (has the metadata), not from a listing
 
 
 def add_page(prefix: str, page: ListPage, files: dict[str, Entry], dirs: dict[str, Entry]) -> None:

@@ -242,9 +242,8 @@ class Mutations:
         ns.versions.refuse(node)  # hook: EROFS in .versions/
         if size is not None and size > ns.backend.max_object_size:
             raise FileTooLarge(f"{size} bytes is more than the store's largest object")
-        if not node.full:
-            # the object's metadata must be known before we write it back
-            await ns.getattr(ino)
+        # the object's metadata must be known before we write it back
+        await ns.load_metadata(node)
         if size is not None:
             if node.kind is Kind.DIR:
                 raise IsADirectory()

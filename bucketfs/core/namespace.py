@@ -27,7 +27,8 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
   whose listing ETag, size and LastModified equal what an earlier HEAD said (kept only when
   the server answered it 2 s or more after LastModified) gets its metadata without a HEAD;
   `open` still asks the server (close-to-open);
-- listed nodes waiting for a prefetch of their metadata (prefetch.py);
+- listed nodes waiting for a prefetch of their metadata (prefetch.py); none with `-o
+  attrs=listing`, where a listing's attributes are final (`apply`) and objects are files;
 - on the node itself: a symlink's target (until its ETag changes), the ETag the kernel's page
   cache holds (`kernel_etag`, handles.py), the last HEAD for xattrs (`head_info`, xattrs.py).
 
@@ -94,6 +95,9 @@ class Namespace:
         self.backend = backend
         self.opts = options
         self.defaults = Defaults(options.uid, options.gid, options.file_mode, options.dir_mode)
+        #: `-o attrs=listing`: a listing's attributes are final (see `apply`, README)
+        self.listing_attrs = options.attrs == "listing"
+        self._mounted = time.time()  # attrs=listing: the mtime of directories
         root = Node(
             ino=ROOT_INO,
             kind=Kind.DIR,
@@ -182,6 +186,10 @@ class Namespace:
     def new_node(self, parent: Node, name: str, kind: Kind, **attrs: object) -> Node:
         mode = self.defaults.dir_mode if kind is Kind.DIR else self.defaults.file_mode
         base: dict[str, object] = {"mode": mode, "uid": self.defaults.uid, "gid": self.defaults.gid}
+        if self.listing_attrs and kind not in (Kind.DIR, Kind.FILE):  # a listing shows none
+            raise NotPermitted(f"attrs=listing shows no {kind.value}s: cannot make one")
+        if self.listing_attrs and kind is Kind.DIR:  # a prefix has no date, a marker is unread
+            base["mtime"] = self._mounted
         base.update(attrs)
         if parent.bucket is None:
             base.setdefault("bucket", name)
@@ -239,7 +247,8 @@ class Namespace:
     # --- what the server says applied to a node ------------------------------------------------
 
     def apply(self, node: Node, info: ObjectInfo, *, full: bool) -> None:
-        posix = parse_posix(info.metadata) if full else None
+        """What a listing or (`full`) a HEAD says; attrs=listing shows no POSIX metadata."""
+        posix = parse_posix(info.metadata) if full and not self.listing_attrs else None
         default_mode = self.defaults.dir_mode if node.kind is Kind.DIR else self.defaults.file_mode
         if node.kind is not Kind.DIR:
             if node.etag != info.etag:
@@ -257,8 +266,8 @@ class Namespace:
         if node.kind is Kind.DIR:  # entries changed here: until the marker says so too
             node.mtime = max(node.mtime, node.entries_changed)
             node.ctime = max(node.ctime, node.entries_changed)
-        if posix is not None:
-            node.atime = posix.atime
+        if posix is not None or self.listing_attrs:
+            node.atime = posix.atime if posix is not None else None
         node.mode = posix.mode if posix and posix.mode is not None else default_mode
         node.uid = posix.uid if posix and posix.uid is not None else self.defaults.uid
         node.gid = posix.gid if posix and posix.gid is not None else self.defaults.gid
@@ -287,14 +296,19 @@ class Namespace:
             node.attr_expiry = time.monotonic() + self.opts.attr_timeout
             self.marker_seen(node)
 
-    @staticmethod
-    def _marker_fresh(node: Node) -> bool:
-        """A directory whose attributes (from its marker) may be reused without asking."""
-        return node.kind is Kind.DIR and node.full and node.marker_expiry > time.monotonic()
+    def _marker_fresh(self, node: Node) -> bool:
+        """A directory whose attributes (from its marker) may be reused without asking; with
+        attrs=listing every directory (a marker is never read)."""
+        fresh = self.listing_attrs or (node.full and node.marker_expiry > time.monotonic())
+        return node.kind is Kind.DIR and fresh
 
-    @staticmethod
-    def _file_entry(info: ObjectInfo) -> Entry:
-        return Entry(object_kind(info.metadata), info)
+    def _fresh(self, node: Node) -> bool:
+        """Attributes that may be shown without asking (attrs=listing: a listing's too)."""
+        return (node.full or self.listing_attrs) and node.attr_expiry > time.monotonic()
+
+    def _file_entry(self, info: ObjectInfo) -> Entry:
+        kind = Kind.FILE if self.listing_attrs else object_kind(info.metadata)
+        return Entry(kind, info, head=True)
 
     # --- lookup and attributes -----------------------------------------------------------------
 
@@ -318,9 +332,7 @@ class Namespace:
         if node is not None and not node.full:
             self.prefetch.kick(node)
             await self.prefetch.wait(node)
-        if node is not None and (
-            node.pinned or (node.full and node.attr_expiry > time.monotonic())
-        ):
+        if node is not None and (node.pinned or self._fresh(node)):
             return node
         if node is None and parent.bucket is not None and self._data is not None:
             unsaved = self.data.unsaved(parent.bucket, parent.key + name)
@@ -347,17 +359,19 @@ class Namespace:
             return node
         if node is None or node.kind is not entry.kind:
             node = self.new_node(parent, name, entry.kind)
-        if entry.kind is Kind.DIR:
+        if entry.kind is Kind.DIR and self.listing_attrs:
+            node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+        elif entry.kind is Kind.DIR:
             self._apply_marker(node, entry.info)
         elif entry.info is not None:
-            self.apply(node, entry.info, full=True)
+            self.apply(node, entry.info, full=entry.head)
         return node
 
     def _node_from_cache(self, parent: Node, name: str, unsaved: Unsaved) -> Node:
         """A node for a file the cache holds but the server may not have yet (after a crash)."""
         metadata = unsaved.metadata
         posix = parse_posix(metadata)
-        kind = Kind.LINK if posix.kind is Kind.LINK else Kind.FILE
+        kind = Kind.LINK if posix.kind is Kind.LINK and not self.listing_attrs else Kind.FILE
         node = self.new_node(
             parent,
             name,
@@ -380,7 +394,8 @@ class Namespace:
         self, parent: Node, name: str, *, marker: bool = True, exact: bool = False
     ) -> Entry | None:
         """What `name` in `parent` is on the server: a directory wins over a file. A
-        directory's marker is read only if `marker` (else its entry has no info)."""
+        directory's marker is read only if `marker` (else its entry has no info), never with
+        attrs=listing; nor is a file listed there HEADed then."""
         if parent.bucket is None:
             try:
                 await self.backend.head_bucket(name)
@@ -399,9 +414,11 @@ class Namespace:
             if entry is None:
                 return None
             if entry.kind is Kind.DIR:
-                if not marker:
+                if not marker or self.listing_attrs:
                     return entry
-                return Entry(Kind.DIR, await self.head_or_none(bucket, key + "/"))
+                return Entry(Kind.DIR, await self.head_or_none(bucket, key + "/"), head=True)
+            if self.listing_attrs and entry.info is not None:
+                return entry  # its attributes are all there is to show: no HEAD
             info = await self.head_or_none(bucket, key)
             return None if info is None else self._file_entry(info)
         head: ObjectInfo | None = None
@@ -424,7 +441,8 @@ class Namespace:
                 return Entry(Kind.DIR, None)
             await do_head()
         if is_dir:
-            return Entry(Kind.DIR, await self.head_or_none(bucket, key + "/"))
+            info = None if self.listing_attrs else await self.head_or_none(bucket, key + "/")
+            return Entry(Kind.DIR, info, head=True)
         return None if head is None else self._file_entry(head)
 
     async def _relist(self, directory: Node, *, subtree: bool = True) -> dict[str, Entry] | None:
@@ -522,9 +540,7 @@ class Namespace:
         if not node.full:
             self.prefetch.kick(node)
             await self.prefetch.wait(node)
-        if node.pinned or node.unlinked or node.ino == ROOT_INO:
-            return node
-        if node.full and node.attr_expiry > time.monotonic():
+        if node.pinned or node.unlinked or node.ino == ROOT_INO or self._fresh(node):
             return node
         if node.bucket is None or node.is_bucket:
             return node
@@ -542,6 +558,14 @@ class Namespace:
         if self._file_entry(info).kind is node.kind:
             self.apply(node, info, full=True)
         return node
+
+    async def load_metadata(self, node: Node) -> None:
+        """The object's user metadata, which a change writes back (setattr): a listing lacks
+        it, and with attrs=listing getattr does not ask for it."""
+        if self.listing_attrs and node.virtual is None:
+            await self._prefetched(node)  # what a prefetch asks (nothing if `full`)
+        elif not node.full:
+            await self.getattr(node.ino)
 
     async def readlink(self, ino: int) -> str:
         node = self.node(ino)
@@ -601,7 +625,7 @@ class Namespace:
                 node = self.new_node(directory, name, entry.kind, full=False)
             if entry.kind is not Kind.DIR and entry.info is not None:
                 # same ETag: keep the metadata we know (a listing does not carry it)
-                if not (node.full and node.etag == entry.info.etag):
+                if self.listing_attrs or not (node.full and node.etag == entry.info.etag):
                     self.apply(node, entry.info, full=False)
             elif entry.kind is Kind.DIR and not node.full:
                 node.attr_expiry = 0.0
@@ -617,6 +641,6 @@ class Namespace:
         # metadata of listed files is fetched only once the kernel asks for one of them (ls -l,
         # du, rsync do; find and plain ls do not)
         partial = [node for _, node in entries if not node.full]
-        if partial:
+        if partial and not self.listing_attrs:  # attrs=listing: never HEAD what was listed
             self.prefetch.defer(directory.ino, partial)
         return entries

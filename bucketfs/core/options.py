@@ -32,3 +32,6 @@ class FsOptions:
     meta_cache_size: int = 1_000_000  # HEAD results kept across mounts (cache/attrstore.py)
     noversions: bool = False  # hide the .versions/ tree (versions.py)
     url_ttl: int = 3600  # seconds a user.bucketfs.url stays valid (xattrs.py)
+    #: "full": attributes from object metadata (a HEAD per listed file); "listing": from
+    #: listings alone, no HEAD to list (namespace.py, `-o attrs=`)
+    attrs: str = "full"

@@ -5,7 +5,8 @@ the HEADs in flight (`kick`, `wait`). What a HEAD means for a node is the namesp
 (`refresh`, namespace.py); this module only decides when they are sent and lets a caller wait.
 
 Invariants: nothing is sent for a directory's listing until the kernel asks about one of its
-listed non-directories (ls -l, du and rsync do; find and plain ls do not); at most
+listed non-directories (ls -l, du and rsync do; find and plain ls do not), and never with
+`-o attrs=listing` (namespace.py defers nothing then); at most
 `PREFETCH_ENTRIES` HEADs per listing and `PREFETCH_PARALLEL` in flight; one HEAD per node at a
 time, and whoever waits for it is woken whether it succeeded or failed; a failed prefetch is
 logged and forgotten (the next getattr asks again); without a nursery (before `run`) nothing is

@@ -102,8 +102,10 @@ class FuseOps(pyfuse3.Operations):
         attrs.generation = 0
         # attributes from a listing lack the object's metadata: let the kernel ask again for
         # them, and for the entry too unless its kind is sure (a symlink looks like a file)
-        attrs.entry_timeout = opts.entry_timeout if node.kind_certain else 0
-        attrs.attr_timeout = opts.attr_timeout if node.full else 0
+        # (with attrs=listing, a listing's attributes are all there is to show)
+        final = opts.attrs == "listing"
+        attrs.entry_timeout = opts.entry_timeout if node.kind_certain or final else 0
+        attrs.attr_timeout = opts.attr_timeout if node.full or final else 0
         attrs.st_mode = node.st_mode
         # an unlinked file still open shows no link, as on a local disk
         attrs.st_nlink = 0 if node.unlinked else 2 if node.st_mode & 0o040000 else 1
@@ -240,7 +242,15 @@ class FuseOps(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        size = self.fs.node(inode).size
         fh, keep = await self.fs.open(inode, flags)
+        if self.fs.handle(fh).node.size != size:
+            # another client changed the object (close-to-open): the kernel would read up to
+            # the size it holds; forget it (no writeback cache here, so this cannot block)
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+            except OSError as exc:
+                log.debug("could not invalidate the attributes of inode %d: %s", inode, exc)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     @_errors

@@ -310,7 +310,8 @@ class Bench:
         for rep in range(self.sizes.repetitions):
             for scenario in self.scenarios:
                 for system in self.systems:
-                    self.run_scenario(system, scenario, rep)
+                    if system.scenarios is None or scenario.name in system.scenarios:
+                        self.run_scenario(system, scenario, rep)
 
     def _store(self, system: System, label: str) -> Store:
         if system.kind == "local":

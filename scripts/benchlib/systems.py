@@ -4,6 +4,8 @@ A `System` knows whether it is installed and how to `mount(bucket, endpoint, wor
 returned `MountHandle` knows its daemon's pid (peak RSS and CPU seconds come from /proc) and how to
 unmount. `raw` and `local` are systems without a mount. `bucketfs-base` (`BASE`) is bucketfs run
 from another checkout with its own venv (`--base-repo`), mounted and measured like `bucketfs`.
+`bucketfs-listing` is this checkout with `-o attrs=listing`, run on the `ls -lR` row only
+(`System.scenarios`).
 
 Invariant: every live mount is registered in `CLEANUP` from just before the mount command runs
 until its unmount finished; `CLEANUP.unmount_all()` (called from `finally`, atexit and the signal
@@ -232,6 +234,8 @@ class System:
 
     name = ""
     kind = "mount"  # mount | raw | local
+    #: the scenarios this system runs (None: all); a variant measured on a few rows only
+    scenarios: frozenset[str] | None = None
 
     def binary(self) -> str | None:
         return None
@@ -302,6 +306,8 @@ class Bucketfs(System):
     """This checkout's bucketfs, with the venv the harness runs in."""
 
     name = "bucketfs"
+    #: `-o` options beyond MOUNT_OPTIONS (a variant of this checkout's bucketfs)
+    extra_options: tuple[str, ...] = ()
 
     def binary(self) -> str | None:
         path = VENV_BIN / "bucketfs"
@@ -324,8 +330,9 @@ class Bucketfs(System):
         self, bucket: str, mp: Path, endpoint: str, cache: Path, region: str
     ) -> list[str]:
         values = {"endpoint": endpoint, "cache_dir": cache, "region": region}
-        options = ",".join(f"{name}={values[name]}" for name in MOUNT_OPTIONS)
-        return [*self.cli(), "mount", f"s3://{bucket}", str(mp), "-o", options]
+        options = [f"{name}={values[name]}" for name in MOUNT_OPTIONS]
+        options.extend(self.extra_options)
+        return [*self.cli(), "mount", f"s3://{bucket}", str(mp), "-o", ",".join(options)]
 
     def mount(
         self,
@@ -362,6 +369,15 @@ class Bucketfs(System):
             handle.abort()
             raise
         return handle
+
+
+class BucketfsListing(Bucketfs):
+    """This checkout's bucketfs with `-o attrs=listing` (listing attributes only, no HEAD to
+    list), on the row it changes: `ls -lR` of the tree, beside rclone's server modtimes."""
+
+    name = "bucketfs-listing"
+    extra_options = ("attrs=listing",)
+    scenarios = frozenset({"ls_lR_10k"})
 
 
 class BucketfsBase(Bucketfs):
@@ -622,6 +638,7 @@ ALL_SYSTEMS: list[System] = [
     BASE,
     Rclone("full"),
     Rclone("off"),
+    BucketfsListing(),
     S3fs(),
     Raw(),
     Local(),

@@ -186,6 +186,8 @@ OPTION_CASES = [
     ("writeback_delay=0", "writeback_delay", 0.0),
     ("noversions", "noversions", True),
     ("url_ttl=60", "url_ttl", 60),
+    ("attrs=listing", "attrs", "listing"),
+    ("attrs=full", "attrs", "full"),
 ]
 
 
@@ -255,6 +257,7 @@ def test_endpoint_from_environment() -> None:
         ("writeback_delay=-1", "'writeback_delay': '-1'"),
         ("url_ttl=0", "'url_ttl': '0'"),
         ("url_ttl=1h", "'url_ttl': '1h'"),
+        ("attrs=head", "'attrs': 'head'"),
         ("retry_timeout=never", "'retry_timeout': 'never'"),
         ("max_connections=many", "'max_connections': 'many'"),
         ("part_size=1M", "'part_size': '1M'"),

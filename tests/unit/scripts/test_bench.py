@@ -440,3 +440,38 @@ def test_run_goes_scenario_by_scenario_and_system_by_system(tmp_path: Path) -> N
         ("b", "bucketfs-base", 0),
     ]
     assert len(calls) == 8
+
+
+def test_a_bucketfs_variant_runs_its_rows_only_with_its_options(tmp_path: Path) -> None:
+    from benchlib.data import QUICK
+    from benchlib.runner import Bench
+
+    listing = systems.BucketfsListing()
+    command = listing.mount_command("b", Path("/mp"), "http://s3", Path("/c"), "eu-1")
+    assert command[-1].split(",")[-1] == "attrs=listing"
+    assert (
+        "attrs=listing"
+        not in systems.Bucketfs().mount_command("b", Path("/mp"), "http://s3", Path("/c"), "eu-1")[
+            -1
+        ]
+    )
+    assert "bucketfs-listing" in [s.name for s in cli.select_systems(None, None)]
+    scenarios = [Scenario(n, (n,), lambda env: None) for n in ("ls_lR_10k", "tar_c")]
+    bench = Bench(
+        sizes=dataclasses.replace(QUICK, repetitions=1),
+        quick=True,
+        systems=[systems.Bucketfs(), listing],
+        scenarios=scenarios,
+        workdir=tmp_path,
+        endpoint=None,
+        use_proxy=False,
+        verbose=False,
+    )
+    calls: list[tuple[str, str]] = []
+    bench.run_scenario = lambda sys_, sc, rep: calls.append((sc.name, sys_.name))  # type: ignore[method-assign]
+    bench.run()
+    assert calls == [
+        ("ls_lR_10k", "bucketfs"),
+        ("ls_lR_10k", "bucketfs-listing"),
+        ("tar_c", "bucketfs"),
+    ]
