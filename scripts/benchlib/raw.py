@@ -195,6 +195,8 @@ def _tree_tool(tool: str) -> Callable[[RawEnv], None]:
 
         env.phase(f"{tool}_10k_cold", run)
         env.phase(f"{tool}_10k_warm", run)
+        if tool == "ls_lR":
+            env.phase(f"{tool}_10k_remount", run)  # nothing kept: the same listing again
 
     return scenario
 
