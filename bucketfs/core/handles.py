@@ -101,8 +101,10 @@ class Handles:
         ]
 
     async def fsyncdir(self) -> None:
-        """Names removed through this mount are gone from the server when this returns."""
+        """Names removed through this mount are gone from the server, and directories made
+        through it are there, when this returns."""
         await self._ns.backend.flush()
+        await self._ns.markers.flush()
 
     # --- files -------------------------------------------------------------------------------
 

@@ -29,7 +29,9 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
 
 What stays elsewhere: the `.versions/` tree keeps its own listings (versions.py: read-only
 history, never in the key namespace); file contents and what awaits upload live in the cache,
-seen through contents.py (`Unsaved`).
+seen through contents.py (`Unsaved`); directories whose marker awaits upload live in
+cache/markers.py (`Markers`): lookups, getattr and readdir show them, from their journaled
+attributes, whatever a listing from the server says (like unsaved files).
 
 Namespace rules (README "How bucketfs maps keys"): a key `a/b/c` is file `c` in directory
 `a/b`; directories come from common prefixes and from `dir/` marker objects; when a key is both
@@ -72,6 +74,7 @@ if TYPE_CHECKING:  # types only: file contents are reached through contents.py a
     import trio
 
     from bucketfs.cache.deletes import DeferredDeletes
+    from bucketfs.cache.markers import Markers, PendingMarker
     from bucketfs.cache.store import CachedFile
 
 #: a directory whose last listing had at most this many entries is listed again (one page)
@@ -85,9 +88,16 @@ OPEN_REUSES_HEAD = 0.01
 
 class Namespace:
     def __init__(
-        self, backend: DeferredDeletes, *, bucket: str | None, prefix: str, options: FsOptions
+        self,
+        backend: DeferredDeletes,
+        markers: Markers,
+        *,
+        bucket: str | None,
+        prefix: str,
+        options: FsOptions,
     ) -> None:
         self.backend = backend
+        self.markers = markers
         self.opts = options
         self.defaults = Defaults(options.uid, options.gid, options.file_mode, options.dir_mode)
         root = Node(
@@ -218,6 +228,11 @@ class Namespace:
         self._listings[directory.ino] = {}
         self._listing_sizes[directory.ino] = 0
 
+    def listed_empty(self, directory: Node) -> bool:
+        """Whether the directory's own listing is fresh and empty (kept in step with this
+        mount's changes since it was listed or made)."""
+        return self._listings.get(directory.ino) == {}
+
     def saved(self, node: Node) -> None:
         """Our upload of `node` was confirmed (contents.py set its fields from it)."""
         node.attr_expiry = time.monotonic() + self.opts.attr_timeout
@@ -318,6 +333,9 @@ class Namespace:
             node.pinned or (node.full and node.attr_expiry > time.monotonic())
         ):
             return node
+        marker = self.markers.pending(parent.bucket, parent.key + name + "/")
+        if marker is not None:  # made here, its marker not on the server yet
+            return self._node_from_marker(parent, name, marker)
         if node is None and parent.bucket is not None and self._data is not None:
             unsaved = self.data.unsaved(parent.bucket, parent.key + name)
             if unsaved is not None:
@@ -352,25 +370,41 @@ class Namespace:
     def _node_from_cache(self, parent: Node, name: str, unsaved: Unsaved) -> Node:
         """A node for a file the cache holds but the server may not have yet (after a crash)."""
         metadata = unsaved.metadata
-        posix = parse_posix(metadata)
-        kind = Kind.LINK if posix.kind is Kind.LINK else Kind.FILE
-        node = self.new_node(
+        kind = Kind.LINK if parse_posix(metadata).kind is Kind.LINK else Kind.FILE
+        node = self._node_from_meta(
             parent,
             name,
             kind,
-            mode=posix.mode if posix.mode is not None else self.defaults.file_mode,
-            uid=posix.uid if posix.uid is not None else self.defaults.uid,
-            gid=posix.gid if posix.gid is not None else self.defaults.gid,
-            mtime=posix.mtime if posix.mtime is not None else time.time(),
-            atime=posix.atime,
+            metadata,
             size=unsaved.size,
             etag=unsaved.etag,
-            metadata=metadata,
             content_type=unsaved.content_type,
             system=unsaved.system,
         )
         self.data.adopt(node, unsaved)
         return node
+
+    def _node_from_marker(self, parent: Node, name: str, marker: PendingMarker) -> Node:
+        """The node of a directory made here whose marker the server may not have yet (made
+        anew after a restart, or when the kernel forgot it); a listing lacking it is ignored."""
+        node = self.table.child(parent, name)
+        if node is None or node.kind is not Kind.DIR:
+            opts = marker.opts
+            node = self._node_from_meta(parent, name, Kind.DIR, dict(opts.metadata))
+            node.content_type, node.system = opts.content_type, dict(opts.system)
+            node.has_marker = True
+            self.marker_seen(node)
+        node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+        return node
+
+    def _node_from_meta(
+        self, parent: Node, name: str, kind: Kind, metadata: dict[str, str], **attrs: object
+    ) -> Node:
+        """A node whose attributes come from the metadata its pending upload will carry."""
+        posix = parse_posix(metadata)
+        known = {"mode": posix.mode, "uid": posix.uid, "gid": posix.gid, "mtime": posix.mtime}
+        attrs.update({field: value for field, value in known.items() if value is not None})
+        return self.new_node(parent, name, kind, atime=posix.atime, metadata=metadata, **attrs)
 
     async def _resolve(
         self, parent: Node, name: str, *, marker: bool = True, exact: bool = False
@@ -433,7 +467,7 @@ class Namespace:
         bucket = directory.bucket
         ancestor = None
         if subtree:
-            above = self._ancestors(directory)
+            above = self.table.ancestor_keys(directory)
             ancestor = self.subtrees.ancestor_to_list(bucket, directory.key, above)
         if ancestor is not None:
             listings = await self.subtrees.refresh(self.backend, bucket, ancestor)
@@ -449,18 +483,6 @@ class Namespace:
         self._listings[directory.ino] = listed
         self._listing_sizes[directory.ino] = len(listed)
         return listed
-
-    def _ancestors(self, directory: Node) -> list[str]:
-        """The keys of the directories above `directory` in its bucket, nearest first."""
-        keys: list[str] = []
-        node = directory
-        while node.ino != ROOT_INO and not node.is_bucket:
-            parent = self.table.get(node.parent)
-            if parent is None or parent.bucket != directory.bucket:
-                break
-            keys.append(parent.key)
-            node = parent
-        return keys
 
     async def head_or_none(
         self, bucket: str, key: str, *, reusable: bool = True
@@ -517,7 +539,7 @@ class Namespace:
         if node.bucket is None or node.is_bucket:
             return node
         if node.kind is Kind.DIR:
-            if self._marker_fresh(node):
+            if self._marker_fresh(node) or self.markers.pending(node.bucket, node.key):
                 node.attr_expiry = time.monotonic() + self.opts.attr_timeout
             else:
                 self._apply_marker(node, await self.head_or_none(node.bucket, node.key))
@@ -564,6 +586,7 @@ class Namespace:
         # while we wait, after the server made the listing without it
         local = [n for n in self.table.known_children(directory) if n.pinned and not n.unlinked]
         cached: dict[str, Unsaved] = {}
+        markers = self.markers.children(directory.bucket, directory.key)
         if directory.bucket is not None and self._data is not None:
             for unsaved in self.data.unsaved_under(directory.bucket, directory.key):
                 assert unsaved.key is not None
@@ -575,6 +598,10 @@ class Namespace:
         entries: list[tuple[str, Node]] = []
         seen: set[str] = set()
         for name, entry in listed.items():
+            if name in markers:  # a directory made here: its attributes are ours
+                entries.append((name, self._node_from_marker(directory, name, markers[name])))
+                seen.add(name)
+                continue
             node = self.table.child(directory, name)
             if node is None and name in cached and entry.kind is not Kind.DIR:
                 node = self._node_from_cache(directory, name, cached[name])
@@ -602,6 +629,10 @@ class Namespace:
         for name, unsaved in cached.items():
             if name not in seen and valid_name(name) and unsaved.key is not None:
                 entries.append((name, self._node_from_cache(directory, name, unsaved)))
+                seen.add(name)
+        for name, marker in markers.items():
+            if name not in seen and valid_name(name):
+                entries.append((name, self._node_from_marker(directory, name, marker)))
         # metadata of listed files is fetched only once the kernel asks for one of them (ls -l,
         # du, rsync do; find and plain ls do not)
         partial = [node for _, node in entries if not node.full]

@@ -80,6 +80,8 @@ class Change:
 Persist = Callable[[Node], Awaitable[None]]
 Flush = Callable[[int], Awaitable[None]]
 Refresh = Callable[[int], Awaitable[Node]]
+#: send the pending markers (mkdir's, cache/markers.py) of a directory and those under it
+SendMarkers = Callable[[str, str], Awaitable[None]]
 
 
 def _refuse(exc: BucketfsError, node: Node, name: str, why: str) -> BucketfsError:
@@ -150,9 +152,11 @@ class Xattrs:
         persist: Persist,
         flush: Flush,
         refresh: Refresh,
+        send_markers: SendMarkers,
         read_only: bool,
     ) -> None:
         self.backend = backend
+        self._send_markers = send_markers
         self.url_ttl = url_ttl
         self._persist = persist
         self._refresh = refresh
@@ -436,6 +440,9 @@ class Xattrs:
                 raise _refuse(MetadataTooLarge(), node, name, why)
             await self._persist(node)
             if node.kind is Kind.DIR:
+                # a marker mkdir made may not be on the server yet: the check asks the server
+                assert node.bucket is not None
+                await self._send_markers(node.bucket, node.key)
                 await self._check_kept(node, name, change)
         except BaseException:
             node.metadata, node.content_type, node.system = before
