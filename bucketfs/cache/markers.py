@@ -29,14 +29,17 @@ Invariants:
   tried again after RETRY_MIN seconds, doubling up to RETRY_MAX; `flush` tries at once and
   raises the error of an attempt that failed while it waited;
 - outside `run()` (before the mount serves, after it stopped) `add` PUTs the marker at once and
-  `flush` sends what is pending itself.
+  `flush` sends what is pending itself;
+- whoever `watch`es is told of every marker confirmed while pending, before anything waiting
+  for it goes on: from then on the directory is no longer shown from here, so what the
+  namespace holds of listings made while it was pending (which lack it) must learn of it.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import trio
@@ -147,6 +150,8 @@ class Markers:
         self._journal: Journal | None = None
         self._unrecorded: list[tuple[str, str]] = []
         self._nursery: trio.Nursery | None = None
+        #: told (bucket, parent prefix, name) of each marker confirmed while pending
+        self._watchers: list[Callable[[str, str, str], None]] = []
         self.sent = 0
 
     # --- what the namespace and status ask ---------------------------------------------------
@@ -170,6 +175,11 @@ class Markers:
     def failed(self) -> dict[str, str]:
         """Markers whose last attempt failed: "bucket/key/" -> its error."""
         return {f"{p.bucket}/{p.key}": str(p.error) for p in self._pending.values() if p.error}
+
+    def watch(self, sent: Callable[[str, str, str], None]) -> None:
+        """Call `sent(bucket, parent prefix, name)` for each marker the server confirmed while
+        it was pending (not for one `add` PUT at once: that is done when `add` returns)."""
+        self._watchers.append(sent)
 
     # --- the queue ---------------------------------------------------------------------------
 
@@ -332,6 +342,9 @@ class Markers:
         if p.generation != generation:
             return None
         if self._pending.get(p.item) is p:
+            parent, name = split_key(p.key)
+            for sent in self._watchers:  # before `_unregister` lets waiters go on
+                sent(p.bucket, parent, name)
             self._unregister(p)
             self._forget(p.item)
         return True

@@ -13,14 +13,16 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
   whether it still exists (one LIST), not for its marker again;
 - negative entries (`_negative`): a name found absent stays so for `negative_timeout`, unless
   this mount creates it;
-- listings of a directory (`_listings`): used for `dir_timeout`, and kept in step with every
-  change made through this mount (`changed`), not dropped; an exclusive create (O_EXCL) and an
-  rmdir drop them (`drop_listing`), a conflict drops all of them;
+- listings of a directory (`listings`, listing.py's `Listings`): used for `dir_timeout`, and
+  kept in step with every change made through this mount (`changed`), not dropped; an
+  exclusive create (O_EXCL) and an rmdir drop them (`drop_listing`), a conflict drops all of
+  them; a listing (a readdir's or a relisting) that overlapped a change made through this
+  mount is not kept; a directory made here counts as changed again when its marker reaches
+  the server (`marker_sent`): listings made while it was pending lack it;
 - subtree listings (`listing.Subtrees`): the same rules, for many directories at once;
-- the size of each directory's last listing (`_listing_sizes`, no expiry) decides whether a
-  lookup after the listing expired lists the directory again (at most `RELIST_ENTRIES`) rather
-  than sending a HEAD and a LIST per name; a relisting that overlapped a change made through
-  this mount (`_changes`) is not kept;
+- the size of each directory's last listing (no expiry) decides whether a lookup after the
+  listing expired lists the directory again (at most `RELIST_ENTRIES`) rather than sending a
+  HEAD and a LIST per name;
 - HEADs kept for reuse (`_heads_sent`): a HEAD that found a key serves the next `open` of it
   within `OPEN_REUSES_HEAD`, and one open at most;
 - listed nodes waiting for a prefetch of their metadata (prefetch.py);
@@ -48,12 +50,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from cachetools import LRUCache, TTLCache
+from cachetools import TTLCache
 
 from bucketfs.concurrency import gather
 from bucketfs.core.attrs import NAME_MAX, Defaults, object_kind, parse_posix, valid_name
 from bucketfs.core.contents import FileData, Unsaved
-from bucketfs.core.listing import Entry, Subtrees, apply_change, list_children
+from bucketfs.core.listing import Entry, Listings, Subtrees, list_children
 from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.core.options import FsOptions
 from bucketfs.core.prefetch import Prefetch
@@ -98,6 +100,7 @@ class Namespace:
     ) -> None:
         self.backend = backend
         self.markers = markers
+        markers.watch(self.marker_sent)
         self.opts = options
         self.defaults = Defaults(options.uid, options.gid, options.file_mode, options.dir_mode)
         root = Node(
@@ -116,9 +119,8 @@ class Namespace:
         self._negative: TTLCache[tuple[int, str], bool] = TTLCache(
             maxsize=65536, ttl=max(options.negative_timeout, 1e-6)
         )
-        self._listings: TTLCache[int, dict[str, Entry]] = TTLCache(
-            maxsize=1024, ttl=max(options.dir_timeout, 1e-6)
-        )
+        #: each directory's own listing, its size, the changes made there (listing.py)
+        self.listings = Listings(options.dir_timeout)
         #: when the last HEAD that found each key was sent, and the ETag it saw (for `open`,
         #: OPEN_REUSES_HEAD)
         self._heads_sent: TTLCache[tuple[str, str], tuple[float, str]] = TTLCache(
@@ -126,11 +128,6 @@ class Namespace:
         )
         self._data: FileData | None = None
         self.prefetch = Prefetch(self._prefetched)
-        #: entries of each directory's last listing, by inode (to decide on relisting)
-        self._listing_sizes: LRUCache[int, int] = LRUCache(maxsize=65536)
-        #: changes made through this mount, per directory inode (a relisting of a directory
-        #: that overlaps a change there is not kept)
-        self._changes: LRUCache[int, int] = LRUCache(maxsize=65536)
         #: listings of many directories from one recursive LIST of an ancestor (listing.py)
         self.subtrees = Subtrees(options.dir_timeout)
         # hook: the .versions/ tree (versions.py)
@@ -200,7 +197,7 @@ class Namespace:
     def changed(self, directory: Node, name: str, kind: Kind | None = None) -> None:
         """A change made through this mount: a listing we hold is kept in step (not dropped),
         so lookups of new names need no request; `kind` None means `name` is gone."""
-        self._changes[directory.ino] = self._changes.get(directory.ino, 0) + 1
+        self.listings.changed(directory.ino, name, kind)
         self._negative.pop((directory.ino, name), None)
         # POSIX: an entry made, removed or renamed changes its directory's mtime and ctime;
         # kept in memory (a marker PUT per create would double its cost), written with the
@@ -209,13 +206,20 @@ class Namespace:
         directory.mtime = directory.ctime = directory.entries_changed = now
         if directory.bucket is not None:
             self.subtrees.changed(directory.bucket, directory.key, name, kind)
-        listing = self._listings.get(directory.ino)
-        if listing is not None:
-            apply_change(listing, name, kind)
+
+    def marker_sent(self, bucket: str, parent_key: str, name: str) -> None:
+        """The marker of directory `name` made here reached the server: it is shown from
+        listings from now on, no longer from the journal (Markers). A listing made while it
+        was pending lacks it (the server had nothing of it yet): those held get it, and one
+        in flight is not kept (as if this mount changed the directory then)."""
+        self.subtrees.changed(bucket, parent_key, name, Kind.DIR)
+        parent = self.node_at(bucket, parent_key[:-1] if parent_key.endswith("/") else parent_key)
+        if parent is not None:  # else nothing is kept of it (`_node_dropped`)
+            self.listings.changed(parent.ino, name, Kind.DIR)
 
     def drop_listing(self, directory: Node) -> None:
         """Forget what listings (its own or a subtree's) say `directory` holds."""
-        self._listings.pop(directory.ino, None)
+        self.listings.drop(directory.ino)
         if directory.bucket is not None:
             self.subtrees.forget(directory.bucket, directory.key)
 
@@ -225,13 +229,12 @@ class Namespace:
 
     def made_empty(self, directory: Node) -> None:
         """We just made `directory`: its listing is known, it is empty."""
-        self._listings[directory.ino] = {}
-        self._listing_sizes[directory.ino] = 0
+        self.listings.made_empty(directory.ino)
 
     def listed_empty(self, directory: Node) -> bool:
         """Whether the directory's own listing is fresh and empty (kept in step with this
         mount's changes since it was listed or made)."""
-        return self._listings.get(directory.ino) == {}
+        return self.listings.get(directory.ino) == {}
 
     def saved(self, node: Node) -> None:
         """Our upload of `node` was confirmed (contents.py set its fields from it)."""
@@ -244,7 +247,7 @@ class Namespace:
             node.attr_expiry = 0.0
             node.kernel_etag = None
         self._negative.clear()
-        self._listings.clear()
+        self.listings.clear()
         self.subtrees.clear()
 
     # --- what the server says applied to a node ------------------------------------------------
@@ -418,10 +421,10 @@ class Namespace:
                 return None
             return Entry(Kind.DIR, None)
         bucket, key = parent.bucket, parent.key + name
-        listed = self._listings.get(parent.ino)
+        listed = self.listings.get(parent.ino)
         if listed is None:
             listed = self.subtrees.get(bucket, parent.key)
-        size = self._listing_sizes.get(parent.ino)
+        size = self.listings.size(parent.ino)
         if listed is None and size is not None and size <= RELIST_ENTRIES:
             listed = await self._relist(parent, subtree=not exact)
         if listed is not None:
@@ -473,16 +476,9 @@ class Namespace:
             listings = await self.subtrees.refresh(self.backend, bucket, ancestor)
             if listings is not None and directory.key in listings:
                 return listings[directory.key]
-        changes = self._changes.get(directory.ino, 0)
+        changes = self.listings.changes(directory.ino)
         listed = await list_children(self.backend, bucket, directory.key, max_pages=1)
-        if listed is None:
-            self._listing_sizes[directory.ino] = RELIST_ENTRIES + 1
-            return None
-        if self._changes.get(directory.ino, 0) != changes:
-            return None
-        self._listings[directory.ino] = listed
-        self._listing_sizes[directory.ino] = len(listed)
-        return listed
+        return listed if self.listings.keep(directory.ino, listed, changes) else None
 
     async def head_or_none(
         self, bucket: str, key: str, *, reusable: bool = True
@@ -572,8 +568,7 @@ class Namespace:
     def _node_dropped(self, ino: int, cf: CachedFile | None) -> None:
         """The table dropped a node: so go what was kept for it (here, contents.py, the cache);
         inode numbers are never reused, so nothing kept under `ino` could serve again."""
-        for per_inode in (self._listings, self._listing_sizes, self._changes):
-            per_inode.pop(ino, None)
+        self.listings.dropped(ino)
         self.prefetch.dropped(ino)
         if self._data is not None:
             self._data.dropped(ino, cf)
@@ -591,10 +586,10 @@ class Namespace:
             for unsaved in self.data.unsaved_under(directory.bucket, directory.key):
                 assert unsaved.key is not None
                 cached[unsaved.key[len(directory.key) :]] = unsaved
+        changes = self.listings.changes(directory.ino)
         listed = await list_children(self.backend, directory.bucket, directory.key)
         assert listed is not None
-        self._listings[directory.ino] = listed
-        self._listing_sizes[directory.ino] = len(listed)
+        self.listings.keep(directory.ino, listed, changes)  # not if it could lack a change
         entries: list[tuple[str, Node]] = []
         seen: set[str] = set()
         for name, entry in listed.items():

@@ -11,6 +11,7 @@ import sqlite3
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -20,8 +21,9 @@ from bucketfs.cache.deletes import DeferredDeletes
 from bucketfs.cache.index import SCHEMA_VERSION, CacheIndex
 from bucketfs.cache.markers import Markers
 from bucketfs.core.fs import BucketFS, FsOptions
-from bucketfs.core.nodes import ROOT_INO, Kind
+from bucketfs.core.nodes import ROOT_INO, Kind, Node
 from bucketfs.errors import BucketfsError, CacheError, DirectoryNotEmpty, FileExists, NoEntry
+from bucketfs.types import ListPage
 from tests.support.harness import BUCKET, CountingBackend, Harness, RunFs
 
 HOLD = {"writeback_delay": 3600.0}
@@ -95,6 +97,130 @@ def test_a_pending_directory_is_seen_when_the_servers_listing_lacks_it(run_fs: R
         assert sorted(await h.keys()) == ["d/", "d/inner/", "e/", "other"]
 
     run_fs(body, dir_timeout=0, attr_timeout=0, negative_timeout=0, **HOLD)
+
+
+#: listings are kept, attributes not: a lookup of a known directory asks the namespace's
+#: listings whether it is still there (as after the kernel's entry timeout, test_git)
+LISTINGS_KEPT = {"dir_timeout": 60.0, "attr_timeout": 0.0, "negative_timeout": 0.0}
+
+
+async def git_object(h: Harness, objects: Node, name: str, data: bytes) -> Node:
+    """What git does for a loose object: `objects/xx/` made, a tmp object written in it and
+    renamed to its name (link(2) first: refused here)."""
+    xx = await h.fs.mkdir(objects.ino, name[:2], 0o755, 0, 0)
+    await h.write_file("tmp_obj_1", data, parent=xx.ino)
+    await h.fs.rename(xx.ino, "tmp_obj_1", xx.ino, name[2:], 0)
+    return xx
+
+
+async def read_back(h: Harness, objects: Node, name: str, xx: Node) -> bytes:
+    assert await h.fs.lookup(objects.ino, name[:2]) is xx
+    assert list(await h.ls(xx.ino)) == [name[2:]]
+    return await h.read_file(await h.fs.lookup(xx.ino, name[2:]))
+
+
+def test_a_listing_made_while_a_marker_was_pending_shows_it_after_it_went(
+    run_fs: RunFs,
+) -> None:
+    """test_tools.py::test_git's failure: a readdir of `objects/` while `objects/e6/` waited
+    for its marker kept the server's listing, which lacks it; once the marker went (it was no
+    longer shown from the journal) a lookup of `e6` answered from that listing: ENOENT, the
+    node detached, and git's next mkdir made an empty directory over its objects."""
+
+    async def body(h: Harness) -> None:
+        objects = await h.fs.mkdir(ROOT_INO, "objects", 0o755, 0, 0)
+        await h.fs.markers.flush()
+        xx = await git_object(h, objects, "e69de2", b"blob")
+        assert list(await h.ls(objects.ino)) == ["e6"]  # the server's listing lacks it
+        await h.fs.markers.flush()
+        assert h.fs.status()["markers_queued"] == 0
+        assert await read_back(h, objects, "e69de2", xx) == b"blob"
+        assert list(await h.ls(objects.ino)) == ["e6"]
+        assert sorted(await h.keys()) == ["objects/", "objects/e6/", "objects/e6/9de2"]
+
+    run_fs(body, **LISTINGS_KEPT, **HOLD)
+
+
+def test_a_relisting_made_while_a_marker_was_pending_shows_it_after_it_went(
+    run_fs: RunFs,
+) -> None:
+    """The same with the listing a lookup of a missing name makes (`_relist`)."""
+
+    async def body(h: Harness) -> None:
+        objects = await h.fs.mkdir(ROOT_INO, "objects", 0o755, 0, 0)
+        await h.fs.markers.flush()
+        xx = await git_object(h, objects, "e69de2", b"blob")
+        h.fs.namespace.drop_listing(objects)
+        h.store.calls.clear()
+        with pytest.raises(NoEntry):
+            await h.fs.lookup(objects.ino, "17")
+        assert h.store.calls["list_page"] == 1  # the directory listed again, lacking e6
+        await h.fs.markers.flush()
+        assert await read_back(h, objects, "e69de2", xx) == b"blob"
+
+    run_fs(body, **LISTINGS_KEPT, **HOLD)
+
+
+def test_a_subtree_listing_made_while_a_marker_was_pending_shows_it_after_it_went(
+    run_fs: RunFs,
+) -> None:
+    """The same with a subtree listing (listing.py: directories near each other relisted)."""
+
+    async def body(h: Harness) -> None:
+        await h.put("top/a/f", b"1")
+        await h.put("top/b/f", b"2")
+        a, b = await h.lookup("top/a"), await h.lookup("top/b")
+        await h.ls(a.ino)
+        await h.ls(b.ino)
+        d = await h.fs.mkdir(a.ino, "d", 0o755, 0, 0)
+        ns = h.fs.namespace
+        ns.drop_listing(a)
+        ns.drop_listing(b)
+        with pytest.raises(NoEntry):
+            await h.fs.lookup(b.ino, "x")
+        with pytest.raises(NoEntry):
+            await h.fs.lookup(a.ino, "x")
+        assert ns.subtrees.listed == 1  # top/a/ listed with its neighbours, lacking d
+        await h.fs.markers.flush()
+        assert await h.fs.lookup(a.ino, "d") is d
+        assert sorted(await h.ls(a.ino)) == ["d", "f"]
+
+    run_fs(body, **LISTINGS_KEPT, **HOLD)
+
+
+def test_a_listing_answered_after_the_marker_went_shows_it(run_fs: RunFs) -> None:
+    """A readdir whose LIST the server answered before the marker landed and which came back
+    after it went (so after the directory stopped being shown from the journal)."""
+
+    async def body(h: Harness) -> None:
+        objects = await h.fs.mkdir(ROOT_INO, "objects", 0o755, 0, 0)
+        await h.fs.markers.flush()
+        xx = await git_object(h, objects, "e69de2", b"blob")
+        listed, release = trio.Event(), trio.Event()
+        list_page = h.store.list_page
+
+        async def held(bucket: str, prefix: str, *args: Any, **kw: Any) -> ListPage:
+            page = await list_page(bucket, prefix, *args, **kw)
+            if prefix == "objects/" and not release.is_set():
+                listed.set()
+                await release.wait()
+            return page
+
+        h.store.list_page = held  # type: ignore[method-assign]
+        seen: list[str] = []
+
+        async def readdir() -> None:
+            seen.extend(await h.ls(objects.ino))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(readdir)
+            await listed.wait()
+            await h.fs.markers.flush()
+            release.set()
+        assert seen == ["e6"]
+        assert await read_back(h, objects, "e69de2", xx) == b"blob"
+
+    run_fs(body, **LISTINGS_KEPT, **HOLD)
 
 
 def test_rmdir_before_the_marker_went_sends_nothing(run_fs: RunFs) -> None:
