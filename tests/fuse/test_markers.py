@@ -89,6 +89,71 @@ def test_a_new_directory_is_there_before_its_marker(mount_factory: MountFactory)
         assert stat.S_IMODE(os.stat(root / "d" / "sub").st_mode) == 0o700
 
 
+def send_markers(directory: Path) -> None:
+    """fsync of a directory: every pending marker goes (files stay in the write-back)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def git_object(objects: Path, name: str, data: bytes, *, new_dir: bool = True) -> Path:
+    """What git does to write a loose object: makes its tmp object in `xx/` (when there is
+    no `xx/` yet, that fails and it makes `xx/` first), tries link(2) to the object's name (no
+    hard links here), renames the tmp object instead, and reads it back."""
+    xx, tmp = objects / name[:2], objects / name[:2] / "tmp_obj_1"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    if new_dir:
+        with pytest.raises(FileNotFoundError):
+            os.open(tmp, flags, 0o444)
+        os.mkdir(xx)
+    fd = os.open(tmp, flags, 0o444)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    with pytest.raises(PermissionError):
+        os.link(tmp, xx / name[2:])
+    os.rename(tmp, xx / name[2:])
+    assert (xx / name[2:]).read_bytes() == data
+    return xx / name[2:]
+
+
+@pytest.mark.parametrize("dir_timeout", [60, 0], ids=["listing-kept", "listing-expired"])
+def test_git_objects_in_directories_listed_before_their_markers_went(
+    mount_factory: MountFactory, dir_timeout: int
+) -> None:
+    """tests/fuse/test_tools.py::test_git: a readdir of `objects/` while the markers of its
+    new `xx/` directories were pending got the server's listing, which lacks them; the kernel
+    asks again for each name (entry_timeout=0), so once the markers went every lookup of an
+    `xx/` was answered from that listing (dir_timeout=60): ENOENT, and git's next mkdir made
+    an empty directory over the objects. With dir_timeout=0 the server is asked each time."""
+    caches = ["attr_timeout=0", "entry_timeout=0", "negative_timeout=0"]
+    mnt = mount_factory(options=[HOLD, *caches, f"dir_timeout={dir_timeout}"])
+    objects = mnt.path / "objects"
+    os.mkdir(objects)
+    send_markers(mnt.path)
+    blobs = {f"{i:02x}{'9de29b' * 3}": f"blob {i}\n".encode() for i in range(3)}
+    made = [git_object(objects, name, data) for name, data in blobs.items()]
+    assert sorted(os.listdir(objects)) == ["00", "01", "02"]
+    assert raw(mnt) == ["objects/"]
+    send_markers(mnt.path)
+    assert raw(mnt) == ["objects/", "objects/00/", "objects/01/", "objects/02/"]
+    for path, data in zip(made, blobs.values(), strict=True):
+        assert os.listdir(path.parent) == [path.name]
+        assert path.read_bytes() == data
+        with pytest.raises(FileExistsError):
+            os.mkdir(path.parent)
+    # and git's way once more, in a directory whose marker went
+    newer = git_object(objects, "01fe", b"blob 4\n", new_dir=False)
+    mnt.flush()
+    assert sorted(os.listdir(objects / "01")) == sorted(["fe", made[1].name])
+    assert newer.read_bytes() == b"blob 4\n"
+    assert len(raw(mnt)) == 1 + 3 + 4
+    assert mnt.status()["markers_queued"] == 0
+
+
 def test_the_marker_goes_up_on_its_own(mount_factory: MountFactory) -> None:
     mnt = mount_factory()
     os.mkdir(mnt.path / "d")
