@@ -61,6 +61,8 @@ def cmd_status(mountpoint: str, *, as_json: bool = False) -> int:
     print(f"uploading:      {status['uploading']}")
     if status.get("deletes_queued"):
         print(f"deletes queued: {status['deletes_queued']}")
+    if status.get("markers_queued"):
+        print(f"markers queued: {status['markers_queued']}")
     print(f"uploaded:       {status['uploads']} files, {_size(status['uploaded_bytes'])}")
     print(f"upload rate:    {_size(status['upload_rate'])}/s")
     for name, error in status.get("failed", {}).items():

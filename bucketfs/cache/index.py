@@ -11,7 +11,13 @@ Invariants:
 - a dirty file's row is deleted only after the server confirmed an upload of its latest
   generation, or when the file is deleted through the mount;
 - `key` is NULL for a file unlinked while open (its content is kept for the open handles and
-  never uploaded), so a new file may take the name at once.
+  never uploaded), so a new file may take the name at once;
+- `deletes` and `markers` are journals (cache/deletes.py, cache/markers.py): a row is written
+  before the change it stands for is acknowledged and removed only once the server confirmed
+  it (or, for a marker, once its directory was removed before it was sent);
+- `settings.schema` is the layout's version (`SCHEMA_VERSION`): an older cache gains the new
+  tables when it opens (they are only added, with `IF NOT EXISTS`); a cache written by a newer
+  layout is refused rather than half read.
 """
 
 from __future__ import annotations
@@ -54,7 +60,11 @@ CREATE TABLE IF NOT EXISTS blocks (
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS deletes (bucket TEXT NOT NULL, key TEXT NOT NULL,
     PRIMARY KEY (bucket, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS markers (bucket TEXT NOT NULL, key TEXT NOT NULL,
+    meta TEXT NOT NULL, PRIMARY KEY (bucket, key)) WITHOUT ROWID;
 """
+#: 1: files, blocks, settings, deletes (no `schema` setting); 2: + markers (mkdir's journal)
+SCHEMA_VERSION = 2
 
 
 @dataclass(slots=True)
@@ -160,6 +170,18 @@ class CacheIndex:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        stored = self.setting("schema")
+        if stored is not None and int(stored) > SCHEMA_VERSION:
+            self.close()
+            raise CacheError(
+                f"{self.path} was written by a newer bucketfs (cache layout {stored}, this one "
+                f"reads up to {SCHEMA_VERSION}): use that version, or another cache_dir"
+            )
+        if stored != str(SCHEMA_VERSION):
+            self.set_setting("schema", str(SCHEMA_VERSION))
 
     def close(self) -> None:
         self.db.close()
@@ -298,6 +320,23 @@ class CacheIndex:
     def pending_deletes(self) -> list[tuple[str, str]]:
         rows = self.db.execute("SELECT bucket, key FROM deletes ORDER BY bucket, key")
         return [(str(b), str(k)) for b, k in rows]
+
+    # --- directory markers (markers.py): mkdir's marker PUT, sent in the background ---------
+
+    def add_marker(self, bucket: str, key: str, meta: dict[str, Any]) -> None:
+        """Record (or update) a marker to send, with the metadata it will carry."""
+        self.db.execute(
+            "INSERT INTO markers(bucket, key, meta) VALUES (?, ?, ?) "
+            "ON CONFLICT(bucket, key) DO UPDATE SET meta=excluded.meta",
+            (bucket, key, json.dumps(meta)),
+        )
+
+    def remove_markers(self, items: Iterable[tuple[str, str]]) -> None:
+        self.db.executemany("DELETE FROM markers WHERE bucket=? AND key=?", items)
+
+    def pending_markers(self) -> list[tuple[str, str, dict[str, Any]]]:
+        rows = self.db.execute("SELECT bucket, key, meta FROM markers ORDER BY bucket, key")
+        return [(str(b), str(k), json.loads(m)) for b, k, m in rows]
 
     def clean_files(self) -> list[FileRow]:
         rows = self.db.execute(f"SELECT {self._COLUMNS} FROM files WHERE dirty=0 ORDER BY id")

@@ -9,7 +9,8 @@ Every other attribute is passed on to xattrs.py (object metadata).
 
 Invariants: a control attribute is never stored on an object; it is read-only except
 `XATTR_FLUSH`, which only uploads; setting `XATTR_FLUSH` returns only once the file, or
-everything below the directory, and every delete queued before it, is on the server.
+everything below the directory (the markers of directories made there included), and every
+delete queued before it, is on the server.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ async def sync_path(namespace: Namespace, ino: int) -> None:
         await namespace.data.flush(node)
         return
     await namespace.backend.flush()  # unlinks first: what `flush` returns for is the server
+    await namespace.markers.flush(node.bucket, node.key)  # the directory's own marker too
     await namespace.data.flush_under(node.bucket, node.key)
 
 
@@ -58,13 +60,16 @@ class Control:
     def status(self) -> dict[str, object]:
         """What `bucketfs status` prints: where the data is."""
         data = self._ns.data.report()
+        markers = self._ns.markers
         return {
             "dirty_files": data["dirty_files"],
             "dirty_bytes": data["dirty_bytes"],
             "dirty": data["dirty"],
             "uploading": data["uploading"],
             "deletes_queued": self._ns.backend.queued,
-            "failed": data["failed"],
+            # mkdir's markers not on the server yet (cache/markers.py); failing ones in `failed`
+            "markers_queued": markers.queued,
+            "failed": {**data["failed"], **markers.failed()},  # type: ignore[dict-item]
             "uploads": data["uploads"],
             "uploaded_bytes": data["uploaded_bytes"],
             "upload_rate": data["upload_rate"],

@@ -11,7 +11,9 @@ call to the part that owns it:
   other extended attribute; versions.py: the read-only `.versions/` tree; storeinfo.py: `df`
   figures and the attributes of bucket directories;
 - contents.py: file contents, the only door into the cache; the backend is wrapped in
-  cache/deletes.py's `DeferredDeletes`, through which every request of the mount is sent.
+  cache/deletes.py's `DeferredDeletes`, through which every request of the mount is sent;
+  cache/markers.py's `Markers` sends mkdir's markers in the background (journaled in the
+  cache's index like deferred deletes).
 
 `fuse/ops.py` adapts pyfuse3 calls to these methods; tests can call them directly.
 
@@ -31,6 +33,7 @@ import trio
 
 from bucketfs.backends.base import Backend
 from bucketfs.cache.deletes import DeferredDeletes
+from bucketfs.cache.markers import Markers
 from bucketfs.core import control
 from bucketfs.core.contents import DataOptions, FileData
 from bucketfs.core.handles import Handle, Handles
@@ -63,7 +66,13 @@ class BucketFS:
         self.backend = DeferredDeletes(backend)
         self.opts = options
         self._cache_dir = cache_dir
-        self.namespace = Namespace(self.backend, bucket=bucket, prefix=prefix, options=options)
+        # hook: mkdir's markers go up in the background, after the same quiet period as files
+        self.markers = Markers(
+            self.backend, delay=options.writeback_delay, max_parallel=options.max_parallel
+        )
+        self.namespace = Namespace(
+            self.backend, self.markers, bucket=bucket, prefix=prefix, options=options
+        )
         self.table = self.namespace.table
         self.defaults = self.namespace.defaults
         self.versions = self.namespace.versions
@@ -83,6 +92,7 @@ class BucketFS:
             persist=self.mutations.persist_attrs,
             flush=self.sync_path,
             refresh=self.getattr,
+            send_markers=self.markers.flush,
             read_only=options.read_only,
             store=self.store_info,
         )
@@ -122,6 +132,10 @@ class BucketFS:
                 ns.attach(data, nursery)
                 self.store_info.attach(nursery)
                 await data.start(nursery)
+                # journaled in the cache's index, after deferred deletes (a marker's PUT waits
+                # for the queued deletes of its name, those of an earlier run included)
+                self.markers.attach(data.cache.index)
+                await nursery.start(self.markers.run)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -138,15 +152,19 @@ class BucketFS:
         return self.namespace.data
 
     async def drain(self) -> list[str]:
-        """Upload every dirty file; returns those that could not be uploaded (they stay in
-        the cache's index and are uploaded by the next mount of this cache directory)."""
+        """Upload every dirty file and pending marker; returns what could not be uploaded (it
+        stays in the cache's index and is uploaded by the next mount of this cache directory)."""
         if not self.ready:
             return []
         try:
             await self.backend.flush()
         except BucketfsError as exc:
             log.error("could not delete %d unlinked objects: %s", self.backend.queued, exc)
-        return await self.data.drain()
+        try:
+            await self.markers.flush()
+        except BucketfsError as exc:
+            log.error("could not send %d directory markers: %s", self.markers.queued, exc)
+        return [*self.markers.names(), *await self.data.drain()]
 
     # --- names and attributes (namespace.py) -------------------------------------------------
 

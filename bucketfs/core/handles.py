@@ -6,7 +6,7 @@ kernel's page cache (`keep`, `Node.kernel_etag`). File contents go through conte
 (`FileData`), names and attributes through namespace.py.
 
 Invariants: an `open` sees the object as it is now (one HEAD, or the one its own lookup sent
-within `namespace.OPEN_REUSES_HEAD`); the kernel keeps its page cache only while the ETag it
+within `heads.OPEN_REUSES_HEAD`); the kernel keeps its page cache only while the ETag it
 was filled from is still the object's; a node counts its open handles (`opens`) and writable
 ones (`writers`), and a handle is counted exactly once from open to release; a FLUSH never
 starts an upload: the release of the last writable handle does (a shell's `>` closes a
@@ -101,8 +101,10 @@ class Handles:
         ]
 
     async def fsyncdir(self) -> None:
-        """Names removed through this mount are gone from the server when this returns."""
+        """Names removed through this mount are gone from the server, and directories made
+        through it are there, when this returns."""
         await self._ns.backend.flush()
+        await self._ns.markers.flush()
 
     # --- files -------------------------------------------------------------------------------
 
@@ -168,12 +170,12 @@ class Handles:
             not node.pinned
             and not node.unlinked
             and node.bucket is not None
-            and not ns.headed_just_now(node)
+            and not ns.heads.headed_just_now(node)
         ):
             # close-to-open consistency: see the object as it is now (a HEAD sent during
             # this open's own path lookup counts)
             # this HEAD serves this open only (`headed_just_now` took any older one)
-            info = await ns.head_or_none(node.bucket, node.key, reusable=False)
+            info = await ns.heads.head_or_none(node.bucket, node.key, reusable=False)
             if info is None:
                 raise NoEntry()
             ns.apply(node, info, full=True)

@@ -1,8 +1,10 @@
 """What listings say a directory holds, and subtree listings that refresh many at once.
 
 Owns `Entry` (a name as a listing shows it), reading one LIST page into a directory's entries,
-listing one directory (`list_children`), and `Subtrees`: listings of every directory under an
-ancestor, made from one recursive (undelimited) LIST of that ancestor.
+listing one directory (`list_children`), `Listings`: each directory's last listing, its size
+and the changes this mount made there, by inode (namespace.py says how they are used), and
+`Subtrees`: listings of every directory under an ancestor, made from one recursive
+(undelimited) LIST of that ancestor.
 
 Why subtrees: a lookup of a name that is not in a fresh listing must ask the server (one LIST
 of the directory, `Namespace._relist`). A writer spreading new files over many directories
@@ -14,9 +16,9 @@ lookup after it answers from that listing until it is `dir_timeout` old, as fres
 of the directory alone (goofys "slurps" a subtree the same way). A single busy directory is
 still relisted alone: an ancestor is only listed once another directory under it needed it.
 
-Invariants: a subtree listing is used for `dir_timeout` after it came, exactly like a
-directory's own listing; every change made through this mount is applied to it
-(`changed`), and a subtree listing that overlapped such a change is not kept; an ancestor whose
+Invariants: a listing (a directory's own or a subtree's) is used for `dir_timeout` after it
+came; every change made through this mount is applied to it (`changed`), and a listing that
+overlapped such a change is not kept (`Listings.keep`, `Subtrees.refresh`); an ancestor whose
 subtree does not fit in `PAGES` pages is not listed that way again for `TOO_BIG_FOR` seconds.
 """
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from bucketfs.backends.base import Backend
 from bucketfs.core.attrs import valid_name
@@ -122,6 +124,64 @@ def split_subtree(prefix: str, objects: Iterable[ObjectInfo]) -> dict[str, dict[
         entries.update(dirs[directory])
         out[directory] = dict(sorted(entries.items()))
     return out
+
+
+#: the size kept for a directory whose listing took more than a page
+TOO_MANY = 1 << 31
+
+
+class Listings:
+    """Each directory's own last listing (valid `dir_timeout`), the number of entries it had
+    (no expiry), and how many changes this mount made there, by inode."""
+
+    def __init__(self, dir_timeout: float) -> None:
+        self._listings: TTLCache[int, dict[str, Entry]] = TTLCache(
+            maxsize=1024, ttl=max(dir_timeout, 1e-6)
+        )
+        self._sizes: LRUCache[int, int] = LRUCache(maxsize=65536)
+        self._changes: LRUCache[int, int] = LRUCache(maxsize=65536)
+
+    def get(self, ino: int) -> dict[str, Entry] | None:
+        return self._listings.get(ino)
+
+    def size(self, ino: int) -> int | None:
+        """Entries in the directory's last listing (more than one page: too big to relist)."""
+        return self._sizes.get(ino)
+
+    def changes(self, ino: int) -> int:
+        """Changes made through this mount in directory `ino` so far (see `keep`)."""
+        return self._changes.get(ino, 0)
+
+    def changed(self, ino: int, name: str, kind: Kind | None) -> None:
+        """A change through this mount in directory `ino`: `kind` None means `name` is gone."""
+        self._changes[ino] = self._changes.get(ino, 0) + 1
+        listing = self._listings.get(ino)
+        if listing is not None:
+            apply_change(listing, name, kind)
+
+    def keep(self, ino: int, listed: dict[str, Entry] | None, changes: int) -> bool:
+        """A listing of `ino` asked for when it had seen `changes` (None: more than a page);
+        kept unless this mount changed the directory meanwhile (it could lack that)."""
+        self._sizes[ino] = len(listed) if listed is not None else TOO_MANY
+        if listed is None or self._changes.get(ino, 0) != changes:
+            return False
+        self._listings[ino] = listed
+        return True
+
+    def made_empty(self, ino: int) -> None:
+        self._listings[ino] = {}
+        self._sizes[ino] = 0
+
+    def drop(self, ino: int) -> None:
+        self._listings.pop(ino, None)
+
+    def clear(self) -> None:
+        self._listings.clear()
+
+    def dropped(self, ino: int) -> None:
+        """The node is gone for good (inode numbers are never reused)."""
+        for per_inode in (self._listings, self._sizes, self._changes):
+            per_inode.pop(ino, None)
 
 
 class Subtrees:

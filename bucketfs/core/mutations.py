@@ -2,12 +2,15 @@
 
 Owns what each change sends to the server and in which order, and how the namespace learns of
 it (`Namespace.changed`). File contents (pending uploads that move, go or carry new
-attributes) are contents.py's; the creation of a regular file is handles.py's (`create`).
+attributes) are contents.py's; the creation of a regular file is handles.py's (`create`);
+sending a new directory's marker is cache/markers.py's (`Markers`).
 
-Invariants: a method either completes its server-side change or raises a `BucketfsError` and
-leaves the table as it was; every change made through this mount is told to the namespace, so
-its listings stay in step; unlink's DELETE is deferred (cache/deletes.py: sent in batches, and
-every later request on the key waits for it), a directory's marker is deleted after its
+Invariants: a method either completes its server-side change (or journals it, for a deferred
+one) or raises a `BucketfsError` and leaves the table as it was; every change made through this
+mount is told to the namespace, so its listings stay in step; unlink's DELETE is deferred
+(cache/deletes.py: sent in batches, and every later request on the key waits for it), and so is
+mkdir's marker PUT (cache/markers.py: journaled, sent in the background; an rmdir before it went
+sends nothing; a bucket is still created at once); a directory's marker is deleted after its
 contents, deepest first; a file renamed or unlinked while its upload is in flight is touched
 only once that upload landed; nothing in `.versions/` is ever changed (EROFS).
 """
@@ -81,26 +84,34 @@ class Mutations:
             node = ns.new_node(
                 parent, name, Kind.DIR, mode=mode & 0o7777, uid=uid, gid=gid, mtime=now
             )
+            assert node.bucket is not None
+            opts = write_options(node)
             try:
-                await self._put_marker(node)
+                # journaled (or, outside `run`, PUT at once): sent in the background
+                await ns.markers.add(node.bucket, node.key, opts)
             except BaseException:
                 ns.table.detach(node)
                 raise
+            self._marker_written(node, opts)
         ns.changed(parent, name, Kind.DIR)
         ns.made_empty(node)
         ns.table.remember(node)
         return node
 
     async def _put_marker(self, node: Node) -> None:
+        """Write the marker of a directory that has none pending, with its attributes."""
         assert node.bucket is not None
-        ns = self._ns
-        result = await ns.backend.put(node.bucket, node.key, b"", write_options(node))
+        opts = write_options(node)
+        await self._ns.backend.put(node.bucket, node.key, b"", opts)
+        self._marker_written(node, opts)
+
+    def _marker_written(self, node: Node, opts: WriteOptions) -> None:
+        """The node's marker is (or will be, once sent) `opts`: its attributes are known."""
         node.has_marker = True
         node.full = True
-        node.metadata = dict(write_options(node).metadata)
-        node.attr_expiry = time.monotonic() + ns.opts.attr_timeout
-        ns.marker_seen(node)
-        del result
+        node.metadata = dict(opts.metadata)
+        node.attr_expiry = time.monotonic() + self._ns.opts.attr_timeout
+        self._ns.marker_seen(node)
 
     async def rmdir(self, parent_ino: int, name: str) -> None:
         ns = self._ns
@@ -113,19 +124,26 @@ class Mutations:
         await self._check_empty(node)
         if node.bucket is not None and node.is_bucket and parent.bucket is None:
             await ns.backend.delete_bucket(node.bucket)
-        elif node.bucket is not None:
-            await ns.backend.defer_delete(node.bucket, node.key)
+        elif node.bucket is not None and not await ns.markers.remove(node.bucket, node.key):
+            await ns.backend.defer_delete(node.bucket, node.key)  # its marker, if any
         ns.table.detach(node)
         ns.changed(parent, name)
         ns.drop_listing(node)
 
     async def _check_empty(self, node: Node) -> None:
-        for child in self._ns.table.known_children(node):
+        ns = self._ns
+        for child in ns.table.known_children(node):
             if child.pinned and not child.unlinked:
                 raise DirectoryNotEmpty()
         if node.bucket is None:
             return
-        page = await self._ns.backend.list_page(node.bucket, node.key, delimiter="/", max_keys=2)
+        if ns.markers.children(node.bucket, node.key):  # directories made here, not sent yet
+            raise DirectoryNotEmpty()
+        if ns.markers.pending(node.bucket, node.key) and ns.listed_empty(node):
+            # made here and not on the server yet: its listing, kept in step with every change
+            # made here, is all there is to ask (rmdir before the marker went sends nothing)
+            return
+        page = await ns.backend.list_page(node.bucket, node.key, delimiter="/", max_keys=2)
         if page.prefixes or any(info.key != node.key for info in page.objects):
             raise DirectoryNotEmpty()
 
@@ -285,6 +303,10 @@ class Mutations:
             if node.is_bucket or node.key == "":
                 log.debug("attributes of a bucket root are kept in memory only")
                 return
+            opts = write_options(node)
+            if ns.markers.update(node.bucket, node.key, opts):
+                self._marker_written(node, opts)  # the pending marker carries them
+                return
             # a marker cannot always be copied onto itself (SeaweedFS): write it again
             await self._put_marker(node)
             return
@@ -337,6 +359,8 @@ class Mutations:
             new_prefix = new_key + "/"
             if new_prefix.startswith(node.key):
                 raise InvalidArgument("cannot move a directory into itself")
+            if target is not None:  # an empty directory replaced: its pending marker must
+                await ns.markers.remove(dst_dir.bucket, new_prefix)  # not land over ours
             await self._rename_dir(node, new_prefix)
         else:
             if target is not None:

@@ -13,15 +13,17 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
   whether it still exists (one LIST), not for its marker again;
 - negative entries (`_negative`): a name found absent stays so for `negative_timeout`, unless
   this mount creates it;
-- listings of a directory (`_listings`): used for `dir_timeout`, and kept in step with every
-  change made through this mount (`changed`), not dropped; an exclusive create (O_EXCL) and an
-  rmdir drop them (`drop_listing`), a conflict drops all of them;
+- listings of a directory (`listings`, listing.py's `Listings`): used for `dir_timeout`, and
+  kept in step with every change made through this mount (`changed`), not dropped; an
+  exclusive create (O_EXCL) and an rmdir drop them (`drop_listing`), a conflict drops all of
+  them; a listing (a readdir's or a relisting) that overlapped a change made through this
+  mount is not kept; a directory made here counts as changed again when its marker reaches
+  the server (`marker_sent`): listings made while it was pending lack it;
 - subtree listings (`listing.Subtrees`): the same rules, for many directories at once;
-- the size of each directory's last listing (`_listing_sizes`, no expiry) decides whether a
-  lookup after the listing expired lists the directory again (at most `RELIST_ENTRIES`) rather
-  than sending a HEAD and a LIST per name; a relisting that overlapped a change made through
-  this mount (`_changes`) is not kept;
-- HEADs kept for reuse (`_heads_sent`): a HEAD that found a key serves the next `open` of it
+- the size of each directory's last listing (no expiry) decides whether a lookup after the
+  listing expired lists the directory again (at most `RELIST_ENTRIES`) rather than sending a
+  HEAD and a LIST per name;
+- HEADs kept for reuse (heads.py): a HEAD that found a key serves the next `open` of it
   within `OPEN_REUSES_HEAD`, and one open at most;
 - HEADs kept across mounts (`cache/attrstore.py`, through `FileData.attrs`): a listed file
   whose listing ETag, size and LastModified equal what an earlier HEAD said (kept only when
@@ -34,7 +36,9 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
 
 What stays elsewhere: the `.versions/` tree keeps its own listings (versions.py: read-only
 history, never in the key namespace); file contents and what awaits upload live in the cache,
-seen through contents.py (`Unsaved`).
+seen through contents.py (`Unsaved`); directories whose marker awaits upload live in
+cache/markers.py (`Markers`): lookups, getattr and readdir show them, from their journaled
+attributes, whatever a listing from the server says (like unsaved files).
 
 Namespace rules (README "How bucketfs maps keys"): a key `a/b/c` is file `c` in directory
 `a/b`; directories come from common prefixes and from `dir/` marker objects; when a key is both
@@ -51,12 +55,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from cachetools import LRUCache, TTLCache
+from cachetools import TTLCache
 
 from bucketfs.concurrency import gather
 from bucketfs.core.attrs import NAME_MAX, Defaults, object_kind, parse_posix, valid_name
 from bucketfs.core.contents import FileData, Unsaved
-from bucketfs.core.listing import Entry, Subtrees, apply_change, list_children
+from bucketfs.core.heads import Heads
+from bucketfs.core.listing import Entry, Listings, Subtrees, list_children
 from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.core.options import FsOptions
 from bucketfs.core.prefetch import Prefetch
@@ -67,7 +72,6 @@ from bucketfs.errors import (
     NameTooLong,
     NoEntry,
     NotADirectory,
-    NotFound,
     NotPermitted,
     ReadOnly,
 )
@@ -77,22 +81,27 @@ if TYPE_CHECKING:  # types only: file contents are reached through contents.py a
     import trio
 
     from bucketfs.cache.deletes import DeferredDeletes
+    from bucketfs.cache.markers import Markers, PendingMarker
     from bucketfs.cache.store import CachedFile
 
 #: a directory whose last listing had at most this many entries is listed again (one page)
 #: to answer a lookup once its listing expired, instead of a HEAD and a LIST per name
 RELIST_ENTRIES = 1000
-#: `open` reuses a HEAD of the same key sent at most this long before it instead of sending
-#: another: the kernel looks a name up (one HEAD) right before it opens it, within one
-#: syscall. A HEAD serves one `open` at most, so two opens never share one.
-OPEN_REUSES_HEAD = 0.01
 
 
 class Namespace:
     def __init__(
-        self, backend: DeferredDeletes, *, bucket: str | None, prefix: str, options: FsOptions
+        self,
+        backend: DeferredDeletes,
+        markers: Markers,
+        *,
+        bucket: str | None,
+        prefix: str,
+        options: FsOptions,
     ) -> None:
         self.backend = backend
+        self.markers = markers
+        markers.watch(self.marker_sent)
         self.opts = options
         self.defaults = Defaults(options.uid, options.gid, options.file_mode, options.dir_mode)
         #: `-o attrs=listing`: a listing's attributes are final (see `apply`, README)
@@ -114,21 +123,12 @@ class Namespace:
         self._negative: TTLCache[tuple[int, str], bool] = TTLCache(
             maxsize=65536, ttl=max(options.negative_timeout, 1e-6)
         )
-        self._listings: TTLCache[int, dict[str, Entry]] = TTLCache(
-            maxsize=1024, ttl=max(options.dir_timeout, 1e-6)
-        )
-        #: when the last HEAD that found each key was sent, and the ETag it saw (for `open`,
-        #: OPEN_REUSES_HEAD)
-        self._heads_sent: TTLCache[tuple[str, str], tuple[float, str]] = TTLCache(
-            maxsize=4096, ttl=OPEN_REUSES_HEAD
-        )
+        #: each directory's own listing, its size, the changes made there (listing.py)
+        self.listings = Listings(options.dir_timeout)
+        #: HEADs sent, for reuse by `open` and kept across mounts (heads.py)
+        self.heads = Heads(backend)
         self._data: FileData | None = None
         self.prefetch = Prefetch(self._prefetched)
-        #: entries of each directory's last listing, by inode (to decide on relisting)
-        self._listing_sizes: LRUCache[int, int] = LRUCache(maxsize=65536)
-        #: changes made through this mount, per directory inode (a relisting of a directory
-        #: that overlaps a change there is not kept)
-        self._changes: LRUCache[int, int] = LRUCache(maxsize=65536)
         #: listings of many directories from one recursive LIST of an ancestor (listing.py)
         self.subtrees = Subtrees(options.dir_timeout)
         # hook: the .versions/ tree (versions.py)
@@ -143,6 +143,7 @@ class Namespace:
     def attach(self, data: FileData, nursery: trio.Nursery) -> None:
         """`BucketFS.run` started: file contents and prefetches are served from now on."""
         self._data = data
+        self.heads.kept = data.attrs.remember
         self.prefetch.nursery = nursery
 
     @property
@@ -202,7 +203,7 @@ class Namespace:
     def changed(self, directory: Node, name: str, kind: Kind | None = None) -> None:
         """A change made through this mount: a listing we hold is kept in step (not dropped),
         so lookups of new names need no request; `kind` None means `name` is gone."""
-        self._changes[directory.ino] = self._changes.get(directory.ino, 0) + 1
+        self.listings.changed(directory.ino, name, kind)
         self._negative.pop((directory.ino, name), None)
         # POSIX: an entry made, removed or renamed changes its directory's mtime and ctime;
         # kept in memory (a marker PUT per create would double its cost), written with the
@@ -211,13 +212,20 @@ class Namespace:
         directory.mtime = directory.ctime = directory.entries_changed = now
         if directory.bucket is not None:
             self.subtrees.changed(directory.bucket, directory.key, name, kind)
-        listing = self._listings.get(directory.ino)
-        if listing is not None:
-            apply_change(listing, name, kind)
+
+    def marker_sent(self, bucket: str, parent_key: str, name: str) -> None:
+        """The marker of directory `name` made here reached the server: it is shown from
+        listings from now on, no longer from the journal (Markers). A listing made while it
+        was pending lacks it (the server had nothing of it yet): those held get it, and one
+        in flight is not kept (as if this mount changed the directory then)."""
+        self.subtrees.changed(bucket, parent_key, name, Kind.DIR)
+        parent = self.node_at(bucket, parent_key[:-1] if parent_key.endswith("/") else parent_key)
+        if parent is not None:  # else nothing is kept of it (`_node_dropped`)
+            self.listings.changed(parent.ino, name, Kind.DIR)
 
     def drop_listing(self, directory: Node) -> None:
         """Forget what listings (its own or a subtree's) say `directory` holds."""
-        self._listings.pop(directory.ino, None)
+        self.listings.drop(directory.ino)
         if directory.bucket is not None:
             self.subtrees.forget(directory.bucket, directory.key)
 
@@ -227,8 +235,12 @@ class Namespace:
 
     def made_empty(self, directory: Node) -> None:
         """We just made `directory`: its listing is known, it is empty."""
-        self._listings[directory.ino] = {}
-        self._listing_sizes[directory.ino] = 0
+        self.listings.made_empty(directory.ino)
+
+    def listed_empty(self, directory: Node) -> bool:
+        """Whether the directory's own listing is fresh and empty (kept in step with this
+        mount's changes since it was listed or made)."""
+        return self.listings.get(directory.ino) == {}
 
     def saved(self, node: Node) -> None:
         """Our upload of `node` was confirmed (contents.py set its fields from it)."""
@@ -241,7 +253,7 @@ class Namespace:
             node.attr_expiry = 0.0
             node.kernel_etag = None
         self._negative.clear()
-        self._listings.clear()
+        self.listings.clear()
         self.subtrees.clear()
 
     # --- what the server says applied to a node ------------------------------------------------
@@ -334,6 +346,9 @@ class Namespace:
             await self.prefetch.wait(node)
         if node is not None and (node.pinned or self._fresh(node)):
             return node
+        marker = self.markers.pending(parent.bucket, parent.key + name + "/")
+        if marker is not None:  # made here, its marker not on the server yet
+            return self._node_from_marker(parent, name, marker)
         if node is None and parent.bucket is not None and self._data is not None:
             unsaved = self.data.unsaved(parent.bucket, parent.key + name)
             if unsaved is not None:
@@ -342,7 +357,7 @@ class Namespace:
             raise NoEntry()
         if node is not None and node.kind is not Kind.DIR and node.bucket is not None:
             # revalidate a known file with one HEAD; only if it is gone ask what is there now
-            info = await self.head_or_none(node.bucket, node.key)
+            info = await self.heads.head_or_none(node.bucket, node.key)
             if info is not None and self._file_entry(info).kind is node.kind:
                 self.apply(node, info, full=True)
                 return node
@@ -372,23 +387,40 @@ class Namespace:
         metadata = unsaved.metadata
         posix = parse_posix(metadata)
         kind = Kind.LINK if posix.kind is Kind.LINK and not self.listing_attrs else Kind.FILE
-        node = self.new_node(
+        node = self._node_from_meta(
             parent,
             name,
             kind,
-            mode=posix.mode if posix.mode is not None else self.defaults.file_mode,
-            uid=posix.uid if posix.uid is not None else self.defaults.uid,
-            gid=posix.gid if posix.gid is not None else self.defaults.gid,
-            mtime=posix.mtime if posix.mtime is not None else time.time(),
-            atime=posix.atime,
+            metadata,
             size=unsaved.size,
             etag=unsaved.etag,
-            metadata=metadata,
             content_type=unsaved.content_type,
             system=unsaved.system,
         )
         self.data.adopt(node, unsaved)
         return node
+
+    def _node_from_marker(self, parent: Node, name: str, marker: PendingMarker) -> Node:
+        """The node of a directory made here whose marker the server may not have yet (made
+        anew after a restart, or when the kernel forgot it); a listing lacking it is ignored."""
+        node = self.table.child(parent, name)
+        if node is None or node.kind is not Kind.DIR:
+            opts = marker.opts
+            node = self._node_from_meta(parent, name, Kind.DIR, dict(opts.metadata))
+            node.content_type, node.system = opts.content_type, dict(opts.system)
+            node.has_marker = True
+            self.marker_seen(node)
+        node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+        return node
+
+    def _node_from_meta(
+        self, parent: Node, name: str, kind: Kind, metadata: dict[str, str], **attrs: object
+    ) -> Node:
+        """A node whose attributes come from the metadata its pending upload will carry."""
+        posix = parse_posix(metadata)
+        known = {"mode": posix.mode, "uid": posix.uid, "gid": posix.gid, "mtime": posix.mtime}
+        attrs.update({field: value for field, value in known.items() if value is not None})
+        return self.new_node(parent, name, kind, atime=posix.atime, metadata=metadata, **attrs)
 
     async def _resolve(
         self, parent: Node, name: str, *, marker: bool = True, exact: bool = False
@@ -403,10 +435,10 @@ class Namespace:
                 return None
             return Entry(Kind.DIR, None)
         bucket, key = parent.bucket, parent.key + name
-        listed = self._listings.get(parent.ino)
+        listed = self.listings.get(parent.ino)
         if listed is None:
             listed = self.subtrees.get(bucket, parent.key)
-        size = self._listing_sizes.get(parent.ino)
+        size = self.listings.size(parent.ino)
         if listed is None and size is not None and size <= RELIST_ENTRIES:
             listed = await self._relist(parent, subtree=not exact)
         if listed is not None:
@@ -416,17 +448,17 @@ class Namespace:
             if entry.kind is Kind.DIR:
                 if not marker or self.listing_attrs:
                     return entry
-                return Entry(Kind.DIR, await self.head_or_none(bucket, key + "/"), head=True)
+                return Entry(Kind.DIR, await self.heads.head_or_none(bucket, key + "/"), head=True)
             if self.listing_attrs and entry.info is not None:
                 return entry  # its attributes are all there is to show: no HEAD
-            info = await self.head_or_none(bucket, key)
+            info = await self.heads.head_or_none(bucket, key)
             return None if info is None else self._file_entry(info)
         head: ObjectInfo | None = None
         is_dir = False
 
         async def do_head() -> None:
             nonlocal head
-            head = await self.head_or_none(bucket, key)
+            head = await self.heads.head_or_none(bucket, key)
 
         async def do_list() -> None:
             nonlocal is_dir
@@ -441,7 +473,7 @@ class Namespace:
                 return Entry(Kind.DIR, None)
             await do_head()
         if is_dir:
-            info = None if self.listing_attrs else await self.head_or_none(bucket, key + "/")
+            info = None if self.listing_attrs else await self.heads.head_or_none(bucket, key + "/")
             return Entry(Kind.DIR, info, head=True)
         return None if head is None else self._file_entry(head)
 
@@ -455,63 +487,15 @@ class Namespace:
         bucket = directory.bucket
         ancestor = None
         if subtree:
-            above = self._ancestors(directory)
+            above = self.table.ancestor_keys(directory)
             ancestor = self.subtrees.ancestor_to_list(bucket, directory.key, above)
         if ancestor is not None:
             listings = await self.subtrees.refresh(self.backend, bucket, ancestor)
             if listings is not None and directory.key in listings:
                 return listings[directory.key]
-        changes = self._changes.get(directory.ino, 0)
+        changes = self.listings.changes(directory.ino)
         listed = await list_children(self.backend, bucket, directory.key, max_pages=1)
-        if listed is None:
-            self._listing_sizes[directory.ino] = RELIST_ENTRIES + 1
-            return None
-        if self._changes.get(directory.ino, 0) != changes:
-            return None
-        self._listings[directory.ino] = listed
-        self._listing_sizes[directory.ino] = len(listed)
-        return listed
-
-    def _ancestors(self, directory: Node) -> list[str]:
-        """The keys of the directories above `directory` in its bucket, nearest first."""
-        keys: list[str] = []
-        node = directory
-        while node.ino != ROOT_INO and not node.is_bucket:
-            parent = self.table.get(node.parent)
-            if parent is None or parent.bucket != directory.bucket:
-                break
-            keys.append(parent.key)
-            node = parent
-        return keys
-
-    async def head_or_none(
-        self, bucket: str, key: str, *, reusable: bool = True
-    ) -> ObjectInfo | None:
-        """The object's metadata, or None; a HEAD that found it may serve the next `open`
-        (OPEN_REUSES_HEAD) unless not `reusable`."""
-        sent = time.monotonic()
-        try:
-            info = await self.backend.head(bucket, key)
-        except NotFound:
-            self._heads_sent.pop((bucket, key), None)
-            return None
-        if reusable:
-            self._heads_sent[(bucket, key)] = (sent, info.etag)
-        if self._data is not None and info.key == key:
-            self._data.attrs.remember(bucket, info)  # for later listings, here and after
-        return info
-
-    def headed_just_now(self, node: Node) -> bool:
-        """Whether a HEAD of `node`'s key was sent within OPEN_REUSES_HEAD and applied (and
-        no other open used it)."""
-        assert node.bucket is not None
-        head = self._heads_sent.pop((node.bucket, node.key), None)
-        return (
-            head is not None
-            and node.full
-            and node.etag == head[1]
-            and time.monotonic() - head[0] <= OPEN_REUSES_HEAD
-        )
+        return listed if self.listings.keep(directory.ino, listed, changes) else None
 
     async def _prefetched(self, node: Node) -> None:
         """The HEAD of one listed node, sent ahead of the kernel's question (prefetch.py)."""
@@ -523,7 +507,7 @@ class Namespace:
                 self.data.attrs.match(node.bucket, key, node.etag, node.size, node.mtime)
                 if node.kind is not Kind.DIR and node.etag and self._data is not None
                 else None
-            ) or await self.head_or_none(node.bucket, key)
+            ) or await self.heads.head_or_none(node.bucket, key)
             if node.pinned or node.full or node.key != key:
                 return  # changed through this mount while we asked
             if node.kind is Kind.DIR:
@@ -545,12 +529,12 @@ class Namespace:
         if node.bucket is None or node.is_bucket:
             return node
         if node.kind is Kind.DIR:
-            if self._marker_fresh(node):
+            if self._marker_fresh(node) or self.markers.pending(node.bucket, node.key):
                 node.attr_expiry = time.monotonic() + self.opts.attr_timeout
             else:
-                self._apply_marker(node, await self.head_or_none(node.bucket, node.key))
+                self._apply_marker(node, await self.heads.head_or_none(node.bucket, node.key))
             return node
-        info = await self.head_or_none(node.bucket, node.key)
+        info = await self.heads.head_or_none(node.bucket, node.key)
         if info is None:
             # gone on the server: keep answering with what we know until the kernel asks again
             node.attr_expiry = time.monotonic() + self.opts.attr_timeout
@@ -586,8 +570,7 @@ class Namespace:
     def _node_dropped(self, ino: int, cf: CachedFile | None) -> None:
         """The table dropped a node: so go what was kept for it (here, contents.py, the cache);
         inode numbers are never reused, so nothing kept under `ino` could serve again."""
-        for per_inode in (self._listings, self._listing_sizes, self._changes):
-            per_inode.pop(ino, None)
+        self.listings.dropped(ino)
         self.prefetch.dropped(ino)
         if self._data is not None:
             self._data.dropped(ino, cf)
@@ -600,17 +583,22 @@ class Namespace:
         # while we wait, after the server made the listing without it
         local = [n for n in self.table.known_children(directory) if n.pinned and not n.unlinked]
         cached: dict[str, Unsaved] = {}
+        markers = self.markers.children(directory.bucket, directory.key)
         if directory.bucket is not None and self._data is not None:
             for unsaved in self.data.unsaved_under(directory.bucket, directory.key):
                 assert unsaved.key is not None
                 cached[unsaved.key[len(directory.key) :]] = unsaved
+        changes = self.listings.changes(directory.ino)
         listed = await list_children(self.backend, directory.bucket, directory.key)
         assert listed is not None
-        self._listings[directory.ino] = listed
-        self._listing_sizes[directory.ino] = len(listed)
+        self.listings.keep(directory.ino, listed, changes)  # not if it could lack a change
         entries: list[tuple[str, Node]] = []
         seen: set[str] = set()
         for name, entry in listed.items():
+            if name in markers:  # a directory made here: its attributes are ours
+                entries.append((name, self._node_from_marker(directory, name, markers[name])))
+                seen.add(name)
+                continue
             node = self.table.child(directory, name)
             if node is None and name in cached and entry.kind is not Kind.DIR:
                 node = self._node_from_cache(directory, name, cached[name])
@@ -638,6 +626,10 @@ class Namespace:
         for name, unsaved in cached.items():
             if name not in seen and valid_name(name) and unsaved.key is not None:
                 entries.append((name, self._node_from_cache(directory, name, unsaved)))
+                seen.add(name)
+        for name, marker in markers.items():
+            if name not in seen and valid_name(name):
+                entries.append((name, self._node_from_marker(directory, name, marker)))
         # metadata of listed files is fetched only once the kernel asks for one of them (ls -l,
         # du, rsync do; find and plain ls do not)
         partial = [node for _, node in entries if not node.full]

@@ -215,6 +215,18 @@ class InodeTable:
             if node is not None:
                 yield node
 
+    def ancestor_keys(self, directory: Node) -> list[str]:
+        """The keys of the directories above `directory` in its bucket, nearest first."""
+        keys: list[str] = []
+        node = directory
+        while node.ino != ROOT_INO and not node.is_bucket:
+            parent = self.get(node.parent)
+            if parent is None or parent.bucket != directory.bucket:
+                break
+            keys.append(parent.key)
+            node = parent
+        return keys
+
     def add(self, parent: Node, name: str, kind: Kind, **attrs: object) -> Node:
         """A new reachable node `name` in `parent`, replacing (detaching) any old one there."""
         old = self.child(parent, name)

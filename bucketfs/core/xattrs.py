@@ -99,6 +99,8 @@ class Change:
 Persist = Callable[[Node], Awaitable[None]]
 Flush = Callable[[int], Awaitable[None]]
 Refresh = Callable[[int], Awaitable[Node]]
+#: send the pending markers (mkdir's, cache/markers.py) of a directory and those under it
+SendMarkers = Callable[[str, str], Awaitable[None]]
 
 
 def _refuse(exc: BucketfsError, node: Node, name: str, why: str) -> BucketfsError:
@@ -174,11 +176,13 @@ class Xattrs:
         persist: Persist,
         flush: Flush,
         refresh: Refresh,
+        send_markers: SendMarkers,
         read_only: bool,
         store: StoreInfo,
     ) -> None:
         self.backend = backend
         self.store = store
+        self._send_markers = send_markers
         self.url_ttl = url_ttl
         self._persist = persist
         self._refresh = refresh
@@ -511,6 +515,9 @@ class Xattrs:
                 raise _refuse(MetadataTooLarge(), node, name, why)
             await self._persist(node)
             if node.kind is Kind.DIR:
+                # a marker mkdir made may not be on the server yet: the check asks the server
+                assert node.bucket is not None
+                await self._send_markers(node.bucket, node.key)
                 await self._check_kept(node, name, change)
         except BaseException:
             node.metadata, node.content_type, node.system = before

@@ -108,6 +108,7 @@ class Harness:
         # (pytest-timeout bounds the test instead)
         await self.fs.data.writeback.wait_idle()
         await self.fs.backend.flush()  # unlinks' deferred deletes
+        await self.fs.markers.flush()  # mkdir's markers
 
     async def body(self, key: str) -> bytes:
         assert self.bucket is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bucketfs.core import namespace as fs_module
+from bucketfs.core import heads as fs_module
 
 
 @pytest.fixture

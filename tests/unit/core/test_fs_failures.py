@@ -68,6 +68,7 @@ def test_key_the_store_rejects_fails_flush_and_keeps_data(run_fs: RunFs) -> None
 def test_drain_uploads_every_dirty_file(run_fs: RunFs) -> None:
     async def body(h: Harness) -> None:
         d = await h.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0)
+        await h.fs.markers.flush()  # its marker waits for writeback_delay: not counted below
         handles = []
         for i, parent in enumerate([ROOT_INO, ROOT_INO, d.ino]):
             fh, _node = await h.fs.create(parent, f"f{i}", 0o644, WO | os.O_CREAT, 0, 0)

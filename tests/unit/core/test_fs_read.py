@@ -15,7 +15,7 @@ import time
 import pytest
 import trio
 
-from bucketfs.core import namespace as fs_module
+from bucketfs.core import heads as heads_module
 from bucketfs.core.nodes import ROOT_INO
 from bucketfs.errors import (
     IsADirectory,
@@ -115,7 +115,7 @@ def test_open_does_not_reuse_an_older_head(run_fs: RunFs) -> None:
         await h.put("f", b"version one")
         node = await h.fs.lookup(ROOT_INO, "f")
         # real time: the window is on the monotonic clock, not trio's
-        await trio.to_thread.run_sync(time.sleep, fs_module.OPEN_REUSES_HEAD * 2)
+        await trio.to_thread.run_sync(time.sleep, heads_module.OPEN_REUSES_HEAD * 2)
         await h.put("f", b"version two!")
         assert await h.read_file(node) == b"version two!"
         assert h.store.calls["head"] == 2

@@ -46,8 +46,12 @@ def test_a_recursive_listing_gives_every_directory_below_the_prefix() -> None:
 
 
 async def mkdirs(h: Harness, count: int) -> list[int]:
+    """`w/d0`... made, their markers on the server (they go in the background: the listings
+    counted below are those of directories the server knows)."""
     top = await h.fs.mkdir(ROOT_INO, "w", 0o755, 0, 0)
-    return [(await h.fs.mkdir(top.ino, f"d{i}", 0o755, 0, 0)).ino for i in range(count)]
+    made = [(await h.fs.mkdir(top.ino, f"d{i}", 0o755, 0, 0)).ino for i in range(count)]
+    await h.fs.markers.flush()
+    return made
 
 
 def test_new_files_across_many_directories_cost_one_listing_of_their_ancestor(
