@@ -243,8 +243,14 @@ class Namespace:
         return self.listings.get(directory.ino) == {}
 
     def saved(self, node: Node) -> None:
-        """Our upload of `node` was confirmed (contents.py set its fields from it)."""
+        """Our upload of `node` was confirmed (contents.py set its fields from it). Until now
+        it was shown from the cache; a listing made meanwhile lacks it (the server had nothing
+        of it yet): those held get it, one in flight is not kept (as for `marker_sent`)."""
         node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+        parent = self.table.get(node.parent)
+        if parent is not None and node.bucket is not None and not node.unlinked:
+            self.listings.changed(parent.ino, node.name, node.kind)
+            self.subtrees.changed(node.bucket, parent.key, node.name, node.kind)
         self.table.settle(node)  # the kernel may have forgotten it while dirty
 
     def conflicted(self, node: Node | None) -> None:

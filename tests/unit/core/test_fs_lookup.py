@@ -327,3 +327,24 @@ def test_o_excl_asks_the_server_even_with_a_cached_listing(run_fs: RunFs) -> Non
         assert await h.body("lock") == b"theirs"
 
     run_fs(body, dir_timeout=3600)
+
+
+def test_a_listing_made_while_an_upload_was_pending_shows_the_file_after_it_went(
+    run_fs: RunFs,
+) -> None:
+    """A file closed and not uploaded yet is shown from the cache; a listing of its directory
+    made meanwhile (the server had nothing of it) must not hide it once the upload landed and
+    the file is no longer shown from the cache (the kernel forgot its inode meanwhile)."""
+
+    async def body(h: Harness) -> None:
+        d = await h.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0)
+        await h.fs.sync_path(ROOT_INO)
+        node = await h.write_file("f", b"data", parent=d.ino)
+        h.fs.namespace.drop_listing(d)  # so that the next readdir lists the server
+        assert list(await h.ls(d.ino)) == ["f"]  # from the cache; the listing kept lacks it
+        h.fs.forget([(node.ino, node.lookups)])
+        await h.fs.sync_path(d.ino)  # uploaded: shown from listings from now on
+        again = await h.fs.lookup(d.ino, "f")
+        assert await h.read_file(again) == b"data"
+
+    run_fs(body, dir_timeout=60.0, attr_timeout=0.0, negative_timeout=0.0, writeback_delay=3600.0)
