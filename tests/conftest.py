@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Generator, Iterator
 
 import pytest
@@ -11,6 +13,13 @@ from tests.support.servers import SeaweedServer, unique_bucket
 from tests.support.swift_fixtures import swift
 
 __all__ = ["swift"]  # a real single-node Swift, one per session (tests/support/swift_server.py)
+
+# Every mount and CLI command the tests start is a new interpreter. Where the environment sets
+# PYTHONDONTWRITEBYTECODE (this machine and CI do), each one compiled bucketfs's ~50 modules
+# from source again: ~0.3 s of CPU per mount, minutes over the suite. Their bytecode is cached
+# (in __pycache__, ignored by git) like any installed package's.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 
 @pytest.fixture(scope="session")
