@@ -145,6 +145,7 @@ def session_options(cfg: MountConfig) -> session.SessionOptions:
         allow_other=cfg.allow_other,
         read_only=cfg.ro,
         debug=cfg.debug,
+        max_nodes=cfg.max_nodes,
     )
 
 

@@ -165,6 +165,7 @@ class MountConfig:
     transfers: int = 16  # -o transfers=N: files uploaded at once
     upload_parts: int = 8  # -o upload_parts=N: multipart parts in flight (memory: N x part_size)
     meta_cache_size: int = 1_000_000  # -o meta_cache_size=N: HEAD results kept across mounts
+    max_nodes: int = 50_000  # -o max_nodes=N: names kept in memory (the kernel forgets the rest)
     writeback_delay: float = 1.0  # -o writeback_delay=SECONDS: quiet period before an upload
     noversions: bool = False  # -o noversions: no .versions/ directories
     url_ttl: int = 3600  # -o url_ttl=SECONDS: lifetime of a user.bucketfs.url
@@ -419,6 +420,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "transfers": ("transfers", _count),
     "upload_parts": ("upload_parts", _count),
     "meta_cache_size": ("meta_cache_size", _rows),
+    "max_nodes": ("max_nodes", _rows),
     "writeback_delay": ("writeback_delay", _seconds),
     "noversions": ("noversions", parse_flag),
     "url_ttl": ("url_ttl", _url_ttl),

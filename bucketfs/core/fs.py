@@ -183,6 +183,13 @@ class BucketFS:
     def remember(self, node: Node) -> None:
         self.namespace.remember(node)
 
+    def node_count(self) -> int:
+        return len(self.namespace.table)
+
+    def cold_entries(self, count: int) -> list[tuple[int, str]]:
+        """Names the kernel may be asked to forget (nodes.py `InodeTable.cold_entries`)."""
+        return self.namespace.table.cold_entries(count)
+
     async def readlink(self, ino: int) -> str:
         return await self.namespace.readlink(ino)
 

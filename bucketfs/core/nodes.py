@@ -16,6 +16,9 @@ Invariants:
   symlink's `key` is the object key; `path` is the key without the trailing "/";
 - `full` is False when the attributes came from a listing (no user metadata seen): getattr then
   asks the server once before answering;
+- `held` lists exactly the nodes other than the root that the kernel refers to (lookups > 0),
+  least recently looked up first: `cold_entries` picks from its front the names the kernel
+  may be asked to forget (fuse/session.py bounds the table so);
 - a node's `cached` file counts it in `CachedFile.holders` (the setter keeps the count), so the
   cache knows which files no node refers to; a dropped node holds none, and `on_drop` hears
   of every drop (the file data drops what it kept per inode, the cache a file nothing holds).
@@ -26,6 +29,7 @@ from __future__ import annotations
 import enum
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -197,6 +201,8 @@ class InodeTable:
         self.by_path: dict[tuple[str | None, str], int] = {(root.bucket, root.path): ROOT_INO}
         #: parent ino -> {name: child ino} for reachable children we know of
         self.children: dict[int, dict[str, int]] = {ROOT_INO: {}}
+        #: the nodes the kernel refers to, least recently looked up first (not the root)
+        self.held: OrderedDict[int, None] = OrderedDict()
 
     @property
     def root(self) -> Node:
@@ -313,13 +319,43 @@ class InodeTable:
 
     def remember(self, node: Node, count: int = 1) -> None:
         node.lookups += count
+        if node.ino != ROOT_INO:
+            self.held[node.ino] = None
+            self.held.move_to_end(node.ino)
 
     def forget(self, ino: int, count: int) -> None:
         node = self.by_ino.get(ino)
         if node is None or ino == ROOT_INO:
             return
         node.lookups = max(0, node.lookups - count)
+        if node.lookups == 0:
+            self.held.pop(ino, None)
         self._maybe_drop(node)
+
+    def cold_entries(self, count: int) -> list[tuple[int, str]]:
+        """Up to `count` (parent inode, name) of the least recently looked up nodes that the
+        kernel may forget without anything being lost: reachable by name, no open handle, no
+        local state the server lacks, not a directory with known children (its children go
+        first), not in `.versions/`. Those picked move to the back, so that the next call,
+        made before the kernel's FORGETs arrived, picks others."""
+        picked: list[int] = []
+        for ino in self.held:
+            if len(picked) >= count:
+                break
+            node = self.by_ino.get(ino)
+            if (
+                node is None
+                or node.opens
+                or node.pinned
+                or node.virtual is not None
+                or (node.kind is Kind.DIR and self.children.get(ino))
+                or self.by_path.get((node.bucket, node.path)) != ino
+            ):
+                continue
+            picked.append(ino)
+        for ino in picked:
+            self.held.move_to_end(ino)
+        return [(self.by_ino[ino].parent, self.by_ino[ino].name) for ino in picked]
 
     def release(self, node: Node) -> None:
         node.opens = max(0, node.opens - 1)
@@ -349,6 +385,7 @@ class InodeTable:
             return
         self.by_ino.pop(node.ino, None)
         self.children.pop(node.ino, None)
+        self.held.pop(node.ino, None)
         cf, node.cached = node.cached, None
         self._on_drop(node.ino, cf)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +193,47 @@ def test_memory_stays_bounded_over_28000_files(local_mounts: MountFactory) -> No
     assert status["cached_files"] == 0, status
     assert mnt.raw_store is not None
     assert mnt.raw_store.keys() == []
+
+
+def wait_for_nodes(mnt: Mount, bound: int, timeout: float = 10.0) -> int:
+    """The daemon's node count once it is at most `bound`, or after `timeout` (the last)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = int(mnt.status()["nodes"])
+        if nodes <= bound or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("max_nodes", [300, 0])
+def test_a_walk_over_more_names_than_max_nodes_keeps_the_table_near_it(
+    local_mounts: MountFactory, max_nodes: int
+) -> None:
+    """The kernel keeps a reference on every name it looked up (entries kept a minute here), so
+    without a bound (`max_nodes=0`, the control) the daemon holds a node for each of the 1,500
+    names it was asked about; with `max_nodes=300` the kernel is asked to forget the coldest
+    names and the table goes back under the bound; every name still answers right after."""
+    mnt = local_mounts(options=[f"max_nodes={max_nodes}", "entry_timeout=60", "attr_timeout=60"])
+    assert mnt.store is not None
+    names = [f"d{i % 15:02d}/f{i:04d}" for i in range(1500)]
+    for i, name in enumerate(names):
+        mnt.store.put(name, b"x" * (i % 100))
+
+    def walk() -> dict[str, int]:
+        return {
+            os.path.relpath(os.path.join(top, name), mnt.path): os.lstat(
+                os.path.join(top, name)
+            ).st_size
+            for top, _dirs, files in os.walk(mnt.path)
+            for name in files
+        }
+
+    expected = {name: i % 100 for i, name in enumerate(names)}
+    assert walk() == expected
+    if max_nodes:
+        assert wait_for_nodes(mnt, max_nodes) <= max_nodes
+        assert walk() == expected  # forgotten names are looked up again
+        assert wait_for_nodes(mnt, max_nodes) <= max_nodes
+        assert "could not invalidate" not in mnt.log.read_text()
+    else:
+        assert wait_for_nodes(mnt, 1500, timeout=1.0) > 1500  # the names, 15 dirs, the root

@@ -182,6 +182,8 @@ OPTION_CASES = [
     ("upload_parts=4", "upload_parts", 4),
     ("meta_cache_size=0", "meta_cache_size", 0),
     ("meta_cache_size=5000", "meta_cache_size", 5000),
+    ("max_nodes=0", "max_nodes", 0),
+    ("max_nodes=2000", "max_nodes", 2000),
     ("writeback_delay=5", "writeback_delay", 5.0),
     ("writeback_delay=0", "writeback_delay", 0.0),
     ("noversions", "noversions", True),

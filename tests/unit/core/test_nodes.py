@@ -1,0 +1,69 @@
+"""The inode table's list of kernel-held nodes and the names it offers to forget (nodes.py)."""
+
+from __future__ import annotations
+
+from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
+
+
+def table() -> InodeTable:
+    root = Node(
+        ino=ROOT_INO,
+        kind=Kind.DIR,
+        bucket="b",
+        key="",
+        parent=ROOT_INO,
+        name="",
+        mode=0o755,
+        uid=0,
+        gid=0,
+    )
+    return InodeTable(root)
+
+
+def looked_up(t: InodeTable, parent: Node, name: str, kind: Kind = Kind.FILE) -> Node:
+    node = t.add(parent, name, kind, mode=0o644, uid=0, gid=0, etag='"e"')
+    t.remember(node)
+    return node
+
+
+def test_the_least_recently_looked_up_names_come_first() -> None:
+    t = table()
+    a, b, c = (looked_up(t, t.root, n) for n in "abc")
+    t.remember(a)  # a is used again: b is now the coldest
+    assert t.cold_entries(2) == [(ROOT_INO, "b"), (ROOT_INO, "c")]
+    # picked names go to the back: asked again before the kernel's FORGETs, others come first
+    assert t.cold_entries(1) == [(ROOT_INO, "a")]
+    assert list(t.held) == [b.ino, c.ino, a.ino]
+
+
+def test_open_unsaved_and_parent_nodes_are_never_offered() -> None:
+    t = table()
+    opened = looked_up(t, t.root, "open")
+    opened.opens = 1
+    unsaved = looked_up(t, t.root, "new")
+    unsaved.etag = None  # not on the server yet
+    directory = looked_up(t, t.root, "d", Kind.DIR)
+    child = looked_up(t, directory, "f")
+    version = t.add_virtual(
+        t.root, ".versions", Kind.DIR, mode=0o555, uid=0, gid=0, bucket="b", key=""
+    )
+    t.remember(version)
+    assert t.cold_entries(10) == [(directory.ino, "f")]
+    t.forget(child.ino, 1)  # the kernel let go: the directory has no known child left
+    assert t.cold_entries(10) == [(ROOT_INO, "d")]
+
+
+def test_held_follows_the_kernels_references() -> None:
+    t = table()
+    a = looked_up(t, t.root, "a")
+    t.remember(a)
+    t.forget(a.ino, 1)
+    assert a.ino in t.held  # one reference left
+    t.forget(a.ino, 1)
+    assert a.ino not in t.held
+    assert t.get(a.ino) is None
+    opened = looked_up(t, t.root, "o")
+    opened.opens = 1
+    t.forget(opened.ino, 1)
+    assert opened.ino not in t.held
+    assert t.get(opened.ino) is opened
