@@ -27,6 +27,9 @@ Invariants:
 - a directory is listed for this only if its last listing fitted one page (`LIST_ENTRIES`)
   or it was never listed (then one page at most is asked; a larger directory is remembered so,
   and its files are asked with a HEAD each from then on);
+- a readdir's listing revalidates too (`listed`): it confirms the entries it shows unchanged,
+  and a node whose HEAD it contradicts with the same ETag (another client's chmod: a later
+  LastModified) no longer keeps its old metadata;
 - with `attr_timeout` 0 nothing is confirmed so (a HEAD is cheaper than a LIST per stat).
 """
 
