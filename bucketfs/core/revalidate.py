@@ -26,7 +26,9 @@ Invariants:
   not used, the directory is listed again;
 - a directory is listed for this only if its last listing fitted one page (`LIST_ENTRIES`)
   or it was never listed (then one page at most is asked; a larger directory is remembered so,
-  and its files are asked with a HEAD each from then on);
+  and its files are asked with a HEAD each from then on), and not while its files are asked
+  for too far apart for a listing to pay (`MIN_CONFIRMED`, `SPARSE_FOR`: `stat` of a few
+  files of each of many directories, in no order, HEADs them);
 - a readdir's listing revalidates too (`listed`): it confirms the entries it shows unchanged,
   and a node whose HEAD it contradicts with the same ETag (another client's chmod: a later
   LastModified) no longer keeps its old metadata;
@@ -41,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
+from cachetools import LRUCache
 
 from bucketfs.cache.attrstore import settled
 from bucketfs.core.listing import PAGE_KEYS, Entry, Listings, Subtrees
@@ -53,6 +56,11 @@ log = logging.getLogger(__name__)
 #: a directory whose last listing had more entries than this (more than one page) is not
 #: listed to revalidate a file in it: a HEAD is cheaper
 LIST_ENTRIES = PAGE_KEYS
+#: a directory whose last listing made to revalidate confirmed fewer files than this (they
+#: were asked for too far apart: a listing confirms for `attr_timeout` only) is not listed so
+#: again for SPARSE_FOR x `attr_timeout`; its files are asked with a HEAD each meanwhile
+MIN_CONFIRMED = 3
+SPARSE_FOR = 10
 
 
 def _second(t: float) -> int:
@@ -98,6 +106,14 @@ class Basis:
         )
 
 
+@dataclass(slots=True)
+class _Yield:
+    """A listing made to revalidate, and how many files it confirmed."""
+
+    listed: dict[str, Entry]
+    confirmed: int = 0
+
+
 @dataclass
 class _Flight:
     """One listing asked for on revalidation's behalf; others wait for it."""
@@ -125,6 +141,10 @@ class Revalidation:
         self._attr_timeout = attr_timeout
         self._bases: dict[int, Basis] = {}
         self._flights: dict[int, _Flight] = {}
+        #: by directory: the last listing made to revalidate, and until when it is not
+        #: listed so again (its last listing confirmed too few files)
+        self._yields: LRUCache[int, _Yield] = LRUCache(maxsize=4096)
+        self._sparse: LRUCache[int, float] = LRUCache(maxsize=4096)
         self.confirmed = 0  # attributes confirmed by a listing (tests, status)
 
     def applied(self, node: Node, info: ObjectInfo | None) -> None:
@@ -144,7 +164,8 @@ class Revalidation:
             self._bases.pop(node.ino, None)
 
     def dropped(self, ino: int) -> None:
-        self._bases.pop(ino, None)
+        for per_inode in (self._bases, self._yields, self._sparse):
+            per_inode.pop(ino, None)
 
     def _basis(self, node: Node) -> Basis | None:
         """The node's basis, if the node still shows what that HEAD said."""
@@ -179,7 +200,7 @@ class Revalidation:
         listed, made = self._held(parent)
         if listed is None or made + self._attr_timeout <= time.monotonic():
             size = self._listings.size(parent.ino)
-            if size is not None and size > LIST_ENTRIES:
+            if (size is not None and size > LIST_ENTRIES) or self._too_sparse(parent):
                 return False
             listed, made = await self._list(parent)
         basis = self._basis(node)  # again: it may have changed while we waited
@@ -188,7 +209,21 @@ class Revalidation:
             return False
         node.attr_expiry = made + self._attr_timeout
         self.confirmed += 1
+        last = self._yields.get(parent.ino)
+        if last is not None and last.listed is listed:
+            last.confirmed += 1
         return True
+
+    def _too_sparse(self, directory: Node) -> bool:
+        """Whether the directory's files are asked for too far apart for a listing to pay."""
+        now = time.monotonic()
+        if self._sparse.get(directory.ino, 0.0) > now:
+            return True
+        last = self._yields.pop(directory.ino, None)
+        if last is not None and last.confirmed < MIN_CONFIRMED:
+            self._sparse[directory.ino] = now + SPARSE_FOR * self._attr_timeout
+            return True
+        return False
 
     def _held(self, directory: Node) -> tuple[dict[str, Entry] | None, float]:
         """A listing of the directory held (its own, or a subtree's) and when it came."""
@@ -210,6 +245,8 @@ class Revalidation:
         try:
             flight.listed = await self._relist(directory)
             flight.made = time.monotonic()
+            if flight.listed is not None:
+                self._yields[directory.ino] = _Yield(flight.listed)
         except BucketfsError as exc:  # the HEAD it was to replace will tell
             log.debug("listing %s to revalidate failed: %s", directory.key, exc)
         finally:

@@ -232,3 +232,23 @@ def test_a_readdir_confirms_unchanged_entries_and_drops_changed_metadata(
         assert h.store.calls == {"list_page": 1, "head": 1}
 
     run_fs(body, **STEADY)
+
+
+def test_files_asked_for_too_far_apart_are_asked_with_a_head(run_fs: RunFs, wall: Wall) -> None:
+    """A listing made to revalidate that confirmed fewer than MIN_CONFIRMED files before it
+    was too old (a few files of each of many directories, stat'ed in no order): the directory
+    is not listed so again for a while, its files get a HEAD each."""
+
+    async def body(h: Harness) -> None:
+        await fill(h, wall, NAMES[:3])
+        nodes = await looked_up(h, NAMES[:3])
+        expire(nodes.values())
+        await h.fs.getattr(nodes["f00"].ino)  # a listing, which confirms one file
+        assert h.store.calls == {"list_page": 1}
+        await trio.to_thread.run_sync(time.sleep, 0.3)  # real time: monotonic
+        expire(nodes.values())
+        for node in nodes.values():
+            await h.fs.getattr(node.ino)
+        assert h.store.calls == {"list_page": 1, "head": 3}
+
+    run_fs(body, attr_timeout=0.2, dir_timeout=60.0, entry_timeout=60.0)
