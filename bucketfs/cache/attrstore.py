@@ -3,7 +3,8 @@
 answered without a HEAD, in this mount and in every later mount of the same cache directory.
 
 Owns `attrs.sqlite` (one row per key: ETag, size, LastModified, version id, user metadata,
-content type, system headers, storage class, and a use stamp for eviction).
+content type, system headers, storage class, the server's `Date` of the HEAD, and a use stamp
+for eviction), and `settled`, the rule below, which core/revalidate.py applies too.
 
 Invariants:
 - a row is written only from a HEAD whose server `Date` is at least its LastModified plus
@@ -62,6 +63,13 @@ def _second(t: float) -> int:
     return int(t)
 
 
+def settled(info: ObjectInfo) -> bool:
+    """Whether the server answered this HEAD at least SETTLE s after the object's
+    LastModified (its own `Date`, never the local clock): any later change to the object,
+    a copy onto itself included, has a LastModified in a later second."""
+    return info.server_date is not None and info.server_date >= info.last_modified + SETTLE
+
+
 def _encode(info: ObjectInfo) -> str:
     return json.dumps(
         {
@@ -71,6 +79,7 @@ def _encode(info: ObjectInfo) -> str:
             "vid": info.version_id,
             "sc": info.storage_class,
             "sys": dict(info.system),
+            "sd": info.server_date,
         },
         separators=(",", ":"),
     )
@@ -88,6 +97,7 @@ def _decode(key: str, etag: str, size: int, text: str) -> ObjectInfo:
         version_id=d["vid"],
         storage_class=d["sc"],
         system=d["sys"],
+        server_date=d.get("sd"),  # rows written before it was kept have none
     )
 
 
@@ -153,9 +163,7 @@ class AttrStore:
 
     def remember(self, bucket: str, info: ObjectInfo) -> None:
         """A HEAD's answer: kept if the server answered it long enough after LastModified."""
-        if self._db is None or info.server_date is None or not info.etag:
-            return
-        if info.is_delete_marker or info.server_date < info.last_modified + SETTLE:
+        if self._db is None or not info.etag or info.is_delete_marker or not settled(info):
             return
         self._pending[(bucket, info.key)] = info
 

@@ -178,10 +178,11 @@ class BucketFS:
         return await self.namespace.getattr(ino)
 
     def forget(self, items: Sequence[tuple[int, int]]) -> None:
-        self.namespace.forget(items)
+        for ino, count in items:
+            self.table.forget(ino, count)
 
     def remember(self, node: Node) -> None:
-        self.namespace.remember(node)
+        self.table.remember(node)
 
     def node_count(self) -> int:
         return len(self.namespace.table)

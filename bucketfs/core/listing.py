@@ -24,6 +24,7 @@ subtree does not fit in `PAGES` pages is not listed that way again for `TOO_BIG_
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -131,18 +132,23 @@ TOO_MANY = 1 << 31
 
 
 class Listings:
-    """Each directory's own last listing (valid `dir_timeout`), the number of entries it had
-    (no expiry), and how many changes this mount made there, by inode."""
+    """Each directory's own last listing (valid `dir_timeout`) and when it came, the number of
+    entries it had (no expiry), and how many changes this mount made there, by inode."""
 
     def __init__(self, dir_timeout: float) -> None:
         self._listings: TTLCache[int, dict[str, Entry]] = TTLCache(
             maxsize=1024, ttl=max(dir_timeout, 1e-6)
         )
+        self._made: LRUCache[int, float] = LRUCache(maxsize=1024)
         self._sizes: LRUCache[int, int] = LRUCache(maxsize=65536)
         self._changes: LRUCache[int, int] = LRUCache(maxsize=65536)
 
     def get(self, ino: int) -> dict[str, Entry] | None:
         return self._listings.get(ino)
+
+    def made(self, ino: int) -> float | None:
+        """When the listing `get` holds came (time.monotonic), if known."""
+        return self._made.get(ino)
 
     def size(self, ino: int) -> int | None:
         """Entries in the directory's last listing (more than one page: too big to relist)."""
@@ -166,6 +172,7 @@ class Listings:
         if listed is None or self._changes.get(ino, 0) != changes:
             return False
         self._listings[ino] = listed
+        self._made[ino] = time.monotonic()
         return True
 
     def made_empty(self, ino: int) -> None:
@@ -180,7 +187,7 @@ class Listings:
 
     def dropped(self, ino: int) -> None:
         """The node is gone for good (inode numbers are never reused)."""
-        for per_inode in (self._listings, self._sizes, self._changes):
+        for per_inode in (self._listings, self._made, self._sizes, self._changes):
             per_inode.pop(ino, None)
 
 
@@ -197,11 +204,17 @@ class Subtrees:
             maxsize=1024, ttl=max(WINDOW, 5 * ttl)
         )
         self._too_big: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=1024, ttl=TOO_BIG_FOR)
+        #: when each listing came (time.monotonic)
+        self._made: LRUCache[tuple[str, str], float] = LRUCache(maxsize=16384)
         self._changes = 0  # changes made through this mount, ever
         self.listed = 0  # recursive listings kept (for tests and status)
 
     def get(self, bucket: str, key: str) -> dict[str, Entry] | None:
         return self._listings.get((bucket, key))
+
+    def made(self, bucket: str, key: str) -> float | None:
+        """When the listing `get` holds came (time.monotonic), if known."""
+        return self._made.get((bucket, key))
 
     def changed(self, bucket: str, key: str, name: str, kind: Kind | None) -> None:
         """A change through this mount in directory `key`: `kind` None means `name` is gone."""
@@ -254,7 +267,9 @@ class Subtrees:
         if self._changes != changes:
             return None
         listings = split_subtree(prefix, objects)
+        now = time.monotonic()
         for key, entries in listings.items():
             self._listings[(bucket, key)] = entries
+            self._made[(bucket, key)] = now
         self.listed += 1
         return listings

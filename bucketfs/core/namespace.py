@@ -5,7 +5,9 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
 
 - a node's attributes (`InodeTable`, nodes.py): fresh until `attr_expiry`, `attr_timeout`
   after the HEAD (or our own upload) that set them, `max(attr_timeout, dir_timeout)` after a
-  prefetch made for a listing; `full` False (from a listing, no user metadata) means getattr
+  prefetch made for a listing, `attr_timeout` after the listing of its directory that showed
+  a file's ETag, size and LastModified unchanged since its HEAD (revalidate.py: one LIST, not
+  a HEAD per file); `full` False (from a listing, no user metadata) means getattr
   asks the server once before answering; nodes with local state the server lacks
   (`Node.pinned`) are never replaced by what a listing or HEAD says;
 - a directory's marker (or that it has none): reused until `marker_expiry`,
@@ -52,7 +54,6 @@ Invariants: inode numbers are never reused, so nothing kept per inode outlives i
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
@@ -65,6 +66,7 @@ from bucketfs.core.listing import Entry, Listings, Subtrees, list_children
 from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.core.options import FsOptions
 from bucketfs.core.prefetch import Prefetch
+from bucketfs.core.revalidate import Revalidation
 from bucketfs.core.versions import Versions
 from bucketfs.errors import (
     BucketNotFound,
@@ -131,6 +133,9 @@ class Namespace:
         self.prefetch = Prefetch(self._prefetched)
         #: listings of many directories from one recursive LIST of an ancestor (listing.py)
         self.subtrees = Subtrees(options.dir_timeout)
+        self.revalidation = Revalidation(
+            self.table, self.listings, self.subtrees, self._relist, options.attr_timeout
+        )
         # hook: the .versions/ tree (versions.py)
         self.versions = Versions(
             backend,
@@ -295,6 +300,7 @@ class Namespace:
             node.system = dict(info.system)
         node.full = full
         node.attr_expiry = time.monotonic() + self.opts.attr_timeout
+        self.revalidation.applied(node, info if full else None)
         if node.kind is Kind.DIR and full:
             self.marker_seen(node)
 
@@ -362,7 +368,9 @@ class Namespace:
         if (parent.ino, name) in self._negative:
             raise NoEntry()
         if node is not None and node.kind is not Kind.DIR and node.bucket is not None:
-            # revalidate a known file with one HEAD; only if it is gone ask what is there now
+            # revalidate a known file (a listing, or one HEAD); only if it is gone ask again
+            if await self.revalidation.confirm(node):
+                return node
             info = await self.heads.head_or_none(node.bucket, node.key)
             if info is not None and self._file_entry(info).kind is node.kind:
                 self.apply(node, info, full=True)
@@ -540,6 +548,8 @@ class Namespace:
             else:
                 self._apply_marker(node, await self.heads.head_or_none(node.bucket, node.key))
             return node
+        if await self.revalidation.confirm(node):  # a listing instead of a HEAD
+            return node
         info = await self.heads.head_or_none(node.bucket, node.key)
         if info is None:
             # gone on the server: keep answering with what we know until the kernel asks again
@@ -566,18 +576,12 @@ class Namespace:
             node.link_target = data.decode("utf-8", "surrogateescape")
         return node.link_target
 
-    def forget(self, items: Sequence[tuple[int, int]]) -> None:
-        for ino, count in items:
-            self.table.forget(ino, count)
-
-    def remember(self, node: Node) -> None:
-        self.table.remember(node)
-
     def _node_dropped(self, ino: int, cf: CachedFile | None) -> None:
         """The table dropped a node: so go what was kept for it (here, contents.py, the cache);
         inode numbers are never reused, so nothing kept under `ino` could serve again."""
         self.listings.dropped(ino)
         self.prefetch.dropped(ino)
+        self.revalidation.dropped(ino)
         if self._data is not None:
             self._data.dropped(ino, cf)
 
@@ -618,8 +622,8 @@ class Namespace:
             ):
                 node = self.new_node(directory, name, entry.kind, full=False)
             if entry.kind is not Kind.DIR and entry.info is not None:
-                # same ETag: keep the metadata we know (a listing does not carry it)
-                if self.listing_attrs or not (node.full and node.etag == entry.info.etag):
+                # same object: keep the metadata we know (a listing lacks it; revalidate.py)
+                if self.listing_attrs or not self.revalidation.listed(node, entry.info):
                     self.apply(node, entry.info, full=False)
             elif entry.kind is Kind.DIR and not node.full:
                 node.attr_expiry = 0.0

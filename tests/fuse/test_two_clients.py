@@ -2,6 +2,9 @@
 README "Changes made by other clients", checked with two mounts of one bucket (A changes, B
 looks) on the local store and SeaweedFS.
 
+B asks for a file's attributes again with a HEAD, or with a listing of its directory for all
+its files (core/revalidate.py); the bounds are the same either way, and both ways are tested.
+
 Each bound is measured from the moment A's change is on the server (A's `bucketfs flush`
 returned, or its delete reached the store) to the first time B shows it, polling; `SLACK`
 covers a loaded machine. "At once" is checked with one look, no polling. "Not before" is
@@ -140,6 +143,27 @@ def test_with_the_defaults_a_chmod_shows_within_two_seconds(mount_factory: Mount
     a.flush()
     assert f_b.read_bytes() == b"v2, longer"
     within(2.0, lambda: mode(f_b) == 0o600)
+
+
+def test_with_the_defaults_changes_show_within_two_seconds_through_a_listing(
+    mount_factory: MountFactory,
+) -> None:
+    """The same bound when B asks again with a listing of the directory instead of a HEAD
+    per file (core/revalidate.py: its attributes came from a HEAD answered 2 s or more after
+    LastModified): the listing shows A's chmod (a copy onto itself, a new LastModified) and
+    A's new content, and B asks for those with a HEAD."""
+    a, b = two_mounts(mount_factory, [])
+    (a.path / "m").write_bytes(b"v1")
+    (a.path / "c").write_bytes(b"v1")
+    a.flush()
+    time.sleep(2.2)  # B's HEADs below can vouch for a listing
+    for _ in range(2):  # a HEAD, then (past attr_timeout) a listing
+        assert (mode(b.path / "m"), os.stat(b.path / "c").st_size) == (0o644, 2)
+        time.sleep(1.2)
+    os.chmod(a.path / "m", 0o600)
+    (a.path / "c").write_bytes(b"v2, longer")
+    a.flush()
+    within(2.0, lambda: (mode(b.path / "m"), os.stat(b.path / "c").st_size) == (0o600, 10))
 
 
 def test_until_its_timeouts_run_out_a_mount_shows_what_it_saw(
