@@ -82,6 +82,10 @@ class Backend(Protocol):
     #: `X-Delete-At`), carried as `system["delete_at"]` (see `ObjectInfo.system`); S3 has
     #: bucket lifecycle rules instead
     expiry: bool = False
+    #: whether the store enforces `put(if_none_match=True)` (`If-None-Match: *`): then an
+    #: exclusive create through a mount may trust a fresh listing, the upload's refusal
+    #: catching a name another client made meanwhile (docs/core.md)
+    exclusive_put: bool = False
 
     async def usage(self, bucket: str) -> tuple[int, int] | None:
         """(bytes, objects) of the current objects of `bucket`, for `df`, when the store can

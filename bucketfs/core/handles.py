@@ -119,14 +119,7 @@ class Handles:
         bucket = ns.bucket_of(parent)
         existing = ns.table.child(parent, name)
         if existing is None and flags & os.O_EXCL:
-            # O_EXCL (lock files, mkstemp) asks the server, never a cached listing: another
-            # client may have made the name since
-            ns.drop_listing(parent)
-            ns.forget_absence(parent, name)
-            try:
-                existing = await ns.find(parent, name, exact=True)
-            except NoEntry:
-                existing = None
+            existing = await self._exclusive(parent, name)
         if existing is not None:
             if flags & os.O_EXCL:
                 raise FileExists()
@@ -152,6 +145,32 @@ class Handles:
         ns.changed(parent, name, Kind.FILE)
         ns.table.remember(node)
         return self._handle(node, writable=True), node
+
+    async def _exclusive(self, parent: Node, name: str) -> Node | None:
+        """What O_EXCL (GNU tar's every file, lock files, mkstemp) must know: the node of
+        `name` if it exists. On a store that refuses an upload over an existing key
+        (`exclusive_put`), a fresh listing of `parent` answers (kept in step with this
+        mount's changes; a directory made here has one, empty): the new file's upload
+        carries `If-None-Match: *`, and if another client made the name meanwhile, the
+        upload is refused and ours is kept under a conflict name (cache/writeback.py,
+        docs/core.md). Otherwise the server is asked, never a cached listing."""
+        ns = self._ns
+        if ns.backend.exclusive_put and parent.bucket is not None:
+            listed = ns.listings.get(parent.ino)
+            if listed is None:
+                listed = ns.subtrees.get(parent.bucket, parent.key)
+            key = parent.key + name
+            local = ns.markers.pending(parent.bucket, key + "/") or ns.data.unsaved(
+                parent.bucket, key
+            )
+            if listed is not None and name not in listed and local is None:
+                return None  # not on the server when listed, nor made here since
+        ns.drop_listing(parent)
+        ns.forget_absence(parent, name)
+        try:
+            return await ns.find(parent, name, exact=True)
+        except NoEntry:
+            return None
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """A handle on the file; the bool says whether the kernel may keep its page cache."""

@@ -15,10 +15,11 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
   this mount creates it;
 - listings of a directory (`listings`, listing.py's `Listings`): used for `dir_timeout`, and
   kept in step with every change made through this mount (`changed`), not dropped; an
-  exclusive create (O_EXCL) and an rmdir drop them (`drop_listing`), a conflict drops all of
-  them; a listing (a readdir's or a relisting) that overlapped a change made through this
-  mount is not kept; a directory made here counts as changed again when its marker reaches
-  the server (`marker_sent`): listings made while it was pending lack it;
+  exclusive create (O_EXCL) trusts a fresh one where the upload's `If-None-Match: *` holds
+  (handles.py), else it and an rmdir drop them (`drop_listing`); a conflict drops all; a
+  listing (a readdir's or a relisting) that overlapped a change made here is not kept; a
+  directory made here counts as changed again when its marker reaches the server
+  (`marker_sent`): listings made while it was pending lack it;
 - subtree listings (`listing.Subtrees`): the same rules, for many directories at once;
 - the size of each directory's last listing (no expiry) decides whether a lookup after the
   listing expired lists the directory again (at most `RELIST_ENTRIES`) rather than sending a

@@ -73,6 +73,7 @@ class S3Backend(S3Multipart, Backend):
     """An S3-compatible object store reached over HTTP(S)."""
 
     supports_versions = True
+    exclusive_put = True
     max_object_size = MAX_OBJECT_SIZE
     #: signs every request and is shown as `user.bucketfs.region`
     region: str

@@ -1,0 +1,68 @@
+"""Requests a workload sends, counted between a real mount and SeaweedFS (issue 14, item 3:
+"fewer requests, each with a test that counts them"); the relay is the bench's
+(scripts/benchlib/proxy.py), which tells a LIST from a GET (`Counts.kinds`).
+
+Each test names the cut it guards.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from tests.support.helpers import Mount, MountFactory, require_tool
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from benchlib.proxy import CountingProxy, Counts
+
+#: nothing expires while a test runs: what is counted is what a cut saves, not freshness
+KEEP = ["attr_timeout=60", "entry_timeout=60", "dir_timeout=60", "negative_timeout=60"]
+N = 30
+
+
+def counted(proxy: CountingProxy, s3_mounts: MountFactory, *options: str) -> Mount:
+    return s3_mounts(options=[f"endpoint={proxy.endpoint}", *KEEP, *options])
+
+
+def sent(proxy: CountingProxy, before: Counts) -> dict[str, int]:
+    return proxy.snapshot().minus(before).kinds
+
+
+def tarball(names: list[str], size: int = 100) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        dirs = sorted({name.rpartition("/")[0] for name in names if "/" in name})
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = size, 0o640, 1_000_000_000
+            tar.addfile(info, io.BytesIO(b"x" * size))
+    return out.getvalue()
+
+
+def test_untar_sends_no_list_per_file(proxy: CountingProxy, s3_mounts: MountFactory) -> None:
+    """GNU tar creates every file with O_CREAT|O_EXCL: in a directory tar just made, or one
+    whose listing is fresh, the create is answered from the listing; If-None-Match: * on
+    the upload keeps it exclusive between clients."""
+    mnt = counted(proxy, s3_mounts)
+    os.listdir(mnt.path)
+    data = tarball([f"t/f{i:02d}" for i in range(N)] + [f"u{i:02d}" for i in range(N)])
+    before = proxy.snapshot()
+    subprocess.run(
+        [require_tool("tar"), "-x", "-C", str(mnt.path)], input=data, check=True, timeout=120
+    )
+    extracted = sent(proxy, before)
+    mnt.flush()
+    total = sent(proxy, before)
+    assert "LIST" not in extracted, extracted  # was one per file: 60
+    assert total.get("PUT", 0) == 2 * N + 1, total  # the files and t/'s marker
+    assert sorted(os.listdir(mnt.path / "t")) == [f"f{i:02d}" for i in range(N)]
+    assert (mnt.path / "u07").read_bytes() == b"x" * 100
