@@ -30,7 +30,8 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
   whose listing ETag, size and LastModified equal what an earlier HEAD said (kept only when
   the server answered it 2 s or more after LastModified) gets its metadata without a HEAD;
   `open` still asks the server (close-to-open);
-- listed nodes waiting for a prefetch of their metadata (prefetch.py); none with `-o
+- listed nodes waiting for a prefetch of their metadata (prefetch.py; a lookup needs the kind
+  only, which a listed entry of a sure kind gives until `attr_expiry`); none with `-o
   attrs=listing`, where a listing's attributes are final (`apply`) and objects are files;
 - on the node itself: a symlink's target (until its ETag changes), the ETag the kernel's page
   cache holds (`kernel_etag`, handles.py), the last HEAD for xattrs (`head_info`, xattrs.py).
@@ -349,7 +350,9 @@ class Namespace:
         subtree listing (one page, not up to listing.PAGES, for every exclusive create)."""
         node = self.table.child(parent, name)
         if node is not None and not node.full:
-            self.prefetch.kick(node)
+            if node.kind_certain and node.attr_expiry > time.monotonic():
+                return node  # listed just now, of a sure kind: getattr asks the rest
+            self.prefetch.kick(node, kinds=True)
             await self.prefetch.wait(node)
         if node is not None and (node.pinned or self._fresh(node)):
             return node

@@ -66,3 +66,27 @@ def test_untar_sends_no_list_per_file(proxy: CountingProxy, s3_mounts: MountFact
     assert total.get("PUT", 0) == 2 * N + 1, total  # the files and t/'s marker
     assert sorted(os.listdir(mnt.path / "t")) == [f"f{i:02d}" for i in range(N)]
     assert (mnt.path / "u07").read_bytes() == b"x" * 100
+
+
+def test_rm_rf_sends_no_head_for_entries_of_a_sure_kind(
+    proxy: CountingProxy, s3_mounts: MountFactory
+) -> None:
+    """Another client's directory of small files (a listing leaves their kind unsure: a
+    symlink's object is small) and large ones (sure: files): `rm -rf` looks each small one up
+    (one HEAD, for its kind) and deletes the large ones without a HEAD; the lookups of the
+    small ones do not prefetch the large ones' metadata."""
+    mnt = counted(proxy, s3_mounts)
+    store = mnt.raw_store
+    assert store is not None
+    for i in range(N):
+        store.put(f"r/small{i:02d}", b"s" * 10)
+        store.put(f"r/big{i:02d}", b"b" * 5000)
+        store.put(f"r/sub/big{i:02d}", b"b" * 5000)
+    os.listdir(mnt.path)
+    before = proxy.snapshot()
+    subprocess.run([require_tool("rm"), "-rf", str(mnt.path / "r")], check=True, timeout=120)
+    mnt.flush()
+    removed = sent(proxy, before)
+    assert store.keys("r/") == []
+    # one per small file, and r/'s and r/sub/'s markers (none here: HEADs that find nothing)
+    assert removed.get("HEAD", 0) <= N + 2, removed  # was 2 * N + 2

@@ -375,3 +375,32 @@ def test_a_listing_made_while_an_upload_was_pending_shows_the_file_after_it_went
         assert await h.read_file(again) == b"data"
 
     run_fs(body, dir_timeout=60.0, attr_timeout=0.0, negative_timeout=0.0, writeback_delay=3600.0)
+
+
+def test_a_lookup_prefetches_only_the_kinds_it_needs(run_fs: RunFs) -> None:
+    """After a readdir, a lookup of a large listed file (surely a file) sends nothing; one of
+    a small file (maybe a symlink) HEADs the small siblings only; getattr HEADs the rest."""
+
+    async def body(h: Harness) -> None:
+        for i in range(3):
+            await h.put(f"d/small{i}", b"s")
+            await h.put(f"d/big{i}", b"b" * 5000)
+        d = await h.lookup("d")
+        listed = await h.ls(d.ino)
+        h.store.calls.clear()
+        big = await h.fs.lookup(d.ino, "big0")
+        assert not big.full
+        assert dict(h.store.calls) == {}
+        small = await h.fs.lookup(d.ino, "small0")
+        assert small.full
+        for name in ("small1", "small2"):
+            await h.fs.namespace.prefetch.wait(listed[name])
+        assert h.store.calls["head"] == 3
+        assert not listed["big1"].full
+        await h.fs.getattr(big.ino)
+        for name in ("big1", "big2"):
+            await h.fs.namespace.prefetch.wait(listed[name])
+        assert h.store.calls["head"] == 6
+        assert listed["big2"].full
+
+    run_fs(body, attr_timeout=60, dir_timeout=60)
