@@ -1,8 +1,9 @@
 """What listings say a directory holds, and subtree listings that refresh many at once.
 
 Owns `Entry` (a name as a listing shows it), reading one LIST page into a directory's entries,
-listing one directory (`list_children`), `Listings`: each directory's last listing, its size
-and the changes this mount made there, by inode (namespace.py says how they are used), and
+listing one directory (`list_children`), `Listings`: each directory's last listing, its size,
+the changes this mount made there and whether a lookup should list it (`worth_listing`), by
+inode (namespace.py says how they are used), and
 `Subtrees`: listings of every directory under an ancestor, made from one recursive
 (undelimited) LIST of that ancestor.
 
@@ -140,6 +141,8 @@ class Listings:
         )
         self._sizes: LRUCache[int, int] = LRUCache(maxsize=65536)
         self._changes: LRUCache[int, int] = LRUCache(maxsize=65536)
+        #: directories never listed where a lookup asked the server about a name lately
+        self._asked: TTLCache[int, bool] = TTLCache(maxsize=1024, ttl=max(dir_timeout, 1e-6))
 
     def get(self, ino: int) -> dict[str, Entry] | None:
         return self._listings.get(ino)
@@ -147,6 +150,19 @@ class Listings:
     def size(self, ino: int) -> int | None:
         """Entries in the directory's last listing (more than one page: too big to relist)."""
         return self._sizes.get(ino)
+
+    def worth_listing(self, ino: int, limit: int) -> bool:
+        """Whether a lookup of a name that no fresh listing answers should list directory
+        `ino` (one page) rather than ask about the name alone: its last listing had at most
+        `limit` entries, or it was never listed and another lookup there asked the server
+        less than `dir_timeout` ago (`stat` of many names: one LIST, not one per name)."""
+        size = self._sizes.get(ino)
+        if size is not None:
+            return size <= limit
+        if self._asked.pop(ino, False):
+            return True
+        self._asked[ino] = True
+        return False
 
     def changes(self, ino: int) -> int:
         """Changes made through this mount in directory `ino` so far (see `keep`)."""
@@ -180,7 +196,7 @@ class Listings:
 
     def dropped(self, ino: int) -> None:
         """The node is gone for good (inode numbers are never reused)."""
-        for per_inode in (self._listings, self._sizes, self._changes):
+        for per_inode in (self._listings, self._sizes, self._changes, self._asked):
             per_inode.pop(ino, None)
 
 

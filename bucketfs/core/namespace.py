@@ -21,9 +21,9 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
   directory made here counts as changed again when its marker reaches the server
   (`marker_sent`): listings made while it was pending lack it;
 - subtree listings (`listing.Subtrees`): the same rules, for many directories at once;
-- the size of each directory's last listing (no expiry) decides whether a lookup after the
-  listing expired lists the directory again (at most `RELIST_ENTRIES`) rather than sending a
-  HEAD and a LIST per name;
+- the size of each directory's last listing (no expiry) decides whether a lookup it does not
+  answer lists the directory again (at most `RELIST_ENTRIES`); one never listed is listed at
+  the second such lookup within `dir_timeout`, not a HEAD and a LIST per name (listing.py);
 - HEADs kept for reuse (heads.py): a HEAD that found a key serves the next `open` of it
   within `OPEN_REUSES_HEAD`, and one open at most;
 - HEADs kept across mounts (`cache/attrstore.py`, through `FileData.attrs`): a listed file
@@ -448,8 +448,7 @@ class Namespace:
         listed = self.listings.get(parent.ino)
         if listed is None:
             listed = self.subtrees.get(bucket, parent.key)
-        size = self.listings.size(parent.ino)
-        if listed is None and size is not None and size <= RELIST_ENTRIES:
+        if listed is None and self.listings.worth_listing(parent.ino, RELIST_ENTRIES):
             listed = await self._relist(parent, subtree=not exact)
         if listed is not None:
             entry = listed.get(name)

@@ -90,3 +90,23 @@ def test_rm_rf_sends_no_head_for_entries_of_a_sure_kind(
     assert store.keys("r/") == []
     # one per small file, and r/'s and r/sub/'s markers (none here: HEADs that find nothing)
     assert removed.get("HEAD", 0) <= N + 2, removed  # was 2 * N + 2
+
+
+def test_stat_of_many_names_lists_once(proxy: CountingProxy, s3_mounts: MountFactory) -> None:
+    """`stat` of every name in a directory the mount has not listed: from the second name
+    on, one LIST answers whether each exists (and a HEAD per file its metadata), not a LIST
+    of `name/` per name."""
+    mnt = counted(proxy, s3_mounts)
+    store = mnt.raw_store
+    assert store is not None
+    for i in range(N):
+        store.put(f"s/f{i:02d}", b"x" * 10)
+    os.stat(mnt.path / "s")
+    before = proxy.snapshot()
+    for i in range(N):
+        assert os.stat(mnt.path / "s" / f"f{i:02d}").st_size == 10
+    for i in range(5):
+        assert not (mnt.path / "s" / f"missing{i}").exists()
+    stats = sent(proxy, before)
+    assert stats.get("LIST", 0) == 2, stats  # was N + 5: the first name's, then s/ once
+    assert stats.get("HEAD", 0) == N, stats  # was N + 5
