@@ -52,7 +52,7 @@ def test_untar_sends_no_list_per_file(proxy: CountingProxy, s3_mounts: MountFact
     """GNU tar creates every file with O_CREAT|O_EXCL: in a directory tar just made, or one
     whose listing is fresh, the create is answered from the listing; If-None-Match: * on
     the upload keeps it exclusive between clients."""
-    mnt = counted(proxy, s3_mounts)
+    mnt = counted(proxy, s3_mounts, "writeback_delay=3600")  # one PUT each, at the flush
     os.listdir(mnt.path)
     data = tarball([f"t/f{i:02d}" for i in range(N)] + [f"u{i:02d}" for i in range(N)])
     before = proxy.snapshot()
