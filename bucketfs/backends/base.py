@@ -115,6 +115,13 @@ class Backend(Protocol):
         then needs `kms:Decrypt`), so plain `head` never asks."""
         return await self.head(bucket, key, version_id=version_id)
 
+    async def head_and_get(
+        self, bucket: str, key: str, *, up_to: int
+    ) -> tuple[ObjectInfo, bytes] | None:
+        """What `head` says and the object's first `up_to` bytes (all of a smaller one), in
+        one request; None where the store has no such request (the caller sends a HEAD)."""
+        return None
+
     def presign_upload(self, bucket: str, key: str, expires: int) -> str:
         """A URL that plain HTTP PUT can upload the object's new content to for `expires`
         seconds (a presigned PUT, a Swift TempURL for PUT)."""

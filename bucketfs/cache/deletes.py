@@ -314,6 +314,12 @@ class DeferredDeletes:
         await self._key(bucket, key)
         return await self.inner.head(bucket, key, **kw)
 
+    async def head_and_get(
+        self, bucket: str, key: str, *, up_to: int
+    ) -> tuple[ObjectInfo, bytes] | None:
+        await self._key(bucket, key)
+        return await self.inner.head_and_get(bucket, key, up_to=up_to)
+
     async def get(self, bucket: str, key: str, *args: Any, **kw: Any) -> bytes:
         await self._key(bucket, key)
         return await self.inner.get(bucket, key, *args, **kw)

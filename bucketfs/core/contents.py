@@ -281,6 +281,17 @@ class FileData:
             return b""
         return await self.cache.read(self.cached(node), offset, size, state)
 
+    def holds(self, node: Node) -> bool:
+        """Whether the cache holds all of the node's object as the node last saw it."""
+        cf = node.cached
+        return cf is not None and not cf.dirty and self.cache.holds(cf, node.etag)
+
+    async def prime(self, node: Node, data: bytes) -> None:
+        """The object's first bytes, as the GET that brought the node's attributes had them."""
+        cf = self.cached(node)
+        if not cf.dirty and node.etag is not None:
+            await self.cache.prime(cf, node.etag, data)
+
     async def read_all(self, node: Node) -> bytes:
         cf = self.cached(node)
         return await self.cache.read(cf, 0, cf.size, ReadState())

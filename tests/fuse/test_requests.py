@@ -110,3 +110,30 @@ def test_stat_of_many_names_lists_once(proxy: CountingProxy, s3_mounts: MountFac
     stats = sent(proxy, before)
     assert stats.get("LIST", 0) == 2, stats  # was N + 5: the first name's, then s/ once
     assert stats.get("HEAD", 0) == N, stats  # was N + 5
+
+
+def test_cat_of_a_small_file_sends_one_get_at_open(
+    proxy: CountingProxy, s3_mounts: MountFactory
+) -> None:
+    """Opening a small file to read asks the server (close-to-open) with one GET that brings
+    its attributes and its bytes, not a HEAD then a GET; another client's change is seen at
+    the next open; a file the cache holds is asked with a HEAD (nothing to fetch)."""
+    mnt = counted(proxy, s3_mounts)
+    store = mnt.raw_store
+    assert store is not None
+    for i in range(N):
+        store.put(f"c/f{i:02d}", b"c" * 100)
+    os.listdir(mnt.path / "c")
+    before = proxy.snapshot()
+    for i in range(N):
+        assert (mnt.path / "c" / f"f{i:02d}").read_bytes() == b"c" * 100
+    read = sent(proxy, before)
+    # the lookups' HEADs (a small file's kind), then one GET at each open: was 2 * N HEADs
+    assert read == {"HEAD": N, "GET": N}, read
+    store.put("c/f03", b"new" * 50)  # another client
+    before = proxy.snapshot()
+    assert (mnt.path / "c" / "f03").read_bytes() == b"new" * 50
+    assert (mnt.path / "c" / "f04").read_bytes() == b"c" * 100  # unchanged: in the cache
+    again = sent(proxy, before)
+    # each a HEAD (the cache held both): f03's shows a new ETag, whose bytes one GET brings
+    assert again == {"HEAD": 2, "GET": 1}, again
