@@ -282,8 +282,11 @@ class FileData:
         return await self.cache.read(self.cached(node), offset, size, state)
 
     def holds(self, node: Node) -> bool:
-        """Whether the cache holds all of the node's object as the node last saw it."""
+        """Whether the cache holds all of the node's object as the node last saw it (also
+        from an earlier mount of this cache directory)."""
         cf = node.cached
+        if cf is None and node.bucket is not None:
+            cf = self.cache.find(node.bucket, node.key)
         return cf is not None and not cf.dirty and self.cache.holds(cf, node.etag)
 
     async def prime(self, node: Node, data: bytes) -> None:

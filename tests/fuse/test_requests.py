@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 from tests.support.helpers import Mount, MountFactory, require_tool
@@ -137,3 +138,10 @@ def test_cat_of_a_small_file_sends_one_get_at_open(
     again = sent(proxy, before)
     # each a HEAD (the cache held both): f03's shows a new ETag, whose bytes one GET brings
     assert again == {"HEAD": 2, "GET": 1}, again
+    mnt.stop()
+    mnt.start(reuse_cache=True)
+    os.stat(mnt.path / "c" / "f04")
+    time.sleep(0.1)  # so that the open does not reuse the lookup's HEAD (OPEN_REUSES_HEAD)
+    before = proxy.snapshot()
+    assert (mnt.path / "c" / "f04").read_bytes() == b"c" * 100
+    assert "GET" not in sent(proxy, before)  # the cache kept its bytes: a HEAD, no GET
