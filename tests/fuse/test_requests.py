@@ -2,7 +2,12 @@
 "fewer requests, each with a test that counts them"); the relay is the bench's
 (scripts/benchlib/proxy.py), which tells a LIST from a GET (`Counts.kinds`).
 
-Each test names the cut it guards.
+The cuts: an exclusive create (GNU tar's every file) answered from a fresh listing, the
+upload's `If-None-Match: *` keeping it exclusive (core/handles.py `_exclusive`); a lookup
+needs only the kind, so `rm -rf` sends no HEAD for entries of a sure kind and does not
+prefetch their metadata (core/prefetch.py); `stat` of many names lists the directory once
+(listing.py `Listings.worth_listing`); opening a small file to read is one GET that brings
+its attributes and bytes (core/handles.py `_see_now`). Each test fails without its cut.
 """
 
 from __future__ import annotations
