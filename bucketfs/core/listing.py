@@ -143,6 +143,8 @@ class Listings:
         self._changes: LRUCache[int, int] = LRUCache(maxsize=65536)
         #: directories never listed where a lookup asked the server about a name lately
         self._asked: TTLCache[int, bool] = TTLCache(maxsize=1024, ttl=max(dir_timeout, 1e-6))
+        #: directories listed for lookups only, never by a readdir or made here (`implicit`)
+        self._implicit: LRUCache[int, bool] = LRUCache(maxsize=65536)
 
     def get(self, ino: int) -> dict[str, Entry] | None:
         return self._listings.get(ino)
@@ -160,9 +162,16 @@ class Listings:
         if size is not None:
             return size <= limit
         if self._asked.pop(ino, False):
+            self._implicit[ino] = True
             return True
         self._asked[ino] = True
         return False
+
+    def implicit(self, ino: int) -> bool:
+        """Whether the directory's listings were made for lookups only (`worth_listing`): a
+        name absent from them is still asked by name, so that a name another client just
+        made is seen at once unless a readdir (or this mount) listed the directory."""
+        return ino in self._implicit
 
     def changes(self, ino: int) -> int:
         """Changes made through this mount in directory `ino` so far (see `keep`)."""
@@ -175,10 +184,14 @@ class Listings:
         if listing is not None:
             apply_change(listing, name, kind)
 
-    def keep(self, ino: int, listed: dict[str, Entry] | None, changes: int) -> bool:
+    def keep(
+        self, ino: int, listed: dict[str, Entry] | None, changes: int, *, readdir: bool = False
+    ) -> bool:
         """A listing of `ino` asked for when it had seen `changes` (None: more than a page);
         kept unless this mount changed the directory meanwhile (it could lack that)."""
         self._sizes[ino] = len(listed) if listed is not None else TOO_MANY
+        if readdir:
+            self._implicit.pop(ino, None)
         if listed is None or self._changes.get(ino, 0) != changes:
             return False
         self._listings[ino] = listed
@@ -187,6 +200,7 @@ class Listings:
     def made_empty(self, ino: int) -> None:
         self._listings[ino] = {}
         self._sizes[ino] = 0
+        self._implicit.pop(ino, None)
 
     def drop(self, ino: int) -> None:
         self._listings.pop(ino, None)
@@ -196,7 +210,7 @@ class Listings:
 
     def dropped(self, ino: int) -> None:
         """The node is gone for good (inode numbers are never reused)."""
-        for per_inode in (self._listings, self._sizes, self._changes, self._asked):
+        for per_inode in (self._listings, self._sizes, self._changes, self._asked, self._implicit):
             per_inode.pop(ino, None)
 
 

@@ -23,7 +23,7 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
 - subtree listings (`listing.Subtrees`): the same rules, for many directories at once;
 - the size of each directory's last listing (no expiry) decides whether a lookup it does not
   answer lists the directory again (at most `RELIST_ENTRIES`); one never listed is listed at
-  the second such lookup within `dir_timeout`, not a HEAD and a LIST per name (listing.py);
+  the second such lookup within `dir_timeout`, trusted for the names it holds (listing.py);
 - HEADs kept for reuse (heads.py): a HEAD that found a key serves the next `open` of it
   within `OPEN_REUSES_HEAD`, and one open at most;
 - HEADs kept across mounts (`cache/attrstore.py`, through `FileData.attrs`): a listed file
@@ -450,7 +450,7 @@ class Namespace:
             listed = self.subtrees.get(bucket, parent.key)
         if listed is None and self.listings.worth_listing(parent.ino, RELIST_ENTRIES):
             listed = await self._relist(parent, subtree=not exact)
-        if listed is not None:
+        if listed is not None and (name in listed or not self.listings.implicit(parent.ino)):
             entry = listed.get(name)
             if entry is None:
                 return None
@@ -600,7 +600,7 @@ class Namespace:
         changes = self.listings.changes(directory.ino)
         listed = await list_children(self.backend, directory.bucket, directory.key)
         assert listed is not None
-        self.listings.keep(directory.ino, listed, changes)  # not if it could lack a change
+        self.listings.keep(directory.ino, listed, changes, readdir=True)  # not if it lacks one
         entries: list[tuple[str, Node]] = []
         seen: set[str] = set()
         for name, entry in listed.items():
