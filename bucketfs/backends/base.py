@@ -82,6 +82,10 @@ class Backend(Protocol):
     #: `X-Delete-At`), carried as `system["delete_at"]` (see `ObjectInfo.system`); S3 has
     #: bucket lifecycle rules instead
     expiry: bool = False
+    #: whether the store enforces `put(if_none_match=True)` (`If-None-Match: *`): then an
+    #: exclusive create through a mount may trust a fresh listing, the upload's refusal
+    #: catching a name another client made meanwhile (docs/core.md)
+    exclusive_put: bool = False
 
     async def usage(self, bucket: str) -> tuple[int, int] | None:
         """(bytes, objects) of the current objects of `bucket`, for `df`, when the store can
@@ -110,6 +114,13 @@ class Backend(Protocol):
         returns them only when asked, and asking is not free (on AWS a KMS-encrypted object
         then needs `kms:Decrypt`), so plain `head` never asks."""
         return await self.head(bucket, key, version_id=version_id)
+
+    async def head_and_get(
+        self, bucket: str, key: str, *, up_to: int
+    ) -> tuple[ObjectInfo, bytes] | None:
+        """What `head` says and the object's first `up_to` bytes (all of a smaller one), in
+        one request; None where the store has no such request (the caller sends a HEAD)."""
+        return None
 
     def presign_upload(self, bucket: str, key: str, expires: int) -> str:
         """A URL that plain HTTP PUT can upload the object's new content to for `expires`

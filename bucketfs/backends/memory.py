@@ -124,6 +124,7 @@ class MemoryBackend(Backend):
     """The `Backend` protocol over dicts; `latency` seconds are slept per request."""
 
     supports_versions = True
+    exclusive_put = True
     max_object_size = MAX_OBJECT_SIZE
 
     def __init__(self, latency: float = 0.0) -> None:

@@ -82,6 +82,7 @@ class DeferredDeletes:
         self.region = inner.region
         self.max_metadata_bytes = inner.max_metadata_bytes
         self.expiry = inner.expiry
+        self.exclusive_put = inner.exclusive_put
         #: (bucket, key) -> the batch that will delete it (replaced when a batch failed)
         self._pending: dict[tuple[str, str], _Batch] = {}
         #: (bucket, "a/b/") -> how many queued keys lie under that prefix
@@ -312,6 +313,12 @@ class DeferredDeletes:
     async def head(self, bucket: str, key: str, **kw: Any) -> ObjectInfo:
         await self._key(bucket, key)
         return await self.inner.head(bucket, key, **kw)
+
+    async def head_and_get(
+        self, bucket: str, key: str, *, up_to: int
+    ) -> tuple[ObjectInfo, bytes] | None:
+        await self._key(bucket, key)
+        return await self.inner.head_and_get(bucket, key, up_to=up_to)
 
     async def get(self, bucket: str, key: str, *args: Any, **kw: Any) -> bytes:
         await self._key(bucket, key)

@@ -27,6 +27,9 @@ part is (a reader at the start of a 16 MiB part waits for ~1 MiB, and no whole p
 memory). A connection that breaks mid-body costs one more GET, for the blocks not landed yet
 (`Backend.get`, retried as every request is).
 
+The GET an `open` of a small file sends instead of a HEAD (core/handles.py) lands its bytes
+here too (`prime`), under the same rules as a fetch's.
+
 Invariants: a block is fetched by at most one GET at a time (readers of it wait for that
 one: `inflight` maps it to its own `Fetch`, released when it landed); fetched bytes land only
 in blocks not present yet (a written block is present, so a
@@ -255,6 +258,28 @@ class Fetcher:
                 await fetch.done.wait()
                 if fetch.error is not None:
                     raise fetch.error
+
+    async def prime(self, cf: CachedFile, etag: str, data: bytes) -> None:
+        """The object's first bytes, fetched under `etag` with its attributes at open (one
+        GET instead of a HEAD and a GET): land the blocks they fill that are missing and that
+        no fetch brings; the last block only if `data` reaches the object's end."""
+        bs = self.block_size
+        whole = len(data) if len(data) >= cf.base_size else len(data) - len(data) % bs
+        indexes = [
+            i
+            for i in range((whole + bs - 1) // bs)
+            if i not in cf.present and i not in cf.inflight and self._fetchable(cf, i)
+        ]
+        if not indexes or not self._current(cf, etag):
+            return
+        claimed = self._claim(cf, indexes)
+        try:
+            await self._land(cf, 0, data[:whole], claimed, etag)
+        finally:
+            for idx, fetch in claimed.items():
+                if cf.inflight.get(idx) is fetch:
+                    del cf.inflight[idx]
+                fetch.done.set()
 
     def _start_fetches(self, cf: CachedFile, indexes: list[int]) -> None:
         run: list[int] = []

@@ -277,6 +277,16 @@ class BlockCache:
     async def read(self, cf: CachedFile, offset: int, size: int, state: ReadState) -> bytes:
         return await self.fetcher.read(cf, offset, size, state)
 
+    async def prime(self, cf: CachedFile, etag: str, data: bytes) -> None:
+        """The object's first bytes as a GET at open brought them (fetch.py)."""
+        await self.fetcher.prime(cf, etag, data)
+
+    def holds(self, cf: CachedFile, etag: str | None) -> bool:
+        """Whether every block of the object `etag` is present (reading it needs no GET)."""
+        bs = self.block_size
+        blocks = (cf.base_size + bs - 1) // bs
+        return cf.base_etag == etag and all(i in cf.present for i in range(blocks))
+
     async def read_local(self, cf: CachedFile, start: int, end: int) -> bytes:
         """Bytes [start, end) as the cache has them (materialize first); zeros in holes."""
         return await self.fetcher.read_local(cf, start, end)

@@ -36,6 +36,7 @@ from bucketfs.cache.writeback import Uploaded, WriteBack, abort_quietly
 from bucketfs.concurrency import for_each
 from bucketfs.core.attrs import posix_metadata
 from bucketfs.core.nodes import Kind, Node
+from bucketfs.errors import BucketfsError
 from bucketfs.types import PutResult, WriteOptions
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,25 @@ class FileData:
         if node.etag is None and node.cached is None:
             return b""
         return await self.cache.read(self.cached(node), offset, size, state)
+
+    def holds(self, node: Node) -> bool:
+        """Whether the cache holds all of the node's object as the node last saw it (also
+        from an earlier mount of this cache directory)."""
+        cf = node.cached
+        if cf is None and node.bucket is not None:
+            cf = self.cache.find(node.bucket, node.key)
+        return cf is not None and not cf.dirty and self.cache.holds(cf, node.etag)
+
+    async def prime(self, node: Node, data: bytes) -> None:
+        """The object's first bytes, as the GET that brought the node's attributes had them.
+        Never fails the open: bytes that could not be kept are fetched again when read."""
+        cf = self.cached(node)
+        if cf.dirty or node.etag is None:
+            return
+        try:
+            await self.cache.prime(cf, node.etag, data)
+        except BucketfsError as exc:  # e.g. the cache disk is full
+            log.debug("keeping the bytes of %s fetched at open failed: %s", node.key, exc)
 
     async def read_all(self, node: Node) -> bytes:
         cf = self.cached(node)

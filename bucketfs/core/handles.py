@@ -6,7 +6,8 @@ kernel's page cache (`keep`, `Node.kernel_etag`). File contents go through conte
 (`FileData`), names and attributes through namespace.py.
 
 Invariants: an `open` sees the object as it is now (one HEAD, or the one its own lookup sent
-within `heads.OPEN_REUSES_HEAD`); the kernel keeps its page cache only while the ETag it
+within `heads.OPEN_REUSES_HEAD`, or for a small file read one GET that brings its attributes
+and its bytes); the kernel keeps its page cache only while the ETag it
 was filled from is still the object's; a node counts its open handles (`opens`) and writable
 ones (`writers`), and a handle is counted exactly once from open to release; a FLUSH never
 starts an upload: the release of the last writable handle does (a shell's `>` closes a
@@ -24,7 +25,14 @@ from bucketfs.core.attrs import check_new_name
 from bucketfs.core.contents import ReadState
 from bucketfs.core.namespace import Namespace
 from bucketfs.core.nodes import Kind, Node
-from bucketfs.errors import BadHandle, FileExists, FileTooLarge, IsADirectory, NoEntry
+from bucketfs.errors import (
+    BadHandle,
+    FileExists,
+    FileTooLarge,
+    IsADirectory,
+    NoEntry,
+    NotFound,
+)
 
 
 @dataclass(slots=True)
@@ -119,14 +127,7 @@ class Handles:
         bucket = ns.bucket_of(parent)
         existing = ns.table.child(parent, name)
         if existing is None and flags & os.O_EXCL:
-            # O_EXCL (lock files, mkstemp) asks the server, never a cached listing: another
-            # client may have made the name since
-            ns.drop_listing(parent)
-            ns.forget_absence(parent, name)
-            try:
-                existing = await ns.find(parent, name, exact=True)
-            except NoEntry:
-                existing = None
+            existing = await self._exclusive(parent, name)
         if existing is not None:
             if flags & os.O_EXCL:
                 raise FileExists()
@@ -153,6 +154,32 @@ class Handles:
         ns.table.remember(node)
         return self._handle(node, writable=True), node
 
+    async def _exclusive(self, parent: Node, name: str) -> Node | None:
+        """What O_EXCL (GNU tar's every file, lock files, mkstemp) must know: the node of
+        `name` if it exists. On a store that refuses an upload over an existing key
+        (`exclusive_put`), a fresh listing of `parent` answers (kept in step with this
+        mount's changes; a directory made here has one, empty): the new file's upload
+        carries `If-None-Match: *`, and if another client made the name meanwhile, the
+        upload is refused and ours is kept under a conflict name (cache/writeback.py,
+        docs/core.md). Otherwise the server is asked, never a cached listing."""
+        ns = self._ns
+        if ns.backend.exclusive_put and parent.bucket is not None:
+            listed = ns.listings.get(parent.ino)
+            if listed is None:
+                listed = ns.subtrees.get(parent.bucket, parent.key)
+            key = parent.key + name
+            local = ns.markers.pending(parent.bucket, key + "/") or ns.data.unsaved(
+                parent.bucket, key
+            )
+            if listed is not None and name not in listed and local is None:
+                return None  # not on the server when listed, nor made here since
+        ns.drop_listing(parent)
+        ns.forget_absence(parent, name)
+        try:
+            return await ns.find(parent, name, exact=True)
+        except NoEntry:
+            return None
+
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """A handle on the file; the bool says whether the kernel may keep its page cache."""
         ns = self._ns
@@ -174,11 +201,7 @@ class Handles:
         ):
             # close-to-open consistency: see the object as it is now (a HEAD sent during
             # this open's own path lookup counts)
-            # this HEAD serves this open only (`headed_just_now` took any older one)
-            info = await ns.heads.head_or_none(node.bucket, node.key, reusable=False)
-            if info is None:
-                raise NoEntry()
-            ns.apply(node, info, full=True)
+            await self._see_now(node, writable)
         if writable:
             await ns.data.previous_save(node)  # one version per save, even with O_TRUNC
         if writable and flags & os.O_TRUNC:
@@ -188,6 +211,31 @@ class Handles:
         keep = not node.pinned and node.kernel_etag is not None and node.kernel_etag == node.etag
         node.kernel_etag = node.etag if not node.pinned else None
         return self._handle(node, writable), keep
+
+    async def _see_now(self, node: Node, writable: bool) -> None:
+        """The object as it is now, from one request. A small file opened to read whose
+        object the cache does not hold gets it with its first bytes in one GET
+        (`Backend.head_and_get`: `cat`, `tar c`, `grep -r` send no HEAD before the GET);
+        else a HEAD, which serves this open only (`headed_just_now` took any older one)."""
+        ns = self._ns
+        assert node.bucket is not None
+        got = None
+        up_to = ns.opts.block_size
+        if not writable and 0 < node.size <= up_to and not ns.data.holds(node):
+            try:
+                got = await ns.backend.head_and_get(node.bucket, node.key, up_to=up_to)
+            except NotFound:
+                raise NoEntry() from None
+        if got is None:
+            info = await ns.heads.head_or_none(node.bucket, node.key, reusable=False)
+            if info is None:
+                raise NoEntry()
+            ns.apply(node, info, full=True)
+            return
+        info, data = got
+        ns.heads.kept(node.bucket, info)  # as for a HEAD's answer
+        ns.apply(node, info, full=True)
+        await ns.data.prime(node, data)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self.handle(fh)

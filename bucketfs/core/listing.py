@@ -1,8 +1,9 @@
 """What listings say a directory holds, and subtree listings that refresh many at once.
 
 Owns `Entry` (a name as a listing shows it), reading one LIST page into a directory's entries,
-listing one directory (`list_children`), `Listings`: each directory's last listing, its size
-and the changes this mount made there, by inode (namespace.py says how they are used), and
+listing one directory (`list_children`), `Listings`: each directory's last listing, its size,
+the changes this mount made there and whether a lookup should list it (`worth_listing`), by
+inode (namespace.py says how they are used), and
 `Subtrees`: listings of every directory under an ancestor, made from one recursive
 (undelimited) LIST of that ancestor.
 
@@ -142,6 +143,10 @@ class Listings:
         self._made: LRUCache[int, float] = LRUCache(maxsize=1024)
         self._sizes: LRUCache[int, int] = LRUCache(maxsize=65536)
         self._changes: LRUCache[int, int] = LRUCache(maxsize=65536)
+        #: directories never listed where a lookup asked the server about a name lately
+        self._asked: TTLCache[int, bool] = TTLCache(maxsize=1024, ttl=max(dir_timeout, 1e-6))
+        #: directories listed for lookups only, never by a readdir or made here (`implicit`)
+        self._implicit: LRUCache[int, bool] = LRUCache(maxsize=65536)
 
     def get(self, ino: int) -> dict[str, Entry] | None:
         return self._listings.get(ino)
@@ -154,6 +159,26 @@ class Listings:
         """Entries in the directory's last listing (more than one page: too big to relist)."""
         return self._sizes.get(ino)
 
+    def worth_listing(self, ino: int, limit: int) -> bool:
+        """Whether a lookup of a name that no fresh listing answers should list directory
+        `ino` (one page) rather than ask about the name alone: its last listing had at most
+        `limit` entries, or it was never listed and another lookup there asked the server
+        less than `dir_timeout` ago (`stat` of many names: one LIST, not one per name)."""
+        size = self._sizes.get(ino)
+        if size is not None:
+            return size <= limit
+        if self._asked.pop(ino, False):
+            self._implicit[ino] = True
+            return True
+        self._asked[ino] = True
+        return False
+
+    def implicit(self, ino: int) -> bool:
+        """Whether the directory's listings were made for lookups only (`worth_listing`): a
+        name absent from them is still asked by name, so that a name another client just
+        made is seen at once unless a readdir (or this mount) listed the directory."""
+        return ino in self._implicit
+
     def changes(self, ino: int) -> int:
         """Changes made through this mount in directory `ino` so far (see `keep`)."""
         return self._changes.get(ino, 0)
@@ -165,10 +190,14 @@ class Listings:
         if listing is not None:
             apply_change(listing, name, kind)
 
-    def keep(self, ino: int, listed: dict[str, Entry] | None, changes: int) -> bool:
+    def keep(
+        self, ino: int, listed: dict[str, Entry] | None, changes: int, *, readdir: bool = False
+    ) -> bool:
         """A listing of `ino` asked for when it had seen `changes` (None: more than a page);
         kept unless this mount changed the directory meanwhile (it could lack that)."""
         self._sizes[ino] = len(listed) if listed is not None else TOO_MANY
+        if readdir:
+            self._implicit.pop(ino, None)
         if listed is None or self._changes.get(ino, 0) != changes:
             return False
         self._listings[ino] = listed
@@ -178,6 +207,7 @@ class Listings:
     def made_empty(self, ino: int) -> None:
         self._listings[ino] = {}
         self._sizes[ino] = 0
+        self._implicit.pop(ino, None)
 
     def drop(self, ino: int) -> None:
         self._listings.pop(ino, None)
@@ -187,7 +217,8 @@ class Listings:
 
     def dropped(self, ino: int) -> None:
         """The node is gone for good (inode numbers are never reused)."""
-        for per_inode in (self._listings, self._made, self._sizes, self._changes):
+        per = (self._listings, self._made, self._sizes, self._changes, self._asked, self._implicit)
+        for per_inode in per:
             per_inode.pop(ino, None)
 
 

@@ -17,21 +17,23 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
   this mount creates it;
 - listings of a directory (`listings`, listing.py's `Listings`): used for `dir_timeout`, and
   kept in step with every change made through this mount (`changed`), not dropped; an
-  exclusive create (O_EXCL) and an rmdir drop them (`drop_listing`), a conflict drops all of
-  them; a listing (a readdir's or a relisting) that overlapped a change made through this
-  mount is not kept; a directory made here counts as changed again when its marker reaches
-  the server (`marker_sent`): listings made while it was pending lack it;
+  exclusive create (O_EXCL) trusts a fresh one where the upload's `If-None-Match: *` holds
+  (handles.py), else it and an rmdir drop them (`drop_listing`); a conflict drops all; a
+  listing (a readdir's or a relisting) that overlapped a change made here is not kept; a
+  directory made here counts as changed again when its marker reaches the server
+  (`marker_sent`): listings made while it was pending lack it;
 - subtree listings (`listing.Subtrees`): the same rules, for many directories at once;
-- the size of each directory's last listing (no expiry) decides whether a lookup after the
-  listing expired lists the directory again (at most `RELIST_ENTRIES`) rather than sending a
-  HEAD and a LIST per name;
+- the size of each directory's last listing (no expiry) decides whether a lookup it does not
+  answer lists the directory again (at most `RELIST_ENTRIES`); one never listed is listed at
+  the second such lookup within `dir_timeout`, trusted for the names it holds (listing.py);
 - HEADs kept for reuse (heads.py): a HEAD that found a key serves the next `open` of it
   within `OPEN_REUSES_HEAD`, and one open at most;
 - HEADs kept across mounts (`cache/attrstore.py`, through `FileData.attrs`): a listed file
   whose listing ETag, size and LastModified equal what an earlier HEAD said (kept only when
   the server answered it 2 s or more after LastModified) gets its metadata without a HEAD;
   `open` still asks the server (close-to-open);
-- listed nodes waiting for a prefetch of their metadata (prefetch.py); none with `-o
+- listed nodes waiting for a prefetch of their metadata (prefetch.py; a lookup needs the kind
+  only, which a listed entry of a sure kind gives until `attr_expiry`); none with `-o
   attrs=listing`, where a listing's attributes are final (`apply`) and objects are files;
 - on the node itself: a symlink's target (until its ETag changes), the ETag the kernel's page
   cache holds (`kernel_etag`, handles.py), the last HEAD for xattrs (`head_info`, xattrs.py).
@@ -86,8 +88,7 @@ if TYPE_CHECKING:  # types only: file contents are reached through contents.py a
     from bucketfs.cache.markers import Markers, PendingMarker
     from bucketfs.cache.store import CachedFile
 
-#: a directory whose last listing had at most this many entries is listed again (one page)
-#: to answer a lookup once its listing expired, instead of a HEAD and a LIST per name
+#: a directory whose last listing had at most this many entries is listed again for lookups
 RELIST_ENTRIES = 1000
 
 
@@ -354,7 +355,9 @@ class Namespace:
         subtree listing (one page, not up to listing.PAGES, for every exclusive create)."""
         node = self.table.child(parent, name)
         if node is not None and not node.full:
-            self.prefetch.kick(node)
+            if node.kind_certain and node.attr_expiry > time.monotonic():
+                return node  # listed just now, of a sure kind: getattr asks the rest
+            self.prefetch.kick(node, kinds=True)
             await self.prefetch.wait(node)
         if node is not None and (node.pinned or self._fresh(node)):
             return node
@@ -452,10 +455,9 @@ class Namespace:
         listed = self.listings.get(parent.ino)
         if listed is None:
             listed = self.subtrees.get(bucket, parent.key)
-        size = self.listings.size(parent.ino)
-        if listed is None and size is not None and size <= RELIST_ENTRIES:
+        if listed is None and self.listings.worth_listing(parent.ino, RELIST_ENTRIES):
             listed = await self._relist(parent, subtree=not exact)
-        if listed is not None:
+        if listed is not None and (name in listed or not self.listings.implicit(parent.ino)):
             entry = listed.get(name)
             if entry is None:
                 return None
@@ -601,7 +603,7 @@ class Namespace:
         changes = self.listings.changes(directory.ino)
         listed = await list_children(self.backend, directory.bucket, directory.key)
         assert listed is not None
-        self.listings.keep(directory.ino, listed, changes)  # not if it could lack a change
+        self.listings.keep(directory.ino, listed, changes, readdir=True)  # not if it lacks one
         entries: list[tuple[str, Node]] = []
         seen: set[str] = set()
         for name, entry in listed.items():

@@ -5,7 +5,9 @@ the HEADs in flight (`kick`, `wait`). What a HEAD means for a node is the namesp
 (`refresh`, namespace.py); this module only decides when they are sent and lets a caller wait.
 
 Invariants: nothing is sent for a directory's listing until the kernel asks about one of its
-listed non-directories (ls -l, du and rsync do; find and plain ls do not), and never with
+listed non-directories (ls -l, du and rsync do; find and plain ls do not), nothing for an entry
+of a sure kind until the kernel asks its attributes (a lookup only needs kinds: `rm -rf` of
+large files sends no HEAD), and never with
 `-o attrs=listing` (namespace.py defers nothing then); at most
 `PREFETCH_ENTRIES` HEADs per listing and `PREFETCH_PARALLEL` in flight; one HEAD per node at a
 time, and whoever waits for it is woken whether it succeeded or failed; a failed prefetch is
@@ -54,12 +56,20 @@ class Prefetch:
         if event is not None:
             await event.wait()
 
-    def kick(self, node: Node) -> None:
-        """The kernel asks for a listed file: HEAD its siblings from that listing too."""
-        if node.kind is not Kind.DIR:
-            nodes = self._deferred.pop(node.parent, None)
-            if nodes:
-                self._start(nodes)
+    def kick(self, node: Node, *, kinds: bool = False) -> None:
+        """The kernel asks for a listed file: HEAD its siblings from that listing too. A
+        lookup (`kinds`) needs only kinds: it starts those whose kind the listing leaves
+        unsure (small files: `Node.kind_certain`) and leaves the others to getattr."""
+        if node.kind is Kind.DIR:
+            return
+        nodes = self._deferred.pop(node.parent, None)
+        if nodes and kinds:
+            sure = [n for n in nodes if n.kind_certain]
+            if sure:
+                self._deferred[node.parent] = sure
+            nodes = [n for n in nodes if not n.kind_certain]
+        if nodes:
+            self._start(nodes)
 
     def _start(self, nodes: list[Node]) -> None:
         if self.nursery is None:

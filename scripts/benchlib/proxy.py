@@ -31,6 +31,9 @@ class Counts:
     """What went through the proxy: requests and body bytes per method, wire bytes per way."""
 
     requests: dict[str, int] = field(default_factory=dict)
+    #: requests by what they ask: as `requests`, but a GET that lists (a query with
+    #: `list-type`, `prefix` or `delimiter`) counts as "LIST", not "GET"
+    kinds: dict[str, int] = field(default_factory=dict)
     body_up: dict[str, int] = field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
@@ -40,6 +43,7 @@ class Counts:
     def copy(self) -> Counts:
         return Counts(
             dict(self.requests),
+            dict(self.kinds),
             dict(self.body_up),
             self.bytes_up,
             self.bytes_down,
@@ -50,6 +54,7 @@ class Counts:
     def minus(self, before: Counts) -> Counts:
         return Counts(
             _sub(self.requests, before.requests),
+            _sub(self.kinds, before.kinds),
             _sub(self.body_up, before.body_up),
             self.bytes_up - before.bytes_up,
             self.bytes_down - before.bytes_down,
@@ -80,9 +85,13 @@ class RequestParser:
     """
 
     def __init__(
-        self, on_request: Callable[[str], None], on_body: Callable[[str, int], None]
+        self,
+        on_request: Callable[[str], None],
+        on_body: Callable[[str, int], None],
+        on_kind: Callable[[str], None] = lambda _kind: None,
     ) -> None:
         self._on_request = on_request
+        self._on_kind = on_kind
         self._on_body = on_body
         self._buf = b""
         self._state = "head"  # head | body | chunk_size | chunk_data | chunk_crlf | trailer
@@ -155,6 +164,7 @@ class RequestParser:
         lines = text.decode("latin-1").split("\r\n")
         self._method = lines[0].split(" ", 1)[0].upper()
         self._on_request(self._method)
+        self._on_kind(request_kind(self._method, lines[0]))
         length, chunked = 0, False
         for line in lines[1:]:
             name, _, value = line.partition(":")
@@ -167,6 +177,16 @@ class RequestParser:
             self._state = "chunk_size"
         elif length:
             self._state, self.body_remaining = "body", length
+
+
+def request_kind(method: str, request_line: str) -> str:
+    """ "LIST" for a GET that lists a bucket (S3's ListObjects(V2) and ListObjectVersions,
+    Swift's container GET with a query), else the method."""
+    target = request_line.split(" ")[1] if " " in request_line else ""
+    _, _, query = target.partition("?")
+    names = {part.partition("=")[0] for part in query.split("&")}
+    listing = {"list-type", "prefix", "delimiter", "versions"}
+    return "LIST" if method == "GET" and names & listing else method
 
 
 class CountingProxy:
@@ -253,12 +273,16 @@ class CountingProxy:
         with self._lock:
             self._counts.requests[method] = self._counts.requests.get(method, 0) + 1
 
+    def _on_kind(self, kind: str) -> None:
+        with self._lock:
+            self._counts.kinds[kind] = self._counts.kinds.get(kind, 0) + 1
+
     def _on_body(self, method: str, n: int) -> None:
         with self._lock:
             self._counts.body_up[method] = self._counts.body_up.get(method, 0) + n
 
     def _pump_up(self, src: socket.socket, dst: socket.socket) -> None:
-        parser: RequestParser | None = RequestParser(self._on_request, self._on_body)
+        parser: RequestParser | None = RequestParser(self._on_request, self._on_body, self._on_kind)
         pipe = _Pipe() if self._splice else None
         try:
             while True:

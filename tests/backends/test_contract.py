@@ -203,6 +203,28 @@ def test_conditional_requests(run: Runner, backend: Backend) -> None:
     run(body)
 
 
+def test_head_and_get(run: Runner, backend: Backend) -> None:
+    """Where a store has it, one request says what a HEAD says and brings the first bytes."""
+
+    async def body(bucket: str) -> None:
+        await backend.put(bucket, "small", b"abcdef", WriteOptions({"colour": "blue"}))
+        head = await backend.head(bucket, "small")
+        for up_to, want in ((4, b"abcd"), (100, b"abcdef")):
+            got = await backend.head_and_get(bucket, "small", up_to=up_to)
+            if got is None:
+                return  # the store has no such request: callers send a HEAD
+            info, data = got
+            assert data == want
+            assert (info.etag, info.size, info.metadata) == (head.etag, 6, head.metadata)
+        await backend.put(bucket, "empty", b"")
+        got = await backend.head_and_get(bucket, "empty", up_to=4)
+        assert got is None or got[0].size == 0
+        with pytest.raises(NotFound):
+            await backend.head_and_get(bucket, "missing", up_to=4)
+
+    run(body)
+
+
 def test_missing_key(run: Runner, backend: Backend) -> None:
     async def body(bucket: str) -> None:
         with pytest.raises(NotFound):

@@ -79,6 +79,7 @@ class LocalBackend(Backend):
     """The `Backend` protocol over a directory; see the module docstring for the layout."""
 
     supports_versions = True
+    exclusive_put = True
     #: no store limit of its own: S3's, so that a tree moves between the stores as it is
     max_object_size = MAX_OBJECT_SIZE
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
@@ -73,6 +74,7 @@ class S3Backend(S3Multipart, Backend):
     """An S3-compatible object store reached over HTTP(S)."""
 
     supports_versions = True
+    exclusive_put = True
     max_object_size = MAX_OBJECT_SIZE
     #: signs every request and is shown as `user.bucketfs.region`
     region: str
@@ -162,6 +164,22 @@ class S3Backend(S3Multipart, Backend):
         except AccessDenied:
             return await self.head(bucket, key, version_id=version_id)
         return object_info(key, response.headers)
+
+    async def head_and_get(
+        self, bucket: str, key: str, *, up_to: int
+    ) -> tuple[ObjectInfo, bytes] | None:
+        """One GET of the first `up_to` bytes: a GET answers with a HEAD's headers, and its
+        `Content-Range` carries the object's size. None for an empty object (a range of it is
+        416, without the object's headers)."""
+        sent = range_header(0, up_to)
+        response, content = await self._request("GET", bucket, key, headers=sent, ok=RANGED_OK)
+        if response.status_code == 416:
+            return None
+        info = object_info(key, response.headers)
+        total = (response.header(b"content-range") or "").rpartition("/")[2]
+        size = int(total) if response.status_code == 206 and total.isdigit() else len(content)
+        data = content[:up_to] if response.status_code == 200 else content
+        return replace(info, size=size), data
 
     def _get_args(
         self,

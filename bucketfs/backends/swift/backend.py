@@ -61,6 +61,7 @@ class SwiftBackend(SwiftAccount, Backend):
     supports_versions = True
     #: `X-Delete-At` (values.py)
     expiry = True
+    exclusive_put = True  # If-None-Match: * (not If-Match, see above)
     #: Swift's documented bound of a static large object with its default settings:
     #: max_manifest_segments (1,000) segments of max_file_size (5 GiB)
     max_object_size = MAX_MANIFEST_SEGMENTS * MAX_PUT_SIZE

@@ -13,6 +13,7 @@ import stat
 
 import pytest
 
+from bucketfs.backends.memory import MemoryBackend
 from bucketfs.core.nodes import ROOT_INO, Kind
 from bucketfs.errors import (
     FileExists,
@@ -318,7 +319,33 @@ def test_a_large_directory_is_not_listed_again_for_one_lookup(
     run_fs(body, negative_timeout=0, dir_timeout=0)
 
 
-def test_o_excl_asks_the_server_even_with_a_cached_listing(run_fs: RunFs) -> None:
+def test_o_excl_is_answered_from_a_fresh_listing_and_a_race_keeps_both(run_fs: RunFs) -> None:
+    """On a store that refuses an upload over an existing key, O_EXCL trusts a fresh listing
+    (no request); another client that made the name meanwhile keeps it, and ours is kept
+    under a conflict name (the upload's If-None-Match: *), never lost."""
+
+    async def body(h: Harness) -> None:
+        await h.ls(ROOT_INO)  # the root's listing is cached (dir_timeout)
+        await h.put("lock", b"theirs")  # another client takes the name meanwhile
+        h.store.calls.clear()
+        fh, _ = await h.fs.create(ROOT_INO, "lock", 0o644, WO | os.O_CREAT | os.O_EXCL, 0, 0)
+        assert dict(h.store.calls) == {}, h.store.calls
+        await h.fs.write(fh, 0, b"ours")
+        await h.fs.release(fh)
+        assert await h.body("lock") == b"theirs"
+        conflicts = [key for key in await h.keys() if key.startswith("lock.conflict-")]
+        assert len(conflicts) == 1
+        assert await h.body(conflicts[0]) == b"ours"
+
+    run_fs(body, dir_timeout=3600)
+
+
+def test_o_excl_asks_the_server_on_a_store_without_exclusive_puts(
+    run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Swift's s3api answers 501 to If-None-Match: a cached listing is never trusted there."""
+    monkeypatch.setattr(MemoryBackend, "exclusive_put", False)
+
     async def body(h: Harness) -> None:
         await h.ls(ROOT_INO)  # the root's listing is cached (dir_timeout)
         await h.put("lock", b"theirs")  # another client takes the lock meanwhile
@@ -348,3 +375,32 @@ def test_a_listing_made_while_an_upload_was_pending_shows_the_file_after_it_went
         assert await h.read_file(again) == b"data"
 
     run_fs(body, dir_timeout=60.0, attr_timeout=0.0, negative_timeout=0.0, writeback_delay=3600.0)
+
+
+def test_a_lookup_prefetches_only_the_kinds_it_needs(run_fs: RunFs) -> None:
+    """After a readdir, a lookup of a large listed file (surely a file) sends nothing; one of
+    a small file (maybe a symlink) HEADs the small siblings only; getattr HEADs the rest."""
+
+    async def body(h: Harness) -> None:
+        for i in range(3):
+            await h.put(f"d/small{i}", b"s")
+            await h.put(f"d/big{i}", b"b" * 5000)
+        d = await h.lookup("d")
+        listed = await h.ls(d.ino)
+        h.store.calls.clear()
+        big = await h.fs.lookup(d.ino, "big0")
+        assert not big.full
+        assert dict(h.store.calls) == {}
+        small = await h.fs.lookup(d.ino, "small0")
+        assert small.full
+        for name in ("small1", "small2"):
+            await h.fs.namespace.prefetch.wait(listed[name])
+        assert h.store.calls["head"] == 3
+        assert not listed["big1"].full
+        await h.fs.getattr(big.ino)
+        for name in ("big1", "big2"):
+            await h.fs.namespace.prefetch.wait(listed[name])
+        assert h.store.calls["head"] == 6
+        assert listed["big2"].full
+
+    run_fs(body, attr_timeout=60, dir_timeout=60)

@@ -22,7 +22,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
 
 from benchlib import cli, reqbench, stats, systems
-from benchlib.proxy import CountingProxy, RequestParser
+from benchlib.proxy import CountingProxy, RequestParser, request_kind
 from benchlib.runner import ScenarioEnv
 from benchlib.stats import Result
 from benchlib.workloads import Scenario
@@ -475,3 +475,11 @@ def test_a_bucketfs_variant_runs_its_rows_only_with_its_options(tmp_path: Path) 
         ("ls_lR_10k", "bucketfs-listing"),
         ("tar_c", "bucketfs"),
     ]
+
+
+def test_request_kind_tells_a_listing_from_a_get() -> None:
+    assert request_kind("GET", "GET /b?list-type=2&prefix=d%2F&delimiter=%2F HTTP/1.1") == "LIST"
+    assert request_kind("GET", "GET /v1/AUTH_t/c?format=json&prefix=d%2F HTTP/1.1") == "LIST"
+    assert request_kind("GET", "GET /b/k HTTP/1.1") == "GET"
+    assert request_kind("GET", "GET /b/k?versionId=3 HTTP/1.1") == "GET"
+    assert request_kind("HEAD", "HEAD /b/k HTTP/1.1") == "HEAD"
