@@ -281,6 +281,9 @@ def test_status_counts_the_deletes_whose_answer_has_not_come(
         mounts.close()
 
 
+SIZE = 3 << 20
+
+
 def test_the_task_dump_names_what_a_stuck_read_waits_for(
     seaweed: SeaweedServer, proxy: HoldingProxy, tmp_path: Path
 ) -> None:
@@ -292,7 +295,9 @@ def test_the_task_dump_names_what_a_stuck_read_waits_for(
     mounts = CrashMounts(proxied_env(seaweed, proxy), tmp_path / "m")
     try:
         mount = mounts([])
-        mount.server.put("cold.bin", blob(1, 100_000))
+        # larger than a block: an open of a smaller file may send the GET itself (one GET
+        # for its attributes and body, `Backend.head_and_get`), and the read would wait for no GET
+        mount.server.put("cold.bin", blob(1, SIZE))
         proxy.arm(lambda line: line.startswith(b"GET ") and b"/cold.bin" in line)
         reader = subprocess.Popen(
             [sys.executable, "-c", _READ_ERRNO, str(mount.path / "cold.bin")],
@@ -320,6 +325,6 @@ def test_the_task_dump_names_what_a_stuck_read_waits_for(
                 reader.kill()
                 mount.kill_hard()
             reader.wait(timeout=30)
-        assert (mount.path / "cold.bin").read_bytes() == blob(1, 100_000)
+        assert (mount.path / "cold.bin").read_bytes() == blob(1, SIZE)
     finally:
         mounts.close()
