@@ -26,7 +26,7 @@ raises before).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -186,6 +186,11 @@ class BucketFS:
 
     def node_count(self) -> int:
         return len(self.namespace.table)
+
+    def watch_nodes(self, limit: int, over: Callable[[], None]) -> None:
+        """Have `over` called whenever a new node makes the table larger than `limit`."""
+        self.namespace.table.limit = limit
+        self.namespace.table.over = over
 
     def cold_entries(self, count: int) -> list[tuple[int, str]]:
         """Names the kernel may be asked to forget (nodes.py `InodeTable.cold_entries`)."""

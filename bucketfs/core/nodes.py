@@ -203,6 +203,9 @@ class InodeTable:
         self.children: dict[int, dict[str, int]] = {ROOT_INO: {}}
         #: the nodes the kernel refers to, least recently looked up first (not the root)
         self.held: OrderedDict[int, None] = OrderedDict()
+        #: above this many nodes (0: never) each new node calls `over` (fuse/session.py)
+        self.limit = 0
+        self.over: Callable[[], None] = lambda: None
 
     @property
     def root(self) -> Node:
@@ -254,6 +257,8 @@ class InodeTable:
         self._link(node)
         if kind is Kind.DIR:
             self.children[node.ino] = {}
+        if self.limit and len(self.by_ino) > self.limit:
+            self.over()
         return node
 
     def add_virtual(self, parent: Node, name: str, kind: Kind, **attrs: object) -> Node:

@@ -40,8 +40,9 @@ from bucketfs.fuse.taskdump import dump_on_signal
 
 log = logging.getLogger(__name__)
 
-#: how often the node count is checked against `max_nodes`, and the names asked to be forgotten
-#: per worker-thread call (each a write to /dev/fuse; small batches keep the way out prompt)
+#: seconds between two rounds of forgetting while the table is above `max_nodes`, and the
+#: names asked to be forgotten per worker-thread call (each a write to /dev/fuse; small
+#: batches keep the way out prompt)
 BOUND_INTERVAL = 0.2
 FORGET_BATCH = 512
 STOP_WAIT = 5.0
@@ -155,21 +156,34 @@ class _NodeBound:
     def __init__(self) -> None:
         self._scope = trio.CancelScope()
         self._done: trio.Event | None = None
+        self._over = trio.Event()
+
+    def _wake(self) -> None:
+        self._over.set()
 
     async def run(self, fs: BucketFS, max_nodes: int) -> None:
+        """Sleeps until the table grows past `max_nodes` (no timer: an idle daemon does not
+        wake up), then has the coldest names forgotten, and looks again `BOUND_INTERVAL` later
+        (the kernel's FORGETs come meanwhile)."""
         self._done = trio.Event()
         low = max(1, max_nodes * 9 // 10)
+        fs.watch_nodes(max_nodes, self._wake)
         try:
             with self._scope:
                 while True:
-                    await trio.sleep(BOUND_INTERVAL)
+                    await self._over.wait()
+                    self._over = trio.Event()
                     count = fs.node_count()
                     if count <= max_nodes:
                         continue
                     entries = fs.cold_entries(count - low)
                     for i in range(0, len(entries), FORGET_BATCH):
                         await trio.to_thread.run_sync(_invalidate, entries[i : i + FORGET_BATCH])
+                    await trio.sleep(BOUND_INTERVAL)
+                    if fs.node_count() > max_nodes:
+                        self._over.set()
         finally:
+            fs.watch_nodes(0, lambda: None)
             self._done.set()
 
     async def stop(self) -> None:
