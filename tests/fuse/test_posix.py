@@ -376,11 +376,11 @@ def test_random_reads_fetch_the_rest_of_the_file_in_the_background(mnt: Mount) -
 
 
 @pytest.mark.slow
-def test_readdir_of_1500_objects(mnt: Mount) -> None:
+def test_readdir_of_1100_objects(mnt: Mount) -> None:
     """Two listing pages (1,000 keys each on every store), each entry stat'ed with its size."""
     assert mnt.store is not None
     store = mnt.store
-    names = [f"f{i:05d}" for i in range(1500)]
+    names = [f"f{i:05d}" for i in range(1100)]
     sizes = {name: i % 300 for i, name in enumerate(names)}
 
     def put(name: str) -> None:
