@@ -185,16 +185,16 @@ class BucketFS:
         self.table.remember(node)
 
     def node_count(self) -> int:
-        return len(self.namespace.table)
+        return len(self.table)
 
     def watch_nodes(self, limit: int, over: Callable[[], None]) -> None:
         """Have `over` called whenever a new node makes the table larger than `limit`."""
-        self.namespace.table.limit = limit
-        self.namespace.table.over = over
+        self.table.limit = limit
+        self.table.over = over
 
     def cold_entries(self, count: int) -> list[tuple[int, str]]:
         """Names the kernel may be asked to forget (nodes.py `InodeTable.cold_entries`)."""
-        return self.namespace.table.cold_entries(count)
+        return self.table.cold_entries(count)
 
     async def readlink(self, ino: int) -> str:
         return await self.namespace.readlink(ino)
