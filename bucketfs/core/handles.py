@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from bucketfs.core.attrs import check_new_name
 from bucketfs.core.contents import ReadState
+from bucketfs.core.listing import held_listing
 from bucketfs.core.namespace import Namespace
 from bucketfs.core.nodes import Kind, Node
 from bucketfs.errors import (
@@ -164,9 +165,7 @@ class Handles:
         docs/core.md). Otherwise the server is asked, never a cached listing."""
         ns = self._ns
         if ns.backend.exclusive_put and parent.bucket is not None:
-            listed = ns.listings.get(parent.ino)
-            if listed is None:
-                listed = ns.subtrees.get(parent.bucket, parent.key)
+            listed = held_listing(ns.listings, ns.subtrees, parent.ino, parent.bucket, parent.key)
             key = parent.key + name
             local = ns.markers.pending(parent.bucket, key + "/") or ns.data.unsaved(
                 parent.bucket, key

@@ -304,3 +304,11 @@ class Subtrees:
             self._made[(bucket, key)] = now
         self.listed += 1
         return listings
+
+
+def held_listing(
+    listings: Listings, subtrees: Subtrees, ino: int, bucket: str, key: str
+) -> dict[str, Entry] | None:
+    """Directory `ino`'s (`bucket`, `key`) listing held and fresh: its own, else a subtree's."""
+    listed = listings.get(ino)
+    return listed if listed is not None else subtrees.get(bucket, key)

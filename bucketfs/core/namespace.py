@@ -64,7 +64,7 @@ from bucketfs.concurrency import gather
 from bucketfs.core.attrs import NAME_MAX, Defaults, object_kind, parse_posix, valid_name
 from bucketfs.core.contents import FileData, Unsaved
 from bucketfs.core.heads import Heads
-from bucketfs.core.listing import Entry, Listings, Subtrees, list_children
+from bucketfs.core.listing import Entry, Listings, Subtrees, held_listing, list_children
 from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.core.options import FsOptions
 from bucketfs.core.prefetch import Prefetch
@@ -452,9 +452,7 @@ class Namespace:
                 return None
             return Entry(Kind.DIR, None)
         bucket, key = parent.bucket, parent.key + name
-        listed = self.listings.get(parent.ino)
-        if listed is None:
-            listed = self.subtrees.get(bucket, parent.key)
+        listed = held_listing(self.listings, self.subtrees, parent.ino, bucket, parent.key)
         if listed is None and self.listings.worth_listing(parent.ino, RELIST_ENTRIES):
             listed = await self._relist(parent, subtree=not exact)
         if listed is not None and (name in listed or not self.listings.implicit(parent.ino)):
