@@ -77,6 +77,12 @@ class InvalidRequest(BackendError):
     errno = _errno.EINVAL
 
 
+class ServerNotImplemented(InvalidRequest):
+    """The server does not implement this request or one of its headers (HTTP 501)."""
+
+    errno = _errno.EOPNOTSUPP
+
+
 class Transient(BackendError):
     """A timeout, connection error, 429 or 5xx that outlived its retries."""
 

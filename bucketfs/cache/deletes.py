@@ -82,7 +82,6 @@ class DeferredDeletes:
         self.region = inner.region
         self.max_metadata_bytes = inner.max_metadata_bytes
         self.expiry = inner.expiry
-        self.exclusive_put = inner.exclusive_put
         #: (bucket, key) -> the batch that will delete it (replaced when a batch failed)
         self._pending: dict[tuple[str, str], _Batch] = {}
         #: (bucket, "a/b/") -> how many queued keys lie under that prefix
@@ -94,6 +93,15 @@ class DeferredDeletes:
         self._journal: Journal | None = None
         self._unrecorded: list[tuple[str, str]] = []
         self.sent_batches = 0
+
+    @property
+    def exclusive_put(self) -> bool:
+        """The inner store's, read each time: S3Backend learns it from a 501."""
+        return self.inner.exclusive_put
+
+    @exclusive_put.setter
+    def exclusive_put(self, value: bool) -> None:
+        self.inner.exclusive_put = value
 
     async def usage(self, bucket: str) -> tuple[int, int] | None:
         return await self.inner.usage(bucket)

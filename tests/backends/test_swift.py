@@ -556,3 +556,35 @@ def test_metadata_and_usage(swift: SwiftServer) -> None:
         assert before - 60 < head.last_modified < before + 60
 
     run(backend, body)
+
+
+def test_s3api_conditional_puts_fall_back_to_a_head(swift: SwiftServer) -> None:
+    """s3api answers 501 to `If-Match` (it has `If-None-Match: *`): the S3 backend learns it
+    from the first one, then checks that condition with a HEAD. Exclusive puts stay (the
+    deferred-deletes wrapper says what the store says)."""
+    from bucketfs.backends.s3.backend import S3Backend
+    from bucketfs.cache.deletes import DeferredDeletes
+    from tests.support.contract import make_s3api
+
+    backend = make_s3api(swift)
+    wrapped = DeferredDeletes(backend)
+    assert isinstance(backend, S3Backend)
+    assert wrapped.exclusive_put
+
+    async def body(bucket: str) -> None:
+        first = await backend.put(bucket, "k", b"one", if_none_match=True)
+        with pytest.raises(PreconditionFailed):
+            await backend.put(bucket, "k", b"two", if_none_match=True)
+        with pytest.raises(PreconditionFailed):
+            await backend.put(bucket, "k", b"two", if_match="0" * 32)
+        assert backend._unconditional == {"If-Match"}
+        with pytest.raises(NotFound):
+            await backend.put(bucket, "gone", b"two", if_match=first.etag)
+        await backend.put(bucket, "k", b"two", if_match=first.etag)
+        assert await backend.get(bucket, "k") == b"two"
+        assert backend.exclusive_put
+        assert wrapped.exclusive_put
+        backend.exclusive_put = False  # as after a 501 to If-None-Match
+        assert not wrapped.exclusive_put
+
+    run_with(backend, body)

@@ -20,11 +20,7 @@ BACKENDS = ["memory", "local", "s3", "swift", "swift-s3api"]
 
 #: (contract test, backend) pairs that fail because the store differs, not because of a bug in
 #: bucketfs: strict xfail, so a store that starts to pass shows up. Each is in docs/swift.md.
-KNOWN_DIFFERENCES = {
-    ("test_conditional_requests", "swift-s3api"): (
-        "Swift's s3api answers 501 NotImplemented to a PUT with If-None-Match or If-Match"
-    ),
-}
+KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {}
 
 
 Body = Callable[[str], Awaitable[None]]

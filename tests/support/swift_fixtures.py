@@ -141,3 +141,18 @@ def swift_store_env(server: SwiftServer) -> StoreEnv:
         env=server.env(),
         _client=lambda bucket: SwiftStoreClient(server, bucket),
     )
+
+
+def s3api_store_env(server: SwiftServer) -> StoreEnv:
+    """Mounts of `s3://` through the same Swift's s3api middleware (path-style; tempauth's
+    user and key are the S3 access key and secret), checked through the Swift API."""
+    env = server.env()
+    env.update(AWS_ACCESS_KEY_ID=USER, AWS_SECRET_ACCESS_KEY=KEY, AWS_DEFAULT_REGION="us-east-1")
+    env.pop("AWS_PROFILE", None)
+    env.pop("AWS_SESSION_TOKEN", None)
+    return StoreEnv(
+        kind="s3",
+        options=[f"endpoint={server.endpoint}", "region=us-east-1", "addressing=path"],
+        env=env,
+        _client=lambda bucket: SwiftStoreClient(server, bucket),
+    )

@@ -9,11 +9,17 @@ answers into `bucketfs.types` values; the request path (addressing, signing, ret
 - a streaming GET is retried only until its headers arrived; after the first chunk a failure
   surfaces as `Transient`;
 - a copy onto itself that changes nothing is sent as a REPLACE with the same values (S3
-  refuses it otherwise), guarded by the source's ETag.
+  refuses it otherwise), guarded by the source's ETag;
+- a store that answers 501 to a PUT with `If-Match` or `If-None-Match: *` (Swift's s3api:
+  `If-Match`) is remembered as one without that header: from then on that condition is
+  checked with a HEAD just before an unconditional PUT (as the Swift backend does for
+  `If-Match`), which leaves a window where another client's write goes unseen; without
+  `If-None-Match`, `exclusive_put` is False.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
@@ -48,7 +54,13 @@ from bucketfs.backends.s3.values import (
     quoted_etag,
     write_headers,
 )
-from bucketfs.errors import AccessDenied, BucketNotFound, NotFound
+from bucketfs.errors import (
+    AccessDenied,
+    BucketNotFound,
+    NotFound,
+    PreconditionFailed,
+    ServerNotImplemented,
+)
 from bucketfs.types import (
     BucketInfo,
     ListPage,
@@ -70,12 +82,17 @@ __all__ = [
 ]
 
 
+log = logging.getLogger(__name__)
+
+
 class S3Backend(S3Multipart, Backend):
     """An S3-compatible object store reached over HTTP(S)."""
 
     supports_versions = True
     exclusive_put = True
     max_object_size = MAX_OBJECT_SIZE
+    #: conditional PUT headers the store answered 501 to (checked with a HEAD instead)
+    _unconditional: frozenset[str] = frozenset()
     #: signs every request and is shown as `user.bucketfs.region`
     region: str
 
@@ -242,15 +259,54 @@ class S3Backend(S3Multipart, Backend):
         if_none_match: bool = False,
     ) -> PutResult:
         headers = write_headers(opts)
-        if if_none_match:
-            headers["If-None-Match"] = "*"
-        if if_match:
-            headers["If-Match"] = quoted_etag(if_match)
+        # which condition the store is asked to check (the other, if any, is ours to check)
+        header = "If-None-Match" if if_none_match else "If-Match" if if_match else None
+        if header is not None and header in self._unconditional:
+            await self._check_condition(bucket, key, if_match, if_none_match)
+        elif header is not None:
+            headers[header] = "*" if if_none_match else quoted_etag(if_match or "")
         digest = await self._data_checksum(data, headers)
-        response, _ = await self._request(
-            "PUT", bucket, key, headers=headers, body=data, data=True, sha256=digest
+
+        async def send() -> PutResult:
+            response, _ = await self._request(
+                "PUT", bucket, key, headers=headers, body=data, data=True, sha256=digest
+            )
+            return put_result(response.header(b"etag"), response.header(b"x-amz-version-id"))
+
+        try:
+            return await send()
+        except ServerNotImplemented:
+            if header is None or header not in headers:
+                raise
+        log.warning(
+            "%s answers 501 to a PUT with %s: checking that condition with a HEAD before "
+            "the upload from now on (not atomic: see docs/swift.md)",
+            self.endpoint,
+            header,
         )
-        return put_result(response.header(b"etag"), response.header(b"x-amz-version-id"))
+        self._unconditional = self._unconditional | {header}
+        if header == "If-None-Match":
+            self.exclusive_put = False
+        del headers[header]
+        await self._check_condition(bucket, key, if_match, if_none_match)
+        return await send()
+
+    async def _check_condition(
+        self, bucket: str, key: str, if_match: str | None, if_none_match: bool
+    ) -> None:
+        """What `If-None-Match: *` / `If-Match` would have refused, asked with a HEAD."""
+        try:
+            etag: str | None = (await self.head(bucket, key)).etag
+        except NotFound as exc:
+            if isinstance(exc, BucketNotFound):
+                raise
+            etag = None
+        if if_none_match and etag is not None:
+            raise PreconditionFailed(f"PUT {bucket}/{key}: the object exists")
+        if if_match and etag is None:
+            raise NotFound(f"PUT {bucket}/{key}: no object to match {if_match}")
+        if if_match and etag != xmlparse.strip_etag(if_match):
+            raise PreconditionFailed(f"PUT {bucket}/{key}: ETag changed")
 
     async def copy(
         self,

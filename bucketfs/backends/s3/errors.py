@@ -17,6 +17,7 @@ from bucketfs.errors import (
     InvalidRequest,
     NotFound,
     PreconditionFailed,
+    ServerNotImplemented,
     Transient,
 )
 
@@ -69,6 +70,7 @@ _CODE_STATUS = {
     "BucketAlreadyOwnedByYou": 409,
     "BucketNotEmpty": 409,
     "InvalidRange": 416,
+    "NotImplemented": 501,
 }
 
 
@@ -91,7 +93,9 @@ def error_class(status: int | None, code: str | None = None) -> type[BackendErro
         if code == "BucketNotEmpty":
             return BucketNotEmpty
         return InvalidRequest
-    if status in RETRY_STATUSES or (status >= 500 and status != 501):
+    if status == 501:
+        return ServerNotImplemented
+    if status in RETRY_STATUSES or status >= 500:
         return Transient
-    # 3xx (wrong region, redirects we do not follow), other 4xx, 501 NotImplemented
+    # 3xx (wrong region, redirects we do not follow), other 4xx
     return InvalidRequest

@@ -39,6 +39,7 @@ from bucketfs.errors import (
     InvalidRequest,
     NotFound,
     PreconditionFailed,
+    ServerNotImplemented,
     Transient,
     Unreachable,
 )
@@ -121,7 +122,7 @@ def xml_error(code: str, message: str = "msg") -> bytes:
         (301, "PermanentRedirect", InvalidRequest),
         (429, None, Transient),
         (500, "InternalError", Transient),
-        (501, "NotImplemented", InvalidRequest),
+        (501, "NotImplemented", ServerNotImplemented),
         (502, None, Transient),
         (503, "SlowDown", Transient),
         (504, None, Transient),

@@ -343,7 +343,8 @@ def test_o_excl_is_answered_from_a_fresh_listing_and_a_race_keeps_both(run_fs: R
 def test_o_excl_asks_the_server_on_a_store_without_exclusive_puts(
     run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Swift's s3api answers 501 to If-None-Match: a cached listing is never trusted there."""
+    """A store without `If-None-Match: *` (one that answers 501 to it): a cached listing is
+    never trusted for an exclusive create there."""
     monkeypatch.setattr(MemoryBackend, "exclusive_put", False)
 
     async def body(h: Harness) -> None:
