@@ -3,8 +3,12 @@
 `store_env` is parametrized over the stores ("local": a local directory store in the test's
 tmp dir; "s3": a fresh bucket on the session's SeaweedFS). `mount_factory` starts mounts with
 any source and options and tears them all down; `mnt` is a mounted fresh bucket (see
-`tests.support.helpers.Mount`: `.path`, `.store`, `.bucket`, `.remount()`). For tests that
-count requests on SeaweedFS alone: `proxy` (the bench's counting relay in front of the
+`tests.support.helpers.Mount`: `.path`, `.store`, `.bucket`, `.remount()`). A test marked
+`above_the_store` (core semantics, unmodified tools: nothing that depends on how a store keeps
+names, metadata or large objects) runs on "local" and "s3" only: the Swift backend's side of
+those is the contract suite's (tests/backends) and the Swift cases of the tests that do depend
+on the store; each Swift mount costs seconds, and the suite must stay under 20 minutes. For
+tests that count requests on SeaweedFS alone: `proxy` (the bench's counting relay in front of the
 session's SeaweedFS) and `s3_mounts` (a mount factory on a fresh SeaweedFS bucket).
 """
 
@@ -31,6 +35,22 @@ from tests.support.swift_fixtures import swift_store_env
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from benchlib.proxy import CountingProxy
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the Swift case of the tests marked `above_the_store` (reported as deselected)."""
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_swift = callspec is not None and callspec.params.get("store_env") == "swift"
+        if on_swift and item.get_closest_marker("above_the_store") is not None:
+            dropped.append(item)
+        else:
+            keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture(params=["local", "s3", "swift"])

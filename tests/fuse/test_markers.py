@@ -34,6 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from benchlib.proxy import CountingProxy
 
+#: core semantics and unmodified tools: local store and SeaweedFS (tests/fuse/conftest.py)
+pytestmark = pytest.mark.above_the_store
+
 HOLD = "writeback_delay=3600"
 #: every cache of the mount expires at once: each lookup and readdir asks the server
 NO_CACHES = ["attr_timeout=0", "entry_timeout=0", "dir_timeout=0", "negative_timeout=0"]

@@ -89,6 +89,7 @@ def test_read_anywhere_in_a_big_object(mnt: Mount) -> None:
         os.close(fd)
 
 
+@pytest.mark.above_the_store
 def test_overwrite_in_the_middle(mnt: Mount) -> None:
     assert mnt.store is not None
     data = bytearray(rand_bytes(100_000, seed=4))
@@ -105,6 +106,7 @@ def test_overwrite_in_the_middle(mnt: Mount) -> None:
     assert path.read_bytes() == data
 
 
+@pytest.mark.above_the_store
 def test_append(mnt: Mount) -> None:
     assert mnt.store is not None
     path = mnt.path / "log"
@@ -122,6 +124,7 @@ def test_append(mnt: Mount) -> None:
     assert mnt.store.get("log") == b"abcdefghi"
 
 
+@pytest.mark.above_the_store
 def test_attributes_stay_put_when_nothing_changes(mnt: Mount) -> None:
     """tar, make and rsync compare a file's stat before and after reading it: the upload that
     follows close and the refresh of cached attributes must not change what stat says."""
@@ -139,6 +142,7 @@ def test_attributes_stay_put_when_nothing_changes(mnt: Mount) -> None:
     assert after.st_mtime == 1_600_000_000
 
 
+@pytest.mark.above_the_store
 def test_holes_read_as_zeros(mnt: Mount) -> None:
     assert mnt.store is not None
     path = mnt.path / "sparse"
@@ -152,6 +156,7 @@ def test_holes_read_as_zeros(mnt: Mount) -> None:
     assert mnt.store.get("sparse") == expected
 
 
+@pytest.mark.above_the_store
 def test_truncate_by_path(mnt: Mount) -> None:
     assert mnt.store is not None
     data = rand_bytes(100_000, seed=5)
@@ -173,6 +178,7 @@ def test_truncate_by_path(mnt: Mount) -> None:
     assert os.stat(path).st_size == 0
 
 
+@pytest.mark.above_the_store
 def test_ftruncate(mnt: Mount) -> None:
     assert mnt.store is not None
     data = rand_bytes(50_000, seed=6)
@@ -192,6 +198,7 @@ def test_ftruncate(mnt: Mount) -> None:
     assert path.read_bytes() == b""
 
 
+@pytest.mark.above_the_store
 def test_open_with_o_trunc(mnt: Mount) -> None:
     assert mnt.store is not None
     path = mnt.path / "ot"
@@ -204,6 +211,7 @@ def test_open_with_o_trunc(mnt: Mount) -> None:
     assert path.read_bytes() == b""
 
 
+@pytest.mark.above_the_store
 def test_o_excl_on_existing(mnt: Mount) -> None:
     assert mnt.store is not None
     path = mnt.path / "x"
@@ -220,6 +228,7 @@ def test_o_excl_on_existing(mnt: Mount) -> None:
     assert mnt.store.get("fresh") == b""
 
 
+@pytest.mark.above_the_store
 def test_fsync_uploads_before_returning(mnt: Mount) -> None:
     store = mnt.raw_store  # no `bucketfs flush`: fsync alone must have uploaded
     assert store is not None
@@ -235,6 +244,7 @@ def test_fsync_uploads_before_returning(mnt: Mount) -> None:
         assert store.get("synced") == b"first-second"
 
 
+@pytest.mark.above_the_store
 def test_close_starts_the_upload(mnt: Mount) -> None:
     """close() returns at once and the upload follows once the quiet period (writeback_delay,
     1 s) passed: no flush needed."""
@@ -270,6 +280,7 @@ def test_mkdir_writes_a_marker(mnt: Mount) -> None:
     assert os.listdir(mnt.path / "d" / "e") == []
 
 
+@pytest.mark.above_the_store
 def test_rmdir(mnt: Mount) -> None:
     assert mnt.store is not None
     d = mnt.path / "d"
@@ -308,6 +319,7 @@ def test_marker_without_children_is_an_empty_dir(mnt: Mount) -> None:
     assert os.listdir(mnt.path / "empty") == []
 
 
+@pytest.mark.above_the_store
 def test_a_name_another_client_made_is_found_once_the_listing_expired(mnt: Mount) -> None:
     """A lookup in a directory whose cached listing expired lists the directory again (one
     page): another client's new name is found, and the names made through the mount too."""
@@ -322,6 +334,7 @@ def test_a_name_another_client_made_is_found_once_the_listing_expired(mnt: Mount
     assert sorted(os.listdir(mnt.path / "d")) == ["mine", "theirs"]
 
 
+@pytest.mark.above_the_store
 def test_new_files_across_directories_whose_listings_expired(mnt: Mount) -> None:
     """One new file in each of 12 directories after their listings expired: the lookups are
     answered by one recursive listing of the directories' parent (listing.py), which must
@@ -341,6 +354,7 @@ def test_new_files_across_directories_whose_listings_expired(mnt: Mount) -> None
     assert sorted(os.listdir(top / "d07")) == ["f", "theirs"]
 
 
+@pytest.mark.above_the_store
 def test_small_dirty_files_count_their_bytes_against_max_dirty(
     mount_factory: MountFactory,
 ) -> None:
@@ -357,6 +371,7 @@ def test_small_dirty_files_count_their_bytes_against_max_dirty(
     assert mnt.raw_store.keys() == []  # nothing was uploaded ahead of the delay
 
 
+@pytest.mark.above_the_store
 def test_random_reads_fetch_the_rest_of_the_file_in_the_background(mnt: Mount) -> None:
     """A few reads at random places start a fetch of the whole file (docs/cache.md): soon the
     cache holds all of it, and what the mount reads is the object."""
@@ -398,6 +413,7 @@ def test_readdir_of_1100_objects(mnt: Mount) -> None:
 # --- namespace changes ---------------------------------------------------------------------
 
 
+@pytest.mark.above_the_store
 def test_unlink_removes_the_object(mnt: Mount) -> None:
     assert mnt.store is not None
     path = mnt.path / "gone"
@@ -456,6 +472,7 @@ def test_rename_directory_moves_every_key(mnt: Mount) -> None:
     assert (mnt.path / "dst" / "c19").read_bytes() == b"client 19"
 
 
+@pytest.mark.above_the_store
 def test_rename_to_a_missing_parent(mnt: Mount) -> None:
     assert mnt.store is not None
     (mnt.path / "a").write_bytes(b"1")
@@ -511,6 +528,7 @@ def test_directory_attributes(mnt: Mount) -> None:
     assert abs(st.st_mtime - 1_600_000_000) < 1.0
 
 
+@pytest.mark.above_the_store
 def test_another_clients_chmod_of_a_directory_is_seen_after_dir_attr_timeout(
     mount_factory: MountFactory,
 ) -> None:
@@ -530,6 +548,7 @@ def test_another_clients_chmod_of_a_directory_is_seen_after_dir_attr_timeout(
     assert os.stat(mnt.path / "d").st_mode == stat.S_IFDIR | 0o705
 
 
+@pytest.mark.above_the_store
 def test_rm_rf_of_listed_files_of_every_size(mnt: Mount) -> None:
     """Listed files over 4,095 bytes keep their kernel entry (no lookup before unlinkat, no
     HEAD); smaller ones are looked up (they could be symlinks). Both kinds go."""
@@ -556,6 +575,7 @@ def test_metadata_written_by_another_tool(mnt: Mount) -> None:
     assert abs(os.stat(mnt.path / "fraction").st_mtime - 1_700_000_000.25) < 0.001
 
 
+@pytest.mark.above_the_store
 def test_mount_options_give_defaults(mount_factory: MountFactory) -> None:
     store = mount_factory.store_env.client(mount_factory.store_env.new_bucket())
     store.put("plain", b"x")
@@ -594,6 +614,7 @@ def test_statvfs(mnt: Mount) -> None:
     assert sv.f_files > 0
 
 
+@pytest.mark.above_the_store
 def test_unlinked_file_stays_readable_while_open(mnt: Mount) -> None:
     assert mnt.store is not None
     data = rand_bytes(300_000, seed=7)
@@ -654,6 +675,7 @@ def test_keys_with_invalid_segments_are_skipped(mnt: Mount) -> None:
         assert (mnt.path / key).read_bytes() == data
 
 
+@pytest.mark.above_the_store
 def test_name_length_limit(mnt: Mount) -> None:
     assert mnt.store is not None
     expect_errno(errno.ENAMETOOLONG, open, mnt.path / ("n" * 256), "wb")
@@ -724,6 +746,7 @@ def test_prefix_mount(mount_factory: MountFactory) -> None:
     assert not store.exists("new")
 
 
+@pytest.mark.above_the_store
 def test_read_only_mount(mount_factory: MountFactory) -> None:
     store = mount_factory.store_env.client(mount_factory.store_env.new_bucket())
     store.put("f", b"ro")

@@ -21,7 +21,12 @@ import zipfile
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from tests.support.helpers import Mount, require_tool, run_tool, store_keeps_marker_metadata
+
+#: core semantics and unmodified tools: local store and SeaweedFS (tests/fuse/conftest.py)
+pytestmark = pytest.mark.above_the_store
 
 BASE_MTIME = 1_600_000_000
 NEEDLE = "NEEDLE-7f3a"
