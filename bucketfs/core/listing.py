@@ -8,7 +8,7 @@ inode (namespace.py says how they are used), and
 (undelimited) LIST of that ancestor.
 
 Why subtrees: a lookup of a name that is not in a fresh listing must ask the server (one LIST
-of the directory, `Namespace._relist`). A writer spreading new files over many directories
+of the directory, `resolve.Resolver.relist`). A writer spreading new files over many directories
 (`cp -r` of a wide tree, a build, the bench's 2,000 files in 200 directories) finds every
 directory's listing older than `dir_timeout` at its next create there, so it waited for one
 LIST per file. When directories under a common ancestor are relisted within a few seconds of

@@ -24,8 +24,9 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
   (`marker_sent`): listings made while it was pending lack it;
 - subtree listings (`listing.Subtrees`): the same rules, for many directories at once;
 - the size of each directory's last listing (no expiry) decides whether a lookup it does not
-  answer lists the directory again (at most `RELIST_ENTRIES`); one never listed is listed at
-  the second such lookup within `dir_timeout`, trusted for the names it holds (listing.py);
+  answer lists the directory again (resolve.py, at most `RELIST_ENTRIES`, the name's HEAD
+  sent beside it); one never listed is listed at the second such lookup within
+  `dir_timeout`, trusted for the names it holds (listing.py);
 - HEADs kept for reuse (heads.py): a HEAD that found a key serves the next `open` of it
   within `OPEN_REUSES_HEAD`, and one open at most;
 - HEADs kept across mounts (`cache/attrstore.py`, through `FileData.attrs`): a listed file
@@ -60,18 +61,17 @@ from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 
-from bucketfs.concurrency import gather
-from bucketfs.core.attrs import NAME_MAX, Defaults, object_kind, parse_posix, valid_name
+from bucketfs.core.attrs import NAME_MAX, Defaults, parse_posix, valid_name
 from bucketfs.core.contents import FileData, Unsaved
 from bucketfs.core.heads import Heads
-from bucketfs.core.listing import Entry, Listings, Subtrees, held_listing, list_children
+from bucketfs.core.listing import Listings, Subtrees, list_children
 from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.core.options import FsOptions
 from bucketfs.core.prefetch import Prefetch
+from bucketfs.core.resolve import Resolver
 from bucketfs.core.revalidate import Revalidation
 from bucketfs.core.versions import Versions
 from bucketfs.errors import (
-    BucketNotFound,
     InvalidArgument,
     NameTooLong,
     NoEntry,
@@ -87,9 +87,6 @@ if TYPE_CHECKING:  # types only: file contents are reached through contents.py a
     from bucketfs.cache.deletes import DeferredDeletes
     from bucketfs.cache.markers import Markers, PendingMarker
     from bucketfs.cache.store import CachedFile
-
-#: a directory whose last listing had at most this many entries is listed again for lookups
-RELIST_ENTRIES = 1000
 
 
 class Namespace:
@@ -134,8 +131,17 @@ class Namespace:
         self.prefetch = Prefetch(self._prefetched)
         #: listings of many directories from one recursive LIST of an ancestor (listing.py)
         self.subtrees = Subtrees(options.dir_timeout)
+        #: what a name is on the server when nothing here answers (resolve.py)
+        self.resolver = Resolver(
+            backend,
+            self.table,
+            self.listings,
+            self.subtrees,
+            self.heads,
+            listing_attrs=self.listing_attrs,
+        )
         self.revalidation = Revalidation(
-            self.table, self.listings, self.subtrees, self._relist, options.attr_timeout
+            self.table, self.listings, self.subtrees, self.resolver.relist, options.attr_timeout
         )
         # hook: the .versions/ tree (versions.py)
         self.versions = Versions(
@@ -331,10 +337,6 @@ class Namespace:
         """Attributes that may be shown without asking (attrs=listing: a listing's too)."""
         return (node.full or self.listing_attrs) and node.attr_expiry > time.monotonic()
 
-    def _file_entry(self, info: ObjectInfo) -> Entry:
-        kind = Kind.FILE if self.listing_attrs else object_kind(info.metadata)
-        return Entry(kind, info, head=True)
-
     # --- lookup and attributes -----------------------------------------------------------------
 
     async def lookup(self, parent_ino: int, name: str) -> Node:
@@ -375,12 +377,12 @@ class Namespace:
             if await self.revalidation.confirm(node):
                 return node
             info = await self.heads.head_or_none(node.bucket, node.key)
-            if info is not None and self._file_entry(info).kind is node.kind:
+            if info is not None and self.resolver.file_entry(info).kind is node.kind:
                 self.apply(node, info, full=True)
                 return node
         # a known directory's attributes outlive its entry: only ask whether it still exists
         known_dir = node is not None and self._marker_fresh(node)
-        entry = await self._resolve(parent, name, marker=not known_dir, exact=exact)
+        entry = await self.resolver.resolve(parent, name, marker=not known_dir, exact=exact)
         if entry is None:
             if node is not None:
                 self.table.detach(node)
@@ -439,78 +441,6 @@ class Namespace:
         attrs.update({field: value for field, value in known.items() if value is not None})
         return self.new_node(parent, name, kind, atime=posix.atime, metadata=metadata, **attrs)
 
-    async def _resolve(
-        self, parent: Node, name: str, *, marker: bool = True, exact: bool = False
-    ) -> Entry | None:
-        """What `name` in `parent` is on the server: a directory wins over a file. A
-        directory's marker is read only if `marker` (else its entry has no info), never with
-        attrs=listing; nor is a file listed there HEADed then."""
-        if parent.bucket is None:
-            try:
-                await self.backend.head_bucket(name)
-            except BucketNotFound:
-                return None
-            return Entry(Kind.DIR, None)
-        bucket, key = parent.bucket, parent.key + name
-        listed = held_listing(self.listings, self.subtrees, parent.ino, bucket, parent.key)
-        if listed is None and self.listings.worth_listing(parent.ino, RELIST_ENTRIES):
-            listed = await self._relist(parent, subtree=not exact)
-        if listed is not None and (name in listed or not self.listings.implicit(parent.ino)):
-            entry = listed.get(name)
-            if entry is None:
-                return None
-            if entry.kind is Kind.DIR:
-                if not marker or self.listing_attrs:
-                    return entry
-                return Entry(Kind.DIR, await self.heads.head_or_none(bucket, key + "/"), head=True)
-            if self.listing_attrs and entry.info is not None:
-                return entry  # its attributes are all there is to show: no HEAD
-            info = await self.heads.head_or_none(bucket, key)
-            return None if info is None else self._file_entry(info)
-        head: ObjectInfo | None = None
-        is_dir = False
-
-        async def do_head() -> None:
-            nonlocal head
-            head = await self.heads.head_or_none(bucket, key)
-
-        async def do_list() -> None:
-            nonlocal is_dir
-            page = await self.backend.list_page(bucket, key + "/", delimiter="/", max_keys=1)
-            is_dir = bool(page.objects or page.prefixes)
-
-        if marker:
-            await gather(do_head, do_list)
-        else:  # a known directory: a HEAD only if it is no longer one
-            await do_list()
-            if is_dir:
-                return Entry(Kind.DIR, None)
-            await do_head()
-        if is_dir:
-            info = None if self.listing_attrs else await self.heads.head_or_none(bucket, key + "/")
-            return Entry(Kind.DIR, info, head=True)
-        return None if head is None else self._file_entry(head)
-
-    async def _relist(self, directory: Node, *, subtree: bool = True) -> dict[str, Entry] | None:
-        """List a small directory again (one page) for lookups after its listing expired:
-        a loop creating files there then costs one LIST per `dir_timeout`, not two requests
-        per name; when directories near it needed that too, list an ancestor's whole subtree
-        instead (listing.py). None if it no longer fits one page or this mount changed
-        something while the listing was made (the listing could lack that change)."""
-        assert directory.bucket is not None
-        bucket = directory.bucket
-        ancestor = None
-        if subtree:
-            above = self.table.ancestor_keys(directory)
-            ancestor = self.subtrees.ancestor_to_list(bucket, directory.key, above)
-        if ancestor is not None:
-            listings = await self.subtrees.refresh(self.backend, bucket, ancestor)
-            if listings is not None and directory.key in listings:
-                return listings[directory.key]
-        changes = self.listings.changes(directory.ino)
-        listed = await list_children(self.backend, bucket, directory.key, max_pages=1)
-        return listed if self.listings.keep(directory.ino, listed, changes) else None
-
     async def _prefetched(self, node: Node) -> None:
         """The HEAD of one listed node, sent ahead of the kernel's question (prefetch.py)."""
         if not node.full and not node.pinned and node.bucket is not None:
@@ -526,7 +456,7 @@ class Namespace:
                 return  # changed through this mount while we asked
             if node.kind is Kind.DIR:
                 self._apply_marker(node, info)
-            elif info is not None and self._file_entry(info).kind is node.kind:
+            elif info is not None and self.resolver.file_entry(info).kind is node.kind:
                 self.apply(node, info, full=True)
             # metadata read on behalf of a listing is as fresh as the listing
             node.attr_expiry = time.monotonic() + max(self.opts.attr_timeout, self.opts.dir_timeout)
@@ -555,7 +485,7 @@ class Namespace:
             # gone on the server: keep answering with what we know until the kernel asks again
             node.attr_expiry = time.monotonic() + self.opts.attr_timeout
             return node
-        if self._file_entry(info).kind is node.kind:
+        if self.resolver.file_entry(info).kind is node.kind:
             self.apply(node, info, full=True)
         return node
 

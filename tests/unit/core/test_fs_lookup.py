@@ -12,6 +12,7 @@ import os
 import stat
 
 import pytest
+import trio
 
 from bucketfs.backends.memory import MemoryBackend
 from bucketfs.core.nodes import ROOT_INO, Kind
@@ -300,10 +301,42 @@ def test_lookups_after_a_listing_expired_list_a_small_directory_again(run_fs: Ru
     run_fs(body, negative_timeout=0, dir_timeout=0)
 
 
+def test_a_file_found_by_listing_its_directory_again_costs_one_round_trip(run_fs: RunFs) -> None:
+    """`stat` of files whose directory's listing expired: once a relisting found the name
+    as a file, the next relisting and the file's HEAD go out together (time here is the mock
+    clock's: each request takes `latency`). Misses (a writer's new names) stop the guess."""
+
+    async def body(h: Harness) -> None:
+        for i in range(3):
+            await h.put(f"d/f{i}", b"x")
+        d = await h.fs.lookup(ROOT_INO, "d")
+        await h.ls(d.ino)
+        for name in ("late1", "late2"):  # no node yet: the lookup asks
+            await h.put(f"d/{name}", b"four", mode=str(0o100600))
+        h.store.calls.clear()
+        started = trio.current_time()
+        await h.fs.lookup(d.ino, "late1")  # nothing learnt yet: LIST, then HEAD
+        assert trio.current_time() - started == pytest.approx(2.0)
+        started = trio.current_time()
+        node = await h.fs.lookup(d.ino, "late2")
+        assert trio.current_time() - started == pytest.approx(1.0)
+        assert (node.size, node.mode & 0o777) == (4, 0o600)  # the HEAD's metadata
+        assert dict(h.store.calls) == {"list_page": 2, "head": 2}
+        with pytest.raises(NoEntry):  # a new name: the HEAD beside the LIST was wasted
+            await h.fs.lookup(d.ino, "new1")
+        assert dict(h.store.calls) == {"list_page": 3, "head": 3}
+        for name in ("new2", "new3"):  # misses: no more guessing
+            with pytest.raises(NoEntry):
+                await h.fs.lookup(d.ino, name)
+        assert dict(h.store.calls) == {"list_page": 5, "head": 3}
+
+    run_fs(body, negative_timeout=0, dir_timeout=0, latency=1.0)
+
+
 def test_a_large_directory_is_not_listed_again_for_one_lookup(
     run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("bucketfs.core.namespace.RELIST_ENTRIES", 2)
+    monkeypatch.setattr("bucketfs.core.resolve.RELIST_ENTRIES", 2)
 
     async def body(h: Harness) -> None:
         for i in range(3):

@@ -1,0 +1,167 @@
+"""What a name is on the server: the requests a lookup sends when nothing fresh answers it.
+
+Owns `Resolver`, which namespace.py asks once its own caches (nodes, negative entries, pending
+uploads and markers) could not answer: a fresh listing of the directory (its own or a
+subtree's) where one is held, else one LIST of the directory again (`relist`) when that pays,
+else a HEAD of the key beside a one-key LIST of `key/` (is it a directory?).
+
+Why a HEAD may go out beside a relisting: in a tree being read (`stat`, `open`, `tar c` of
+names whose directory listing expired) the names asked are files that exist, and a file's
+attributes need its HEAD whatever the listing says. Sent one after the other, a `stat` of
+1,000 files spread over 100 directories waited two round trips per name (one bench run: 633
+LISTs and 1,103 HEADs in sequence, 11.2 s); sent together, one. In a tree being written the
+names asked are new (the kernel's lookup before each create), and such a HEAD is a wasted 404.
+So the HEAD is sent beside the relisting only while most recent relistings found the name as
+a file (`_found`, a moving average over relistings, starting below `GUESS_FILE`): a reader
+pays two round trips once, a writer sends no HEAD it does not need.
+
+Invariants: a directory wins over a file of the same name; a listing made for lookups only
+(`Listings.implicit`) answers only for the names it holds; a name a listing shows absent but
+whose HEAD, sent at the same time, found it is a file (the HEAD may be the later answer);
+`-o attrs=listing` never reads a directory's marker nor HEADs a listed file.
+"""
+
+from __future__ import annotations
+
+from bucketfs.backends.base import Backend
+from bucketfs.concurrency import gather
+from bucketfs.core.attrs import object_kind
+from bucketfs.core.heads import Heads
+from bucketfs.core.listing import Entry, Listings, Subtrees, held_listing, list_children
+from bucketfs.core.nodes import InodeTable, Kind, Node
+from bucketfs.errors import BucketNotFound
+from bucketfs.types import ObjectInfo
+
+#: a directory whose last listing had at most this many entries is listed again for lookups
+RELIST_ENTRIES = 1000
+#: a name's HEAD goes beside the relisting of its directory while `_found` is at least this
+GUESS_FILE = 0.5
+#: the weight of the newest relisting in `_found`, and where it starts (below `GUESS_FILE`:
+#: one relisting that found a file is needed before any guess)
+FOUND_WEIGHT = 0.25
+FOUND_START = 0.4
+
+
+class Resolver:
+    """The server's answer about one name (see the module docstring)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        table: InodeTable,
+        listings: Listings,
+        subtrees: Subtrees,
+        heads: Heads,
+        *,
+        listing_attrs: bool,
+    ) -> None:
+        self.backend = backend
+        self.table = table
+        self.listings = listings
+        self.subtrees = subtrees
+        self.heads = heads
+        self.listing_attrs = listing_attrs
+        #: how often relistings lately found the name asked about as a file (see above)
+        self._found = FOUND_START
+
+    def file_entry(self, info: ObjectInfo) -> Entry:
+        kind = Kind.FILE if self.listing_attrs else object_kind(info.metadata)
+        return Entry(kind, info, head=True)
+
+    async def resolve(
+        self, parent: Node, name: str, *, marker: bool = True, exact: bool = False
+    ) -> Entry | None:
+        """What `name` in `parent` is on the server. A directory's marker is read only if
+        `marker` (else its entry has no info), never with attrs=listing; nor is a file listed
+        there HEADed then."""
+        if parent.bucket is None:
+            try:
+                await self.backend.head_bucket(name)
+            except BucketNotFound:
+                return None
+            return Entry(Kind.DIR, None)
+        bucket, key = parent.bucket, parent.key + name
+        head: ObjectInfo | None = None
+        headed = False
+        listed = held_listing(self.listings, self.subtrees, parent.ino, bucket, parent.key)
+        if listed is None and self.listings.worth_listing(parent.ino, RELIST_ENTRIES):
+            if marker and not self.listing_attrs and self._found >= GUESS_FILE:
+
+                async def do_relist() -> None:
+                    nonlocal listed
+                    listed = await self.relist(parent, subtree=not exact)
+
+                async def do_head() -> None:
+                    nonlocal head
+                    head = await self.heads.head_or_none(bucket, key)
+
+                await gather(do_relist, do_head)
+                headed = True
+            else:
+                listed = await self.relist(parent, subtree=not exact)
+            if listed is not None:
+                hit = (entry := listed.get(name)) is not None and entry.kind is Kind.FILE
+                self._found = (1 - FOUND_WEIGHT) * self._found + FOUND_WEIGHT * hit
+        if listed is not None and (name in listed or not self.listings.implicit(parent.ino)):
+            entry = listed.get(name)
+            if entry is None:
+                return self.file_entry(head) if head is not None else None
+            if entry.kind is Kind.DIR:
+                if not marker or self.listing_attrs:
+                    return entry
+                return Entry(Kind.DIR, await self.heads.head_or_none(bucket, key + "/"), head=True)
+            if self.listing_attrs and entry.info is not None:
+                return entry  # its attributes are all there is to show: no HEAD
+            if not headed:
+                head = await self.heads.head_or_none(bucket, key)
+            return None if head is None else self.file_entry(head)
+        return await self._ask(bucket, key, marker=marker, head=head, headed=headed)
+
+    async def _ask(
+        self, bucket: str, key: str, *, marker: bool, head: ObjectInfo | None, headed: bool
+    ) -> Entry | None:
+        """No listing answers: a HEAD of the key (unless `headed` already) and whether `key/`
+        holds anything, together unless a known directory (`marker` False) is asked about."""
+        is_dir = False
+
+        async def do_head() -> None:
+            nonlocal head
+            if not headed:
+                head = await self.heads.head_or_none(bucket, key)
+
+        async def do_list() -> None:
+            nonlocal is_dir
+            page = await self.backend.list_page(bucket, key + "/", delimiter="/", max_keys=1)
+            is_dir = bool(page.objects or page.prefixes)
+
+        if marker:
+            await gather(do_head, do_list)
+        else:  # a known directory: a HEAD only if it is no longer one
+            await do_list()
+            if is_dir:
+                return Entry(Kind.DIR, None)
+            await do_head()
+        if is_dir:
+            info = None if self.listing_attrs else await self.heads.head_or_none(bucket, key + "/")
+            return Entry(Kind.DIR, info, head=True)
+        return None if head is None else self.file_entry(head)
+
+    async def relist(self, directory: Node, *, subtree: bool = True) -> dict[str, Entry] | None:
+        """List a small directory again (one page) for lookups after its listing expired:
+        a loop creating files there then costs one LIST per `dir_timeout`, not two requests
+        per name; when directories near it needed that too, list an ancestor's whole subtree
+        instead (listing.py). None if it no longer fits one page or this mount changed
+        something while the listing was made (the listing could lack that change)."""
+        assert directory.bucket is not None
+        bucket = directory.bucket
+        ancestor = None
+        if subtree:
+            above = self.table.ancestor_keys(directory)
+            ancestor = self.subtrees.ancestor_to_list(bucket, directory.key, above)
+        if ancestor is not None:
+            listings = await self.subtrees.refresh(self.backend, bucket, ancestor)
+            if listings is not None and directory.key in listings:
+                return listings[directory.key]
+        changes = self.listings.changes(directory.ino)
+        listed = await list_children(self.backend, bucket, directory.key, max_pages=1)
+        return listed if self.listings.keep(directory.ino, listed, changes) else None
