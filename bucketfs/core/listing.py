@@ -17,15 +17,23 @@ lookup after it answers from that listing until it is `dir_timeout` old, as fres
 of the directory alone (goofys "slurps" a subtree the same way). A single busy directory is
 still relisted alone: an ancestor is only listed once another directory under it needed it.
 
+A subtree listing also says which directories under the ancestor have nothing on the server:
+those it does not show. Without that, a writer filling a fresh tree (every file still waiting
+for its upload, `tar x`, the bench's small files) found no directory in the recursive listing
+and sent it again plus one LIST of the directory for every new name (one run: 2,382 LISTs for
+2,000 files, 2 per file once the tree's listings had expired).
+
 Invariants: a listing (a directory's own or a subtree's) is used for `dir_timeout` after it
-came; every change made through this mount is applied to it (`changed`), and a listing that
-overlapped such a change is not kept (`Listings.keep`, `Subtrees.refresh`); an ancestor whose
+came; every change made through this mount is applied to it (`changed`); a directory's own
+listing that overlapped such a change is not kept (`Listings.keep`), a subtree listing gets
+the changes made while it was under way applied (`Subtrees.refresh`); an ancestor whose
 subtree does not fit in `PAGES` pages is not listed that way again for `TOO_BIG_FOR` seconds.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -46,6 +54,8 @@ LEVELS = 3
 WINDOW = 5.0
 #: seconds an ancestor too large to list recursively is not tried again
 TOO_BIG_FOR = 600.0
+#: changes made while a subtree listing is under way that are applied to it (more: dropped)
+REPLAY = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,11 +247,40 @@ class Subtrees:
         self._too_big: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=1024, ttl=TOO_BIG_FOR)
         #: when each listing came (time.monotonic)
         self._made: LRUCache[tuple[str, str], float] = LRUCache(maxsize=16384)
+        #: ancestors listed recursively and when: a directory under one that the listing did
+        #: not show had nothing on the server then (`_empty`)
+        self._complete: TTLCache[tuple[str, str], float] = TTLCache(maxsize=1024, ttl=ttl)
+        self._ttl = ttl
         self._changes = 0  # changes made through this mount, ever
+        #: the latest changes (numbered as `_changes` counts them), replayed onto a listing
+        #: that was under way while they were made (`refresh`)
+        self._recent: deque[tuple[int, str, str, str, Kind | None]] = deque(maxlen=REPLAY)
+        self._resets = 0  # forgets and clears, ever: a listing under way meanwhile is dropped
         self.listed = 0  # recursive listings kept (for tests and status)
 
     def get(self, bucket: str, key: str) -> dict[str, Entry] | None:
-        return self._listings.get((bucket, key))
+        listed = self._listings.get((bucket, key))
+        if listed is None:
+            return self._empty(bucket, key)
+        made = self._made.get((bucket, key))
+        if made is not None and time.monotonic() - made > self._ttl:
+            return None  # made empty (`_empty`) late in its ancestor's listing's life
+        return listed
+
+    def _empty(self, bucket: str, key: str) -> dict[str, Entry] | None:
+        """Directory `key` under an ancestor listed recursively, absent from that listing: it
+        had nothing on the server (a directory made here whose files and marker are not up
+        yet, a writer's fresh tree). Its listing is empty, as fresh as the ancestor's, and kept
+        like the others so that this mount's changes apply to it; None if no ancestor's."""
+        prefix = key
+        while (made := self._complete.get((bucket, prefix))) is None:
+            if not prefix:
+                return None
+            prefix = parent_key(prefix)
+        entries: dict[str, Entry] = {}
+        self._listings[(bucket, key)] = entries
+        self._made[(bucket, key)] = made
+        return entries
 
     def made(self, bucket: str, key: str) -> float | None:
         """When the listing `get` holds came (time.monotonic), if known."""
@@ -250,17 +289,28 @@ class Subtrees:
     def changed(self, bucket: str, key: str, name: str, kind: Kind | None) -> None:
         """A change through this mount in directory `key`: `kind` None means `name` is gone."""
         self._changes += 1
-        listing = self._listings.get((bucket, key))
+        self._recent.append((self._changes, bucket, key, name, kind))
+        listing = self._listings.get((bucket, key)) or self._empty(bucket, key)
         if listing is not None:
             apply_change(listing, name, kind)
 
     def forget(self, bucket: str, key: str) -> None:
+        """Directory `key`'s listing is not to be trusted: nor is an ancestor's emptiness."""
         self._changes += 1
+        self._resets += 1
         self._listings.pop((bucket, key), None)
+        prefix = key
+        while True:
+            self._complete.pop((bucket, prefix), None)
+            if not prefix:
+                break
+            prefix = parent_key(prefix)
 
     def clear(self) -> None:
         self._changes += 1
+        self._resets += 1
         self._listings.clear()
+        self._complete.clear()
 
     def ancestor_to_list(self, bucket: str, key: str, ancestors: list[str]) -> str | None:
         """Directory `key` must be relisted; `ancestors` are the keys above it in this mount,
@@ -279,9 +329,11 @@ class Subtrees:
         self, backend: Backend, bucket: str, prefix: str
     ) -> dict[str, dict[str, Entry]] | None:
         """List everything under `prefix` (at most PAGES pages) and keep a listing of every
-        directory there; returns them, or None if the subtree was too large or this mount
-        changed something meanwhile (the listing could lack that change)."""
-        changes = self._changes
+        directory there; returns them, or None if the subtree was too large. The changes this
+        mount made while the listing was under way are applied to it (it may lack them: an
+        upload that landed meanwhile, the next create of a writer); if more than `REPLAY`
+        were made, or a listing was dropped meanwhile, None."""
+        changes, resets = self._changes, self._resets
         objects: list[ObjectInfo] = []
         token: str | None = None
         for _ in range(PAGES):
@@ -295,15 +347,25 @@ class Subtrees:
         else:
             self._too_big[(bucket, prefix)] = True
             return None
-        if self._changes != changes:
+        missed = [change for change in self._recent if change[0] > changes]
+        if self._resets != resets or len(missed) != self._changes - changes:
             return None
         listings = split_subtree(prefix, objects)
+        for _, in_bucket, key, name, kind in missed:
+            if in_bucket == bucket and key.startswith(prefix):
+                apply_change(listings.setdefault(key, {}), name, kind)
         now = time.monotonic()
         for key, entries in listings.items():
             self._listings[(bucket, key)] = entries
             self._made[(bucket, key)] = now
+        self._complete[(bucket, prefix)] = now
         self.listed += 1
         return listings
+
+
+def parent_key(key: str) -> str:
+    """`a/b/` -> `a/`, `a/` -> `` (the key of the directory above a directory's key)."""
+    return key[: key.rstrip("/").rfind("/") + 1]
 
 
 def held_listing(

@@ -158,10 +158,11 @@ class Resolver:
         if subtree:
             above = self.table.ancestor_keys(directory)
             ancestor = self.subtrees.ancestor_to_list(bucket, directory.key, above)
-        if ancestor is not None:
-            listings = await self.subtrees.refresh(self.backend, bucket, ancestor)
-            if listings is not None and directory.key in listings:
-                return listings[directory.key]
+        refreshed = ancestor is not None and (
+            await self.subtrees.refresh(self.backend, bucket, ancestor) is not None
+        )
+        if refreshed:
+            return self.subtrees.get(bucket, directory.key)  # empty if not shown
         changes = self.listings.changes(directory.ino)
         listed = await list_children(self.backend, bucket, directory.key, max_pages=1)
         return listed if self.listings.keep(directory.ino, listed, changes) else None

@@ -164,3 +164,71 @@ def test_exclusive_creates_never_list_a_subtree(run_fs: RunFs) -> None:
         assert h.fs.namespace.subtrees.listed == 0
 
     run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)
+
+
+def test_a_fresh_tree_with_nothing_on_the_server_is_answered_by_its_ancestors_listing(
+    run_fs: RunFs,
+) -> None:
+    """A writer filling a tree made here whose markers and files are all still waiting for
+    their upload: the recursive listing of `w/` shows none of its directories, which means
+    they have nothing on the server; lookups answer from it, no LIST per new name (before:
+    the subtree again plus the directory's own LIST, for every name)."""
+
+    async def body(h: Harness) -> None:
+        top = await h.fs.mkdir(ROOT_INO, "w", 0o755, 0, 0)
+        dirs = [(await h.fs.mkdir(top.ino, f"d{i}", 0o755, 0, 0)).ino for i in range(10)]
+        outlive_listings()
+        h.store.calls.clear()
+        for ino in dirs:
+            with pytest.raises(NoEntry):  # the kernel's lookup before the create
+                await h.fs.lookup(ino, "f")
+            await h.write_file("f", b"x", parent=ino)
+        assert h.store.calls["list_page"] == 2  # d0 alone, then w/'s subtree for the rest
+        assert h.fs.namespace.subtrees.listed == 1
+        assert h.store.calls["put"] == 0  # nothing went up meanwhile
+
+    run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0, writeback_delay=3600)
+
+
+def test_changes_made_while_a_subtree_listing_is_under_way_are_applied_to_it() -> None:
+    """An upload that lands (or a file made) while the recursive LIST is on its way: the
+    listing keeps it rather than being thrown away (a writer's subtree listings were all
+    thrown away while its earlier files' uploads kept landing)."""
+    import trio
+
+    from bucketfs.types import ListPage
+
+    class SlowList:
+        def __init__(self) -> None:
+            self.asked = trio.Event()
+            self.answer = trio.Event()
+
+        async def list_page(self, bucket: str, prefix: str, **kw: object) -> ListPage:
+            self.asked.set()
+            await self.answer.wait()
+            return ListPage((ObjectInfo(key="w/d0/old", size=1),), (), None)
+
+    async def main() -> None:
+        subtrees = listing.Subtrees(dir_timeout=60)
+        backend = SlowList()
+        got: list[object] = []
+        async with trio.open_nursery() as nursery:
+
+            async def refresh() -> None:
+                got.append(await subtrees.refresh(backend, "b", "w/"))  # type: ignore[arg-type]
+
+            nursery.start_soon(refresh)
+            await backend.asked.wait()
+            subtrees.changed("b", "w/d0/", "new", Kind.FILE)
+            subtrees.changed("b", "w/d1/", "made", Kind.FILE)
+            subtrees.changed("b", "other/", "x", Kind.FILE)
+            backend.answer.set()
+        assert got[0] is not None
+        assert sorted(subtrees.get("b", "w/d0/") or {}) == ["new", "old"]
+        assert sorted(subtrees.get("b", "w/d1/") or {}) == ["made"]
+        assert subtrees.get("b", "w/d2/") == {}  # nothing under it on the server
+        assert subtrees.get("b", "other/") is None
+        subtrees.forget("b", "w/d2/")  # not to be trusted: nor is w/'s emptiness below it
+        assert subtrees.get("b", "w/d3/") is None
+
+    trio.run(main)
