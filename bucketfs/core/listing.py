@@ -290,7 +290,9 @@ class Subtrees:
         """A change through this mount in directory `key`: `kind` None means `name` is gone."""
         self._changes += 1
         self._recent.append((self._changes, bucket, key, name, kind))
-        listing = self._listings.get((bucket, key)) or self._empty(bucket, key)
+        listing = self._listings.get((bucket, key))
+        if listing is None:  # (an empty listing is one: `or` here lost changes to it)
+            listing = self._empty(bucket, key)
         if listing is not None:
             apply_change(listing, name, kind)
 

@@ -232,3 +232,27 @@ def test_changes_made_while_a_subtree_listing_is_under_way_are_applied_to_it() -
         assert subtrees.get("b", "w/d3/") is None
 
     trio.run(main)
+
+
+def test_a_change_to_a_held_empty_listing_is_applied_with_no_ancestor_listed() -> None:
+    """An empty directory's listing from a subtree listing, still fresh after its ancestor's
+    completeness went (a sibling's listing was dropped): a file made in it is in it. (A
+    `listing or ...` took the empty listing for none and lost the change: the kernel's lookup
+    of a directory made here then got ENOENT, `open(O_CREAT)` under it failed.)"""
+    import trio
+
+    from bucketfs.types import ListPage
+
+    class Lister:
+        async def list_page(self, bucket: str, prefix: str, **kw: object) -> ListPage:
+            return ListPage((ObjectInfo(key="w/d0/", size=0),), (), None)
+
+    async def main() -> None:
+        subtrees = listing.Subtrees(dir_timeout=60)
+        assert await subtrees.refresh(Lister(), "b", "w/") is not None  # type: ignore[arg-type]
+        assert subtrees.get("b", "w/d0/") == {}
+        subtrees.forget("b", "w/d1/")  # w/'s listing no longer vouches for what it lacks
+        subtrees.changed("b", "w/d0/", "s1", Kind.DIR)
+        assert sorted(subtrees.get("b", "w/d0/") or {}) == ["s1"]
+
+    trio.run(main)
