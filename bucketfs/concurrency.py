@@ -1,4 +1,5 @@
-"""Fan-out helpers: run requests concurrently and report failure as one typed error.
+"""Fan-out helpers: run requests concurrently and report failure as one typed error; and
+`Foreground`, which background work asks whether requests that someone waits for keep coming.
 
 Owns the translation of trio's `ExceptionGroup`s back into a single `BucketfsError`. Invariants:
 every task runs inside a nursery owned by the caller's scope (nothing outlives the call); when
@@ -67,3 +68,26 @@ async def for_each(
         if single is None:
             raise
         raise single from group
+
+
+class Foreground:
+    """When the last request someone waits for (a kernel request) began and ended, and how
+    many run now. The FUSE adapter reports each (`begin`, `end`); background work that can
+    wait (write-back uploads) asks `busy` and yields to them, since every step of it runs on
+    the same thread as the requests a program is blocked on."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.last = -1e18  # trio time of the last begin or end
+
+    def begin(self) -> None:
+        self.active += 1
+        self.last = trio.current_time()
+
+    def end(self) -> None:
+        self.active -= 1
+        self.last = trio.current_time()
+
+    def busy(self, idle: float) -> bool:
+        """Whether a request runs now or one ran less than `idle` seconds ago."""
+        return self.active > 0 or trio.current_time() - self.last < idle

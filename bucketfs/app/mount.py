@@ -128,6 +128,7 @@ def fs_options(cfg: MountConfig) -> FsOptions:
         block_size=cfg.block_size,
         cache_size=cfg.cache_size,
         writeback_delay=cfg.writeback_delay,
+        upload_defer=cfg.upload_defer,
         noversions=cfg.noversions,
         url_ttl=cfg.url_ttl,
         max_dirty=cfg.max_dirty,

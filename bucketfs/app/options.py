@@ -167,6 +167,7 @@ class MountConfig:
     meta_cache_size: int = 1_000_000  # -o meta_cache_size=N: HEAD results kept across mounts
     max_nodes: int = 50_000  # -o max_nodes=N: names kept in memory (the kernel forgets the rest)
     writeback_delay: float = 1.0  # -o writeback_delay=SECONDS: quiet period before an upload
+    upload_defer: float = 5.0  # -o upload_defer=SECONDS: uploads wait for a busy mount that long
     noversions: bool = False  # -o noversions: no .versions/ directories
     url_ttl: int = 3600  # -o url_ttl=SECONDS: lifetime of a user.bucketfs.url
     attrs: str = "full"  # -o attrs=full|listing: where file attributes come from
@@ -422,6 +423,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "meta_cache_size": ("meta_cache_size", _rows),
     "max_nodes": ("max_nodes", _rows),
     "writeback_delay": ("writeback_delay", _seconds),
+    "upload_defer": ("upload_defer", _seconds),
     "noversions": ("noversions", parse_flag),
     "url_ttl": ("url_ttl", _url_ttl),
     "attrs": ("attrs", _attrs),

@@ -33,7 +33,7 @@ from bucketfs.cache.deletes import DeferredDeletes
 from bucketfs.cache.store import BlockCache, CachedFile
 from bucketfs.cache.store import ReadState as ReadState  # a handle's readahead state
 from bucketfs.cache.writeback import Uploaded, WriteBack, abort_quietly
-from bucketfs.concurrency import for_each
+from bucketfs.concurrency import Foreground, for_each
 from bucketfs.core.attrs import posix_metadata
 from bucketfs.core.nodes import Kind, Node
 from bucketfs.errors import BucketfsError
@@ -54,6 +54,7 @@ class DataOptions:
     block_size: int = 1 << 20
     cache_size: int = 10 << 30
     writeback_delay: float = 1.0
+    upload_defer: float = 5.0
     part_size: int = 16 << 20
 
 
@@ -127,6 +128,7 @@ class FileData:
         node_at: Callable[[str, str | None], Node | None],
         saved: Callable[[Node], None],
         conflicted: Callable[[Node | None], None],
+        foreground: Foreground | None = None,
     ) -> None:
         """The cache in `cache_dir` and its write-back; `node_at` finds the node of a key,
         `saved` hears of a node whose upload was confirmed (its fields set from it here),
@@ -147,6 +149,8 @@ class FileData:
             self.cache,
             backend,
             delay=options.writeback_delay,
+            defer=options.upload_defer,
+            foreground=foreground,
             part_size=options.part_size,
             max_files=options.transfers,
             max_parts=options.upload_parts,

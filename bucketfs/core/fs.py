@@ -34,6 +34,7 @@ import trio
 from bucketfs.backends.base import Backend
 from bucketfs.cache.deletes import DeferredDeletes
 from bucketfs.cache.markers import Markers
+from bucketfs.concurrency import Foreground
 from bucketfs.core import control
 from bucketfs.core.contents import DataOptions, FileData
 from bucketfs.core.handles import Handle, Handles
@@ -66,6 +67,8 @@ class BucketFS:
         self.backend = DeferredDeletes(backend)
         self.opts = options
         self._cache_dir = cache_dir
+        #: the kernel requests under way, told by the FUSE adapter; uploads yield to them
+        self.foreground = Foreground()
         # hook: mkdir's markers go up in the background, after the same quiet period as files
         self.markers = Markers(
             self.backend, delay=options.writeback_delay, max_parallel=options.max_parallel
@@ -123,11 +126,13 @@ class BucketFS:
                         block_size=opts.block_size,
                         cache_size=opts.cache_size,
                         writeback_delay=opts.writeback_delay,
+                        upload_defer=opts.upload_defer,
                         part_size=opts.part_size,
                     ),
                     node_at=ns.node_at,
                     saved=ns.saved,
                     conflicted=ns.conflicted,
+                    foreground=self.foreground,
                 )
                 ns.attach(data, nursery)
                 self.store_info.attach(nursery)

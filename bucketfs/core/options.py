@@ -26,6 +26,8 @@ class FsOptions:
     block_size: int = 1 << 20
     cache_size: int = 10 << 30
     writeback_delay: float = 1.0
+    #: seconds an upload due may wait more while kernel requests keep coming (writeback.py)
+    upload_defer: float = 5.0
     max_dirty: int = 2 << 30
     transfers: int = 16  # files uploaded at once (cache/writeback.py)
     upload_parts: int = 8  # multipart parts in flight, all files together (cache/writeback.py)

@@ -44,6 +44,10 @@ def _errors(op: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
     @functools.wraps(op)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         _since = time.monotonic()  # taskdump shows how long a request runs
+        # uploads yield to kernel requests (core/fs.py `foreground`, cache/writeback.py)
+        foreground = args[0].fs.foreground if args and isinstance(args[0], FuseOps) else None
+        if foreground is not None:
+            foreground.begin()
         try:
             return await op(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -59,6 +63,9 @@ def _errors(op: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
         except Exception:  # a bug: keep the mount alive, make it loud
             log.exception("%s failed", op.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if foreground is not None:
+                foreground.end()
 
     return wrapper
 

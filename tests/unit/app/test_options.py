@@ -139,6 +139,7 @@ def test_defaults() -> None:
     assert cfg.max_connections == 32
     assert cfg.part_size == 16 * MiB
     assert cfg.writeback_delay == 1.0  # the upload quiet period (issue 17)
+    assert cfg.upload_defer == 5.0  # and the most it waits more for a busy mount
     assert cfg.fsname == "s3://bucket"
 
 
@@ -186,6 +187,8 @@ OPTION_CASES = [
     ("max_nodes=2000", "max_nodes", 2000),
     ("writeback_delay=5", "writeback_delay", 5.0),
     ("writeback_delay=0", "writeback_delay", 0.0),
+    ("upload_defer=0", "upload_defer", 0.0),
+    ("upload_defer=30", "upload_defer", 30.0),
     ("noversions", "noversions", True),
     ("url_ttl=60", "url_ttl", 60),
     ("attrs=listing", "attrs", "listing"),
@@ -257,6 +260,7 @@ def test_endpoint_from_environment() -> None:
         ("transfers=0", "'transfers': '0'"),
         ("meta_cache_size=-1", "'meta_cache_size': '-1'"),
         ("writeback_delay=-1", "'writeback_delay': '-1'"),
+        ("upload_defer=soon", "'upload_defer': 'soon'"),
         ("url_ttl=0", "'url_ttl': '0'"),
         ("url_ttl=1h", "'url_ttl': '1h'"),
         ("attrs=head", "'attrs': 'head'"),

@@ -156,3 +156,58 @@ def test_fsync_uploads_at_once(run_fs: RunFs) -> None:
         assert h.store.calls["put"] == 1
 
     run_fs(body, writeback_delay=3600.0)
+
+
+async def kernel_busy(h: Harness, seconds: float) -> None:
+    """A program keeping the kernel busy: a request every 10 ms (as the FUSE adapter tells
+    `BucketFS.foreground`), for `seconds` of the mock clock."""
+    until = trio.current_time() + seconds
+    while trio.current_time() < until:
+        h.fs.foreground.begin()
+        await trio.sleep(0.005)
+        h.fs.foreground.end()
+        await trio.sleep(0.005)
+
+
+def test_an_upload_waits_for_the_kernels_requests_to_pause_at_most_upload_defer(
+    run_fs: RunFs,
+) -> None:
+    """Uploads yield to a burst of kernel requests (they run on the thread that answers
+    them): due after the quiet period, a file goes up once the requests pause, or after
+    `upload_defer` seconds of them; someone waiting for it (fsync, flush) does not wait."""
+
+    async def body(h: Harness) -> None:
+        await h.write_file("a", b"1")  # due 1 s from now
+        await kernel_busy(h, 2.5)
+        assert await h.store.keys(BUCKET) == []  # due, but the kernel is busy
+        await trio.sleep(0.2)  # a pause
+        assert await h.store.keys(BUCKET) == ["a"]
+
+        await h.write_file("b", b"2")  # due at 1 s, then 2 s more at most
+        await kernel_busy(h, 2.9)
+        assert await h.store.keys(BUCKET) == ["a"]
+        await kernel_busy(h, 0.3)
+        assert await h.store.keys(BUCKET) == ["a", "b"]  # went while requests kept coming
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kernel_busy, h, 5.0)
+            fh, _node = await h.fs.create(ROOT_INO, "c", 0o644, WO | os.O_CREAT, 0, 0)
+            await h.fs.write(fh, 0, b"3")
+            started = trio.current_time()
+            await h.fs.fsync(fh)  # never deferred
+            assert trio.current_time() - started < 0.5
+            assert await h.store.keys(BUCKET) == ["a", "b", "c"]
+            await h.fs.release(fh)
+
+    run_fs(body, writeback_delay=1.0, upload_defer=2.0)
+
+
+def test_no_quiet_period_means_no_waiting_for_the_kernel(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kernel_busy, h, 2.0)
+            await h.write_file("a", b"1")
+            await trio.sleep(0.1)
+            assert await h.store.keys(BUCKET) == ["a"]
+
+    run_fs(body, writeback_delay=0.0, upload_defer=5.0)
