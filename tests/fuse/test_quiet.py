@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +201,42 @@ def test_fsync_flush_unmount_and_sigterm_skip_the_quiet_period(mount_factory: Mo
     mnt._force_down()  # the daemon is gone and unmounted: only the bookkeeping is left
     assert raw.get("terminated") == b"terminated"
     assert time.monotonic() - started < 40  # none of them waited for the 60 s quiet period
+
+
+def keep_busy(path: Path, seconds: float) -> None:
+    """Kernel requests with no pause for `seconds`: readdirs from two threads (a gap of
+    50 ms in both at once, a descheduled test on a loaded machine, would end the wait)."""
+    until = time.monotonic() + seconds
+
+    def loop() -> None:
+        while time.monotonic() < until:
+            os.listdir(path)
+
+    threads = [threading.Thread(target=loop) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_an_upload_waits_while_the_mount_is_busy_at_most_upload_defer(
+    mount_factory: MountFactory,
+) -> None:
+    """After its quiet period, a file waits while kernel requests keep coming (a program
+    writing a tree), then goes once they pause; `upload_defer` bounds the wait."""
+    mnt = mount_factory(options=["writeback_delay=0.3", "upload_defer=1.5"])
+    store = mnt.raw_store  # does not flush
+    assert store is not None
+    (mnt.path / "a").write_bytes(b"1")
+    keep_busy(mnt.path, 1.2)
+    assert store.keys("") == []  # due after 0.3 s, but the mount was busy
+    deadline = time.monotonic() + 5.0
+    while store.keys("") != ["a"]:  # the mount is idle now: it goes
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    (mnt.path / "b").write_bytes(b"2")
+    started = time.monotonic()
+    keep_busy(mnt.path, 2.5)  # due after 0.3 s, then 1.5 s at most: it went meanwhile
+    assert store.keys("") == ["a", "b"]
+    assert time.monotonic() - started < 10.0
