@@ -13,7 +13,8 @@ Invariants: a node's `cached` is the cache's current file for its key (re-attach
 cache dropped it); the metadata a dirty file will be uploaded with is refreshed from the node
 before every change the node's attributes see; a writer waits (throttled) while the cache holds
 more than `max_dirty` dirty bytes, instead of filling the disk; a file whose upload is in
-flight is moved, renamed or dropped only once that upload landed.
+flight is moved, renamed or dropped only once that upload landed; a rename moves the server's
+object as the node last saw it (its ETag), never a clean cached copy of an older version.
 """
 
 from __future__ import annotations
@@ -488,6 +489,10 @@ class FileData:
             cf = node.cached
             while cf is not None and cf.upload_scope is not None:
                 await cf.progress.wait()  # an upload in flight lands under the old name first
+            if cf is not None and not cf.dirty and node.etag not in (None, cf.base_etag):
+                # a clean copy of an older version (another client replaced the object since):
+                # the server's version is what moves, under the ETag the lookup just saw
+                node.cached = cf = None
             stored = cf is not None and cf.base_etag is not None and cf.base_key == node.key
             if node.etag is None and not stored:
                 if cf is not None:  # nothing on the server yet: the pending upload moves

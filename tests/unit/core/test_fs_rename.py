@@ -289,3 +289,22 @@ def test_a_file_open_under_a_renamed_directory_still_reads_its_bytes(run_fs: Run
         assert await h.keys() == ["e/f"]
 
     run_fs(body)
+
+
+def test_rename_of_a_file_another_client_replaced_since_we_wrote_it(run_fs: RunFs) -> None:
+    """Our clean cached copy is of the older object: the rename moves the server's (found
+    by tests/model: a file written here, replaced by another client with an empty object,
+    which the kernel never reads, then renamed: the copy's If-Match named our old ETag)."""
+
+    async def body(h: Harness) -> None:
+        await h.write_file("a", b"ours")
+        await h.settle()
+        await h.put("a", b"")
+        node = await h.fs.lookup(ROOT_INO, "a")  # the kernel's lookup: a HEAD, nothing read
+        assert node.size == 0
+        await h.fs.rename(ROOT_INO, "a", ROOT_INO, "b", 0)
+        assert await h.keys() == ["b"]
+        assert await h.body("b") == b""
+        assert await h.read_file(node) == b""
+
+    run_fs(body, attr_timeout=0.0, entry_timeout=0.0)
