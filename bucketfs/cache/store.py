@@ -420,6 +420,16 @@ class BlockCache:
             if cf.upload_scope is not None:
                 cf.upload_scope.cancel()
 
+    def set_replaces(self, cf: CachedFile, replaces: bool) -> None:
+        """Whether the pending upload knowingly replaces the object under its key (a rename
+        onto an existing name: uploaded with no condition), or expects none there."""
+        meta = {k: v for k, v in cf.meta.items() if k != "replaces"}
+        if replaces:
+            meta["replaces"] = True
+        if meta != cf.meta:
+            cf.meta = meta
+            self.index.update(cf.id, meta=cf.meta)
+
     # --- after an upload, rename, delete ------------------------------------------------
 
     def mark_clean(self, cf: CachedFile, generation: int, etag: str, size: int) -> bool:

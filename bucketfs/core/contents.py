@@ -13,7 +13,11 @@ Invariants: a node's `cached` is the cache's current file for its key (re-attach
 cache dropped it); the metadata a dirty file will be uploaded with is refreshed from the node
 before every change the node's attributes see; a writer waits (throttled) while the cache holds
 more than `max_dirty` dirty bytes, instead of filling the disk; a file whose upload is in
-flight is moved, renamed or dropped only once that upload landed.
+flight is moved, renamed or dropped only once that upload landed; a rename moves the server's
+object as the node last saw it (its ETag), never a clean cached copy of an older version; a
+file not uploaded yet renamed onto an existing name replaces that name's object by its upload
+(marked `replaces`: other clients see the old object until then, never no object), so when it
+leaves the name first (unlink, rename away) the old object is deleted then (deferred).
 """
 
 from __future__ import annotations
@@ -397,8 +401,9 @@ class FileData:
 
     async def drop(self, node: Node) -> bool:
         """The name goes away: cancel its upload; open handles keep reading a local copy.
-        True if an upload of ours is on the server under the name even though the node has
-        no ETag (an older generation that landed after the file changed again)."""
+        True if an object is on the server under the name even though the node has no ETag:
+        an upload of ours (an older generation that landed after the file changed again), or
+        the object the pending upload was to replace (`replaces`)."""
         assert node.bucket is not None
         cf = node.cached or self.cache.find(node.bucket, node.key)
         if cf is None and node.opens > 0 and node.etag is not None:
@@ -407,7 +412,11 @@ class FileData:
             return False
         while cf.upload_scope is not None:  # let an upload in flight land, then delete it
             await cf.progress.wait()
-        stored = cf.base_etag is not None and cf.base_key == node.key
+        # a pending upload meant to replace an object (a rename onto its name) goes with it:
+        # that object is on the server still, and only a delete now removes it
+        stored = (cf.base_etag is not None and cf.base_key == node.key) or bool(
+            cf.meta.get("replaces")
+        )
         if node.opens > 0:
             node.cached = cf
             await self.cache.materialize(cf, 0, cf.size)
@@ -492,13 +501,18 @@ class FileData:
             cf = node.cached
             while cf is not None and cf.upload_scope is not None:
                 await cf.progress.wait()  # an upload in flight lands under the old name first
+            if cf is not None and not cf.dirty and node.etag not in (None, cf.base_etag):
+                # a clean copy of an older version (another client replaced the object since):
+                # the server's version is what moves, under the ETag the lookup just saw
+                node.cached = cf = None
             stored = cf is not None and cf.base_etag is not None and cf.base_key == node.key
             if node.etag is None and not stored:
                 if cf is not None:  # nothing on the server yet: the pending upload moves
+                    if cf.meta.get("replaces"):  # the object it was to replace is left
+                        await self._backend.defer_delete(node.bucket, node.key)
                     self.cache.move(cf, node.bucket, new_key)
-                    if replaces:  # and knowingly replaces whatever the target's object is
-                        cf.meta["replaces"] = True
-                        self.cache.set_meta(cf, cf.meta)
+                    # and knowingly replaces whatever the target's object is, or expects none
+                    self.cache.set_replaces(cf, replaces)
                 return
             # unchanged ranges of a modified object come from the old key: upload, then move
             await self.flush(node)

@@ -18,6 +18,9 @@ no waiting and no look at the tree between steps (each step only compares its ou
 are compared when a `compare` step comes and at the end of each example), once with every cache
 timeout at 0 and once with the defaults.
 
+`test_sequences_found_before` replays, step by step, failures Hypothesis found at random (a
+fresh database need not find them again).
+
 One mount per test function; each example starts by deleting everything through the mount.
 Set BUCKETFS_MODEL_SHRINK=1 to shrink a failing example (slow: every step talks to a server).
 """
@@ -354,3 +357,39 @@ def test_one_name_in_quick_succession(store_env: StoreEnv, tmp_path: Path, timeo
 
         Machine.ref = ref
         run_state_machine_as_test(Machine, settings=ONE_NAME_SETTINGS)
+
+
+@pytest.mark.parametrize("timeouts", ["zero", "default"])
+def test_sequences_found_before(store_env: StoreEnv, tmp_path: Path, timeouts: str) -> None:
+    """Failures Hypothesis found, replayed step by step (a fresh database may not find them
+    again): a file not uploaded yet renamed onto a symlink, then unlinked or renamed away,
+    left the symlink behind (ELOOP where the reference said ENOENT); a file written here and
+    replaced by another client with an empty object (which the kernel never reads) failed its
+    rename with ESTALE."""
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    with mount_factory_for(store_env, tmp_path / "mounts") as factory:
+
+        class OneName(OneNameVsReference):
+            mount = factory(options=NO_CACHE if timeouts == "zero" else [])
+
+        class Other(MountVsReference):
+            mount = OneName.mount
+
+        OneName.ref = Other.ref = ref
+        for away in ("unlink", "rename"):
+            one = OneName()
+            one.symlink(to="y", path="y")
+            one.create(path="x", data=b"1")
+            one.rename(src="x", dst="y")
+            if away == "unlink":
+                one.unlink(path="y")
+            else:
+                one.rename(src="y", dst="x")
+            one.create(path="y/f", data=b"")
+            one.teardown()
+        if timeouts == "zero":  # the other client's change is seen at once only so
+            other = Other()
+            other.create(path="a", data=b"ours")
+            other.other_client_puts(path="a", data=b"")
+            other.rename_file(src="a", dst="b")

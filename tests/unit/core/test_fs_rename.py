@@ -289,3 +289,54 @@ def test_a_file_open_under_a_renamed_directory_still_reads_its_bytes(run_fs: Run
         assert await h.keys() == ["e/f"]
 
     run_fs(body)
+
+
+def test_rename_of_a_file_another_client_replaced_since_we_wrote_it(run_fs: RunFs) -> None:
+    """Our clean cached copy is of the older object: the rename moves the server's (found
+    by tests/model: a file written here, replaced by another client with an empty object,
+    which the kernel never reads, then renamed: the copy's If-Match named our old ETag)."""
+
+    async def body(h: Harness) -> None:
+        await h.write_file("a", b"ours")
+        await h.settle()
+        await h.put("a", b"")
+        node = await h.fs.lookup(ROOT_INO, "a")  # the kernel's lookup: a HEAD, nothing read
+        assert node.size == 0
+        await h.fs.rename(ROOT_INO, "a", ROOT_INO, "b", 0)
+        assert await h.keys() == ["b"]
+        assert await h.body("b") == b""
+        assert await h.read_file(node) == b""
+
+    run_fs(body, attr_timeout=0.0, entry_timeout=0.0)
+
+
+@pytest.mark.parametrize("target", ["symlink", "file"])
+@pytest.mark.parametrize("then", ["unlink", "rename"])
+def test_a_pending_file_renamed_onto_a_name_then_moved_on_leaves_no_old_object(
+    run_fs: RunFs, target: str, then: str
+) -> None:
+    """A file not uploaded yet renamed onto an existing name was to replace that name's object
+    by its upload; unlinked or renamed away before it, the old object must go all the same
+    (found by tests/model: `ln -s y y; echo 1 > x; mv x y; rm y` showed `y -> y` again)."""
+
+    async def body(h: Harness) -> None:
+        if target == "symlink":
+            await h.fs.symlink(ROOT_INO, "y", "y", 0, 0)
+        else:
+            await h.write_file("y", b"old")
+            await h.settle()
+        fh, _node = await h.fs.create(ROOT_INO, "x", 0o644, WO, 0, 0)
+        await h.fs.write(fh, 0, b"new")
+        await h.fs.release(fh)  # its upload waits for the write-back delay
+        await h.fs.rename(ROOT_INO, "x", ROOT_INO, "y", 0)
+        if then == "unlink":
+            await h.fs.unlink(ROOT_INO, "y")
+        else:
+            await h.fs.rename(ROOT_INO, "y", ROOT_INO, "z", 0)
+        with pytest.raises(NoEntry):
+            await h.fs.lookup(ROOT_INO, "y")
+        assert await h.keys() == ([] if then == "unlink" else ["z"])
+        if then == "rename":
+            assert await h.body("z") == b"new"
+
+    run_fs(body, writeback_delay=60.0, attr_timeout=0.0, entry_timeout=0.0, negative_timeout=0.0)
