@@ -16,8 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bucketfs.fuse import readwatch
 from tests.support.helpers import Mount, MountFactory, require_tool
+
+#: the daemon's reading of /dev/fuse lies above the store: local store and SeaweedFS only
+#: (tests/fuse/conftest.py)
+pytestmark = pytest.mark.above_the_store
 
 #: how long strace holds the daemon's read back
 DELAY_US = 1_500_000
