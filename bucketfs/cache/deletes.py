@@ -161,6 +161,11 @@ class DeferredDeletes:
                 with trio.move_on_after(DELAY):
                     await self._urgent.wait()
                 await self._send_all()
+                if not self._queued:
+                    # a wait for a batch already in flight set them after `_send_all` reset
+                    # them: left set with nothing queued, this loop spun at 100% CPU
+                    self._wake = trio.Event()
+                    self._urgent = trio.Event()
         finally:
             self._running = False
 

@@ -225,3 +225,31 @@ def test_a_batch_cancelled_in_flight_is_sent_by_the_next_flush() -> None:
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert await_keys(store) == []
+
+
+def test_a_wait_for_a_batch_in_flight_leaves_the_queue_idle_after() -> None:
+    """Two requests of a key whose delete is queued, the second while the batch is in flight:
+    once it landed the queue is idle. (The second one's wake-up outlived the batch, and the
+    sending loop spun at 100% CPU for the rest of the mount: a daemon of the model test did,
+    and `git` through a mount ran 5-15 times slower.)"""
+    store = Store()
+
+    async def body(deletes: DeferredDeletes) -> None:
+        await store.put(BUCKET, "k", b"old")
+        await deletes.defer_delete(BUCKET, "k")
+
+        async def ask(after: float) -> None:
+            await trio.sleep(after)
+            with pytest.raises(NotFound):
+                await deletes.head(BUCKET, "k")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, 0.0)
+            nursery.start_soon(ask, 0.0005)  # the batch is in flight then (0.001 s per request)
+        for _ in range(20):
+            await trio.lowlevel.checkpoint()  # the sending loop goes round
+        assert deletes.sent_batches == 1
+        assert not deletes._wake.is_set()
+        await trio.sleep(60)  # and sleeps (a spinning loop never lets the mock clock jump)
+
+    run(body, store)
