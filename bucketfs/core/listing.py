@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from cachetools import LRUCache, TTLCache
 
 from bucketfs.backends.base import Backend
+from bucketfs.cache.markers import split_key
 from bucketfs.core.attrs import valid_name
 from bucketfs.core.nodes import Kind
 from bucketfs.types import ListPage, ObjectInfo
@@ -272,11 +273,11 @@ class Subtrees:
         had nothing on the server (a directory made here whose files and marker are not up
         yet, a writer's fresh tree). Its listing is empty, as fresh as the ancestor's, and kept
         like the others so that this mount's changes apply to it; None if no ancestor's."""
-        prefix = key
-        while (made := self._complete.get((bucket, prefix))) is None:
-            if not prefix:
-                return None
-            prefix = parent_key(prefix)
+        made = next(
+            (m for p in upward(key) if (m := self._complete.get((bucket, p))) is not None), None
+        )
+        if made is None:
+            return None
         entries: dict[str, Entry] = {}
         self._listings[(bucket, key)] = entries
         self._made[(bucket, key)] = made
@@ -301,12 +302,8 @@ class Subtrees:
         self._changes += 1
         self._resets += 1
         self._listings.pop((bucket, key), None)
-        prefix = key
-        while True:
+        for prefix in upward(key):
             self._complete.pop((bucket, prefix), None)
-            if not prefix:
-                break
-            prefix = parent_key(prefix)
 
     def clear(self) -> None:
         self._changes += 1
@@ -365,9 +362,13 @@ class Subtrees:
         return listings
 
 
-def parent_key(key: str) -> str:
-    """`a/b/` -> `a/`, `a/` -> `` (the key of the directory above a directory's key)."""
-    return key[: key.rstrip("/").rfind("/") + 1]
+def upward(key: str) -> Iterator[str]:
+    """A directory's key and those of the directories above it: `a/b/`, `a/`, ``."""
+    while True:
+        yield key
+        if not key:
+            return
+        key = split_key(key)[0]
 
 
 def held_listing(
