@@ -18,8 +18,9 @@ about 70 GETs, 1 MiB blocks kept in the cache as before).
 
 Random readers: after `FILL_AFTER` non-sequential misses in one file no larger than
 `cache_size / 8`, the rest of the file is fetched in the background (`FILL_PARALLEL` ranged
-GETs of `fetch_blocks` blocks, beside the readers' own fetches), so a database or an archive
-read at random places soon reads at local-disk speed, at the cost of fetching the file once.
+GETs of a full readahead part each, beside the readers' own fetches), so a database or an
+archive read at random places soon reads at local-disk speed, at the cost of fetching the file
+once.
 
 Bodies are streamed: a GET's bytes are received into one buffer of `LAND_BLOCKS` blocks
 (`Backend.get_body`: on S3 over plain HTTP a worker thread reads the socket straight into it)
@@ -61,8 +62,10 @@ log = logging.getLogger(__name__)
 
 #: non-sequential read misses in one file before the rest of it is fetched in the background
 FILL_AFTER = 4
-#: GETs a background fill keeps in flight
-FILL_PARALLEL = 2
+#: GETs a background fill keeps in flight, of `Fetcher._max_part` blocks each (as many and as
+#: large as a sequential reader's): 1,000 random 4 KiB reads in a 256 MiB object took 1.14-1.44 s,
+#: against 1.63-1.85 s with 2 GETs of 8 blocks (one loaded machine, alternating runs)
+FILL_PARALLEL = 4
 #: a sequential reader's window is fetched in about this many GETs (see `part_blocks`)
 PARTS_AHEAD = 4
 #: fetched bytes are written to the data file in a worker thread from this many blocks on
@@ -190,17 +193,18 @@ class Fetcher:
             self._nursery.start_soon(self._fill, cf)
 
     async def _fill(self, cf: CachedFile) -> None:
-        """Fetch every block of `cf` not present yet, `FILL_PARALLEL` GETs at a time; stop when
-        the base object changed, the file left the cache or a fetch failed."""
-        etag, bs = cf.base_etag, self.block_size
+        """Fetch every block of `cf` not present yet, `FILL_PARALLEL` GETs of `_max_part`
+        blocks at a time; stop when the base object changed, the file left the cache or a fetch
+        failed."""
+        etag, bs, part = cf.base_etag, self.block_size, self._max_part
         nblocks = (cf.base_size + bs - 1) // bs
-        starts = iter(range(0, nblocks, self._fetch_blocks))
+        starts = iter(range(0, nblocks, part))
 
         async def worker() -> None:
             for start in starts:
                 if cf.base_etag != etag or self._files.get(cf.id) is not cf:
                     return
-                stop = min(start + self._fetch_blocks, nblocks)
+                stop = min(start + part, nblocks)
                 run = [
                     i for i in range(start, stop) if self._fetchable(cf, i) and i not in cf.inflight
                 ]
