@@ -12,6 +12,9 @@ keeps (checked by `tests/backends/test_contract.py` against real servers):
 - `get` ranges are half-open `[start, end)`; `end=None` reads to the end of the object; a range
   past the end is clipped, never an error;
 - `put` is atomic: readers see the old object or the new one, never a mix.
+- `get_body` is `get_stream` read into the caller's buffer (`Body.readinto`); its default
+  copies the chunks (`ChunkBody`), a store may receive straight into the buffer instead (S3
+  over plain HTTP, `s3/pool.py`).
 
 Optional capabilities (what not every store has: its region, its usage figures and quota
 (`space`), the metadata of a bucket, its limit on user metadata, per-object expiry, checksums,

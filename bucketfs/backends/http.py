@@ -5,10 +5,11 @@ Owns `quote_key`/`quote_name` (a key or a name in a request path), `header_text`
 an object's system fields (`SYSTEM_HEADER_NAMES`) and of a write (`write_headers`: each store
 says its metadata prefix and which name characters it keeps), `transport_error` (an httpx2
 exception -> `Transient` or `Unreachable`), and the ranged GET: its `Range` header, and what its
-answer means (`ranged_get`, `ranged_stream`: 416 is an empty range, a 200 to a Range request is
-the whole object to slice). What is a store's own stays in its folder: S3's status and code
-mapping (`s3/errors.py`) and its HTTP exchange (`s3/wire.py`, `s3/pool.py`), Swift's status
-mapping (`swift/client.py`). Invariants:
+answer means (`ranged_get`, `ranged_stream`, `ranged_body`: 416 is an empty range, a 200 to a
+Range request is the whole object to slice; only an answer of exactly the bytes asked for is
+received straight into the reader's buffer). What is a store's own stays in its folder: S3's
+status and code mapping (`s3/errors.py`) and its HTTP exchange (`s3/wire.py`, `s3/pool.py`),
+Swift's status mapping (`swift/client.py`). Invariants:
 
 - a key is encoded once: every byte but the unreserved characters and `/`, the segments `.`
   and `..` as `%2E` (no HTTP layer may collapse them);

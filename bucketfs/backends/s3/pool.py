@@ -10,7 +10,8 @@ Why: httpcore2's pool, request and response models cost about twice a HEAD's own
 
 - HTTP framing and parsing are h11's, TLS is the `ssl` module's through `trio.SSLStream` (the
   caller's `ssl.SSLContext`: certificate and host name checks are its own); this module only
-  moves bytes between h11 and a stream (no header, status line or body framing of ours);
+  moves bytes between h11 and a stream (no header or status line parsing of ours, and no body
+  framing but `readinto`'s count of a `Content-Length` body, below);
   `Host` and the other headers come from the caller, `Content-Length` too when the body is an
   async iterable (else chunked encoding);
 - a connection goes back to the pool only when both h11 sides are DONE (the response read to
@@ -31,9 +32,10 @@ Why: httpcore2's pool, request and response models cost about twice a HEAD's own
   by `Content-Length` alone (h11 parsed its head and gives up what it holds of the body; the
   bytes after it are counted here, the one framing of ours). Once all of them came, the
   connection gets a fresh h11 state machine and is reused unless the answer said
-  `Connection: close`. Why: h11 copies each body byte three times on the trio thread, which
-  was the cold read's bound (docs/cache.md). A cancelled receive wakes its thread and waits
-  for it (`_in_thread`): no thread ever touches a buffer or a socket after `readinto` left.
+  `Connection: close`. Why: h11 copies each body byte three times on the trio thread, the
+  largest share of that thread's work in a cold read (docs/cache.md has the figures). A
+  cancelled receive wakes its thread and waits for it (`_in_thread`): no thread ever touches
+  a buffer or a socket after `readinto` left.
 """
 
 from __future__ import annotations
