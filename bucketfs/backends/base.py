@@ -12,6 +12,9 @@ keeps (checked by `tests/backends/test_contract.py` against real servers):
 - `get` ranges are half-open `[start, end)`; `end=None` reads to the end of the object; a range
   past the end is clipped, never an error;
 - `put` is atomic: readers see the old object or the new one, never a mix.
+- `get_body` is `get_stream` read into the caller's buffer (`Body.readinto`); its default
+  copies the chunks (`ChunkBody`), a store may receive straight into the buffer instead (S3
+  over plain HTTP, `s3/pool.py`).
 
 Optional capabilities (what not every store has: its region, its usage figures and quota
 (`space`), the metadata of a bucket, its limit on user metadata, per-object expiry, checksums,
@@ -22,12 +25,14 @@ overriding them; nothing outside `backends/` asks a backend's type or probes it 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from bucketfs.errors import NotSupported
+from bucketfs.errors import BucketfsError, NotSupported
 from bucketfs.types import (
     BucketInfo,
     ListPage,
@@ -61,6 +66,72 @@ class Space:
     #: room left where the store has a real size (the local store: its disk's free space)
     free_bytes: int | None = None
     free_files: int | None = None
+
+
+class Body(Protocol):
+    """A GET's body, read into the caller's buffer (`Backend.get_body`)."""
+
+    async def readinto(self, view: memoryview) -> int:
+        """Fill `view` with the next bytes: all of it, fewer only at the body's end (0 once it
+        ended) or when the connection broke after some bytes came: the next call raises that
+        (a `BackendError`, as `get_stream`'s chunks do)."""
+        ...
+
+
+class ChunkBody:
+    """A `Body` over `get_stream`'s chunks (each byte copied once, into the view)."""
+
+    __slots__ = ("_chunks", "_error", "_pending")
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+        self._error: BaseException | None = None
+
+    async def readinto(self, view: memoryview) -> int:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        got = 0
+        while got < len(view):
+            if not self._pending:
+                try:
+                    self._pending = memoryview(await anext(self._chunks))
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:  # a broken connection: the bytes so far first
+                    if not got:
+                        raise
+                    self._error = exc
+                    break
+            n = min(len(self._pending), len(view) - got)
+            view[got : got + n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            got += n
+        return got
+
+    async def finish(self) -> None:
+        """After the last read: the chunks run to their end when nothing is left over (an
+        HTTP answer read to its end keeps its connection for the next request)."""
+        if self._pending or self._error is not None:
+            return
+        with contextlib.suppress(StopAsyncIteration, BucketfsError):
+            await anext(self._chunks)
+
+
+@asynccontextmanager
+async def chunk_body(
+    stream: AbstractAsyncContextManager[AsyncIterator[bytes]],
+) -> AsyncIterator[Body]:
+    """`get_stream`'s answer as a `Body`."""
+    async with stream as chunks:
+        body = ChunkBody(chunks)
+        try:
+            yield body
+            await body.finish()
+        finally:
+            if inspect.isasyncgen(chunks):
+                await chunks.aclose()
 
 
 class Backend(Protocol):
@@ -191,6 +262,21 @@ class Backend(Protocol):
         version_id: str | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Like `get`, but yields the body in chunks as they arrive."""
+
+    def get_body(
+        self,
+        bucket: str,
+        key: str,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        if_match: str | None = None,
+        version_id: str | None = None,
+    ) -> AbstractAsyncContextManager[Body]:
+        """Like `get_stream`, read into the caller's buffer: a store whose connection allows
+        it (S3 over plain HTTP) receives the bytes straight into it, off the trio thread."""
+        stream = self.get_stream(bucket, key, start, end, if_match=if_match, version_id=version_id)
+        return chunk_body(stream)
 
     # --- writing -----------------------------------------------------------------------
     async def put(

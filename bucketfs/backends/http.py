@@ -5,10 +5,11 @@ Owns `quote_key`/`quote_name` (a key or a name in a request path), `header_text`
 an object's system fields (`SYSTEM_HEADER_NAMES`) and of a write (`write_headers`: each store
 says its metadata prefix and which name characters it keeps), `transport_error` (an httpx2
 exception -> `Transient` or `Unreachable`), and the ranged GET: its `Range` header, and what its
-answer means (`ranged_get`, `ranged_stream`: 416 is an empty range, a 200 to a Range request is
-the whole object to slice). What is a store's own stays in its folder: S3's status and code
-mapping (`s3/errors.py`) and its HTTP exchange (`s3/wire.py`, `s3/pool.py`), Swift's status
-mapping (`swift/client.py`). Invariants:
+answer means (`ranged_get`, `ranged_stream`, `ranged_body`: 416 is an empty range, a 200 to a
+Range request is the whole object to slice; only an answer of exactly the bytes asked for is
+received straight into the reader's buffer). What is a store's own stays in its folder: S3's
+status and code mapping (`s3/errors.py`) and its HTTP exchange (`s3/wire.py`, `s3/pool.py`),
+Swift's status mapping (`swift/client.py`). Invariants:
 
 - a key is encoded once: every byte but the unreserved characters and `/`, the segments `.`
   and `..` as `%2E` (no HTTP layer may collapse them);
@@ -29,6 +30,7 @@ from urllib.parse import quote
 
 import httpx2
 
+from bucketfs.backends.base import Body, ChunkBody
 from bucketfs.errors import InvalidRequest, Transient, Unreachable
 from bucketfs.types import WriteOptions
 
@@ -176,6 +178,64 @@ async def ranged_stream(
         yield ranged_chunks(response, headers, start, end, endpoint, what)
     finally:
         await response.aclose()
+
+
+class DirectResponse(RawResponse, Protocol):
+    """An answer that may receive its body into a buffer (`s3.wire.Answer`)."""
+
+    @property
+    def direct(self) -> bool: ...
+
+    async def readinto(self, view: memoryview) -> int: ...
+
+
+#: `SendGet` of a store whose answers are `DirectResponse`s
+SendDirectGet = Callable[[Mapping[str, str], bool], Awaitable[tuple[DirectResponse, bytes]]]
+
+
+@asynccontextmanager
+async def ranged_body(
+    send: SendDirectGet,
+    headers: Mapping[str, str],
+    start: int,
+    end: int | None,
+    endpoint: str,
+    what: str,
+) -> AsyncIterator[Body]:
+    """Bytes [start, end) of the object as a `Body`: received straight into the reader's
+    buffer when the answer can (`direct`: the bytes asked for, a 206 or a whole object), else
+    over `ranged_chunks`. The answer is closed on leaving."""
+    if end is not None and end <= start:
+        yield ChunkBody(no_chunks())
+        return
+    response, _ = await send(headers, True)
+    try:
+        whole = response.status_code == 206 or (
+            response.status_code == 200 and "Range" not in headers
+        )
+        if whole and response.direct:
+            yield _DirectBody(response, endpoint, what)
+        else:
+            yield ChunkBody(ranged_chunks(response, headers, start, end, endpoint, what))
+    finally:
+        await response.aclose()
+
+
+class _DirectBody:
+    """`DirectResponse.readinto` with its transport errors as `transport_error`."""
+
+    __slots__ = ("_endpoint", "_response", "_what")
+
+    def __init__(self, response: DirectResponse, endpoint: str, what: str) -> None:
+        self._response = response
+        self._endpoint = endpoint
+        self._what = what
+
+    async def readinto(self, view: memoryview) -> int:
+        try:
+            return await self._response.readinto(view)
+        except httpx2.TransportError as exc:
+            raise transport_error(exc, self._endpoint, self._what) from exc
 
 
 def ranged_content(

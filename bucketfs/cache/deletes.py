@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import trio
 
-from bucketfs.backends.base import Backend, Space
+from bucketfs.backends.base import Backend, Body, Space
 from bucketfs.errors import BucketfsError, CacheError
 from bucketfs.types import (
     BucketInfo,
@@ -349,6 +349,17 @@ class DeferredDeletes:
         await self._key(bucket, key)
         async with self.inner.get_stream(bucket, key, *args, **kw) as chunks:
             yield chunks
+
+    def get_body(
+        self, bucket: str, key: str, *args: Any, **kw: Any
+    ) -> AbstractAsyncContextManager[Body]:
+        return self._body(bucket, key, *args, **kw)
+
+    @asynccontextmanager
+    async def _body(self, bucket: str, key: str, *args: Any, **kw: Any) -> AsyncIterator[Body]:
+        await self._key(bucket, key)
+        async with self.inner.get_body(bucket, key, *args, **kw) as body:
+            yield body
 
     async def put(self, bucket: str, key: str, data: bytes, *args: Any, **kw: Any) -> PutResult:
         await self._entry(bucket, key)

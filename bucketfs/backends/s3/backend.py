@@ -27,13 +27,13 @@ from dataclasses import replace
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 
-from bucketfs.backends.base import MAX_OBJECT_SIZE, Backend
+from bucketfs.backends.base import MAX_OBJECT_SIZE, Backend, Body
 from bucketfs.backends.http import (
     RANGED_OK,
-    RawResponse,
-    SendGet,
+    SendDirectGet,
     quote_key,
     range_header,
+    ranged_body,
     ranged_get,
     ranged_stream,
 )
@@ -54,6 +54,7 @@ from bucketfs.backends.s3.values import (
     quoted_etag,
     write_headers,
 )
+from bucketfs.backends.s3.wire import Answer
 from bucketfs.errors import (
     AccessDenied,
     BucketNotFound,
@@ -206,14 +207,14 @@ class S3Backend(S3Multipart, Backend):
         end: int | None,
         if_match: str | None,
         version_id: str | None,
-    ) -> tuple[SendGet, dict[str, str]]:
+    ) -> tuple[SendDirectGet, dict[str, str]]:
         """How to send a GET of the object (plain or streamed), and its headers."""
         headers = range_header(start, end)
         if if_match:
             headers["If-Match"] = quoted_etag(if_match)
         query = {"versionId": version_id} if version_id else {}
 
-        async def send(sent: Mapping[str, str], stream: bool) -> tuple[RawResponse, bytes]:
+        async def send(sent: Mapping[str, str], stream: bool) -> tuple[Answer, bytes]:
             return await self._request(
                 "GET", bucket, key, query=query, headers=sent, ok=RANGED_OK, stream=stream
             )
@@ -245,6 +246,19 @@ class S3Backend(S3Multipart, Backend):
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         send, headers = self._get_args(bucket, key, start, end, if_match, version_id)
         return ranged_stream(send, headers, start, end, self.endpoint, f"GET {bucket}/{key}")
+
+    def get_body(
+        self,
+        bucket: str,
+        key: str,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        if_match: str | None = None,
+        version_id: str | None = None,
+    ) -> AbstractAsyncContextManager[Body]:
+        send, headers = self._get_args(bucket, key, start, end, if_match, version_id)
+        return ranged_body(send, headers, start, end, self.endpoint, f"GET {bucket}/{key}")
 
     # --- writing -----------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ Why: httpcore2's pool, request and response models cost about twice a HEAD's own
 
 - HTTP framing and parsing are h11's, TLS is the `ssl` module's through `trio.SSLStream` (the
   caller's `ssl.SSLContext`: certificate and host name checks are its own); this module only
-  moves bytes between h11 and a stream (no header, status line or body framing of ours);
+  moves bytes between h11 and a stream (no header or status line parsing of ours, and no body
+  framing but `readinto`'s count of a `Content-Length` body, below);
   `Host` and the other headers come from the caller, `Content-Length` too when the body is an
   async iterable (else chunked encoding);
 - a connection goes back to the pool only when both h11 sides are DONE (the response read to
@@ -25,18 +26,30 @@ Why: httpcore2's pool, request and response models cost about twice a HEAD's own
   the one seam mapping them;
 - timeouts: `connect` bounds opening a connection, `read` each wait for response bytes,
   `write` each send, `pool` the wait for a free connection slot (None: no limit);
-- every connection slot taken is given back exactly once (`Exchange.aclose`).
+- every connection slot taken is given back exactly once (`Exchange.aclose`);
+- a body may instead be received straight into the caller's buffer (`Exchange.readinto`),
+  in a worker thread, off the trio thread: only on plain TCP, for an HTTP/1.1 answer framed
+  by `Content-Length` alone (h11 parsed its head and gives up what it holds of the body; the
+  bytes after it are counted here, the one framing of ours). Once all of them came, the
+  connection gets a fresh h11 state machine and is reused unless the answer said
+  `Connection: close`. Why: h11 copies each body byte three times on the trio thread, the
+  largest share of that thread's work in a cold read (docs/cache.md has the figures). A
+  cancelled receive wakes its thread and waits for it (`_in_thread`): no thread ever touches
+  a buffer or a socket after `readinto` left.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import select
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from typing import TypeVar
 
 import h11
 import httpx2
+import outcome
 import trio
 
 #: bytes asked for per receive: large, so a ranged GET of several MiB takes few reads
@@ -45,6 +58,7 @@ READ_SIZE = 1 << 20
 _JOIN_BODY = 64 << 10
 
 Headers = list[tuple[bytes, bytes]]
+T = TypeVar("T")
 
 
 class _Conn:
@@ -162,7 +176,8 @@ class Pool:
         if conn is None:
             return
         if reusable and not self._closed:
-            conn.h11.start_next_cycle()
+            if conn.h11.our_state is h11.DONE:  # not a fresh one (`Exchange.readinto`)
+                conn.h11.start_next_cycle()
             self._idle.setdefault(conn.host, []).append(conn)
         else:
             self._open -= 1
@@ -290,9 +305,22 @@ def _data(h: h11.Connection, chunk: bytes) -> bytes:
 
 
 class Exchange:
-    """A response head and its connection: read the body once (`aiter_raw`), then `aclose`."""
+    """A response head and its connection: read the body once (`aiter_raw`, or `readinto`
+    when `direct`), then `aclose`."""
 
-    __slots__ = ("_conn", "_done", "_pool", "headers", "status_code")
+    __slots__ = (
+        "_conn",
+        "_done",
+        "_error",
+        "_keep",
+        "_left",
+        "_length",
+        "_pending",
+        "_pool",
+        "direct",
+        "headers",
+        "status_code",
+    )
 
     def __init__(self, pool: Pool, conn: _Conn, head: h11.Response) -> None:
         self._pool = pool
@@ -301,6 +329,14 @@ class Exchange:
         self.status_code = head.status_code
         #: (name, value) pairs as received, in order
         self.headers: Headers = head.headers.raw_items()
+        length, self._keep = _framing(head)
+        #: `readinto` may receive the body itself (plain TCP, framed by Content-Length only)
+        self.direct = length is not None and isinstance(conn.stream, trio.SocketStream)
+        #: body bytes still to come from the socket (None: h11 still holds what it read)
+        self._left: int | None = None if self.direct else 0
+        self._pending = b""
+        self._error: Exception | None = None
+        self._length = length or 0
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         conn = self._conn
@@ -321,19 +357,159 @@ class Exchange:
         self._done = True
         self._finish(True)
 
+    async def readinto(self, view: memoryview) -> int:
+        """Fill `view` with the next bytes of the body (only when `direct`): all of it, fewer
+        only at the body's end (0 once it ended) or when the connection broke after some
+        bytes came (the next call raises). The socket is read in a worker thread."""
+        conn = self._conn
+        if self._error is not None:
+            stored, self._error = self._error, None
+            self._finish(False)
+            raise stored
+        if conn is None or self._done or not view:
+            return 0
+        try:
+            if self._left is None:
+                self._left = self._take_buffered(conn)
+            got = min(len(self._pending), len(view))
+            if got:
+                view[:got] = self._pending[:got]
+                self._pending = self._pending[got:]
+            want = min(len(view) - got, self._left)
+            if want:
+                fd, timeout = conn.socket.fileno(), self._pool._read
+                part = view[got : got + want]
+                n, error = await _in_thread(lambda wake: _receive(fd, part, wake, timeout))
+                got += n
+                self._left -= n
+                if error is not None:
+                    if not got:
+                        raise error
+                    self._error = error
+                    return got
+        except BaseException:
+            self._finish(False)
+            raise
+        if not self._left and not self._pending:
+            self._done = True
+            if self._keep:
+                conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 << 10)
+            self._finish(self._keep)
+        return got
+
+    def _take_buffered(self, conn: _Conn) -> int:
+        """What h11 read of the body along with the head (kept in `_pending`); returns how
+        many bytes of the body the socket still holds."""
+        h = conn.h11
+        pending: list[bytes] = []
+        try:
+            while True:
+                event = h.next_event()
+                if isinstance(event, h11.Data):
+                    pending.append(bytes(event.data))
+                elif event is h11.NEED_DATA or isinstance(event, h11.EndOfMessage):
+                    break
+                else:  # pragma: no cover - h11 yields nothing else inside a response
+                    raise httpx2.RemoteProtocolError(f"unexpected {event!r}")
+        except h11.RemoteProtocolError as exc:
+            raise httpx2.RemoteProtocolError(str(exc)) from exc
+        self._pending = b"".join(pending)
+        return self._length - len(self._pending)
+
     def _finish(self, complete: bool) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
         h = conn.h11
-        reusable = (
-            complete
-            and h.our_state is h11.DONE
-            and h.their_state is h11.DONE
-            and h.trailing_data == (b"", False)  # nothing sent past the response, no EOF
-        )
+        if self.direct and self._left is not None:  # the body came past h11 (`readinto`)
+            reusable = complete and self._keep
+        else:
+            reusable = (
+                complete
+                and h.our_state is h11.DONE
+                and h.their_state is h11.DONE
+                and h.trailing_data == (b"", False)  # nothing sent past the response, no EOF
+            )
         self._pool._release(conn, reusable)
 
     async def aclose(self) -> None:
         """Give the connection back (kept only when the body was read to its end)."""
         self._finish(self._done)
+
+
+def _framing(head: h11.Response) -> tuple[int | None, bool]:
+    """The body's length when only `Content-Length` frames it (else None), and whether the
+    connection stays open after it (HTTP/1.1 without `Connection: close`)."""
+    length: int | None = None
+    keep = head.http_version == b"1.1"
+    for name, value in head.headers:
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            return None, False
+        elif name == b"connection" and b"close" in value.lower():
+            keep = False
+    return length, keep
+
+
+def _receive(fd: int, view: memoryview, wake: int, timeout: float) -> tuple[int, Exception | None]:
+    """In a worker thread: fill `view` from the non-blocking socket `fd`. Returns the bytes
+    received and what stopped it early: a timeout, a broken or closed connection, or `wake`
+    (the caller was cancelled)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.register(wake, select.POLLIN)
+    wait = -1 if math.isinf(timeout) else max(1, int(timeout * 1000))
+    got = 0
+    while got < len(view):
+        try:
+            n = os.readv(fd, [view[got:]])
+        except BlockingIOError:
+            ready = poller.poll(wait)
+            if not ready:
+                return got, httpx2.ReadTimeout("timed out reading")
+            if any(f == wake for f, _ in ready):
+                return got, _Woken()
+            continue
+        except OSError as exc:
+            return got, httpx2.ReadError(str(exc) or type(exc).__name__)
+        if not n:
+            return got, httpx2.RemoteProtocolError(
+                "peer closed connection without sending complete message body"
+            )
+        got += n
+    return got, None
+
+
+class _Woken(Exception):
+    """A worker thread's receive stopped because its caller was cancelled (never raised
+    outside this module: the cancellation is)."""
+
+
+async def _in_thread(fn: Callable[[int], T]) -> T:
+    """`fn(wake)` in a worker thread; when the caller is cancelled, `wake` (an eventfd)
+    becomes readable and the caller waits for `fn` to return before it leaves."""
+    wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    result: list[outcome.Outcome[T]] = []
+
+    def deliver(value: outcome.Outcome[T]) -> None:
+        def land() -> None:
+            result.append(value)
+            done.set()
+
+        token.run_sync_soon(land)
+
+    try:
+        trio.lowlevel.start_thread_soon(lambda: fn(wake), deliver)
+        try:
+            await done.wait()
+        finally:
+            if not done.is_set():
+                os.eventfd_write(wake, 1)
+                with trio.CancelScope(shield=True):
+                    await done.wait()
+        return result[0].unwrap()
+    finally:
+        os.close(wake)

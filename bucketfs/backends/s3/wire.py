@@ -66,7 +66,7 @@ def as_httpx(exc: Exception) -> httpx2.TransportError:
 class Answer:
     """A response whose body has not been read yet: `aiter_raw()` once, then `aclose()`."""
 
-    __slots__ = ("_chunks", "_close", "headers", "status_code")
+    __slots__ = ("_chunks", "_close", "_readinto", "headers", "status_code")
 
     def __init__(
         self,
@@ -74,12 +74,29 @@ class Answer:
         headers: Headers,
         chunks: AsyncIterator[bytes],
         close: Callable[[], Awaitable[None]],
+        readinto: Callable[[memoryview], Awaitable[int]] | None = None,
     ) -> None:
         self.status_code = status_code
         #: the raw (name, value) pairs as received, in order
         self.headers = headers
         self._chunks = chunks
         self._close = close
+        self._readinto = readinto
+
+    @property
+    def direct(self) -> bool:
+        """Whether `readinto` receives the body itself (`pool.Exchange.readinto`); else only
+        `aiter_raw` reads it."""
+        return self._readinto is not None
+
+    async def readinto(self, view: memoryview) -> int:
+        """The next bytes of the body into `view` (only when `direct`; see
+        `pool.Exchange.readinto`)."""
+        assert self._readinto is not None
+        try:
+            return await self._readinto(view)
+        except _LOW_LEVEL as exc:
+            raise as_httpx(exc) from exc
 
     def header(self, name: bytes) -> str | None:
         """The value of header `name` (lower case), Latin-1; repeated headers joined by ", "."""
@@ -187,7 +204,10 @@ class Wire:
             assert self._lean_args is not None
             pool = self._lean[port] = Pool(port, **self._lean_args)
         exchange = await pool.send(method.encode("ascii"), host, target, headers, body)
-        return Answer(exchange.status_code, exchange.headers, exchange.aiter_raw(), exchange.aclose)
+        readinto = exchange.readinto if exchange.direct else None
+        return Answer(
+            exchange.status_code, exchange.headers, exchange.aiter_raw(), exchange.aclose, readinto
+        )
 
     async def _send_transport(
         self,

@@ -54,7 +54,8 @@ class Seen:
 
 #: answers one request: returns (status, headers, body, what to do after)
 #: what: "keep" (keep-alive), "close" (close the socket silently after the answer),
-#: "hang" (never answer), "partial" (send half the body, then close)
+#: "hang" (never answer), "partial" (send half the body, then close), "stall" (send half the
+#: body, then nothing more)
 Handler = Callable[[h11.Request, bytes], Awaitable[tuple[int, list[tuple[str, str]], bytes, str]]]
 
 
@@ -100,8 +101,10 @@ async def _serve_one(stream: trio.abc.Stream, handler: Handler, seen: Seen) -> N
             headers = [*headers, ("Content-Length", str(len(payload)))]
             out = conn.send(h11.Response(status_code=status, headers=headers))
             assert out is not None
-            if what == "partial":
+            if what in ("partial", "stall"):
                 await stream.send_all(out + payload[: len(payload) // 2])
+                if what == "stall":
+                    await trio.sleep_forever()
                 return
             if request.method != b"HEAD":
                 out += conn.send(h11.Data(data=payload)) or b""

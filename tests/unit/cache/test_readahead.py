@@ -292,3 +292,29 @@ def test_a_body_that_breaks_off_is_fetched_on_from_the_last_whole_block(run_fs: 
         assert h.fs.data.cache.gets == len(ranges)
 
     run_fs(body)
+
+
+def test_background_fill_sends_full_readahead_parts(run_fs: RunFs) -> None:
+    """A file read at random places is then fetched in parts as large as a sequential
+    reader's (16 MiB with the default window), not 8-block pieces."""
+
+    async def body(h: Harness) -> None:
+        data = data_of(64 * MiB)
+        await h.put("db", data)
+        node = await h.fs.lookup(ROOT_INO, "db")
+        ranges = _record_gets(h)
+        fh, _keep = await h.fs.open(node.ino, os.O_RDONLY)
+        offsets = [50 * MiB + 3, 3 * MiB, 40 * MiB, 20 * MiB + 9]
+        for off in offsets:
+            assert await h.fs.read(fh, off, 4096) == data[off : off + 4096]
+        cf = h.fs.data.cache.find(BUCKET, "db")
+        assert cf is not None
+        with trio.fail_after(30):
+            while cf.filling or len(cf.present) < 64:  # noqa: ASYNC110 - no event for a fill's end
+                await trio.sleep(0.01)
+        await h.fs.release(fh)
+        fill = ranges[len(offsets) :]
+        assert max(e - s for s, e in fill) == 16 * MiB
+        assert len(fill) <= 64 // 16 + len(offsets)  # a part, plus one per hole it spans
+
+    run_fs(body, cache_size=1024 * MiB)
