@@ -9,6 +9,7 @@ still works; a group holding anything else (a bug, a cancellation) is re-raised 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -79,8 +80,11 @@ class Foreground:
     def __init__(self) -> None:
         self.active = 0
         self.last = -1e18  # trio time of the last begin or end
+        #: kernel requests begun, by operation (`bucketfs status`: `kernel_requests`)
+        self.requests: Counter[str] = Counter()
 
-    def begin(self) -> None:
+    def begin(self, op: str) -> None:
+        self.requests[op] += 1
         self.active += 1
         self.last = trio.current_time()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,10 +53,13 @@ async def sync_path(namespace: Namespace, ino: int) -> None:
 
 
 class Control:
-    def __init__(self, namespace: Namespace, xattrs: Xattrs, cache_dir: Path) -> None:
+    def __init__(
+        self, namespace: Namespace, xattrs: Xattrs, cache_dir: Path, requests: Mapping[str, int]
+    ) -> None:
         self._ns = namespace
         self._xattrs = xattrs
         self._cache_dir = cache_dir
+        self._requests = requests
 
     def status(self) -> dict[str, object]:
         """What `bucketfs status` prints: where the data is."""
@@ -79,6 +83,8 @@ class Control:
             "cache_size": data["cache_size"],
             "hit_ratio": data["hit_ratio"],
             "subtree_listings": self._ns.subtrees.listed,  # listing.py (JSON only)
+            # kernel requests answered, by operation (JSON only; FORGET has no answer)
+            "kernel_requests": dict(self._requests),
             # what memory holds per file (JSON only): bounded by what is open and cached
             "nodes": len(self._ns.table),
             "cached_files": data["cached_files"],

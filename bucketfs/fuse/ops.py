@@ -47,7 +47,7 @@ def _errors(op: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
         # uploads yield to kernel requests (core/fs.py `foreground`, cache/writeback.py)
         foreground = args[0].fs.foreground if args and isinstance(args[0], FuseOps) else None
         if foreground is not None:
-            foreground.begin()
+            foreground.begin(op.__name__)
         try:
             return await op(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -175,6 +175,8 @@ class FuseOps(pyfuse3.Operations):
     @_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         for name, node, next_id in await self.fs.readdir(fh, start_id):
+            if self.fs.attrs_coming(node):  # HEADs a walker's listing started (prefetch.py)
+                await self.fs.wait_attrs(node)
             if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self._attrs(node), next_id):
                 break
             if name not in (".", ".."):  # the kernel takes no reference for these two

@@ -161,3 +161,35 @@ def test_cat_of_a_small_file_sends_one_get_at_open(
     before = proxy.snapshot()
     assert (mnt.path / "c" / "f04").read_bytes() == b"c" * 100
     assert "GET" not in sent(proxy, before)  # the cache kept its bytes: a HEAD, no GET
+
+
+def test_ls_lR_sends_no_lookup_per_file_once_the_walker_asks(
+    proxy: CountingProxy, s3_mounts: MountFactory
+) -> None:
+    """`ls -lR` over directories of small files: after two listings whose entries the kernel
+    looked up (each small file's kind needs its HEAD), readdir starts the HEADs itself and
+    answers with full attributes, so the kernel sends no LOOKUP per entry; one HEAD per file
+    either way (core/prefetch.py)."""
+    dirs, per = 6, 10
+    mnt = counted(proxy, s3_mounts)
+    store = mnt.raw_store
+    assert store is not None
+    for d in range(dirs):
+        for i in range(per):
+            store.put(f"w/d{d}/f{i:02d}", b"z" * (10 + i))
+    os.listdir(mnt.path)
+    lookups = mnt.status()["kernel_requests"].get("lookup", 0)
+    before = proxy.snapshot()
+    out = subprocess.run(
+        [require_tool("ls"), "-lR", str(mnt.path / "w")],
+        check=True,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    ).stdout
+    walked = sent(proxy, before)
+    looked_up = mnt.status()["kernel_requests"].get("lookup", 0) - lookups
+    assert out.count(" 19 ") >= dirs  # f09's size in every directory
+    assert walked.get("HEAD", 0) <= dirs * per + dirs + 1, walked  # files, markers of w/ d*/
+    # w/ and its directories, and the files of the first two listings (was all 60 files)
+    assert looked_up <= 1 + dirs + 2 * per, looked_up

@@ -163,7 +163,7 @@ async def kernel_busy(h: Harness, seconds: float) -> None:
     `BucketFS.foreground`), for `seconds` of the mock clock."""
     until = trio.current_time() + seconds
     while trio.current_time() < until:
-        h.fs.foreground.begin()
+        h.fs.foreground.begin("write")
         await trio.sleep(0.005)
         h.fs.foreground.end()
         await trio.sleep(0.005)
