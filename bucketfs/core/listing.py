@@ -57,6 +57,8 @@ WINDOW = 5.0
 TOO_BIG_FOR = 600.0
 #: changes made while a subtree listing is under way that are applied to it (more: dropped)
 REPLAY = 1024
+#: names of files kept from expired listings (`FileNames`), all directories together
+FILE_NAMES = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +233,36 @@ class Listings:
         per = (self._listings, self._made, self._sizes, self._changes, self._asked, self._implicit)
         for per_inode in per:
             per_inode.pop(ino, None)
+
+
+class FileNames:
+    """The names each directory's last listing showed as files, kept after the listing
+    expired, by (bucket, directory key), at most `FILE_NAMES` names in all (the least
+    recently listed directories go first).
+
+    What they are for (resolve.py): a name that the last listing showed as a file is asked
+    with its HEAD alone; the answer is as fresh as any, and a name that is now something else
+    (gone: the HEAD finds nothing) is asked as if it had never been listed. The listing only
+    said the name was not a directory too (a key that is both is shown as the directory):
+    a prefix of that name another client makes later shows once a listing of the directory
+    is asked for (readdir), as for a file the mount knows already (namespace.py)."""
+
+    def __init__(self) -> None:
+        self._names: LRUCache[tuple[str, str], frozenset[str]] = LRUCache(
+            maxsize=FILE_NAMES, getsizeof=len
+        )
+
+    def listed(self, bucket: str, key: str, listing: dict[str, Entry]) -> None:
+        """Directory `key` was listed just now (a readdir, a relisting for lookups)."""
+        names = frozenset(name for name, entry in listing.items() if entry.kind is Kind.FILE)
+        if len(names) <= FILE_NAMES:
+            self._names[(bucket, key)] = names
+        else:
+            self._names.pop((bucket, key), None)
+
+    def was_file(self, bucket: str, key: str, name: str) -> bool:
+        names = self._names.get((bucket, key))
+        return names is not None and name in names
 
 
 class Subtrees:

@@ -256,3 +256,24 @@ def test_a_change_to_a_held_empty_listing_is_applied_with_no_ancestor_listed() -
         assert sorted(subtrees.get("b", "w/d0/") or {}) == ["s1"]
 
     trio.run(main)
+
+
+def test_file_names_of_expired_listings_are_kept_within_a_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`FileNames` keeps what listings showed as files (not directories) for lookups after
+    they expired, at most `FILE_NAMES` names in all: the oldest directories go first."""
+    monkeypatch.setattr(listing, "FILE_NAMES", 5)
+    names = listing.FileNames()
+    files = {f"f{i}": listing.Entry(Kind.FILE, None) for i in range(3)}
+    names.listed("b", "a/", {**files, "sub": listing.Entry(Kind.DIR, None)})
+    assert names.was_file("b", "a/", "f1")
+    assert not names.was_file("b", "a/", "sub")
+    assert not names.was_file("b", "other/", "f1")
+    names.listed("b", "c/", files)
+    assert not names.was_file("b", "a/", "f1")  # 3 + 3 > 5: the older directory went
+    assert names.was_file("b", "c/", "f1")
+    too_many = {f"g{i}": listing.Entry(Kind.FILE, None) for i in range(6)}
+    names.listed("b", "c/", too_many)  # larger than the budget: kept for none
+    assert not names.was_file("b", "c/", "f1")
+    assert not names.was_file("b", "c/", "g1")
