@@ -51,7 +51,8 @@ PAGE_KEYS = 1000
 #: how far above a relisted directory an ancestor to list may be
 LEVELS = 3
 #: an ancestor is listed once another directory under it was relisted within this many
-#: seconds (and at least this many `dir_timeout`s)
+#: seconds (and at least 5 `dir_timeout`s); a directory never listed is listed at the
+#: second lookup there within as long (`Listings.worth_listing`)
 WINDOW = 5.0
 #: seconds an ancestor too large to list recursively is not tried again
 TOO_BIG_FOR = 600.0
@@ -157,7 +158,7 @@ class Listings:
         self._sizes: LRUCache[int, int] = LRUCache(maxsize=65536)
         self._changes: LRUCache[int, int] = LRUCache(maxsize=65536)
         #: directories never listed where a lookup asked the server about a name lately
-        self._asked: TTLCache[int, bool] = TTLCache(maxsize=1024, ttl=max(dir_timeout, 1e-6))
+        self._asked: TTLCache[int, bool] = TTLCache(maxsize=1024, ttl=max(WINDOW, 5 * dir_timeout))
         #: directories listed for lookups only, never by a readdir or made here (`implicit`)
         self._implicit: LRUCache[int, bool] = LRUCache(maxsize=65536)
 
@@ -176,7 +177,9 @@ class Listings:
         """Whether a lookup of a name that no fresh listing answers should list directory
         `ino` (one page) rather than ask about the name alone: its last listing had at most
         `limit` entries, or it was never listed and another lookup there asked the server
-        less than `dir_timeout` ago (`stat` of many names: one LIST, not one per name)."""
+        less than `WINDOW` ago (`stat` of many names: one LIST, not one per name; within
+        `dir_timeout` only, `stat` of names spread over 100 directories asked most of them
+        by name twice or more before listing them)."""
         size = self._sizes.get(ino)
         if size is not None:
             return size <= limit
