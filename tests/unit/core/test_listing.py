@@ -13,7 +13,7 @@ from bucketfs.core.listing import split_subtree
 from bucketfs.core.nodes import ROOT_INO, Kind
 from bucketfs.errors import NoEntry
 from bucketfs.types import ObjectInfo
-from tests.support.harness import Harness, RunFs
+from tests.support.harness import BUCKET, Harness, RunFs
 
 #: the listings' time to live in the tests below, and a wait that outlives it
 DIR_TIMEOUT = 0.3
@@ -277,3 +277,30 @@ def test_file_names_of_expired_listings_are_kept_within_a_budget(
     names.listed("b", "c/", too_many)  # larger than the budget: kept for none
     assert not names.was_file("b", "c/", "f1")
     assert not names.was_file("b", "c/", "g1")
+
+
+def test_an_ancestor_that_listings_show_too_large_is_not_listed_recursively(
+    run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stat` of names spread over the directories of a large tree: the directories are
+    relisted one by one, and an ancestor whose listings already show more keys than a
+    subtree listing may take (`PAGES` of `PAGE_KEYS`: 3 of its directories of 5 files, 15
+    keys, over 2 pages of 2) is not listed recursively (was: the root's pages, given up)."""
+    monkeypatch.setattr(listing, "PAGE_KEYS", 2)
+    monkeypatch.setattr(listing, "PAGES", 2)
+
+    async def body(h: Harness) -> None:
+        for d in "abc":
+            for i in range(5):
+                await h.put(f"t/{d}/f{i}", b"x")
+        t = await h.fs.lookup(ROOT_INO, "t")
+        dirs = await h.ls(t.ino)
+        h.store.calls.clear()
+        for d in "ab":  # the second name lists the directory (worth_listing)
+            for i in range(2):
+                assert (await h.fs.lookup(dirs[d].ino, f"f{i}")).kind is Kind.FILE
+        assert h.store.calls["list_page"] == 4  # a LIST of `f0/` and the directory, each
+        assert h.fs.namespace.resolver.file_names.estimate(BUCKET, "t/") == 15
+        assert h.fs.namespace.subtrees.listed == 0
+
+    run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)
