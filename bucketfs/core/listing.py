@@ -27,7 +27,8 @@ Invariants: a listing (a directory's own or a subtree's) is used for `dir_timeou
 came; every change made through this mount is applied to it (`changed`); a directory's own
 listing that overlapped such a change is not kept (`Listings.keep`), a subtree listing gets
 the changes made while it was under way applied (`Subtrees.refresh`); an ancestor whose
-subtree does not fit in `PAGES` pages is not listed that way again for `TOO_BIG_FOR` seconds.
+subtree does not fit in `PAGES` pages is not listed that way again for `TOO_BIG_FOR` seconds,
+nor is one that listings already show larger (`FileNames.estimate`).
 """
 
 from __future__ import annotations
@@ -51,12 +52,15 @@ PAGE_KEYS = 1000
 #: how far above a relisted directory an ancestor to list may be
 LEVELS = 3
 #: an ancestor is listed once another directory under it was relisted within this many
-#: seconds (and at least this many `dir_timeout`s)
+#: seconds (and at least 5 `dir_timeout`s); a directory never listed is listed at the
+#: second lookup there within as long (`Listings.worth_listing`)
 WINDOW = 5.0
 #: seconds an ancestor too large to list recursively is not tried again
 TOO_BIG_FOR = 600.0
 #: changes made while a subtree listing is under way that are applied to it (more: dropped)
 REPLAY = 1024
+#: names of files kept from expired listings (`FileNames`), all directories together
+FILE_NAMES = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +159,7 @@ class Listings:
         self._sizes: LRUCache[int, int] = LRUCache(maxsize=65536)
         self._changes: LRUCache[int, int] = LRUCache(maxsize=65536)
         #: directories never listed where a lookup asked the server about a name lately
-        self._asked: TTLCache[int, bool] = TTLCache(maxsize=1024, ttl=max(dir_timeout, 1e-6))
+        self._asked: TTLCache[int, bool] = TTLCache(maxsize=1024, ttl=max(WINDOW, 5 * dir_timeout))
         #: directories listed for lookups only, never by a readdir or made here (`implicit`)
         self._implicit: LRUCache[int, bool] = LRUCache(maxsize=65536)
 
@@ -174,7 +178,9 @@ class Listings:
         """Whether a lookup of a name that no fresh listing answers should list directory
         `ino` (one page) rather than ask about the name alone: its last listing had at most
         `limit` entries, or it was never listed and another lookup there asked the server
-        less than `dir_timeout` ago (`stat` of many names: one LIST, not one per name)."""
+        less than `WINDOW` ago (`stat` of many names: one LIST, not one per name; within
+        `dir_timeout` only, `stat` of names spread over 100 directories asked most of them
+        by name twice or more before listing them)."""
         size = self._sizes.get(ino)
         if size is not None:
             return size <= limit
@@ -231,6 +237,52 @@ class Listings:
         per = (self._listings, self._made, self._sizes, self._changes, self._asked, self._implicit)
         for per_inode in per:
             per_inode.pop(ino, None)
+
+
+class FileNames:
+    """The names each directory's last listing showed, files and directories apart, kept
+    after the listing expired, by (bucket, directory key), at most `FILE_NAMES` names in all
+    (the least recently listed directories go first).
+
+    What they are for (resolve.py): a name that the last listing showed as a file is asked
+    with its HEAD alone; the answer is as fresh as any, and a name that is now something else
+    (gone: the HEAD finds nothing) is asked as if it had never been listed. The listing only
+    said the name was not a directory too (a key that is both is shown as the directory):
+    a prefix of that name another client makes later shows once a listing of the directory
+    is asked for (readdir), as for a file the mount knows already (namespace.py). And how
+    many keys a subtree holds, roughly (`estimate`): one too large for a recursive listing
+    is not tried (`Subtrees`)."""
+
+    def __init__(self) -> None:
+        self._names: LRUCache[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = LRUCache(
+            maxsize=FILE_NAMES, getsizeof=lambda both: len(both[0]) + len(both[1])
+        )
+
+    def listed(self, bucket: str, key: str, listing: dict[str, Entry]) -> None:
+        """Directory `key` was listed just now (a readdir, a relisting for lookups)."""
+        files = frozenset(name for name, entry in listing.items() if entry.kind is Kind.FILE)
+        dirs = frozenset(listing.keys() - files)
+        if len(listing) <= FILE_NAMES:
+            self._names[(bucket, key)] = (files, dirs)
+        else:
+            self._names.pop((bucket, key), None)
+
+    def was_file(self, bucket: str, key: str, name: str) -> bool:
+        names = self._names.get((bucket, key))
+        return names is not None and name in names[0]
+
+    def estimate(self, bucket: str, key: str, levels: int = LEVELS) -> int:
+        """How many keys directory `key` holds, as far as listings tell (0: never listed):
+        its files, and for each subdirectory the mean of those listed (1 if none), down to
+        `levels` below it."""
+        names = self._names.get((bucket, key))
+        if names is None:
+            return 0
+        files, dirs = names
+        below = [f"{key}{name}/" for name in dirs] if levels > 0 else []
+        known = [self.estimate(bucket, k, levels - 1) for k in below if (bucket, k) in self._names]
+        each = max(1.0, sum(known) / len(known)) if known else 1.0
+        return len(files) + round(len(dirs) * each)
 
 
 class Subtrees:

@@ -27,6 +27,9 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
   answer lists the directory again (resolve.py, at most `RELIST_ENTRIES`, the name's HEAD
   sent beside it); one never listed is listed at the second such lookup within
   `dir_timeout`, trusted for the names it holds (listing.py);
+- the names each directory's last listing showed as files (`listing.FileNames`, no expiry,
+  a bounded number): such a name with no fresh listing is asked with its HEAD alone
+  (resolve.py);
 - HEADs kept for reuse (heads.py): a HEAD that found a key serves the next `open` of it
   within `OPEN_REUSES_HEAD`, and one open at most;
 - HEADs kept across mounts (`cache/attrstore.py`, through `FileData.attrs`): a listed file
@@ -532,6 +535,8 @@ class Namespace:
         listed = await list_children(self.backend, directory.bucket, directory.key)
         assert listed is not None
         self.listings.keep(directory.ino, listed, changes, readdir=True)  # not if it lacks one
+        if directory.bucket is not None:
+            self.resolver.file_names.listed(directory.bucket, directory.key, listed)
         entries: list[tuple[str, Node]] = []
         seen: set[str] = set()
         for name, entry in listed.items():

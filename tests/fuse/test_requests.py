@@ -6,8 +6,10 @@ The cuts: an exclusive create (GNU tar's every file) answered from a fresh listi
 upload's `If-None-Match: *` keeping it exclusive (core/handles.py `_exclusive`); a lookup
 needs only the kind, so `rm -rf` sends no HEAD for entries of a sure kind and does not
 prefetch their metadata (core/prefetch.py); `stat` of many names lists the directory once
-(listing.py `Listings.worth_listing`); opening a small file to read is one GET that brings
-its attributes and bytes (core/handles.py `_see_now`). Each test fails without its cut.
+(listing.py `Listings.worth_listing`), and a name its expired listing showed as a file is
+asked with its HEAD alone (listing.py `FileNames`); opening a small file to read is one GET
+that brings its attributes and bytes (core/handles.py `_see_now`). Each test fails without
+its cut.
 """
 
 from __future__ import annotations
@@ -127,6 +129,37 @@ def test_stat_of_many_names_lists_once(proxy: CountingProxy, s3_mounts: MountFac
     for i in range(3, 6):
         assert not (mnt.path / "s" / f"missing{i}").exists()
     assert sent(proxy, before) == {}
+
+
+def test_stats_spread_over_directories_whose_listings_expired_send_a_head_each(
+    proxy: CountingProxy, s3_mounts: MountFactory
+) -> None:
+    """`stat` of files spread over many directories, each directory met again after its
+    listing expired (the bench's stat_1000): a name the directory's last listing showed as
+    a file is asked with its HEAD alone, not with a LIST of the directory again beside it
+    (core/resolve.py, listing.FileNames). The directories share no ancestor within
+    listing.LEVELS, as in a tree too large for a subtree listing (the bench's 10,000 keys)."""
+    dirs, files = 8, 6
+
+    def path(d: int, i: int) -> str:
+        return f"w{d}/x/y/z/f{i}"
+
+    mnt = counted(proxy, s3_mounts, "dir_timeout=0.3")
+    store = mnt.raw_store
+    assert store is not None
+    for d in range(dirs):
+        for i in range(files):
+            store.put(path(d, i), b"x" * (d + i))
+    for d in range(dirs):  # two names each: the second lists the directory (worth_listing)
+        for i in range(2):
+            assert os.stat(mnt.path / path(d, i)).st_size == d + i
+    before = proxy.snapshot()
+    for i in range(2, files):
+        time.sleep(0.4)  # every listing expired
+        for d in range(dirs):
+            assert os.stat(mnt.path / path(d, i)).st_size == d + i
+    stats = sent(proxy, before)
+    assert stats == {"HEAD": dirs * (files - 2)}, stats  # was a LIST beside each HEAD
 
 
 def test_cat_of_a_small_file_sends_one_get_at_open(

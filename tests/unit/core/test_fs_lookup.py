@@ -311,12 +311,13 @@ def test_a_file_found_by_listing_its_directory_again_costs_one_round_trip(run_fs
             await h.put(f"d/f{i}", b"x")
         d = await h.fs.lookup(ROOT_INO, "d")
         await h.ls(d.ino)
-        for name in ("late1", "late2"):  # no node yet: the lookup asks
-            await h.put(f"d/{name}", b"four", mode=str(0o100600))
+        await h.put("d/late1", b"four", mode=str(0o100600))  # no node yet: the lookup asks
         h.store.calls.clear()
         started = trio.current_time()
         await h.fs.lookup(d.ino, "late1")  # nothing learnt yet: LIST, then HEAD
         assert trio.current_time() - started == pytest.approx(2.0)
+        await h.put("d/late2", b"four", mode=str(0o100600))  # not in that listing either
+        del h.store.calls["put"]
         started = trio.current_time()
         node = await h.fs.lookup(d.ino, "late2")
         assert trio.current_time() - started == pytest.approx(1.0)
@@ -331,6 +332,47 @@ def test_a_file_found_by_listing_its_directory_again_costs_one_round_trip(run_fs
         assert dict(h.store.calls) == {"list_page": 5, "head": 3}
 
     run_fs(body, negative_timeout=0, dir_timeout=0, latency=1.0)
+
+
+def test_a_name_an_expired_listing_showed_as_a_file_is_asked_with_its_head_alone(
+    run_fs: RunFs,
+) -> None:
+    """`stat` of files spread over many directories comes back to each directory after its
+    listing expired (the bench's stat_1000: a LIST of the directory beside each file's HEAD):
+    a name the last listing showed as a file needs its HEAD only. One that is gone or became
+    a directory since is asked as if never listed."""
+
+    async def body(h: Harness) -> None:
+        for i in range(4):
+            await h.put(f"d/f{i}", b"x" * i)
+        d = await h.fs.lookup(ROOT_INO, "d")
+        listed = await h.ls(d.ino)
+        h.fs.forget([(node.ino, node.lookups) for node in listed.values()])  # the kernel's
+        h.store.calls.clear()
+        for i in (2, 0, 3):
+            node = await h.fs.lookup(d.ino, f"f{i}")
+            assert (node.kind, node.size) == (Kind.FILE, i)
+            h.fs.forget([(node.ino, 1)])
+        assert dict(h.store.calls) == {"head": 3}  # dir_timeout 0: no listing was fresh
+        # another client: f1 gone, f2 a directory now, f3 a file and a prefix (the directory
+        # wins, which a HEAD alone cannot tell: it shows once the directory is listed again)
+        await h.store.delete(BUCKET, "d/f1")
+        await h.store.delete(BUCKET, "d/f2")
+        await h.put("d/f2/inner", b"i")
+        await h.put("d/f3/inner", b"i")
+        h.store.calls.clear()
+        f3 = await h.fs.lookup(d.ino, "f3")
+        assert f3.kind is Kind.FILE
+        h.fs.forget([(f3.ino, 1)])
+        assert dict(h.store.calls) == {"head": 1}
+        with pytest.raises(NoEntry):  # its HEAD, then the directory listed again
+            await h.fs.lookup(d.ino, "f1")
+        assert dict(h.store.calls) == {"head": 2, "list_page": 1}
+        for name in ("f2", "f3"):  # that listing showed them as directories
+            assert (await h.fs.lookup(d.ino, name)).kind is Kind.DIR
+        assert dict(h.store.calls) == {"head": 4, "list_page": 3}  # LIST, marker HEAD each
+
+    run_fs(body, negative_timeout=0, dir_timeout=0, attr_timeout=0)
 
 
 def test_a_large_directory_is_not_listed_again_for_one_lookup(

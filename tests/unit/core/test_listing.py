@@ -13,7 +13,7 @@ from bucketfs.core.listing import split_subtree
 from bucketfs.core.nodes import ROOT_INO, Kind
 from bucketfs.errors import NoEntry
 from bucketfs.types import ObjectInfo
-from tests.support.harness import Harness, RunFs
+from tests.support.harness import BUCKET, Harness, RunFs
 
 #: the listings' time to live in the tests below, and a wait that outlives it
 DIR_TIMEOUT = 0.3
@@ -256,3 +256,51 @@ def test_a_change_to_a_held_empty_listing_is_applied_with_no_ancestor_listed() -
         assert sorted(subtrees.get("b", "w/d0/") or {}) == ["s1"]
 
     trio.run(main)
+
+
+def test_file_names_of_expired_listings_are_kept_within_a_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`FileNames` keeps what listings showed as files (not directories) for lookups after
+    they expired, at most `FILE_NAMES` names in all: the oldest directories go first."""
+    monkeypatch.setattr(listing, "FILE_NAMES", 5)
+    names = listing.FileNames()
+    files = {f"f{i}": listing.Entry(Kind.FILE, None) for i in range(3)}
+    names.listed("b", "a/", {**files, "sub": listing.Entry(Kind.DIR, None)})
+    assert names.was_file("b", "a/", "f1")
+    assert not names.was_file("b", "a/", "sub")
+    assert not names.was_file("b", "other/", "f1")
+    names.listed("b", "c/", files)
+    assert not names.was_file("b", "a/", "f1")  # 3 + 3 > 5: the older directory went
+    assert names.was_file("b", "c/", "f1")
+    too_many = {f"g{i}": listing.Entry(Kind.FILE, None) for i in range(6)}
+    names.listed("b", "c/", too_many)  # larger than the budget: kept for none
+    assert not names.was_file("b", "c/", "f1")
+    assert not names.was_file("b", "c/", "g1")
+
+
+def test_an_ancestor_that_listings_show_too_large_is_not_listed_recursively(
+    run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stat` of names spread over the directories of a large tree: the directories are
+    relisted one by one, and an ancestor whose listings already show more keys than a
+    subtree listing may take (`PAGES` of `PAGE_KEYS`: 3 of its directories of 5 files, 15
+    keys, over 2 pages of 2) is not listed recursively (was: the root's pages, given up)."""
+    monkeypatch.setattr(listing, "PAGE_KEYS", 2)
+    monkeypatch.setattr(listing, "PAGES", 2)
+
+    async def body(h: Harness) -> None:
+        for d in "abc":
+            for i in range(5):
+                await h.put(f"t/{d}/f{i}", b"x")
+        t = await h.fs.lookup(ROOT_INO, "t")
+        dirs = await h.ls(t.ino)
+        h.store.calls.clear()
+        for d in "ab":  # the second name lists the directory (worth_listing)
+            for i in range(2):
+                assert (await h.fs.lookup(dirs[d].ino, f"f{i}")).kind is Kind.FILE
+        assert h.store.calls["list_page"] == 4  # a LIST of `f0/` and the directory, each
+        assert h.fs.namespace.resolver.file_names.estimate(BUCKET, "t/") == 15
+        assert h.fs.namespace.subtrees.listed == 0
+
+    run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)
