@@ -290,7 +290,7 @@ def test_the_task_dump_names_what_a_stuck_read_waits_for(
     """SIGUSR1 makes the daemon log every task's await chain (bucketfs/fuse/taskdump.py; the test
     harness asks for it before it takes down a daemon that hangs): a read whose GET gets no
     answer shows as the FUSE read waiting for the fetch, and the fetch waiting in the S3
-    backend's streamed GET (through the `asynccontextmanager` it is opened with). The mount
+    backend's ranged GET into the fetch's buffer (`ranged_body`). The mount
     keeps serving after the dump."""
     mounts = CrashMounts(proxied_env(seaweed, proxy), tmp_path / "m")
     try:
@@ -313,7 +313,7 @@ def test_the_task_dump_names_what_a_stuck_read_waits_for(
                 for t in tasks
             ), dump
             assert any(
-                "_fetch" in t and "http.py" in t and "ranged_stream" in t and "s3/backend.py" in t
+                "_fetch" in t and "http.py" in t and "ranged_body" in t and "s3/backend.py" in t
                 for t in tasks
             ), dump
             assert any(t.startswith("thread ") for t in tasks), dump
