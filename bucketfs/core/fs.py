@@ -217,14 +217,6 @@ class BucketFS:
     async def readdir(self, fh: int, offset: int) -> list[tuple[str, Node, int]]:
         return await self.handles.readdir(fh, offset)
 
-    def attrs_coming(self, node: Node) -> bool:
-        """Whether the HEAD of a listed entry is under way: readdir waits for it, so that the
-        kernel keeps the entry's attributes instead of asking again (core/prefetch.py)."""
-        return self.namespace.prefetch.waits(node)
-
-    async def wait_attrs(self, node: Node) -> None:
-        await self.namespace.prefetch.wait(node)
-
     async def fsyncdir(self) -> None:
         await self.handles.fsyncdir()
 

@@ -175,8 +175,6 @@ class FuseOps(pyfuse3.Operations):
     @_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         for name, node, next_id in await self.fs.readdir(fh, start_id):
-            if self.fs.attrs_coming(node):  # HEADs a walker's listing started (prefetch.py)
-                await self.fs.wait_attrs(node)
             if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self._attrs(node), next_id):
                 break
             if name not in (".", ".."):  # the kernel takes no reference for these two

@@ -133,8 +133,8 @@ class Harness:
         return node
 
     async def ls(self, ino: int = ROOT_INO) -> dict[str, Node]:
-        """A whole readdir of `ino` without "." and "..", waiting for the attributes of each
-        entry that a prefetch is getting and remembering each entry, as the adapter does."""
+        """A whole readdir of `ino` without "." and "..", remembering each entry as the
+        adapter does."""
         fh = self.fs.opendir(ino)
         try:
             entries = await self.fs.readdir(fh, 0)
@@ -142,8 +142,6 @@ class Harness:
             self.fs.releasedir(fh)
         entries = [entry for entry in entries if entry[0] not in (".", "..")]
         for _name, node, _next in entries:
-            if self.fs.attrs_coming(node):
-                await self.fs.wait_attrs(node)
             self.fs.remember(node)
         return {name: node for name, node, _next in entries}
 

@@ -480,35 +480,3 @@ def test_a_lookup_prefetches_only_the_kinds_it_needs(run_fs: RunFs) -> None:
         assert listed["big2"].full
 
     run_fs(body, attr_timeout=60, dir_timeout=60)
-
-
-def test_a_walker_that_asks_about_what_it_lists_gets_attributes_in_readdir(
-    run_fs: RunFs,
-) -> None:
-    """Once the last listings' entries were looked up after their readdir (ls -l, du), a
-    listing's HEADs start at once and readdir answers with full attributes (no LOOKUP per
-    entry follows); one listing in PROBE_EVERY is deferred all the same, and a walker that
-    stops asking (find) stops the HEADs after one such probe."""
-
-    async def body(h: Harness) -> None:
-        for d in range(10):
-            for i in range(3):
-                await h.put(f"w/d{d}/f{i}", b"s")
-        w = await h.lookup("w")
-        dirs = await h.ls(w.ino)
-        for d in range(3):  # ls -l: a listing, then a lookup of each entry
-            h.store.calls.clear()
-            listed = await h.ls(dirs[f"d{d}"].ino)
-            eager = d == 2  # after two listings asked about (moving average 0.75 > 0.5)
-            assert h.store.calls.get("head", 0) == (3 if eager else 0), d
-            assert all(node.full for node in listed.values()) == eager
-            for name in listed:
-                assert (await h.fs.lookup(dirs[f"d{d}"].ino, name)).full
-        for d in range(3, 10):  # find: listings alone
-            h.store.calls.clear()
-            listed = await h.ls(dirs[f"d{d}"].ino)
-            # d3-d6 still eager; d7 is the 8th listing judged: deferred, never asked about,
-            # so d8 and d9 are deferred too
-            assert h.store.calls.get("head", 0) == (3 if d < 7 else 0), d
-
-    run_fs(body, attr_timeout=60, dir_timeout=60, entry_timeout=60)
