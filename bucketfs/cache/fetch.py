@@ -366,7 +366,7 @@ class Fetcher:
         async with self._backend.get_body(cf.bucket, key, start, end, if_match=etag) as body:
             while reached < end:
                 piece = view[: min(len(view), end - reached)]
-                got, broke = await _fill(body, piece)
+                got, broke = await _read_full(body, piece)
                 if broke is not None:  # the connection broke mid-body
                     whole = got - got % bs
                     log.info(
@@ -441,7 +441,7 @@ class Fetcher:
         self._blocks.evict()
 
 
-async def _fill(body: Body, view: memoryview) -> tuple[int, BucketfsError | None]:
+async def _read_full(body: Body, view: memoryview) -> tuple[int, BucketfsError | None]:
     """Read `body` into `view`: the bytes that came, and the error that broke the connection
     if it broke (a short read is the body's end or a break, which the next read raises)."""
     got = 0
