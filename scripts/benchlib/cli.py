@@ -96,7 +96,8 @@ def select_systems(only: str | None, base_repo: Path | None) -> list[System]:
     return [
         s
         for s in ALL_SYSTEMS
-        if (wanted is None or s.name in wanted) and (s is not BASE or BASE.repo is not None)
+        if (s.name in wanted if wanted is not None else not s.opt_in)
+        and (s is not BASE or BASE.repo is not None)
     ]
 
 

@@ -34,7 +34,7 @@ from .proxy import CountingProxy
 from .raw import ClientCounter
 from .stats import Result
 from .store import LocalStore, S3Store, Store
-from .systems import CLEANUP, Credentials, MountHandle, System, is_mounted, proc_stats
+from .systems import CLEANUP, Credentials, MountHandle, System, is_mounted
 from .workloads import DataFiles, Metrics, Scenario, populate_dataset
 
 
@@ -163,7 +163,7 @@ class ScenarioEnv:
                 box["trace"] = traceback.format_exc()
 
         handle = self.handle
-        cpu_before = proc_stats(handle.pid)["cpu_s"] if handle is not None else None
+        cpu_before = handle.stats()["cpu_s"] if handle is not None else None
         before = snapshot()
         worker = threading.Thread(target=target, name=f"phase-{name}", daemon=True)
         worker.start()
@@ -176,7 +176,7 @@ class ScenarioEnv:
             box.setdefault("error", TimeoutError(f"{name} ran over {self.sizes.timeout:.0f}s"))
         after = snapshot()
         if handle is not None and self.handle is handle and cpu_before is not None:
-            cpu_after = proc_stats(handle.pid)["cpu_s"]
+            cpu_after = handle.stats()["cpu_s"]
             if cpu_after is not None:
                 result.daemon_cpu_s = cpu_after - cpu_before
         if counted_by:

@@ -236,6 +236,8 @@ class System:
     kind = "mount"  # mount | raw | local
     #: the scenarios this system runs (None: all); a variant measured on a few rows only
     scenarios: frozenset[str] | None = None
+    #: measured only when `--only` names it (a reference, not a mount users choose)
+    opt_in = False
 
     def binary(self) -> str | None:
         return None
@@ -620,6 +622,94 @@ class Local(System):
         return os.uname().release
 
 
+class Floor(System):
+    """floorfs.py: pyfuse3 + trio answering the kernel as bucketfs does, one HEAD per listed
+    file through bucketfs's `S3Backend`, nothing else (the floor of a Python mount on the
+    listing rows; see its docstring). `floor-nohead` answers from the listing alone: the
+    kernel side's floor. Run only when named in `--only`."""
+
+    name = "floor"
+    opt_in = True
+    scenarios = frozenset({"ls_lR_10k", "find_10k", "du_10k", "stat_1000"})
+    extra_args: tuple[str, ...] = ()
+
+    def binary(self) -> str | None:
+        return str(Path(__file__).with_name("floorfs.py"))
+
+    def version(self) -> str:
+        import pyfuse3
+        import trio
+
+        return f"floorfs (pyfuse3 {pyfuse3.__version__}, trio {trio.__version__})"
+
+    def mount(
+        self,
+        bucket: str,
+        endpoint: str,
+        creds: Credentials,
+        workdir: Path,
+        cache: Path | None = None,
+    ) -> MountHandle:
+        mp, _ = _fresh_dirs(workdir, self.name)
+        log = workdir / f"{self.name}-{mp.name}.log"
+        handle = TreeHandle(self.name, mp, log=log)
+        CLEANUP.add(handle)
+        cmd = [sys.executable, str(self.binary()), bucket, str(mp), "--endpoint", endpoint]
+        cmd += ["--region", creds.region, *self.extra_args]
+        try:
+            with open(log, "wb") as out:
+                handle.proc = subprocess.Popen(
+                    cmd,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=creds.env(),
+                    start_new_session=True,
+                )
+            handle.pid = handle.proc.pid
+            wait_mounted(mp, handle.proc, log)
+        except BaseException:
+            handle.abort()
+            raise
+        return handle
+
+
+class FloorNoHead(Floor):
+    name = "floor-nohead"
+    extra_args = ("--no-head",)
+
+
+class FloorWorkers(Floor):
+    """floorfs with its HEADs sent by worker processes (`--workers N`); CPU counts them too."""
+
+    def __init__(self, workers: int) -> None:
+        self.name = f"floor-w{workers}"
+        self.extra_args = ("--workers", str(workers))
+
+
+@dataclass
+class TreeHandle(MountHandle):
+    """A mount whose daemon has worker processes: CPU is the daemon's and its children's."""
+
+    def stats(self) -> dict[str, Any]:
+        out = super().stats()
+        if out["cpu_s"] is None:
+            return out
+        for child in _children(self.pid):
+            cpu = proc_stats(child)["cpu_s"]
+            out["cpu_s"] += cpu or 0.0
+        return out
+
+
+def _children(pid: int | None) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(d.name))
+    return found
+
+
 def _fresh_dirs(workdir: Path, name: str, cache: Path | None = None) -> tuple[Path, Path]:
     """A new mount point, and a new cache directory unless `cache` (kept as it is)."""
     n = next(_mount_ids)
@@ -640,6 +730,10 @@ ALL_SYSTEMS: list[System] = [
     Rclone("off"),
     BucketfsListing(),
     S3fs(),
+    Floor(),
+    FloorNoHead(),
+    FloorWorkers(1),
+    FloorWorkers(2),
     Raw(),
     Local(),
 ]
