@@ -261,9 +261,10 @@ class Handles:
         starts at the release of the last writable handle (a shell's `>` closes a duplicate
         descriptor first: uploading then would store the truncated file before the real
         one)."""
-        node = self.handle(fh).node
-        if not node.unlinked and node.virtual is None:
-            self._ns.data.flushed(node)
+        handle = self.handle(fh)
+        node = handle.node
+        if handle.writable and not node.unlinked and node.virtual is None:
+            self._ns.data.flushed(node)  # (a reader's close promises nothing of a writer's)
 
     async def fsync(self, fh: int) -> None:
         """Return only when the file's content is durable on the server."""

@@ -226,3 +226,25 @@ def test_an_unlinked_new_file_never_closed_leaves_nothing(run_fs: RunFs) -> None
 
     run_fs(first, writeback_delay=KEPT)
     run_fs(second, writeback_delay=KEPT)
+
+
+def test_a_readers_close_commits_nothing(run_fs: RunFs) -> None:
+    """A FLUSH of a read-only descriptor promises nothing about a writer's bytes: no commit,
+    and a new file another descriptor writes stays out of the index until its own FLUSH."""
+
+    async def body(h: Harness) -> None:
+        fs = h.fs
+        fh, node = await fs.create(ROOT_INO, "f", 0o644, WO, 0, 0)
+        await fs.write(fh, 0, b"abc")
+        reader, _keep = await fs.open(node.ino, os.O_RDONLY)
+        with counting(fs) as commits:
+            await fs.flush(reader)
+            await fs.release(reader)
+            assert commits.count == 0
+        assert node.cached is not None
+        assert not node.cached.in_index
+        await fs.flush(fh)
+        await fs.release(fh)
+        assert node.cached.in_index
+
+    run_fs(body, writeback_delay=KEPT)
