@@ -8,7 +8,9 @@ Invariants: `dirty_blocks` is a subset of `present`; `dirty` is true while the f
 change the server has not confirmed (also a new file not uploaded yet, with no dirty block);
 `inflight` maps a block index to the fetch that brings it, only while that fetch runs; a
 fetch's `done` is set when it ends, failed or not; `charge` is what the file counts in the
-cache's dirty bytes (`BlockCache._recharge` keeps it in step).
+cache's dirty bytes (`BlockCache._recharge` keeps it in step); `in_index` is false only for
+a new file before its first FLUSH (`BlockCache.record`): no base object, every block dirty,
+nothing of it in the index yet.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class CachedFile:
     filling: bool = False
     #: nodes whose `cached` is this file (core.nodes.Node keeps the count)
     holders: int = 0
+    #: whether the index has the file's row (a new file gets it at its first FLUSH)
+    in_index: bool = True
 
     @property
     def upload_state(self) -> str:

@@ -4,7 +4,7 @@ Owns creating, opening, closing and removing them, and the descriptors open on t
 
 Creating a file is a journaled change of the cache directory's file system: while the object
 store on the same disk syncs its writes it takes 0.1-0.6 ms, and it would take it on the one
-thread that serves FUSE, once per new file. File ids only grow (the index's AUTOINCREMENT), so
+thread that serves FUSE, once per new file. File ids only grow (`CacheIndex.new_id`), so
 the next ones are known: a worker thread creates the data files of the next `SPARE` ids ahead
 of time, and opening a new file's data file is then a plain open.
 
@@ -19,8 +19,10 @@ Invariants:
   by the LRU or by `remove` (an operation in flight, e.g. a read in a worker thread, keeps
   it; it is closed when the last use ends), so a descriptor number is never reused under a
   reader or a writer; more than `max_open` are open only while that many are in use;
-- ids are never reused, so a file created ahead is empty when its id is first given out; the
-  worker never truncates or writes (an open that raced it finds the same empty file);
+- ids are never reused within a run (one given to a new file a crash lost before its row
+  was written may come again in the next run, after `sweep` removed its data file), so a
+  file created ahead is empty when its id is first given out; the worker never truncates or
+  writes (an open that raced it finds the same empty file);
 - a data file whose id has no row in the index (created ahead and never used, or left by a
   crash between the index update and the unlink) is removed at the next start (`sweep`).
 """

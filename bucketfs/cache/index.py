@@ -10,6 +10,12 @@ Invariants:
   loses nothing; `synchronous=NORMAL` leaves machine crashes to fsync, which uploads);
 - a dirty file's row is deleted only after the server confirmed an upload of its latest
   generation, or when the file is deleted through the mount;
+- file ids are given out here (`new_id`), not by SQLite, so a new file can have its id (and
+  its data file) before its row exists (`add_new` writes it at the file's first FLUSH, row
+  and blocks in one commit); an id whose row was ever written is never given out again (the
+  counter starts past `sqlite_sequence`); one given out but never written (a new file a
+  crash lost before its first FLUSH) may be given out again by a later start, after the
+  sweep of data files removed the one it left;
 - `key` is NULL for a file unlinked while open (its content is kept for the open handles and
   never uploaded), so a new file may take the name at once;
 - `deletes` and `markers` are journals (cache/deletes.py, cache/markers.py): a row is written
@@ -171,6 +177,7 @@ class CacheIndex:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         self._check_schema()
+        self._last_id = self._highest_id()
 
     def _check_schema(self) -> None:
         stored = self.setting("schema")
@@ -185,6 +192,18 @@ class CacheIndex:
 
     def close(self) -> None:
         self.db.close()
+
+    def _highest_id(self) -> int:
+        """The highest file id ever written (AUTOINCREMENT's `sqlite_sequence` keeps it past
+        deleted rows)."""
+        (highest,) = self.db.execute("SELECT max(id) FROM files").fetchone()
+        seq = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='files'").fetchone()
+        return max(int(highest or 0), int(seq[0]) if seq is not None else 0)
+
+    def new_id(self) -> int:
+        """An id for a new file, never used by a row (see the module's invariants)."""
+        self._last_id += 1
+        return self._last_id
 
     # --- settings --------------------------------------------------------------------------
 
@@ -236,23 +255,32 @@ class CacheIndex:
         return [self._row(row) for row in rows]
 
     def add(self, bucket: str, key: str, size: int, base_etag: str | None) -> int:
-        cursor = self.db.execute(
-            "INSERT INTO files(bucket, key, size, base_etag, base_size) VALUES (?, ?, ?, ?, ?)",
-            (bucket, key, size, base_etag, size if base_etag else 0),
+        file_id = self.new_id()
+        self.db.execute(
+            "INSERT INTO files(id, bucket, key, size, base_etag, base_size)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (file_id, bucket, key, size, base_etag, size if base_etag else 0),
         )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        return file_id
 
-    def add_new(self, bucket: str, key: str, meta: dict[str, Any]) -> int:
-        """A new empty file, dirty, with the metadata its upload will send: one statement,
-        so one commit for a create."""
-        cursor = self.db.execute(
-            "INSERT INTO files(bucket, key, size, base_size, dirty, state, meta)"
-            " VALUES (?, ?, 0, 0, 1, 'dirty', ?)",
-            (bucket, key, json.dumps(meta)),
-        )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+    def add_new(
+        self,
+        file_id: int,
+        bucket: str,
+        key: str,
+        size: int,
+        meta: dict[str, Any],
+        blocks: Iterable[int],
+    ) -> None:
+        """A new file (id from `new_id`), dirty, with its size, the metadata its upload will
+        send and its dirty blocks: one commit."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO files(id, bucket, key, size, base_size, dirty, state, meta)"
+                " VALUES (?, ?, ?, ?, 0, 1, 'dirty', ?)",
+                (file_id, bucket, key, size, json.dumps(meta)),
+            )
+            self.set_blocks(file_id, blocks, dirty=True)
 
     def update(self, file_id: int, **fields: Any) -> None:
         if "meta" in fields:

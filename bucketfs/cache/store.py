@@ -14,7 +14,13 @@ Invariants (README and docs/cache.md say them in prose):
 - a dirty block is never evicted; a block is marked clean only after the backend confirmed an
   upload that contained it;
 - every dirty block and the file's size are in the index before the write that changed them
-  returns;
+  returns, except in a new file before its first FLUSH (`in_index` false): its row, size,
+  metadata and blocks go in with one commit at that FLUSH (`record`; `close` returns after
+  it), or earlier when something needs them there (an upload starts, a rename); a crash before
+  it loses a file that was never closed (as a local file system may before `fsync`) and
+  leaves no row of it. Only a file with no base object may wait so: in a file with clean
+  blocks, the index says "dirty" before bytes of a block change, so that a crash never
+  leaves a clean block holding bytes it does not own;
 - a block that the base object could fill is present before any write lands in it, so a fetch
   never overwrites written bytes;
 - clean blocks are cached only under the ETag they were fetched with: `attach` drops them when
@@ -335,6 +341,8 @@ class BlockCache:
         return written
 
     def _record(self, cf: CachedFile, new_dirty: list[int], size: int) -> None:
+        if not cf.in_index:
+            return  # a new file: all of it goes in at its first FLUSH (`record`)
         with self.index.transaction():
             if new_dirty:
                 self.index.set_blocks(cf.id, new_dirty, dirty=True)
@@ -376,19 +384,22 @@ class BlockCache:
         gone = {idx for idx in cf.present if idx >= keep}
         self.blocks.drop(cf, gone, punch=False)
         cf.dirty_blocks -= gone
-        if size < cf.base_size:
+        if size < cf.base_size:  # (never in a new file: it has no base)
             cf.base_size = size  # the base's bytes past here are no longer part of the file
             self.index.update(cf.id, base_size=size)
         self._changed(cf, [], size)
 
     def create(self, bucket: str, key: str, meta: dict[str, Any]) -> CachedFile:
-        """A new, empty, dirty file (replacing any cached state for the key)."""
+        """A new, empty, dirty file (replacing any cached state for the key). Not in the
+        index yet: its first FLUSH records it (`record`), unless it replaces a dirty file,
+        whose content a crash must not lose before the new one is recorded."""
         old = self.by_key.get((bucket, key))
+        replaces_dirty = old is not None and old.dirty
         if old is not None:
             self.forget(old)
         self._maybe_sweep()
         meta = dict(meta)
-        file_id = self.index.add_new(bucket, key, meta)  # recorded dirty with its metadata
+        file_id = self.index.new_id()
         self.data_files.given_out(file_id, self._nursery)
         cf = CachedFile(
             id=file_id,
@@ -399,10 +410,22 @@ class BlockCache:
             base_etag=None,
             base_size=0,
             meta=meta,
+            in_index=False,
         )
         self._register(cf)
         self._changed(cf, [], 0, recorded=True)
+        if replaces_dirty:
+            self.record(cf)
         return cf
+
+    def record(self, cf: CachedFile) -> None:
+        """A new file goes into the index: row, size, metadata and dirty blocks in one
+        commit (its first FLUSH; an upload or a rename does it first if none came yet).
+        Nothing for a file in the index already, or unlinked (never uploaded)."""
+        if cf.in_index or cf.key is None:
+            return
+        self.index.add_new(cf.id, cf.bucket, cf.key, cf.size, cf.meta, sorted(cf.dirty_blocks))
+        cf.in_index = True
 
     def set_meta(self, cf: CachedFile, meta: dict[str, Any]) -> None:
         """What the next upload sends as metadata (bookkeeping keys are kept). A change while
@@ -413,7 +436,8 @@ class BlockCache:
         if new == cf.meta:
             return
         cf.meta = new
-        self.index.update(cf.id, meta=cf.meta)
+        if cf.in_index:
+            self.index.update(cf.id, meta=cf.meta)
         if cf.dirty:
             cf.generation += 1
             cf.changed = trio.current_time()
@@ -428,7 +452,8 @@ class BlockCache:
             meta["replaces"] = True
         if meta != cf.meta:
             cf.meta = meta
-            self.index.update(cf.id, meta=cf.meta)
+            if cf.in_index:
+                self.index.update(cf.id, meta=cf.meta)
 
     # --- after an upload, rename, delete ------------------------------------------------
 
@@ -474,9 +499,13 @@ class BlockCache:
         self.index.update(cf.id, state="failed", error=reason)
 
     def mark_uploading(self, cf: CachedFile) -> None:
+        self.record(cf)  # what is uploaded and marked clean has its row
         cf.state = "uploading"
 
     def move(self, cf: CachedFile, bucket: str, key: str) -> None:
+        # a new file is recorded first: a rename onto a name replaces what a crash must not
+        # lose (and tools rename a file they closed, recorded already)
+        self.record(cf)
         other = self.by_key.get((bucket, key))
         if other is not None and other is not cf:
             self.forget(other)
@@ -496,7 +525,8 @@ class BlockCache:
             del self.by_key[(cf.bucket, cf.key)]
         if cf.upload_scope is not None:
             cf.upload_scope.cancel()
-        self.index.detach(cf.id)
+        if cf.in_index:
+            self.index.detach(cf.id)
         cf.dirty_blocks.clear()
         self._recharge(cf)
         cf.key = None
@@ -514,7 +544,8 @@ class BlockCache:
         cf.dirty_blocks.clear()
         self._recharge(cf)
         self.files.pop(cf.id, None)
-        self.index.remove(cf.id)
+        if cf.in_index:
+            self.index.remove(cf.id)
         self.data_files.remove(cf.id)
         cf.key = None
         cf.dirty = False

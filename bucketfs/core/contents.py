@@ -337,13 +337,27 @@ class FileData:
 
     # --- uploads -------------------------------------------------------------------------------
 
+    def flushed(self, node: Node) -> None:
+        """A descriptor was closed (FLUSH: `close` returns after it): what was written and
+        the attributes it goes up with are in the cache's index now. One commit for a new
+        file (its row, size, blocks and metadata: `BlockCache.record`); for another file,
+        whose writes are in the index since each returned, one only if its attributes
+        changed since (a write's mtime). Nothing is uploaded (a shell's `>` closes a
+        duplicate descriptor first): the release of the last writer does that (`closed`)."""
+        cf = node.cached
+        if cf is not None and cf.dirty and cf.key is not None:
+            self.cache.set_meta(cf, upload_meta(node))
+            self.cache.record(cf)
+
     def closed(self, node: Node) -> None:
         """The last writable handle was released (or a truncate without one): upload the
-        file in the background, once left alone for `writeback_delay`, if it changed. Never
-        called for a FLUSH: the data is in the cache's index since each write returned."""
+        file in the background, once left alone for `writeback_delay`, if it changed. After
+        the FLUSH of a `close` this commits nothing, unless the attributes changed between
+        the two (or no FLUSH came)."""
         cf = node.cached
         if cf is not None and cf.dirty:
             self.cache.set_meta(cf, upload_meta(node))
+            self.cache.record(cf)
             self.writeback.closed(cf)  # uploaded once left alone for `writeback_delay`
 
     async def previous_save(self, node: Node) -> None:

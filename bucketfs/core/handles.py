@@ -11,8 +11,9 @@ and its bytes); the kernel keeps its page cache only while the ETag it
 was filled from is still the object's; a node counts its open handles (`opens`) and writable
 ones (`writers`), and a handle is counted exactly once from open to release; a FLUSH never
 starts an upload: the release of the last writable handle does (a shell's `>` closes a
-duplicate descriptor first); fsync returns only once the content is on the server; a directory
-handle lists once (at offset 0) and then answers from its snapshot.
+duplicate descriptor first); after a FLUSH, what was written is in the cache's index; fsync
+returns only once the content is on the server; a directory handle lists once (at offset 0)
+and then answers from its snapshot.
 """
 
 from __future__ import annotations
@@ -255,11 +256,15 @@ class Handles:
         return written
 
     async def flush(self, fh: int) -> None:
-        """close() of one descriptor: nothing to do. Every write is in the cache's index
-        before it returns; the upload starts at the release of the last writable handle
-        (a shell's `>` closes a duplicate descriptor first: uploading then would store the
-        truncated file before the real one)."""
-        self.handle(fh)
+        """close() of one descriptor: what was written is in the cache's index when it
+        returns (a new file gets its row now, one commit: `FileData.flushed`); the upload
+        starts at the release of the last writable handle (a shell's `>` closes a duplicate
+        descriptor first: uploading then would store the truncated file before the real
+        one)."""
+        handle = self.handle(fh)
+        node = handle.node
+        if handle.writable and not node.unlinked and node.virtual is None:
+            self._ns.data.flushed(node)  # (a reader's close promises nothing of a writer's)
 
     async def fsync(self, fh: int) -> None:
         """Return only when the file's content is durable on the server."""

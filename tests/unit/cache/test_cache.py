@@ -426,6 +426,7 @@ def test_a_stray_data_file_is_swept_at_the_next_start(tmp_path: Path) -> None:
     async def first(cache: BlockCache) -> None:
         cf = cache.create(BUCKET, "a", {})
         await cache.write(cf, 0, b"old bytes" * 100)
+        cache.record(cf)  # its FLUSH (close)
 
     async def second(cache: BlockCache) -> None:
         (cache.root / "data" / "999").write_bytes(b"left by a crash")
