@@ -98,9 +98,15 @@ class FuseOps(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, fs: BucketFS) -> None:
+    def __init__(self, fs: BucketFS, on_init: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.fs = fs
+        self._on_init = on_init
+
+    def init(self) -> None:
+        """The kernel's INIT, answered as soon as this returns (it must not block)."""
+        if self._on_init is not None:
+            self._on_init()
 
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
         opts = self.fs.opts

@@ -71,3 +71,19 @@ def test_an_object_changed_on_the_server_is_not_read_from_the_page_cache(
             break
         time.sleep(0.1)
     assert _read(path) == b"b" * (2 * MiB)
+
+
+def test_a_file_opened_right_after_the_mount_is_read_in_large_kernel_requests(
+    seaweed: SeaweedServer, s3_mounts: MountFactory
+) -> None:
+    """The mount's readahead (16 MiB) is raised as soon as the kernel's INIT is answered, so a
+    file opened at once gets it: the kernel asks in 1 MiB requests, not the 128 KiB ones a
+    file opened before the raise keeps (64 READs for 8 MiB; it was raised 1 s later)."""
+    mount = s3_mounts()
+    assert mount.bucket is not None
+    body = os.urandom(8 * MiB)
+    seaweed.client().put_object(Bucket=mount.bucket, Key="soon.bin", Body=body)
+    reads_before = mount.status()["kernel_requests"].get("read", 0)
+    assert _read(mount.path / "soon.bin") == body
+    reads = mount.status()["kernel_requests"].get("read", 0) - reads_before
+    assert 0 < reads <= 16, reads
