@@ -13,6 +13,8 @@ sends it the same requests:
   side's floor, with no request per file);
 - with `--head`, readdir starts the HEADs of the listed files at once, at most `--inflight`
   (32) at a time, and a LOOKUP waits for its own: the prefetch bucketfs and s3fs both do;
+- with `--plus`, readdir waits for the HEADs of the files it replies with, so the entries carry
+  full attributes and the kernel sends no LOOKUP for them (what session 12 tried in bucketfs);
 - GETXATTR answers ENODATA (`ls -l` asks `security.selinux` and `system.posix_acl_access` of
   every entry), LISTXATTR nothing.
 
@@ -76,6 +78,7 @@ class Floor(pyfuse3.Operations):
     bucket: str
     use_head: bool
     inflight: int
+    plus: bool = False
     nursery: trio.Nursery | None = None
     entries: dict[int, Entry] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -151,6 +154,10 @@ class Floor(pyfuse3.Operations):
                         self.start_head(e)
         assert d.children is not None
         names = list(d.children.items())
+        if self.plus:  # full attributes in the reply: the kernel sends no LOOKUP for them
+            for _, ino in names[start_id:]:
+                if (head := self.entries[ino].head) is not None:
+                    await head.wait()
         for i in range(start_id, len(names)):
             name, ino = names[i]
             if not pyfuse3.readdir_reply(
@@ -361,7 +368,7 @@ async def work(args: argparse.Namespace) -> None:
 async def serve(args: argparse.Namespace) -> None:
     creds = S3Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
     backend = S3Backend(args.endpoint, args.region, credentials=creds, path_style=True)
-    fs = Floor(backend, args.bucket, not args.no_head, args.inflight)
+    fs = Floor(backend, args.bucket, not args.no_head, args.inflight, args.plus)
     opts = set(pyfuse3.default_options)
     opts |= {"fsname=floorfs", "subtype=floorfs", "noatime", "ro"}
     pyfuse3.init(fs, args.mountpoint, opts)
@@ -391,6 +398,7 @@ def main() -> None:
     p.add_argument("--region", default="us-east-1")
     p.add_argument("--no-head", action="store_true")
     p.add_argument("--inflight", type=int, default=32)
+    p.add_argument("--plus", action="store_true", help="readdir waits for its files' HEADs")
     p.add_argument("--workers", type=int, default=0, help="HEADs in N worker processes")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -286,7 +286,8 @@ def _first_line(cmd: list[str]) -> str:
 
 
 def _profile(handle: MountHandle) -> None:
-    """With BENCH_PROFILE=DIR, sample the daemon with py-spy until it exits: collapsed stacks
+    """With BENCH_PROFILE=DIR, sample the daemon (and its children) with py-spy until it exits,
+    the threads holding the GIL only (CPU, not waits): collapsed stacks
     in DIR/<system>-<mount id>.txt (one line per stack, `flamegraph.pl` or `sort -k2` reads it)."""
     out_dir = os.environ.get("BENCH_PROFILE")
     spy = VENV_BIN / "py-spy"
@@ -295,8 +296,9 @@ def _profile(handle: MountHandle) -> None:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     out = Path(out_dir) / f"{handle.system}-{handle.mount_id}.txt"
     cmd = [str(spy), "record", "--pid", str(handle.pid), "--format", "raw", "-o", str(out)]
+    # --gil: only samples that hold the GIL (CPU); without it waits in epoll count as work
     subprocess.Popen(
-        [*cmd, "--rate", "250", "--nonblocking"],
+        [*cmd, "--rate", "250", "--nonblocking", "--gil", "--subprocesses"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -667,6 +669,7 @@ class Floor(System):
                 )
             handle.pid = handle.proc.pid
             wait_mounted(mp, handle.proc, log)
+            _profile(handle)
         except BaseException:
             handle.abort()
             raise
@@ -676,6 +679,11 @@ class Floor(System):
 class FloorNoHead(Floor):
     name = "floor-nohead"
     extra_args = ("--no-head",)
+
+
+class FloorPlus(Floor):
+    name = "floor-plus"
+    extra_args = ("--plus",)
 
 
 class FloorWorkers(Floor):
@@ -732,6 +740,7 @@ ALL_SYSTEMS: list[System] = [
     S3fs(),
     Floor(),
     FloorNoHead(),
+    FloorPlus(),
     FloorWorkers(1),
     FloorWorkers(2),
     Raw(),
