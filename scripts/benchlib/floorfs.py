@@ -32,6 +32,7 @@ unmounted (`fusermount3 -u MOUNTPOINT`).
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
 import os
 import pickle
@@ -79,6 +80,7 @@ class Floor(pyfuse3.Operations):
     use_head: bool
     inflight: int
     plus: bool = False
+    queue: collections.deque[Entry] | None = None
     nursery: trio.Nursery | None = None
     entries: dict[int, Entry] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -90,6 +92,7 @@ class Floor(pyfuse3.Operations):
         self.entries[root.ino] = root
         self.next_ino = pyfuse3.ROOT_INODE + 1
         self.limiter = trio.CapacityLimiter(self.inflight)
+        self.queued = trio.Event()
 
     # --- what the kernel sees -------------------------------------------------------------
     def attrs(self, e: Entry) -> pyfuse3.EntryAttributes:
@@ -227,8 +230,31 @@ class Floor(pyfuse3.Operations):
             self.to_send.append(e.key)
             self.send_wake.set()
             return
+        if self.queue is not None:
+            self.queue.append(e)
+            self.queued.set()
+            return
         assert self.nursery is not None
         self.nursery.start_soon(self.head, e)
+
+    async def head_worker(self) -> None:
+        """`--queue`: one of `inflight` long-lived tasks taking HEADs from a shared queue (no
+        task and no limiter per HEAD)."""
+        assert self.queue is not None
+        while True:
+            if not self.queue:
+                await self.queued.wait()
+                self.queued = trio.Event()
+                continue
+            e = self.queue.popleft()
+            assert e.head is not None
+            try:
+                info = await self.backend.head(self.bucket, e.key)
+                apply_head(e, info.size, info.last_modified, info.metadata)
+            except Exception:
+                e.failed = True
+            finally:
+                e.head.set()
 
     # --- HEADs in worker processes (`--workers N`) -----------------------------------------
     async def start_workers(self, nursery: trio.Nursery, n: int, argv: list[str]) -> None:
@@ -375,6 +401,10 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         async with trio.open_nursery() as nursery:
             fs.nursery = nursery
+            if args.queue:
+                fs.queue = collections.deque()
+                for _ in range(args.inflight):
+                    nursery.start_soon(fs.head_worker)
             if args.workers:
                 argv = [args.bucket, args.mountpoint, "--endpoint", args.endpoint]
                 argv += ["--region", args.region, "--inflight", str(args.inflight)]
@@ -399,6 +429,7 @@ def main() -> None:
     p.add_argument("--no-head", action="store_true")
     p.add_argument("--inflight", type=int, default=32)
     p.add_argument("--plus", action="store_true", help="readdir waits for its files' HEADs")
+    p.add_argument("--queue", action="store_true", help="HEADs by long-lived tasks")
     p.add_argument("--workers", type=int, default=0, help="HEADs in N worker processes")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -686,6 +686,11 @@ class FloorPlus(Floor):
     extra_args = ("--plus",)
 
 
+class FloorQueue(Floor):
+    name = "floor-queue"
+    extra_args = ("--queue",)
+
+
 class FloorWorkers(Floor):
     """floorfs with its HEADs sent by worker processes (`--workers N`); CPU counts them too."""
 
@@ -741,6 +746,7 @@ ALL_SYSTEMS: list[System] = [
     Floor(),
     FloorNoHead(),
     FloorPlus(),
+    FloorQueue(),
     FloorWorkers(1),
     FloorWorkers(2),
     Raw(),
