@@ -200,19 +200,19 @@ def test_readdir_offsets_resume_in_the_middle(run_fs: RunFs) -> None:
         for i in range(1500):
             await h.put(f"f{i:04d}", b"x")
         fh = h.fs.opendir(ROOT_INO)
-        full = await h.fs.readdir(fh, 0)
+        full = list(await h.fs.readdir(fh, 0))
         assert [name for name, _, _ in full[:2]] == [".", ".."]  # offsets 0 and 1
         assert full[0][1] is full[1][1] is h.fs.table.root  # the root is its own parent
         assert [nxt for _, _, nxt in full] == list(range(1, 1503))
         # the kernel's buffer filled up after 1,100 entries: it resumes at that offset
-        rest = await h.fs.readdir(fh, full[1099][2])
+        rest = list(await h.fs.readdir(fh, full[1099][2]))
         assert [name for name, _, _ in rest] == [f"f{i:04d}" for i in range(1098, 1500)]
         assert [nxt for _, _, nxt in rest] == list(range(1101, 1503))
-        assert await h.fs.readdir(fh, 1502) == []
+        assert list(await h.fs.readdir(fh, 1502)) == []
         h.fs.releasedir(fh)
         # a fresh handle asked for a middle offset first (telldir/seekdir) also works
         fh2 = h.fs.opendir(ROOT_INO)
-        middle = await h.fs.readdir(fh2, 702)
+        middle = list(await h.fs.readdir(fh2, 702))
         assert middle[0][0] == "f0700"
         assert len(middle) == 800
         h.fs.releasedir(fh2)
