@@ -191,7 +191,7 @@ class Versions:
         if directory.virtual is None:
             entries = await real(directory)
             if self.enabled and directory.bucket is not None:
-                entries = [(n, node) for n, node in entries if n != VERSIONS]
+                entries = [entry for entry in entries if entry[0] != VERSIONS]
             return entries
         listing = await self._entries(directory)
         nodes: list[tuple[str, Node | Entry]] = [
