@@ -119,8 +119,19 @@ async def list_children(
             max_pages -= 1
             if max_pages <= 0:
                 return None
+    if not dirs and _ascending(files):  # as listed (keys come in order): no sorted copy
+        return files
     files.update(dirs)
     return dict(sorted(files.items()))
+
+
+def _ascending(names: Iterable[str]) -> bool:
+    previous = ""
+    for name in names:
+        if name <= previous:
+            return False
+        previous = name
+    return True
 
 
 def apply_change(listing: dict[str, Entry], name: str, kind: Kind | None) -> None:
