@@ -26,7 +26,7 @@ raises before).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import trio
@@ -214,7 +214,7 @@ class BucketFS:
     def releasedir(self, fh: int) -> None:
         self.handles.releasedir(fh)
 
-    async def readdir(self, fh: int, offset: int) -> list[tuple[str, Node, int]]:
+    async def readdir(self, fh: int, offset: int) -> Iterator[tuple[str, Node, int]]:
         return await self.handles.readdir(fh, offset)
 
     async def fsyncdir(self) -> None:

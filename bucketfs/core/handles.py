@@ -13,18 +13,20 @@ ones (`writers`), and a handle is counted exactly once from open to release; a F
 starts an upload: the release of the last writable handle does (a shell's `>` closes a
 duplicate descriptor first); after a FLUSH, what was written is in the cache's index; fsync
 returns only once the content is on the server; a directory handle lists once (at offset 0)
-and then answers from its snapshot.
+and then answers from its snapshot, making the node of a listed name only when it hands the
+name out (`listing.Snapshot`).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from bucketfs.core.attrs import check_new_name
 from bucketfs.core.contents import ReadState
-from bucketfs.core.listing import held_listing
+from bucketfs.core.listing import Snapshot, held_listing
 from bucketfs.core.namespace import Namespace
 from bucketfs.core.nodes import Kind, Node
 from bucketfs.errors import (
@@ -49,7 +51,7 @@ class Handle:
 class DirHandle:
     fh: int
     node: Node
-    entries: list[tuple[str, Node]] | None = None
+    snapshot: Snapshot | None = None
 
 
 class Handles:
@@ -88,27 +90,33 @@ class Handles:
     def releasedir(self, fh: int) -> None:
         self._dir_handles.pop(fh, None)
 
-    async def readdir(self, fh: int, offset: int) -> list[tuple[str, Node, int]]:
+    async def readdir(self, fh: int, offset: int) -> Iterator[tuple[str, Node, int]]:
         """Entries from `offset` on as (name, node, next offset); a snapshot per handle.
 
         The nodes are not counted as kernel references: the adapter calls `remember` for each
-        entry the kernel accepted. "." and ".." come first (offsets 0 and 1), as on every
-        filesystem; the mount's root is its own parent.
+        entry the kernel accepted, and stops taking entries once its buffer is full (each
+        node is made as it is taken: a name past the buffer costs nothing, and a call costs
+        what the kernel takes, not the whole directory). "." and ".." come first (offsets 0
+        and 1), as on every filesystem; the mount's root is its own parent.
         """
         handle = self._dir_handles.get(fh)
         if handle is None:
             raise BadHandle()
-        if handle.entries is None or offset == 0:
+        if handle.snapshot is None or offset == 0:
             ns = self._ns
             # hook: the .versions/ tree lists itself; real listings never show it
             entries = await ns.versions.readdir(handle.node, ns.snapshot)
             up = ns.table.get(handle.node.parent) or ns.table.root
-            handle.entries = [(".", handle.node), ("..", up), *entries]
-        return [
-            (name, node, index + 1)
-            for index, (name, node) in enumerate(handle.entries)
-            if index >= offset
-        ]
+            handle.snapshot = ns.reading(handle.node, [(".", handle.node), ("..", up), *entries])
+        return self._entries(handle.snapshot, offset)
+
+    def _entries(self, snapshot: Snapshot, offset: int) -> Iterator[tuple[str, Node, int]]:
+        entries = snapshot.entries
+        for index in range(offset, len(entries)):
+            name, item = entries[index]
+            node = item if isinstance(item, Node) else self._ns.listed_node(snapshot, name, item)
+            if node is not None:
+                yield name, node, index + 1
 
     async def fsyncdir(self) -> None:
         """Names removed through this mount are gone from the server, and directories made

@@ -36,14 +36,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cachetools import LRUCache, TTLCache
 
 from bucketfs.backends.base import Backend
 from bucketfs.cache.markers import split_key
 from bucketfs.core.attrs import valid_name
-from bucketfs.core.nodes import Kind
+from bucketfs.core.nodes import Kind, Node
 from bucketfs.types import ListPage, ObjectInfo
 
 #: pages (of PAGE_KEYS keys) a subtree listing may take; a larger subtree is not listed so
@@ -68,6 +68,22 @@ class Entry:
     kind: Kind
     info: ObjectInfo | None  # the object (file) or marker (dir) as listed, if any
     head: bool = False  # `info` came from a HEAD (has the metadata), not from a listing
+
+
+@dataclass(slots=True, weakref_slot=True, eq=False)
+class Snapshot:
+    """What one readdir handle shows of `directory`, in order: a node, or for a name that had
+    none when the listing came, the listing's entry, made a node only when readdir hands it to
+    the kernel (`Namespace.listed_node`). So a directory of 100,000 names never has them all
+    in the inode table at once, and `max_nodes` holds while it is read (every node made at
+    opendir: 100,000 nodes, 100 MiB, until the handle closed). `gone`: names this mount
+    removed from the directory since the listing; they are not shown (POSIX leaves open
+    whether readdir shows a name removed after opendir; a node made for it would be a
+    name that is not there)."""
+
+    directory: Node
+    entries: list[tuple[str, Node | Entry]]
+    gone: set[str] = field(default_factory=set)
 
 
 def add_page(prefix: str, page: ListPage, files: dict[str, Entry], dirs: dict[str, Entry]) -> None:
@@ -103,8 +119,19 @@ async def list_children(
             max_pages -= 1
             if max_pages <= 0:
                 return None
+    if not dirs and _ascending(files):  # as listed (keys come in order): no sorted copy
+        return files
     files.update(dirs)
     return dict(sorted(files.items()))
+
+
+def _ascending(names: Iterable[str]) -> bool:
+    previous = ""
+    for name in names:
+        if name <= previous:
+            return False
+        previous = name
+    return True
 
 
 def apply_change(listing: dict[str, Entry], name: str, kind: Kind | None) -> None:

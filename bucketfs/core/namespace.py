@@ -60,6 +60,7 @@ Invariants: inode numbers are never reused, so nothing kept per inode outlives i
 from __future__ import annotations
 
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
@@ -67,7 +68,7 @@ from cachetools import TTLCache
 from bucketfs.core.attrs import NAME_MAX, Defaults, parse_posix, valid_name
 from bucketfs.core.contents import FileData, Unsaved
 from bucketfs.core.heads import Heads
-from bucketfs.core.listing import Listings, Subtrees, list_children
+from bucketfs.core.listing import Entry, Listings, Snapshot, Subtrees, list_children
 from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.core.options import FsOptions
 from bucketfs.core.prefetch import Prefetch
@@ -131,7 +132,9 @@ class Namespace:
         #: HEADs sent, for reuse by `open` and kept across mounts (heads.py)
         self.heads = Heads(backend)
         self._data: FileData | None = None
-        self.prefetch = Prefetch(self._prefetched)
+        self.prefetch = Prefetch(self._prefetched, self.table.get)
+        #: readdir snapshots still open (handles.py): told the names this mount removes
+        self._reading: weakref.WeakSet[Snapshot] = weakref.WeakSet()
         #: listings of many directories from one recursive LIST of an ancestor (listing.py)
         self.subtrees = Subtrees(options.dir_timeout)
         #: what a name is on the server when nothing here answers (resolve.py)
@@ -220,6 +223,10 @@ class Namespace:
         so lookups of new names need no request; `kind` None means `name` is gone."""
         self.listings.changed(directory.ino, name, kind)
         self._negative.pop((directory.ino, name), None)
+        if kind is None:
+            for snapshot in self._reading:
+                if snapshot.directory is directory:
+                    snapshot.gone.add(name)
         # POSIX: an entry made, removed or renamed changes its directory's mtime and ctime;
         # kept in memory (a marker PUT per create would double its cost), written with the
         # directory's next marker write (docs/core.md)
@@ -520,8 +527,10 @@ class Namespace:
 
     # --- readdir snapshots ---------------------------------------------------------------------
 
-    async def snapshot(self, directory: Node) -> list[tuple[str, Node]]:
-        """The entries of `directory` now: its listing, with what only this mount has."""
+    async def snapshot(self, directory: Node) -> list[tuple[str, Node | Entry]]:
+        """The entries of `directory` now: its listing, with what only this mount has. A
+        listed name with no node yet stays an `Entry` until readdir hands it out (`reading`,
+        `listed_node`)."""
         # what is only local must be taken before the listing is asked for: an upload may land
         # while we wait, after the server made the listing without it
         local = [n for n in self.table.known_children(directory) if n.pinned and not n.unlinked]
@@ -537,33 +546,22 @@ class Namespace:
         self.listings.keep(directory.ino, listed, changes, readdir=True)  # not if it lacks one
         if directory.bucket is not None:
             self.resolver.file_names.listed(directory.bucket, directory.key, listed)
-        entries: list[tuple[str, Node]] = []
+        entries: list[tuple[str, Node | Entry]] = []
         seen: set[str] = set()
         for name, entry in listed.items():
+            seen.add(name)
             if name in markers:  # a directory made here: its attributes are ours
                 entries.append((name, self._node_from_marker(directory, name, markers[name])))
-                seen.add(name)
                 continue
             node = self.table.child(directory, name)
             if node is None and name in cached and entry.kind is not Kind.DIR:
                 node = self._node_from_cache(directory, name, cached[name])
-            if node is not None and node.pinned:
+            if node is None:
+                entries.append((name, entry))  # made when served (`listed_node`)
+            elif node.pinned:
                 entries.append((name, node))
-                seen.add(name)
-                continue
-            if node is None or (
-                # a listing tells a directory from an object, not a symlink or a fifo from a file
-                node.kind is not entry.kind and Kind.DIR in (node.kind, entry.kind)
-            ):
-                node = self.new_node(directory, name, entry.kind, full=False)
-            if entry.kind is not Kind.DIR and entry.info is not None:
-                # same object: keep the metadata we know (a listing lacks it; revalidate.py)
-                if self.listing_attrs or not self.revalidation.listed(node, entry.info):
-                    self.apply(node, entry.info, full=False)
-            elif entry.kind is Kind.DIR and not node.full:
-                node.attr_expiry = 0.0
-            entries.append((name, node))
-            seen.add(name)
+            else:
+                entries.append((name, self._from_listing(directory, name, entry, node)))
         for node in local:
             if node.name not in seen and not node.unlinked and node.parent == directory.ino:
                 entries.append((node.name, node))
@@ -576,8 +574,39 @@ class Namespace:
             if name not in seen and valid_name(name):
                 entries.append((name, self._node_from_marker(directory, name, marker)))
         # metadata of listed files is fetched only once the kernel asks for one of them (ls -l,
-        # du, rsync do; find and plain ls do not)
-        partial = [node for _, node in entries if not node.full]
-        if partial and not self.listing_attrs:  # attrs=listing: never HEAD what was listed
-            self.prefetch.defer(directory.ino, partial)
+        # du, rsync do; find and plain ls do not); `listed_node` adds those it makes
+        partial = [n for _, n in entries if isinstance(n, Node) and not n.full]
+        self.prefetch.defer(directory.ino, [] if self.listing_attrs else partial)
         return entries
+
+    def reading(self, directory: Node, entries: list[tuple[str, Node | Entry]]) -> Snapshot:
+        """A readdir handle holds `entries` of `directory` from now on (see `Snapshot`)."""
+        snapshot = Snapshot(directory, entries)
+        self._reading.add(snapshot)
+        return snapshot
+
+    def listed_node(self, snapshot: Snapshot, name: str, entry: Entry) -> Node | None:
+        """The node readdir hands the kernel for a name its snapshot listed without one: the
+        table's if one was made since (newer than the listing), none if this mount removed
+        the name since, else a new node from the listing (attributes as `snapshot` gives)."""
+        directory = snapshot.directory
+        node = self.table.child(directory, name)
+        if node is not None or name in snapshot.gone:
+            return node
+        node = self._from_listing(directory, name, entry, None)
+        if not node.full and not self.listing_attrs:  # attrs=listing: never HEAD what was listed
+            self.prefetch.add(directory.ino, node)
+        return node
+
+    def _from_listing(self, directory: Node, name: str, entry: Entry, node: Node | None) -> Node:
+        """`node` (None: a new one) as listed: a listing tells a directory from an object,
+        not a symlink or a fifo from a file; the metadata known of the same object is kept (a
+        listing lacks it; revalidate.py)."""
+        if node is None or (node.kind is not entry.kind and Kind.DIR in (node.kind, entry.kind)):
+            node = self.new_node(directory, name, entry.kind, full=False)
+        if entry.kind is not Kind.DIR and entry.info is not None:
+            if self.listing_attrs or not self.revalidation.listed(node, entry.info):
+                self.apply(node, entry.info, full=False)
+        elif entry.kind is Kind.DIR and not node.full:
+            node.attr_expiry = 0.0
+        return node

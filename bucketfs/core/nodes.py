@@ -30,9 +30,11 @@ import enum
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from bucketfs.types import EMPTY
 
 if TYPE_CHECKING:
     from bucketfs.cache.store import CachedFile
@@ -42,6 +44,10 @@ ROOT_INO = 1
 #: the longest symlink target (PATH_MAX - 1): a symlink's object holds its target, so a listed
 #: object larger than this is a regular file whatever its metadata says
 SYMLINK_MAX = 4095
+
+
+def _empty() -> Mapping[str, str]:
+    return EMPTY
 
 
 class Kind(enum.Enum):
@@ -115,10 +121,11 @@ class Node:
     entries_changed: float = 0.0
     etag: str | None = None  # None: not (yet) on the server
     version_id: str | None = None
-    #: user metadata as last seen or to be written, POSIX keys included
-    metadata: dict[str, str] = field(default_factory=dict)
+    #: user metadata as last seen or to be written, POSIX keys included; replaced, never
+    #: changed in place (a node without any shares `types.EMPTY`: 64 bytes a node)
+    metadata: Mapping[str, str] = field(default_factory=_empty)
     content_type: str | None = None
-    system: dict[str, str] = field(default_factory=dict)
+    system: Mapping[str, str] = field(default_factory=_empty)
     full: bool = True
     attr_expiry: float = 0.0
     #: a directory's attributes from its marker (or their absence) are reused until then

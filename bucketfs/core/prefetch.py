@@ -18,6 +18,7 @@ prefetched.
 from __future__ import annotations
 
 import logging
+from array import array
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -34,19 +35,34 @@ PREFETCH_PARALLEL = 32
 
 
 class Prefetch:
-    def __init__(self, refresh: Callable[[Node], Awaitable[None]]) -> None:
-        """`refresh(node)` sends the HEAD of one listed node and applies what it says."""
+    def __init__(
+        self, refresh: Callable[[Node], Awaitable[None]], node: Callable[[int], Node | None]
+    ) -> None:
+        """`refresh(node)` sends the HEAD of one listed node and applies what it says;
+        `node(ino)` is the inode table's node of that number, if it still has one."""
         self._refresh = refresh
+        self._node = node
         self.nursery: trio.Nursery | None = None
         #: HEADs started by readdir for nodes known only from a listing, by inode
         self._prefetching: dict[int, trio.Event] = {}
         self._limiter = trio.CapacityLimiter(PREFETCH_PARALLEL)
-        #: listed nodes of a directory whose metadata nobody asked for yet, by its inode
-        self._deferred: LRUCache[int, list[Node]] = LRUCache(maxsize=256)
+        #: listed nodes of a directory whose metadata nobody asked for yet, by its inode: their
+        #: inode numbers, not the nodes, so that a node the kernel forgot goes (`max_nodes`;
+        #: a list of nodes kept all 100,000 of a directory alive)
+        self._deferred: LRUCache[int, array[int]] = LRUCache(maxsize=256)
 
     def defer(self, directory_ino: int, nodes: list[Node]) -> None:
-        """A listing of the directory left `nodes` without metadata: HEAD them on demand."""
-        self._deferred[directory_ino] = nodes
+        """A listing of the directory left `nodes` without metadata: HEAD them on demand
+        (`add` tells of more)."""
+        self._deferred[directory_ino] = array("Q", [node.ino for node in nodes])
+
+    def add(self, directory_ino: int, node: Node) -> None:
+        """One more node of the directory's last listing without metadata."""
+        deferred = self._deferred.get(directory_ino)
+        if deferred is None:
+            self._deferred[directory_ino] = array("Q", [node.ino])
+        else:
+            deferred.append(node.ino)
 
     def dropped(self, ino: int) -> None:
         self._deferred.pop(ino, None)
@@ -62,11 +78,12 @@ class Prefetch:
         unsure (small files: `Node.kind_certain`) and leaves the others to getattr."""
         if node.kind is Kind.DIR:
             return
-        nodes = self._deferred.pop(node.parent, None)
+        inos = self._deferred.pop(node.parent, None)
+        nodes = [n for ino in inos if (n := self._node(ino)) is not None] if inos else []
         if nodes and kinds:
             sure = [n for n in nodes if n.kind_certain]
             if sure:
-                self._deferred[node.parent] = sure
+                self._deferred[node.parent] = array("Q", [n.ino for n in sure])
             nodes = [n for n in nodes if not n.kind_certain]
         if nodes:
             self._start(nodes)

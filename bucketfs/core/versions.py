@@ -35,6 +35,7 @@ from cachetools import LRUCache, TTLCache
 from bucketfs.backends.base import Backend
 from bucketfs.concurrency import for_each
 from bucketfs.core.attrs import Defaults, valid_name
+from bucketfs.core.listing import Entry
 from bucketfs.core.nodes import InodeTable, Kind, Node, Virtual, VKind
 from bucketfs.errors import NoEntry, NotSupported, ReadOnly
 from bucketfs.types import ObjectInfo
@@ -184,16 +185,19 @@ class Versions:
         return self._node(parent, name, *found)
 
     async def readdir(
-        self, directory: Node, real: Callable[[Node], Awaitable[list[tuple[str, Node]]]]
-    ) -> list[tuple[str, Node]]:
+        self, directory: Node, real: Callable[[Node], Awaitable[list[tuple[str, Node | Entry]]]]
+    ) -> list[tuple[str, Node | Entry]]:
         """readdir's snapshot: this tree's entries, or the real ones without `.versions`."""
         if directory.virtual is None:
             entries = await real(directory)
             if self.enabled and directory.bucket is not None:
-                entries = [(n, node) for n, node in entries if n != VERSIONS]
+                entries = [entry for entry in entries if entry[0] != VERSIONS]
             return entries
         listing = await self._entries(directory)
-        return [(name, self._node(directory, name, v, mt)) for name, (v, mt) in listing.items()]
+        nodes: list[tuple[str, Node | Entry]] = [
+            (name, self._node(directory, name, v, mt)) for name, (v, mt) in listing.items()
+        ]
+        return nodes
 
     async def read(self, node: Node, offset: int, size: int) -> bytes:
         """Bytes of a version file (a GET with its version id; chunks kept for the next read)."""

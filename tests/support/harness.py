@@ -137,7 +137,7 @@ class Harness:
         adapter does."""
         fh = self.fs.opendir(ino)
         try:
-            entries = await self.fs.readdir(fh, 0)
+            entries = list(await self.fs.readdir(fh, 0))
         finally:
             self.fs.releasedir(fh)
         entries = [entry for entry in entries if entry[0] not in (".", "..")]

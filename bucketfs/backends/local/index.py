@@ -27,14 +27,14 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bucketfs.backends import inprocess as c
 from bucketfs.errors import BackendError, BucketNotFound, NotFound
-from bucketfs.types import ObjectInfo
+from bucketfs.types import EMPTY, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,12 @@ class Row:
             size=self.size,
             etag=self.etag,
             last_modified=self.last_modified,
-            metadata=loads(self.metadata),
+            metadata=_mapping(self.metadata),
             content_type=self.content_type,
             version_id=vid,
             is_latest=self.is_latest,
             is_delete_marker=self.is_delete_marker,
-            system=loads(self.system),
+            system=_mapping(self.system),
         )
 
 
@@ -120,6 +120,11 @@ def loads(text: str) -> dict[str, str]:
     if text == "{}":
         return {}
     return {str(k): str(v) for k, v in json.loads(text).items()}
+
+
+def _mapping(text: str) -> Mapping[str, str]:
+    """`loads` for an `ObjectInfo`: the shared empty mapping when there is nothing."""
+    return EMPTY if text == "{}" else loads(text)
 
 
 def _dumps(mapping: dict[str, str]) -> str:

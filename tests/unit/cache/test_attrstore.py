@@ -95,7 +95,7 @@ async def ls_l(fs: BucketFS) -> dict[str, Node]:
     """What `ls -l` does: readdir, then getattr of every entry."""
     fh = fs.opendir(ROOT_INO)
     try:
-        entries = await fs.readdir(fh, 0)
+        entries = list(await fs.readdir(fh, 0))
     finally:
         fs.releasedir(fh)
     out: dict[str, Node] = {}

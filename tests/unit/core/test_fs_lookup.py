@@ -200,22 +200,73 @@ def test_readdir_offsets_resume_in_the_middle(run_fs: RunFs) -> None:
         for i in range(1500):
             await h.put(f"f{i:04d}", b"x")
         fh = h.fs.opendir(ROOT_INO)
-        full = await h.fs.readdir(fh, 0)
+        full = list(await h.fs.readdir(fh, 0))
         assert [name for name, _, _ in full[:2]] == [".", ".."]  # offsets 0 and 1
         assert full[0][1] is full[1][1] is h.fs.table.root  # the root is its own parent
         assert [nxt for _, _, nxt in full] == list(range(1, 1503))
         # the kernel's buffer filled up after 1,100 entries: it resumes at that offset
-        rest = await h.fs.readdir(fh, full[1099][2])
+        rest = list(await h.fs.readdir(fh, full[1099][2]))
         assert [name for name, _, _ in rest] == [f"f{i:04d}" for i in range(1098, 1500)]
         assert [nxt for _, _, nxt in rest] == list(range(1101, 1503))
-        assert await h.fs.readdir(fh, 1502) == []
+        assert list(await h.fs.readdir(fh, 1502)) == []
         h.fs.releasedir(fh)
         # a fresh handle asked for a middle offset first (telldir/seekdir) also works
         fh2 = h.fs.opendir(ROOT_INO)
-        middle = await h.fs.readdir(fh2, 702)
+        middle = list(await h.fs.readdir(fh2, 702))
         assert middle[0][0] == "f0700"
         assert len(middle) == 800
         h.fs.releasedir(fh2)
+
+    run_fs(body)
+
+
+def test_readdir_makes_a_node_only_when_it_hands_the_name_out(run_fs: RunFs) -> None:
+    """A directory of many names never has them all in the inode table because it is read:
+    each node is made as the kernel takes its name (`max_nodes` holds; docs/core.md), and a
+    node the kernel forgot meanwhile goes for good, however large the directory."""
+
+    async def body(h: Harness) -> None:
+        for i in range(500):
+            await h.put(f"f{i:04d}", b"x")
+        before = len(h.fs.table)
+        fh = h.fs.opendir(ROOT_INO)
+        taken = []
+        for name, node, _next in await h.fs.readdir(fh, 0):
+            taken.append((name, node))
+            if len(taken) == 12:  # the kernel's buffer is full: it stops taking
+                break
+        assert len(h.fs.table) - before == 10  # f0000..f0009, not 500
+        for _name, node in taken[2:]:
+            h.fs.remember(node)
+        h.fs.forget([(node.ino, 1) for _name, node in taken[2:]])
+        assert len(h.fs.table) == before
+        rest = list(await h.fs.readdir(fh, 12))
+        assert [name for name, _, _ in rest] == [f"f{i:04d}" for i in range(10, 500)]
+        assert rest[0][1].kind is Kind.FILE
+        assert rest[0][1].size == 1
+        assert h.fs.table.child(h.fs.table.root, "f0001") is None  # forgotten stays so
+        h.fs.releasedir(fh)
+
+    run_fs(body)
+
+
+def test_readdir_does_not_show_a_name_removed_after_its_listing(run_fs: RunFs) -> None:
+    """`rm` of a name after opendir, before readdir reached it: the name is not shown, and
+    no node is made for a name that is not there (one would answer lookups with it)."""
+
+    async def body(h: Harness) -> None:
+        for name in ("a", "b", "c"):
+            await h.put(name, b"x")
+        fh = h.fs.opendir(ROOT_INO)
+        first = list(await h.fs.readdir(fh, 0))[:3]  # ".", "..", "a"
+        assert [name for name, _, _ in first] == [".", "..", "a"]
+        b = await h.fs.lookup(ROOT_INO, "b")
+        await h.fs.unlink(ROOT_INO, "b")
+        h.fs.forget([(b.ino, 1)])
+        assert [name for name, _, _ in await h.fs.readdir(fh, 3)] == ["c"]
+        assert h.fs.table.child(h.fs.table.root, "b") is None
+        h.fs.releasedir(fh)
+        assert sorted(await h.ls()) == ["a", "c"]
 
     run_fs(body)
 
