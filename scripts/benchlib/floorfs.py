@@ -246,15 +246,7 @@ class Floor(pyfuse3.Operations):
                 await self.queued.wait()
                 self.queued = trio.Event()
                 continue
-            e = self.queue.popleft()
-            assert e.head is not None
-            try:
-                info = await self.backend.head(self.bucket, e.key)
-                apply_head(e, info.size, info.last_modified, info.metadata)
-            except Exception:
-                e.failed = True
-            finally:
-                e.head.set()
+            await self.head_now(self.queue.popleft())
 
     # --- HEADs in worker processes (`--workers N`) -----------------------------------------
     async def start_workers(self, nursery: trio.Nursery, n: int, argv: list[str]) -> None:
@@ -299,10 +291,13 @@ class Floor(pyfuse3.Operations):
                 e.head.set()
 
     async def head(self, e: Entry) -> None:
+        async with self.limiter:
+            await self.head_now(e)
+
+    async def head_now(self, e: Entry) -> None:
         assert e.head is not None
         try:
-            async with self.limiter:
-                info = await self.backend.head(self.bucket, e.key)
+            info = await self.backend.head(self.bucket, e.key)
             apply_head(e, info.size, info.last_modified, info.metadata)
         except Exception:
             e.failed = True
