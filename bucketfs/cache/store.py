@@ -435,9 +435,7 @@ class BlockCache:
         new = {**meta, **kept, "base_key": cf.base_key}
         if new == cf.meta:
             return
-        cf.meta = new
-        if cf.in_index:
-            self.index.update(cf.id, meta=cf.meta)
+        self._keep_meta(cf, new)
         if cf.dirty:
             cf.generation += 1
             cf.changed = trio.current_time()
@@ -451,9 +449,14 @@ class BlockCache:
         if replaces:
             meta["replaces"] = True
         if meta != cf.meta:
-            cf.meta = meta
-            if cf.in_index:
-                self.index.update(cf.id, meta=cf.meta)
+            self._keep_meta(cf, meta)
+
+    def _keep_meta(self, cf: CachedFile, meta: dict[str, Any]) -> None:
+        """`meta` is what the next upload sends: in the index too once the file has a row (a
+        new file's goes in with its first FLUSH, `record`)."""
+        cf.meta = meta
+        if cf.in_index:
+            self.index.update(cf.id, meta=cf.meta)
 
     # --- after an upload, rename, delete ------------------------------------------------
 
