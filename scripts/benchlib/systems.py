@@ -525,14 +525,8 @@ class Rclone(System):
             "--config",
             "/dev/null",
         ]
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-        handle = MountHandle(self.name, mp, log=log, proc=proc, pid=proc.pid, cache=cache)
-        CLEANUP.add(handle)
-        try:
-            wait_mounted(mp, proc, log)
-        except BaseException:
-            handle.abort()
-            raise
+        handle = MountHandle(self.name, mp, log=log, cache=cache)
+        _run_foreground(handle, cmd, env)  # rclone writes its own log (--log-file)
         return handle
 
 
@@ -655,24 +649,10 @@ class Floor(System):
         mp, _ = _fresh_dirs(workdir, self.name)
         log = workdir / f"{self.name}-{mp.name}.log"
         handle = TreeHandle(self.name, mp, log=log)
-        CLEANUP.add(handle)
         cmd = [sys.executable, str(self.binary()), bucket, str(mp), "--endpoint", endpoint]
         cmd += ["--region", creds.region, *self.extra_args]
-        try:
-            with open(log, "wb") as out:
-                handle.proc = subprocess.Popen(
-                    cmd,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=creds.env(),
-                    start_new_session=True,
-                )
-            handle.pid = handle.proc.pid
-            wait_mounted(mp, handle.proc, log)
-            _profile(handle)
-        except BaseException:
-            handle.abort()
-            raise
+        _run_foreground(handle, cmd, creds.env(), output=log)
+        _profile(handle)
         return handle
 
 
@@ -721,6 +701,31 @@ def _children(pid: int | None) -> list[int]:
                 if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
                     found.append(int(d.name))
     return found
+
+
+def _run_foreground(
+    handle: MountHandle, cmd: list[str], env: dict[str, str], output: Path | None = None
+) -> None:
+    """Start a daemon that mounts in the foreground (its stdout and stderr into `output`, if
+    given) and wait until it is mounted; registered for cleanup before it starts, aborted if
+    it does not mount."""
+    CLEANUP.add(handle)
+    try:
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(open(output, "wb")) if output is not None else None
+            handle.proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                start_new_session=True,
+            )
+        handle.pid = handle.proc.pid
+        wait_mounted(handle.path, handle.proc, handle.log)
+    except BaseException:
+        handle.abort()
+        raise
 
 
 def _fresh_dirs(workdir: Path, name: str, cache: Path | None = None) -> tuple[Path, Path]:
