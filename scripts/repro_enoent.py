@@ -1,14 +1,17 @@
-"""Reproduces a directory made by this mount going missing (ENOENT) while many small files
-are created (session 13; the bench's small_files_2000 failed this way on main and on the
-session's start alike when the host's disk was slow).
+"""Stress check for a directory made by this mount going missing (ENOENT) while many small
+files are created: the bench's small_files_2000 failed this way in session 13 when the host's
+disk was slow. Cause (fixed in session 14, listing.py `Subtrees._empty`): each cache times its
+entries from when they went in, so an ancestor's "listed complete" mark outlived the
+directory listings stored just before it, and a lookup in that gap took a listed directory
+for an empty one. Unit tests: tests/unit/core/test_listing.py.
 
 Usage: .venv/bin/python scripts/repro_enoent.py RUNS, with disk pressure beside it, e.g.
-`dd if=/dev/zero of=/tmp/ddpress bs=1M count=30000 oflag=sync` (2 of 3 runs failed that way;
-0 of 4 with two CPU hogs instead). Each run mounts s3://rep/itN of a SeaweedFS on loopback
-with `-o debug` (log: /tmp/repro/cacheN/bucketfs.log), writes 2,000 files
-small/dNN/sN/fNNNNN round-robin over 40x5 directories (mkdir -p once per directory, as the
-bench does) and prints ok or the failing path. Not a test: a test that fails 2 runs of 3
-under a load it makes itself is the next step (docs/maintainers/NEXT.md, session 13).
+`dd if=/dev/zero of=/tmp/ddpress bs=1M count=30000 oflag=sync` (before the fix: 3 of 6 runs
+failed; after it: 0 of 5). Each run mounts s3://rep/itN of a SeaweedFS on loopback with
+`-o debug` (log: /tmp/repro/cacheN/bucketfs.log; an ENOENT a listing gave is logged with
+which listing and its age), writes 2,000 files small/dNN/sN/fNNNNN round-robin over 40x5
+directories (mkdir -p once per directory, as the bench does) and prints ok or the failing
+path.
 """
 
 from __future__ import annotations

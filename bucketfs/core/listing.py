@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from cachetools import LRUCache, TTLCache
@@ -315,21 +315,26 @@ class FileNames:
 class Subtrees:
     """Listings from recursive LISTs, by (bucket, directory key), each valid `dir_timeout`."""
 
-    def __init__(self, dir_timeout: float) -> None:
+    def __init__(self, dir_timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
         ttl = max(dir_timeout, 1e-6)
+        self._clock = clock
         self._listings: TTLCache[tuple[str, str], dict[str, Entry]] = TTLCache(
-            maxsize=16384, ttl=ttl
+            maxsize=16384, ttl=ttl, timer=clock
         )
         #: directories relisted one by one lately (when an ancestor is worth listing)
         self._relisted: TTLCache[tuple[str, str], bool] = TTLCache(
-            maxsize=1024, ttl=max(WINDOW, 5 * ttl)
+            maxsize=1024, ttl=max(WINDOW, 5 * ttl), timer=clock
         )
-        self._too_big: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=1024, ttl=TOO_BIG_FOR)
-        #: when each listing came (time.monotonic)
-        self._made: LRUCache[tuple[str, str], float] = LRUCache(maxsize=16384)
+        self._too_big: TTLCache[tuple[str, str], bool] = TTLCache(
+            maxsize=1024, ttl=TOO_BIG_FOR, timer=clock
+        )
+        #: when each listing came (`clock`), kept after the listing expired (`_empty`)
+        self._made: LRUCache[tuple[str, str], float] = LRUCache(maxsize=65536)
         #: ancestors listed recursively and when: a directory under one that the listing did
         #: not show had nothing on the server then (`_empty`)
-        self._complete: TTLCache[tuple[str, str], float] = TTLCache(maxsize=1024, ttl=ttl)
+        self._complete: TTLCache[tuple[str, str], float] = TTLCache(
+            maxsize=1024, ttl=ttl, timer=clock
+        )
         self._ttl = ttl
         self._changes = 0  # changes made through this mount, ever
         #: the latest changes (numbered as `_changes` counts them), replayed onto a listing
@@ -343,7 +348,7 @@ class Subtrees:
         if listed is None:
             return self._empty(bucket, key)
         made = self._made.get((bucket, key))
-        if made is not None and time.monotonic() - made > self._ttl:
+        if made is not None and self._clock() - made > self._ttl:
             return None  # made empty (`_empty`) late in its ancestor's listing's life
         return listed
 
@@ -351,11 +356,21 @@ class Subtrees:
         """Directory `key` under an ancestor listed recursively, absent from that listing: it
         had nothing on the server (a directory made here whose files and marker are not up
         yet, a writer's fresh tree). Its listing is empty, as fresh as the ancestor's, and kept
-        like the others so that this mount's changes apply to it; None if no ancestor's."""
+        like the others so that this mount's changes apply to it; None if no ancestor's.
+
+        Not for a directory the ancestor's listing showed (`_made` no older than it): its own
+        listing expired (or was evicted), it is not empty. Each cache times its entries from
+        when they went in, so an ancestor's completeness, stored after the listings it made,
+        outlived them by as long as storing them took: a lookup in that gap found a directory
+        made here, holding files, "empty" and answered ENOENT (session 13's lost directories,
+        under disk pressure)."""
         made = next(
             (m for p in upward(key) if (m := self._complete.get((bucket, p))) is not None), None
         )
-        if made is None:
+        if made is None or self._clock() - made > self._ttl:
+            return None
+        shown = self._made.get((bucket, key))
+        if shown is not None and shown >= made:
             return None
         entries: dict[str, Entry] = {}
         self._listings[(bucket, key)] = entries
@@ -432,7 +447,7 @@ class Subtrees:
         for _, in_bucket, key, name, kind in missed:
             if in_bucket == bucket and key.startswith(prefix):
                 apply_change(listings.setdefault(key, {}), name, kind)
-        now = time.monotonic()
+        now = self._clock()
         for key, entries in listings.items():
             self._listings[(bucket, key)] = entries
             self._made[(bucket, key)] = now

@@ -59,6 +59,7 @@ Invariants: inode numbers are never reused, so nothing kept per inode outlives i
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from typing import TYPE_CHECKING
@@ -91,6 +92,8 @@ if TYPE_CHECKING:  # types only: file contents are reached through contents.py a
     from bucketfs.cache.deletes import DeferredDeletes
     from bucketfs.cache.markers import Markers, PendingMarker
     from bucketfs.cache.store import CachedFile
+
+log = logging.getLogger(__name__)
 
 
 class Namespace:
@@ -381,6 +384,7 @@ class Namespace:
             if unsaved is not None:
                 return self._node_from_cache(parent, name, unsaved)
         if (parent.ino, name) in self._negative:
+            log.debug("%s%s absent: a negative entry", parent.key, name)
             raise NoEntry()
         if node is not None and node.kind is not Kind.DIR and node.bucket is not None:
             # revalidate a known file (a listing, or one HEAD); only if it is gone ask again

@@ -36,6 +36,8 @@ HEADs a listed file.
 
 from __future__ import annotations
 
+import logging
+import time
 from itertools import takewhile
 
 from bucketfs.backends.base import Backend
@@ -63,6 +65,8 @@ GUESS_FILE = 0.5
 #: one relisting that found a file is needed before any guess)
 FOUND_WEIGHT = 0.25
 FOUND_START = 0.4
+
+log = logging.getLogger(__name__)
 
 
 class Resolver:
@@ -137,6 +141,8 @@ class Resolver:
         if listed is not None and (name in listed or not self.listings.implicit(parent.ino)):
             entry = listed.get(name)
             if entry is None:
+                if head is None and log.isEnabledFor(logging.DEBUG):
+                    self._log_absent(parent, name, listed)
                 return self.file_entry(head) if head is not None else None
             if entry.kind is Kind.DIR:
                 if not marker or self.listing_attrs:
@@ -148,6 +154,17 @@ class Resolver:
                 head = await self.heads.head_or_none(bucket, key)
             return None if head is None else self.file_entry(head)
         return await self._ask(bucket, key, marker=marker, head=head, headed=headed)
+
+    def _log_absent(self, parent: Node, name: str, listed: dict[str, Entry]) -> None:
+        """Which listing said `name` is absent, and how old it is (debugging lost names)."""
+        assert parent.bucket is not None
+        own = self.listings.get(parent.ino) is listed
+        made = (
+            self.listings.made(parent.ino) if own else self.subtrees.made(parent.bucket, parent.key)
+        )
+        age = time.monotonic() - made if made is not None else -1.0
+        which = "own" if own else "subtree"
+        log.debug("%s%s absent from the %s listing (%.3fs old)", parent.key, name, which, age)
 
     async def _ask(
         self, bucket: str, key: str, *, marker: bool, head: ObjectInfo | None, headed: bool

@@ -323,10 +323,9 @@ class S3Client:
                 log.debug("%s failed after %.3fs: %r", what, time.monotonic() - started, exc)
                 raise transport_error(exc, self.endpoint, what) from exc
             log.debug(
-                "%s %s/%s -> %d in %.3fs",
+                "%s %s -> %d in %.3fs",
                 method,
-                bucket or "",
-                key or "",
+                target,
                 response.status_code,
                 time.monotonic() - started,
             )

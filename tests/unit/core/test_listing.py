@@ -258,6 +258,67 @@ def test_a_change_to_a_held_empty_listing_is_applied_with_no_ancestor_listed() -
     trio.run(main)
 
 
+def test_a_directory_the_subtree_listing_showed_is_never_taken_for_empty_once_it_expired() -> None:
+    """Each cache times its entries from when they went in: the ancestor's completeness,
+    stored after the listings it made, outlived them by as long as storing them took. A
+    lookup in that gap found a directory (made here, its marker up) "empty" and answered
+    ENOENT: the bench's small files failed on a directory made a second earlier (session 13,
+    host disk slow). A clock that ticks at every reading makes the gap wide and exact."""
+    import trio
+
+    from bucketfs.types import ListPage
+
+    class Clock:
+        def __init__(self) -> None:
+            self.now, self.tick = 100.0, 0.001
+
+        def __call__(self) -> float:
+            self.now += self.tick
+            return self.now
+
+    keys = [f"w/d{i}/s{j}/" for i in range(10) for j in range(5)]
+
+    class Lister:
+        async def list_page(self, bucket: str, prefix: str, **kw: object) -> ListPage:
+            return ListPage(tuple(ObjectInfo(key=k, size=0) for k in keys), (), None)
+
+    clock = Clock()
+    subtrees = listing.Subtrees(dir_timeout=1.0, clock=clock)
+    started = clock.now
+    assert trio.run(subtrees.refresh, Lister(), "b", "w/") is not None  # type: ignore[arg-type]
+    stored = clock.now - started  # the listings went in over this long, completeness last
+    assert stored > 0.05
+    clock.tick = 0.0
+    assert sorted(subtrees.get("b", "w/d7/") or {}) == ["s0", "s1", "s2", "s3", "s4"]
+    assert subtrees.get("b", "w/d7/s3/new/") == {}  # not shown: nothing on the server
+    clock.now = started + 1.0 + stored * 0.9  # d7's listing expired, w/'s completeness not
+    assert subtrees.get("b", "w/d7/") is None  # unknown, never "empty"
+    assert subtrees.get("b", "w/d7/s3/") is None
+    subtrees.changed("b", "w/d7/", "f", Kind.FILE)  # a change applies to no made-up listing
+    assert subtrees.get("b", "w/d7/") is None
+
+
+def test_a_directory_whose_subtree_listing_was_evicted_is_not_taken_for_empty() -> None:
+    """More directory listings than the cache holds within `dir_timeout` (wide trees listed
+    one subtree after another): an evicted one is unknown, not empty while its ancestor's
+    completeness holds."""
+    import trio
+
+    from bucketfs.types import ListPage
+
+    class Lister:
+        async def list_page(self, bucket: str, prefix: str, **kw: object) -> ListPage:
+            keys = [f"{prefix}d{i}/" for i in range(listing.PAGE_KEYS - 1)]
+            return ListPage(tuple(ObjectInfo(key=k, size=0) for k in keys), (), None)
+
+    subtrees = listing.Subtrees(dir_timeout=60, clock=lambda: 100.0)
+    for top in range(20):  # 20,000 listings: the cache holds 16,384
+        assert trio.run(subtrees.refresh, Lister(), "b", f"t{top}/") is not None  # type: ignore[arg-type]
+    assert subtrees.get("b", "t0/d5/") is None  # evicted: unknown
+    assert subtrees.get("b", "t19/d5/") == {}  # held
+    assert subtrees.get("b", "t0/new/") == {}  # not shown by t0/'s listing: nothing there
+
+
 def test_file_names_of_expired_listings_are_kept_within_a_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
