@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from cachetools import LRUCache, TTLCache
 
@@ -44,7 +45,7 @@ from bucketfs.backends.base import Backend
 from bucketfs.cache.markers import split_key
 from bucketfs.core.attrs import valid_name
 from bucketfs.core.nodes import Kind, Node
-from bucketfs.types import ListPage, ObjectInfo
+from bucketfs.types import EMPTY, ListPage, ObjectInfo
 
 #: pages (of PAGE_KEYS keys) a subtree listing may take; a larger subtree is not listed so
 PAGES = 3
@@ -64,10 +65,38 @@ FILE_NAMES = 65536
 
 
 @dataclass(frozen=True, slots=True)
+class Listed:
+    """What a listing says of one object, all a listed file's entry keeps: the `ObjectInfo`
+    a page is parsed into also holds the whole key and ten more fields, ~200 bytes an entry
+    more (a 100,000-entry listing is held whole while it is read: docs/core.md). Reads like
+    the `ObjectInfo` of a listing (no version, no metadata) where `Namespace.apply` and
+    revalidation read it."""
+
+    size: int
+    etag: str
+    last_modified: float
+    version_id: ClassVar[None] = None
+    metadata: ClassVar[Mapping[str, str]] = EMPTY
+
+    @classmethod
+    def of(cls, info: ObjectInfo) -> Listed:
+        return cls(info.size, info.etag, info.last_modified)
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     kind: Kind
-    info: ObjectInfo | None  # the object (file) or marker (dir) as listed, if any
+    #: the object as listed (`Listed`), or as a HEAD found it (a file's, a dir's marker)
+    info: ObjectInfo | Listed | None
     head: bool = False  # `info` came from a HEAD (has the metadata), not from a listing
+
+    def marker(self) -> ObjectInfo | None:
+        """A directory's marker as its HEAD found it (a listing shows none)."""
+        return self.info if isinstance(self.info, ObjectInfo) else None
+
+
+#: every listed directory's entry (a listing says nothing more of one)
+DIR_ENTRY = Entry(Kind.DIR, None)
 
 
 @dataclass(slots=True, weakref_slot=True, eq=False)
@@ -91,11 +120,11 @@ def add_page(prefix: str, page: ListPage, files: dict[str, Entry], dirs: dict[st
     for sub in page.prefixes:
         name = sub[len(prefix) : -1]
         if valid_name(name, where=sub):
-            dirs[name] = Entry(Kind.DIR, None)
+            dirs[name] = DIR_ENTRY
     for info in page.objects:
         name = info.key[len(prefix) :]
         if name and valid_name(name, where=info.key):
-            files[name] = Entry(Kind.FILE, info)
+            files[name] = Entry(Kind.FILE, Listed.of(info))
 
 
 async def list_children(
@@ -105,7 +134,7 @@ async def list_children(
     file; with `bucket` None the buckets); None if that takes more than `max_pages` pages."""
     if bucket is None:
         buckets = await backend.list_buckets()
-        return {b.name: Entry(Kind.DIR, None) for b in buckets if valid_name(b.name)}
+        return {b.name: DIR_ENTRY for b in buckets if valid_name(b.name)}
     files: dict[str, Entry] = {}
     dirs: dict[str, Entry] = {}
     token: str | None = None
@@ -140,7 +169,8 @@ def apply_change(listing: dict[str, Entry], name: str, kind: Kind | None) -> Non
     if kind is None:
         listing.pop(name, None)
     else:
-        listing[name] = Entry(Kind.FILE if kind is Kind.LINK else kind, None)
+        kind = Kind.FILE if kind is Kind.LINK else kind
+        listing[name] = DIR_ENTRY if kind is Kind.DIR else Entry(kind, None)
 
 
 def split_subtree(prefix: str, objects: Iterable[ObjectInfo]) -> dict[str, dict[str, Entry]]:
@@ -155,11 +185,11 @@ def split_subtree(prefix: str, objects: Iterable[ObjectInfo]) -> dict[str, dict[
         for depth, name in enumerate(parts):
             if depth == len(parts) - 1:  # the last segment: a file, or "" for a marker
                 if name and valid_name(name, where=info.key):
-                    files[directory][name] = Entry(Kind.FILE, info)
+                    files[directory][name] = Entry(Kind.FILE, Listed.of(info))
                 break
             if not valid_name(name, where=info.key):
                 break  # nothing below a segment that cannot be a name is shown
-            dirs[directory][name] = Entry(Kind.DIR, None)
+            dirs[directory][name] = DIR_ENTRY
             directory += name + "/"
             files.setdefault(directory, {})
             dirs.setdefault(directory, {})

@@ -69,7 +69,7 @@ from cachetools import TTLCache
 from bucketfs.core.attrs import NAME_MAX, Defaults, parse_posix, valid_name
 from bucketfs.core.contents import FileData, Unsaved
 from bucketfs.core.heads import Heads
-from bucketfs.core.listing import Entry, Listings, Snapshot, Subtrees, list_children
+from bucketfs.core.listing import Entry, Listed, Listings, Snapshot, Subtrees, list_children
 from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.core.options import FsOptions
 from bucketfs.core.prefetch import Prefetch
@@ -289,7 +289,7 @@ class Namespace:
 
     # --- what the server says applied to a node ------------------------------------------------
 
-    def apply(self, node: Node, info: ObjectInfo, *, full: bool) -> None:
+    def apply(self, node: Node, info: ObjectInfo | Listed, *, full: bool) -> None:
         """What a listing or (`full`) a HEAD says; attrs=listing shows no POSIX metadata."""
         posix = parse_posix(info.metadata) if full and not self.listing_attrs else None
         default_mode = self.defaults.dir_mode if node.kind is Kind.DIR else self.defaults.file_mode
@@ -314,13 +314,14 @@ class Namespace:
         node.mode = posix.mode if posix and posix.mode is not None else default_mode
         node.uid = posix.uid if posix and posix.uid is not None else self.defaults.uid
         node.gid = posix.gid if posix and posix.gid is not None else self.defaults.gid
-        if full:
-            node.metadata = dict(info.metadata)
-            node.content_type = info.content_type
-            node.system = dict(info.system)
+        head = info if full and isinstance(info, ObjectInfo) else None  # a listing's: not
+        if head is not None:
+            node.metadata = dict(head.metadata)
+            node.content_type = head.content_type
+            node.system = dict(head.system)
         node.full = full
         node.attr_expiry = time.monotonic() + self.opts.attr_timeout
-        self.revalidation.applied(node, info if full else None)
+        self.revalidation.applied(node, head)
         if node.kind is Kind.DIR and full:
             self.marker_seen(node)
 
@@ -410,7 +411,7 @@ class Namespace:
         if entry.kind is Kind.DIR and self.listing_attrs:
             node.attr_expiry = time.monotonic() + self.opts.attr_timeout
         elif entry.kind is Kind.DIR:
-            self._apply_marker(node, entry.info)
+            self._apply_marker(node, entry.marker())
         elif entry.info is not None:
             self.apply(node, entry.info, full=entry.head)
         return node

@@ -46,7 +46,7 @@ import trio
 from cachetools import LRUCache
 
 from bucketfs.cache.attrstore import settled
-from bucketfs.core.listing import PAGE_KEYS, Entry, Listings, Subtrees
+from bucketfs.core.listing import PAGE_KEYS, Entry, Listed, Listings, Subtrees
 from bucketfs.core.nodes import InodeTable, Kind, Node
 from bucketfs.errors import BucketfsError
 from bucketfs.types import ObjectInfo
@@ -97,7 +97,7 @@ class Basis:
     modified: int  # LastModified, to the second
     shown: int  # `shown(node)` right after
 
-    def listed_as(self, info: ObjectInfo) -> bool:
+    def listed_as(self, info: ObjectInfo | Listed) -> bool:
         """Whether a listing's entry shows the very object that HEAD described."""
         return (info.etag, info.size, _second(info.last_modified)) == (
             self.etag,
@@ -172,7 +172,7 @@ class Revalidation:
         basis = self._bases.get(node.ino)
         return basis if basis is not None and basis.shown == shown(node) else None
 
-    def listed(self, node: Node, info: ObjectInfo) -> bool:
+    def listed(self, node: Node, info: ObjectInfo | Listed) -> bool:
         """A listing that just came shows the node's object as `info`: whether the node keeps
         its attributes (a full node with the same ETag, unless what it shows came from a
         HEAD of an object the listing shows changed since: a copy onto itself with new
