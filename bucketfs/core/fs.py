@@ -181,6 +181,9 @@ class BucketFS:
     async def lookup(self, parent_ino: int, name: str) -> Node:
         return await self.namespace.lookup(parent_ino, name)
 
+    def absent_for(self, parent_ino: int, name: str) -> float:
+        return self.namespace.absent_for(parent_ino, name)
+
     async def getattr(self, ino: int) -> Node:
         return await self.namespace.getattr(ino)
 

@@ -14,7 +14,8 @@ lookups, getattr, readdir snapshots, and these caches with their freshness rules
   `max(attr_timeout, dir_attr_timeout)` after it was read; a directory known so is only asked
   whether it still exists (one LIST), not for its marker again;
 - negative entries (`_negative`): a name found absent stays so for `negative_timeout`, unless
-  this mount creates it;
+  this mount creates it; the kernel keeps it for the time left on it (`absent_for`,
+  fuse/ops.py), and replaces it itself when a program makes the name;
 - listings of a directory (`listings`, listing.py's `Listings`): used for `dir_timeout`, and
   kept in step with every change made through this mount (`changed`), not dropped; an
   exclusive create (O_EXCL) trusts a fresh one where the upload's `If-None-Match: *` holds
@@ -127,7 +128,8 @@ class Namespace:
             is_bucket=bucket is not None and not prefix,
         )
         self.table = InodeTable(root, on_drop=self._node_dropped)
-        self._negative: TTLCache[tuple[int, str], bool] = TTLCache(
+        #: (directory, name) -> when (time.monotonic) the absence stops being trusted
+        self._negative: TTLCache[tuple[int, str], float] = TTLCache(
             maxsize=65536, ttl=max(options.negative_timeout, 1e-6)
         )
         #: each directory's own listing, its size, the changes made there (listing.py)
@@ -253,6 +255,12 @@ class Namespace:
         self.listings.drop(directory.ino)
         if directory.bucket is not None:
             self.subtrees.forget(directory.bucket, directory.key)
+
+    def absent_for(self, parent_ino: int, name: str) -> float:
+        """Seconds the absence of `name` that a lookup just answered is still trusted (its
+        negative entry), 0 if none: the kernel may keep that answer as long (fuse/ops.py)."""
+        until = self._negative.get((parent_ino, name))
+        return 0.0 if until is None else max(0.0, until - time.monotonic())
 
     def forget_absence(self, parent: Node, name: str) -> None:
         """Ask the server whether `name` exists, even if it was absent a moment ago."""
@@ -401,7 +409,7 @@ class Namespace:
         if entry is None:
             if node is not None:
                 self.table.detach(node)
-            self._negative[(parent.ino, name)] = True
+            self._negative[(parent.ino, name)] = time.monotonic() + self.opts.negative_timeout
             raise NoEntry()
         if node is not None and known_dir and entry.kind is Kind.DIR:
             node.attr_expiry = time.monotonic() + self.opts.attr_timeout

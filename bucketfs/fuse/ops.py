@@ -30,6 +30,7 @@ from bucketfs.errors import (
     BucketfsError,
     CacheError,
     InvalidArgument,
+    NoEntry,
     NotPermitted,
     Transient,
 )
@@ -138,7 +139,20 @@ class FuseOps(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self._attrs(await self.fs.lookup(parent_inode, _name(name)))
+        text = _name(name)
+        try:
+            return self._attrs(await self.fs.lookup(parent_inode, text))
+        except NoEntry:
+            # an answer the daemon keeps (a negative entry) the kernel may keep as long: the
+            # lookup a `stat` then `open(O_CREAT)` (cp, rsync, tar, an import path probe)
+            # sends again is not sent (inode 0: a negative entry with a timeout, fuse(4))
+            trusted = self.fs.absent_for(parent_inode, text)
+            if trusted <= 0:
+                raise
+            attrs = pyfuse3.EntryAttributes()
+            attrs.st_ino = 0
+            attrs.entry_timeout = trusted
+            return attrs
 
     @_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
