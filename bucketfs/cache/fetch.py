@@ -24,10 +24,13 @@ once.
 
 Bodies are streamed: a GET's bytes are received into one buffer of `LAND_BLOCKS` blocks
 (`Backend.get_body`: on S3 over plain HTTP a worker thread reads the socket straight into it)
-and land in the data file each time it is full, and each block's readers go on as soon as that
-block is there, not when the whole part is (a reader at the start of a 16 MiB part waits for
-~2 MiB, and no whole part is held in memory). A connection that breaks mid-body costs one more
-GET, for the blocks not landed yet (`Backend.get`, retried as every request is).
+and land in the data file each time it is full (the first time after `FIRST_LAND_BLOCKS`), and
+each block's readers go on as soon as that block is there, not when the whole part is (a reader
+at the start of a 16 MiB part waits for ~2 MiB, and no whole part is held in memory). Each
+landing step costs two worker-thread hand-offs and an index commit on the trio thread, so
+steps after the first are larger; the buffers are reused while GETs follow one another. A
+connection that breaks mid-body costs one more GET, for the blocks not landed yet
+(`Backend.get`, retried as every request is).
 
 The GET an `open` of a small file sends instead of a HEAD (core/handles.py) lands its bytes
 here too (`prime`), under the same rules as a fetch's.
@@ -44,10 +47,11 @@ every reader waiting for it, and logged if it is not a `BucketfsError`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import trio
 
@@ -70,8 +74,10 @@ FILL_PARALLEL = 4
 PARTS_AHEAD = 4
 #: fetched bytes are written to the data file in a worker thread from this many blocks on
 THREAD_WRITE_BLOCKS = 2
-#: a streamed body lands in the data file this many blocks at a time
-LAND_BLOCKS = 2
+#: a streamed body lands in the data file this many blocks at a time, the first step of each
+#: GET `FIRST_LAND_BLOCKS` (a reader waiting at the start of a part waits for that much)
+LAND_BLOCKS = 4
+FIRST_LAND_BLOCKS = 2
 
 
 class Fetcher:
@@ -103,6 +109,10 @@ class Fetcher:
         self._max_window = max_window
         self._fetch_blocks = fetch_blocks
         self._max_part = max(fetch_blocks, max_window // PARTS_AHEAD)
+        #: landing buffers of `LAND_BLOCKS` blocks no stream uses, kept while a stream runs
+        #: (`_buffer`)
+        self._spare: list[bytearray] = []
+        self._streams = 0
         self.gets = 0
         self.hits = 0
         self.misses = 0
@@ -357,30 +367,64 @@ class Fetcher:
         etag: str,
         claimed: dict[int, Fetch],
     ) -> int:
-        """Receive [start, end) into one buffer of `LAND_BLOCKS` blocks and land it each time
-        it is full; returns how far it landed: `end`, or less when the connection broke after
-        the answer began (an error before that, such as a changed ETag, is raised)."""
+        """Receive [start, end) into a buffer of `LAND_BLOCKS` blocks and land it each time
+        it is full (the first time after `FIRST_LAND_BLOCKS`); returns how far it landed: `end`,
+        or less when the connection broke after the answer began (an error before that, such
+        as a changed ETag, is raised)."""
+        with self._buffer(end - start) as view:
+            async with self._backend.get_body(cf.bucket, key, start, end, if_match=etag) as body:
+                return await self._land_body(body, view, cf, key, start, end, etag, claimed)
+
+    @contextlib.contextmanager
+    def _buffer(self, size: int) -> Iterator[memoryview]:
+        """A landing buffer for a body of `size` bytes. Full-size ones are kept for the next
+        stream while any stream runs (a sequential reader's GETs follow one another; a buffer
+        of 4 MiB or more is otherwise a fresh mapping each time, `app.mount.MMAP_THRESHOLD`),
+        and dropped when none does."""
+        full = self.block_size * LAND_BLOCKS
+        buffer = self._spare.pop() if size >= full and self._spare else bytearray(min(size, full))
+        self._streams += 1
+        try:
+            yield memoryview(buffer)
+        finally:
+            self._streams -= 1
+            if not self._streams:
+                self._spare.clear()
+            elif len(buffer) == full:
+                self._spare.append(buffer)
+
+    async def _land_body(
+        self,
+        body: Body,
+        view: memoryview,
+        cf: CachedFile,
+        key: str,
+        start: int,
+        end: int,
+        etag: str,
+        claimed: dict[int, Fetch],
+    ) -> int:
         bs = self.block_size
-        view = memoryview(bytearray(min(bs * LAND_BLOCKS, end - start)))
         reached = start
-        async with self._backend.get_body(cf.bucket, key, start, end, if_match=etag) as body:
-            while reached < end:
-                piece = view[: min(len(view), end - reached)]
-                got, broke = await _read_full(body, piece)
-                if broke is not None:  # the connection broke mid-body
-                    whole = got - got % bs
-                    log.info(
-                        "GET %s/%s broke off at %d of [%d, %d): fetching the rest again (%s)",
-                        cf.bucket, key, reached + whole, start, end, broke,
-                    )  # fmt: skip
-                    if whole:
-                        await self._land(cf, reached, piece[:whole], claimed, etag)
-                    return reached + whole
-                if got:
-                    await self._land(cf, reached, piece[:got], claimed, etag)
-                    reached += got
-                if got < len(piece):  # the body ended
-                    break
+        step = min(len(view), bs * FIRST_LAND_BLOCKS)
+        while reached < end:
+            piece = view[: min(step, end - reached)]
+            step = len(view)
+            got, broke = await _read_full(body, piece)
+            if broke is not None:  # the connection broke mid-body
+                whole = got - got % bs
+                log.info(
+                    "GET %s/%s broke off at %d of [%d, %d): fetching the rest again (%s)",
+                    cf.bucket, key, reached + whole, start, end, broke,
+                )  # fmt: skip
+                if whole:
+                    await self._land(cf, reached, piece[:whole], claimed, etag)
+                return reached + whole
+            if got:
+                await self._land(cf, reached, piece[:got], claimed, etag)
+                reached += got
+            if got < len(piece):  # the body ended
+                break
         return reached
 
     async def _land(

@@ -321,3 +321,55 @@ def test_background_fill_sends_full_readahead_parts(run_fs: RunFs) -> None:
         assert len(fill) <= 64 // 16 + len(offsets)  # a part, plus one per hole it spans
 
     run_fs(body, cache_size=1024 * MiB)
+
+
+def test_a_part_lands_in_a_few_steps_the_first_one_small(run_fs: RunFs) -> None:
+    """An 8 MiB GET lands first after 2 blocks (a reader at its start waits for that), then 4
+    blocks at a time: 3 landing steps, each one index commit, not 4; and reads back whole."""
+
+    async def body(h: Harness) -> None:
+        size = 8 * MiB
+        data = data_of(size, seed=8)
+        await h.put("f", data)
+        node = await h.fs.lookup(ROOT_INO, "f")
+        ranges = _record_gets(h)
+        index = h.fs.data.cache.index
+        steps: list[list[int]] = []
+        set_blocks = index.set_blocks
+
+        def recording(file_id: int, indexes: Any, *, dirty: bool) -> None:
+            steps.append(list(indexes))
+            set_blocks(file_id, steps[-1], dirty=dirty)
+
+        index.set_blocks = recording  # type: ignore[method-assign]
+        fh, _keep = await h.fs.open(node.ino, os.O_RDONLY)
+        assert await h.fs.read(fh, 0, size) == data  # one read: one GET for the whole file
+        await h.fs.release(fh)
+        assert ranges == [(0, size)]
+        assert [len(s) for s in steps] == [2, 4, 2]
+        assert sorted(i for s in steps for i in s) == list(range(8))
+
+    run_fs(body)
+
+
+def test_landing_buffers_are_reused_only_while_streams_run(run_fs: RunFs) -> None:
+    """A full-size landing buffer given back while another stream runs serves the next one;
+    when the last stream ends none is kept (no memory held by an idle mount)."""
+
+    async def body(h: Harness) -> None:
+        fetcher = h.fs.data.cache.fetcher
+        full = fetcher.block_size * 4
+        with fetcher._buffer(64 * MiB) as first:
+            with fetcher._buffer(64 * MiB) as second:
+                assert len(first) == len(second) == full
+                kept = second.obj
+            with fetcher._buffer(64 * MiB) as third:
+                assert third.obj is kept  # reused
+            with fetcher._buffer(KiB) as small:
+                assert len(small) == KiB  # a small body takes a small buffer
+        assert not fetcher._spare
+        with fetcher._buffer(64 * MiB) as fresh:
+            assert fresh.obj is not kept
+            assert fresh.obj is not first.obj
+
+    run_fs(body)
