@@ -78,6 +78,9 @@ THREAD_WRITE_BLOCKS = 2
 #: GET `FIRST_LAND_BLOCKS` (a reader waiting at the start of a part waits for that much)
 LAND_BLOCKS = 4
 FIRST_LAND_BLOCKS = 2
+#: landing buffers no stream uses are kept this long (seconds) after the last stream ended: a
+#: sequential reader's GETs start one at a time as it moves on, often with none in flight
+SPARE_IDLE = 1.0
 
 
 class Fetcher:
@@ -109,10 +112,11 @@ class Fetcher:
         self._max_window = max_window
         self._fetch_blocks = fetch_blocks
         self._max_part = max(fetch_blocks, max_window // PARTS_AHEAD)
-        #: landing buffers of `LAND_BLOCKS` blocks no stream uses, kept while a stream runs
-        #: (`_buffer`)
+        #: landing buffers of `LAND_BLOCKS` blocks no stream uses (`_buffer`)
         self._spare: list[bytearray] = []
         self._streams = 0
+        self._idle_since = 0.0
+        self._reaping = False
         self.gets = 0
         self.hits = 0
         self.misses = 0
@@ -378,9 +382,8 @@ class Fetcher:
     @contextlib.contextmanager
     def _buffer(self, size: int) -> Iterator[memoryview]:
         """A landing buffer for a body of `size` bytes. Full-size ones are kept for the next
-        stream while any stream runs (a sequential reader's GETs follow one another; a buffer
-        of 4 MiB or more is otherwise a fresh mapping each time, `app.mount.MMAP_THRESHOLD`),
-        and dropped when none does."""
+        streams (a buffer of 4 MiB or more is otherwise a fresh mapping, zeroed on the trio
+        thread, per GET: `app.mount.MMAP_THRESHOLD`) until none ran for `SPARE_IDLE`."""
         full = self.block_size * LAND_BLOCKS
         buffer = self._spare.pop() if size >= full and self._spare else bytearray(min(size, full))
         self._streams += 1
@@ -388,10 +391,29 @@ class Fetcher:
             yield memoryview(buffer)
         finally:
             self._streams -= 1
-            if not self._streams:
-                self._spare.clear()
-            elif len(buffer) == full:
+            if len(buffer) == full:
                 self._spare.append(buffer)
+            if not self._streams:
+                self._idle_since = trio.current_time()
+                if not self._reaping:
+                    self._reaping = True
+                    try:
+                        self._nursery.start_soon(self._drop_spare)
+                    except RuntimeError:  # the cache is closing
+                        self._spare.clear()
+                        self._reaping = False
+
+    async def _drop_spare(self) -> None:
+        """Drop the spare landing buffers once no stream ran for `SPARE_IDLE`."""
+        try:
+            while self._spare:
+                wait = self._idle_since + SPARE_IDLE - trio.current_time()
+                if not self._streams and wait <= 0:
+                    self._spare.clear()
+                    return
+                await trio.sleep(wait if not self._streams else SPARE_IDLE)
+        finally:
+            self._reaping = False
 
     async def _land_body(
         self,

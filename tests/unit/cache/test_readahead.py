@@ -17,6 +17,7 @@ import trio.lowlevel
 import trio.testing
 
 from bucketfs.cache.cachedfile import ReadState
+from bucketfs.cache.fetch import SPARE_IDLE
 from bucketfs.core.nodes import ROOT_INO
 from bucketfs.errors import Transient
 from tests.support.harness import BUCKET, Harness, RunFs, data_of
@@ -352,9 +353,10 @@ def test_a_part_lands_in_a_few_steps_the_first_one_small(run_fs: RunFs) -> None:
     run_fs(body)
 
 
-def test_landing_buffers_are_reused_only_while_streams_run(run_fs: RunFs) -> None:
-    """A full-size landing buffer given back while another stream runs serves the next one;
-    when the last stream ends none is kept (no memory held by an idle mount)."""
+def test_landing_buffers_are_reused_until_no_stream_ran_for_a_while(run_fs: RunFs) -> None:
+    """A full-size landing buffer given back serves the next stream, also one that starts
+    after a pause (a sequential reader's GETs); once no stream ran for `SPARE_IDLE`, none is
+    kept (no memory held by an idle mount)."""
 
     async def body(h: Harness) -> None:
         fetcher = h.fs.data.cache.fetcher
@@ -367,6 +369,10 @@ def test_landing_buffers_are_reused_only_while_streams_run(run_fs: RunFs) -> Non
                 assert third.obj is kept  # reused
             with fetcher._buffer(KiB) as small:
                 assert len(small) == KiB  # a small body takes a small buffer
+        await trio.sleep(SPARE_IDLE / 2)
+        with fetcher._buffer(64 * MiB) as later:
+            assert later.obj in (first.obj, kept)  # reused after a short pause
+        await trio.sleep(SPARE_IDLE * 2)
         assert not fetcher._spare
         with fetcher._buffer(64 * MiB) as fresh:
             assert fresh.obj is not kept
