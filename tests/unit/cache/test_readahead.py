@@ -379,3 +379,29 @@ def test_landing_buffers_are_reused_until_no_stream_ran_for_a_while(run_fs: RunF
             assert fresh.obj is not first.obj
 
     run_fs(body)
+
+
+def test_a_steady_reader_scans_each_block_for_readahead_about_once(run_fs: RunFs) -> None:
+    """Each read of a sequential stream looks only at the blocks its window gained (and a short
+    part waiting for it), not the whole window again (~65 blocks per read with the default
+    64-block window: 6,238 lookups for this file before; now ~6 per block)."""
+    size = 128 * MiB
+
+    async def body(h: Harness) -> None:
+        data = data_of(size, seed=9)
+        await h.put("big", data)
+        node = await h.fs.lookup(ROOT_INO, "big")
+        fetcher = h.fs.data.cache.fetcher
+        looked: list[int] = []
+        fetchable = fetcher._fetchable
+
+        def counting(cf: Any, idx: int) -> bool:
+            looked.append(idx)
+            return fetchable(cf, idx)
+
+        fetcher._fetchable = counting  # type: ignore[method-assign]
+        assert await h.read_file(node, chunk=MiB) == data
+        blocks = size // MiB
+        assert len(looked) <= 8 * blocks, len(looked)  # read, materialize and readahead
+
+    run_fs(body, latency=0.002)
