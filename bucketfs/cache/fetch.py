@@ -24,13 +24,15 @@ once.
 
 Bodies are streamed: a GET's bytes are received into one buffer of `LAND_BLOCKS` blocks
 (`Backend.get_body`: on S3 over plain HTTP a worker thread reads the socket straight into it)
-and land in the data file each time it is full (the first time after `FIRST_LAND_BLOCKS`), and
-each block's readers go on as soon as that block is there, not when the whole part is (a reader
-at the start of a 16 MiB part waits for ~2 MiB, and no whole part is held in memory). Each
-landing step costs two worker-thread hand-offs and an index commit on the trio thread, so
-steps after the first are larger; the buffers are reused while GETs follow one another. A
-connection that breaks mid-body costs one more GET, for the blocks not landed yet
-(`Backend.get`, retried as every request is).
+and land in the data file each time it is full, and each block's readers go on as soon as that
+block is there, not when the whole part is (a reader at the start of a 16 MiB part waits for
+~2 MiB, and no whole part is held in memory); the buffers are reused while GETs follow one
+another. Each landing step costs two worker-thread hand-offs (~50-90 us of CPU each on this
+host) and an index commit on the trio thread; steps of 4 blocks made no difference to the
+daemon's CPU (less on the trio thread, about as much more in the worker threads) and cost
+8 MiB more of RSS (docs/maintainers/performance.md, session 14). A connection that breaks
+mid-body costs one more GET, for the blocks not landed yet (`Backend.get`, retried as every
+request is).
 
 The GET an `open` of a small file sends instead of a HEAD (core/handles.py) lands its bytes
 here too (`prime`), under the same rules as a fetch's.
@@ -74,10 +76,8 @@ FILL_PARALLEL = 4
 PARTS_AHEAD = 4
 #: fetched bytes are written to the data file in a worker thread from this many blocks on
 THREAD_WRITE_BLOCKS = 2
-#: a streamed body lands in the data file this many blocks at a time, the first step of each
-#: GET `FIRST_LAND_BLOCKS` (a reader waiting at the start of a part waits for that much)
-LAND_BLOCKS = 4
-FIRST_LAND_BLOCKS = 2
+#: a streamed body lands in the data file this many blocks at a time
+LAND_BLOCKS = 2
 #: landing buffers no stream uses are kept this long (seconds) after the last stream ended: a
 #: sequential reader's GETs start one at a time as it moves on, often with none in flight
 SPARE_IDLE = 1.0
@@ -381,10 +381,9 @@ class Fetcher:
         etag: str,
         claimed: dict[int, Fetch],
     ) -> int:
-        """Receive [start, end) into a buffer of `LAND_BLOCKS` blocks and land it each time
-        it is full (the first time after `FIRST_LAND_BLOCKS`); returns how far it landed: `end`,
-        or less when the connection broke after the answer began (an error before that, such
-        as a changed ETag, is raised)."""
+        """Receive [start, end) into a buffer of `LAND_BLOCKS` blocks and land it each time it
+        is full; returns how far it landed: `end`, or less when the connection broke after the
+        answer began (an error before that, such as a changed ETag, is raised)."""
         with self._buffer(end - start) as view:
             async with self._backend.get_body(cf.bucket, key, start, end, if_match=etag) as body:
                 return await self._land_body(body, view, cf, key, start, end, etag, claimed)
@@ -392,8 +391,9 @@ class Fetcher:
     @contextlib.contextmanager
     def _buffer(self, size: int) -> Iterator[memoryview]:
         """A landing buffer for a body of `size` bytes. Full-size ones are kept for the next
-        streams (a buffer of 4 MiB or more is otherwise a fresh mapping, zeroed on the trio
-        thread, per GET: `app.mount.MMAP_THRESHOLD`) until none ran for `SPARE_IDLE`."""
+        streams until none ran for `SPARE_IDLE` (else each GET's buffer is allocated and
+        zeroed on the trio thread, a fresh mapping if it is 4 MiB or more:
+        `app.mount.MMAP_THRESHOLD`)."""
         full = self.block_size * LAND_BLOCKS
         buffer = self._spare.pop() if size >= full and self._spare else bytearray(min(size, full))
         self._streams += 1
@@ -438,10 +438,8 @@ class Fetcher:
     ) -> int:
         bs = self.block_size
         reached = start
-        step = min(len(view), bs * FIRST_LAND_BLOCKS)
         while reached < end:
-            piece = view[: min(step, end - reached)]
-            step = len(view)
+            piece = view[: min(len(view), end - reached)]
             got, broke = await _read_full(body, piece)
             if broke is not None:  # the connection broke mid-body
                 whole = got - got % bs

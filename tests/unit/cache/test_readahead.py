@@ -17,7 +17,7 @@ import trio.lowlevel
 import trio.testing
 
 from bucketfs.cache.cachedfile import ReadState
-from bucketfs.cache.fetch import SPARE_IDLE
+from bucketfs.cache.fetch import LAND_BLOCKS, SPARE_IDLE
 from bucketfs.core.nodes import ROOT_INO
 from bucketfs.errors import Transient
 from tests.support.harness import BUCKET, Harness, RunFs, data_of
@@ -324,35 +324,6 @@ def test_background_fill_sends_full_readahead_parts(run_fs: RunFs) -> None:
     run_fs(body, cache_size=1024 * MiB)
 
 
-def test_a_part_lands_in_a_few_steps_the_first_one_small(run_fs: RunFs) -> None:
-    """An 8 MiB GET lands first after 2 blocks (a reader at its start waits for that), then 4
-    blocks at a time: 3 landing steps, each one index commit, not 4; and reads back whole."""
-
-    async def body(h: Harness) -> None:
-        size = 8 * MiB
-        data = data_of(size, seed=8)
-        await h.put("f", data)
-        node = await h.fs.lookup(ROOT_INO, "f")
-        ranges = _record_gets(h)
-        index = h.fs.data.cache.index
-        steps: list[list[int]] = []
-        set_blocks = index.set_blocks
-
-        def recording(file_id: int, indexes: Any, *, dirty: bool) -> None:
-            steps.append(list(indexes))
-            set_blocks(file_id, steps[-1], dirty=dirty)
-
-        index.set_blocks = recording  # type: ignore[method-assign]
-        fh, _keep = await h.fs.open(node.ino, os.O_RDONLY)
-        assert await h.fs.read(fh, 0, size) == data  # one read: one GET for the whole file
-        await h.fs.release(fh)
-        assert ranges == [(0, size)]
-        assert [len(s) for s in steps] == [2, 4, 2]
-        assert sorted(i for s in steps for i in s) == list(range(8))
-
-    run_fs(body)
-
-
 def test_landing_buffers_are_reused_until_no_stream_ran_for_a_while(run_fs: RunFs) -> None:
     """A full-size landing buffer given back serves the next stream, also one that starts
     after a pause (a sequential reader's GETs); once no stream ran for `SPARE_IDLE`, none is
@@ -360,7 +331,7 @@ def test_landing_buffers_are_reused_until_no_stream_ran_for_a_while(run_fs: RunF
 
     async def body(h: Harness) -> None:
         fetcher = h.fs.data.cache.fetcher
-        full = fetcher.block_size * 4
+        full = fetcher.block_size * LAND_BLOCKS
         with fetcher._buffer(64 * MiB) as first:
             with fetcher._buffer(64 * MiB) as second:
                 assert len(first) == len(second) == full
