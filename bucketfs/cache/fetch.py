@@ -3,7 +3,9 @@ the base object with ranged GETs (conditional on its ETag), with readahead for s
 readers and a background fill for random ones.
 
 Owns the fetches in flight (`CachedFile.inflight`), their parallelism (`max_parallel` GETs,
-`FILL_PARALLEL` more for fills), and the read counters (`gets`, `hits`, `misses`).
+`FILL_PARALLEL` more for fills), their landing buffers (`_buffer`: at most one per GET that ran
+at once, none kept once no GET ran for `SPARE_IDLE`), and the read counters (`gets`, `hits`,
+`misses`).
 
 Sequential readers (`ReadState`, `_advance`): a read that starts where the stream reached, or
 touches one of the handle's last reads (the kernel sends its readahead as several requests at
