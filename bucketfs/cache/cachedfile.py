@@ -39,6 +39,9 @@ class ReadState:
 
     next_offset: int = 0
     window: int = 0
+    #: blocks of the stream before this index were there or on their way at its last
+    #: readahead scan (`Fetcher._read_ahead` starts past it; 0 when a stream starts)
+    scanned: int = 0
     recent: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=RECENT_READS))
 
 

@@ -3,7 +3,9 @@ the base object with ranged GETs (conditional on its ETag), with readahead for s
 readers and a background fill for random ones.
 
 Owns the fetches in flight (`CachedFile.inflight`), their parallelism (`max_parallel` GETs,
-`FILL_PARALLEL` more for fills), and the read counters (`gets`, `hits`, `misses`).
+`FILL_PARALLEL` more for fills), their landing buffers (`_buffer`: at most one per GET that ran
+at once, none kept once no GET ran for `SPARE_IDLE`), and the read counters (`gets`, `hits`,
+`misses`).
 
 Sequential readers (`ReadState`, `_advance`): a read that starts where the stream reached, or
 touches one of the handle's last reads (the kernel sends its readahead as several requests at
@@ -26,8 +28,13 @@ Bodies are streamed: a GET's bytes are received into one buffer of `LAND_BLOCKS`
 (`Backend.get_body`: on S3 over plain HTTP a worker thread reads the socket straight into it)
 and land in the data file each time it is full, and each block's readers go on as soon as that
 block is there, not when the whole part is (a reader at the start of a 16 MiB part waits for
-~2 MiB, and no whole part is held in memory). A connection that breaks mid-body costs one more
-GET, for the blocks not landed yet (`Backend.get`, retried as every request is).
+~2 MiB, and no whole part is held in memory); the buffers are reused while GETs follow one
+another. Each landing step costs two worker-thread hand-offs (~50-90 us of CPU each on this
+host) and an index commit on the trio thread; steps of 4 blocks made no difference to the
+daemon's CPU (less on the trio thread, about as much more in the worker threads) and cost
+8 MiB more of RSS (docs/maintainers/performance.md, session 14). A connection that breaks
+mid-body costs one more GET, for the blocks not landed yet (`Backend.get`, retried as every
+request is).
 
 The GET an `open` of a small file sends instead of a HEAD (core/handles.py) lands its bytes
 here too (`prime`), under the same rules as a fetch's.
@@ -44,10 +51,11 @@ every reader waiting for it, and logged if it is not a `BucketfsError`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import trio
 
@@ -72,6 +80,9 @@ PARTS_AHEAD = 4
 THREAD_WRITE_BLOCKS = 2
 #: a streamed body lands in the data file this many blocks at a time
 LAND_BLOCKS = 2
+#: landing buffers no stream uses are kept this long (seconds) after the last stream ended: a
+#: sequential reader's GETs start one at a time as it moves on, often with none in flight
+SPARE_IDLE = 1.0
 
 
 class Fetcher:
@@ -103,6 +114,11 @@ class Fetcher:
         self._max_window = max_window
         self._fetch_blocks = fetch_blocks
         self._max_part = max(fetch_blocks, max_window // PARTS_AHEAD)
+        #: landing buffers of `LAND_BLOCKS` blocks no stream uses (`_buffer`)
+        self._spare: list[bytearray] = []
+        self._streams = 0
+        self._idle_since = 0.0
+        self._reaping = False
         self.gets = 0
         self.hits = 0
         self.misses = 0
@@ -153,6 +169,7 @@ class Fetcher:
         elif not (state.window and abs(offset - reached) <= state.window * self.block_size):
             state.window = 0
             state.next_offset = end
+            state.scanned = 0
             return False
         state.next_offset = max(reached, end)
         return True
@@ -167,22 +184,31 @@ class Fetcher:
         the stream reached, in parts of `part_blocks(window)`. A part shorter than that starts
         only if it holds the reader's own blocks, ends at a block already there (or in flight)
         or at the object's end; else it waits for the window to move on, so a steady reader's
-        GETs are all full parts."""
+        GETs are all full parts.
+
+        The scan starts past `state.scanned` (what the stream's last scan left behind was there
+        or on its way), so a steady reader's read scans only the blocks the window gained, not
+        the whole window (~65 blocks per 1 MiB read). A block that went missing behind it
+        (evicted, or its fetch failed) comes with the read that needs it (`materialize`)."""
         bs = self.block_size
         nblocks = (cf.base_size + bs - 1) // bs
         stop = min((state.next_offset + bs - 1) // bs + state.window, nblocks)
         part = self.part_blocks(state.window)
         run: list[int] = []
-        for idx in range(first, stop + 1):
+        for idx in range(max(first, state.scanned), stop + 1):
             if idx < stop and self._fetchable(cf, idx) and idx not in cf.inflight:
                 run.append(idx)
                 if len(run) == part:
                     self._spawn(cf, run)
                     run = []
                 continue
-            if run and (run[0] <= last or idx < stop or stop == nblocks):
+            if run and not (run[0] <= last or idx < stop or stop == nblocks):
+                state.scanned = run[0]  # a short part waits for the window to move on
+                return
+            if run:
                 self._spawn(cf, run)
             run = []
+        state.scanned = stop
 
     def _count_random_miss(self, cf: CachedFile, first: int, last: int) -> None:
         if cf.filling or not any(self._fetchable(cf, i) for i in range(first, last + 1)):
@@ -357,30 +383,80 @@ class Fetcher:
         etag: str,
         claimed: dict[int, Fetch],
     ) -> int:
-        """Receive [start, end) into one buffer of `LAND_BLOCKS` blocks and land it each time
-        it is full; returns how far it landed: `end`, or less when the connection broke after
-        the answer began (an error before that, such as a changed ETag, is raised)."""
+        """Receive [start, end) into a buffer of `LAND_BLOCKS` blocks and land it each time it
+        is full; returns how far it landed: `end`, or less when the connection broke after the
+        answer began (an error before that, such as a changed ETag, is raised)."""
+        with self._buffer(end - start) as view:
+            async with self._backend.get_body(cf.bucket, key, start, end, if_match=etag) as body:
+                return await self._land_body(body, view, cf, key, start, end, etag, claimed)
+
+    @contextlib.contextmanager
+    def _buffer(self, size: int) -> Iterator[memoryview]:
+        """A landing buffer for a body of `size` bytes. Full-size ones are kept for the next
+        streams until none ran for `SPARE_IDLE` (else each GET's buffer is allocated and
+        zeroed on the trio thread, a fresh mapping if it is 4 MiB or more:
+        `app.mount.MMAP_THRESHOLD`)."""
+        full = self.block_size * LAND_BLOCKS
+        buffer = self._spare.pop() if size >= full and self._spare else bytearray(min(size, full))
+        self._streams += 1
+        try:
+            yield memoryview(buffer)
+        finally:
+            self._streams -= 1
+            if len(buffer) == full:
+                self._spare.append(buffer)
+            if not self._streams:
+                self._idle_since = trio.current_time()
+                if not self._reaping:
+                    self._reaping = True
+                    try:
+                        self._nursery.start_soon(self._drop_spare)
+                    except RuntimeError:  # the cache is closing
+                        self._spare.clear()
+                        self._reaping = False
+
+    async def _drop_spare(self) -> None:
+        """Drop the spare landing buffers once no stream ran for `SPARE_IDLE`."""
+        try:
+            while self._spare:
+                wait = self._idle_since + SPARE_IDLE - trio.current_time()
+                if not self._streams and wait <= 0:
+                    self._spare.clear()
+                    return
+                await trio.sleep(wait if not self._streams else SPARE_IDLE)
+        finally:
+            self._reaping = False
+
+    async def _land_body(
+        self,
+        body: Body,
+        view: memoryview,
+        cf: CachedFile,
+        key: str,
+        start: int,
+        end: int,
+        etag: str,
+        claimed: dict[int, Fetch],
+    ) -> int:
         bs = self.block_size
-        view = memoryview(bytearray(min(bs * LAND_BLOCKS, end - start)))
         reached = start
-        async with self._backend.get_body(cf.bucket, key, start, end, if_match=etag) as body:
-            while reached < end:
-                piece = view[: min(len(view), end - reached)]
-                got, broke = await _read_full(body, piece)
-                if broke is not None:  # the connection broke mid-body
-                    whole = got - got % bs
-                    log.info(
-                        "GET %s/%s broke off at %d of [%d, %d): fetching the rest again (%s)",
-                        cf.bucket, key, reached + whole, start, end, broke,
-                    )  # fmt: skip
-                    if whole:
-                        await self._land(cf, reached, piece[:whole], claimed, etag)
-                    return reached + whole
-                if got:
-                    await self._land(cf, reached, piece[:got], claimed, etag)
-                    reached += got
-                if got < len(piece):  # the body ended
-                    break
+        while reached < end:
+            piece = view[: min(len(view), end - reached)]
+            got, broke = await _read_full(body, piece)
+            if broke is not None:  # the connection broke mid-body
+                whole = got - got % bs
+                log.info(
+                    "GET %s/%s broke off at %d of [%d, %d): fetching the rest again (%s)",
+                    cf.bucket, key, reached + whole, start, end, broke,
+                )  # fmt: skip
+                if whole:
+                    await self._land(cf, reached, piece[:whole], claimed, etag)
+                return reached + whole
+            if got:
+                await self._land(cf, reached, piece[:got], claimed, etag)
+                reached += got
+            if got < len(piece):  # the body ended
+                break
         return reached
 
     async def _land(

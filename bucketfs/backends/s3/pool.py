@@ -54,6 +54,11 @@ import trio
 
 #: bytes asked for per receive: large, so a ranged GET of several MiB takes few reads
 READ_SIZE = 1 << 20
+#: bytes asked for per receive while waiting for a response's head: a head and a small body
+#: fit, and of a large body little goes through h11 on the trio thread before
+#: `Exchange.readinto` takes over (with `READ_SIZE`, up to 1 MiB of each GET's body did, copied
+#: five times there)
+HEAD_READ_SIZE = 64 << 10
 #: request bodies up to this size go out in the same `send_all` as the request head
 _JOIN_BODY = 64 << 10
 
@@ -208,9 +213,9 @@ class Pool:
         try:
             conn = await self._connection(host)
             await self._send_request(conn, method, target, headers, body)
-            head = await self._next(conn)
+            head = await self._next(conn, HEAD_READ_SIZE)
             while isinstance(head, h11.InformationalResponse):
-                head = await self._next(conn)
+                head = await self._next(conn, HEAD_READ_SIZE)
         except BaseException:
             self._release(conn, False)
             raise
@@ -263,8 +268,9 @@ class Pool:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise httpx2.WriteError(str(exc) or type(exc).__name__) from exc
 
-    async def _next(self, conn: _Conn) -> h11.Event:
-        """The next response event, reading from the socket as h11 needs."""
+    async def _next(self, conn: _Conn, size: int = READ_SIZE) -> h11.Event:
+        """The next response event, reading from the socket as h11 needs (`size` bytes at
+        most per receive)."""
         h = conn.h11
         try:
             while True:
@@ -276,7 +282,7 @@ class Pool:
                     return event
                 try:
                     with trio.fail_after(self._read):
-                        data = await conn.stream.receive_some(READ_SIZE)
+                        data = await conn.stream.receive_some(size)
                 except trio.TooSlowError as exc:
                     raise httpx2.ReadTimeout("timed out reading") from exc
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:

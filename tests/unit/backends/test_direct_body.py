@@ -1,10 +1,11 @@
 """Bodies received into the reader's buffer: `pool.Exchange.readinto` (a worker thread reads the
 socket) against the small trio server of test_lean.py, and `base.ChunkBody` over chunks.
 
-Covers: the bytes h11 read along with the head and those from the socket, in any buffer size;
-the connection reused after a body read this way (and not after `Connection: close`); a body
-cut short (the bytes that came, then the error); a read timeout; a cancelled read (the thread
-woken at once, the connection closed); TLS and chunked answers left to h11 (`direct` False).
+Covers: the bytes h11 read along with the head (little of a large body) and those from the
+socket, in any buffer size; the connection reused after a body read this way (and not after
+`Connection: close`); a body cut short (the bytes that came, then the error); a read timeout;
+a cancelled read (the thread woken at once, the connection closed); TLS and chunked answers
+left to h11 (`direct` False).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 import trio
 
 from bucketfs.backends.base import ChunkBody, chunk_body
-from bucketfs.backends.s3.pool import Exchange, Pool, _framing
+from bucketfs.backends.s3.pool import HEAD_READ_SIZE, Exchange, Pool, _framing
 from bucketfs.errors import Transient
 from tests.unit.backends.test_lean import Server, start, trio_test
 
@@ -84,6 +85,25 @@ async def test_small_body_held_by_h11_and_connection_close() -> None:
         assert await read_all(exchange, 2) == b"hello"
         await exchange.aclose()
         assert pool._open == 0  # not kept: the server said close
+        await pool.aclose()
+        nursery.cancel_scope.cancel()
+
+
+@trio_test
+async def test_little_of_a_large_body_goes_through_h11() -> None:
+    """The head is read `HEAD_READ_SIZE` bytes at a time: of a body already waiting on the
+    socket, at most that much is in h11's buffer (copied on the trio thread); the rest is left
+    to `readinto`'s worker thread."""
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, answering(BODY))
+        pool = make_pool(server)
+        exchange = await get(pool)
+        conn = exchange._conn
+        assert conn is not None
+        held, _closed = conn.h11.trailing_data
+        assert 0 < len(held) <= HEAD_READ_SIZE < len(BODY)
+        assert await read_all(exchange, 1 << 20) == BODY
+        await exchange.aclose()
         await pool.aclose()
         nursery.cancel_scope.cancel()
 
