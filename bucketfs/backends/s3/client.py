@@ -104,10 +104,12 @@ if getattr(_httpcore_http11.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < RESPON
 BODY_SLICE = 1 << 20
 
 
-async def _slices(body: bytes) -> AsyncIterator[bytes]:
+async def _slices(body: bytes) -> AsyncIterator[memoryview]:
+    """`body` in views of `BODY_SLICE` bytes, not copies (the lean path sends them as they
+    are: `pool.Pool`; copying them cost ~0.3 s of the trio thread per GiB uploaded)."""
     view = memoryview(body)
     for start in range(0, len(body), BODY_SLICE):
-        yield bytes(view[start : start + BODY_SLICE])
+        yield view[start : start + BODY_SLICE]
 
 
 class S3Client:
@@ -295,7 +297,7 @@ class S3Client:
         async def attempt() -> tuple[Answer, bytes]:
             creds = await self._frozen_credentials()
             signed = self._signed_headers(method, parts, all_headers, payload_hash, creds)
-            content: bytes | AsyncIterator[bytes] = body
+            content: bytes | AsyncIterator[memoryview] = body
             if len(body) > BODY_SLICE:
                 # h11 joins what it sends into one bytes object: a 16 MiB part would be copied
                 # whole (and the allocator keeps such copies); send it in slices instead

@@ -63,6 +63,8 @@ HEAD_READ_SIZE = 64 << 10
 _JOIN_BODY = 64 << 10
 
 Headers = list[tuple[bytes, bytes]]
+#: a request body: whole, or in pieces (views of one `bytes`: `S3Client._slices`)
+Body = bytes | AsyncIterable[bytes] | AsyncIterable[memoryview]
 T = TypeVar("T")
 
 
@@ -196,7 +198,7 @@ class Pool:
         host: bytes,
         target: bytes,
         headers: Headers,
-        body: bytes | AsyncIterable[bytes],
+        body: Body,
     ) -> Exchange:
         """Send one request to `host` and read the response head; its body is not read yet
         (`Exchange.aiter_raw`). `headers` hold `Host` and, for a bytes body, its framing."""
@@ -228,7 +230,7 @@ class Pool:
         method: bytes,
         target: bytes,
         headers: Headers,
-        body: bytes | AsyncIterable[bytes],
+        body: Body,
     ) -> None:
         h = conn.h11
         if not isinstance(body, bytes) and not any(
@@ -252,14 +254,17 @@ class Pool:
                 await self._send_all(conn, out)
                 async for chunk in body:
                     if chunk:
-                        await self._send_all(conn, _data(h, chunk))
+                        # the piece itself goes to the socket, not a copy h11 would join
+                        data = h11.Data(data=chunk)  # type: ignore[arg-type]  # bytes-like
+                        for piece in h.send_with_data_passthrough(data) or ():
+                            await self._send_all(conn, piece)
             end = h.send(h11.EndOfMessage())
             if end:
                 await self._send_all(conn, end)
         except h11.LocalProtocolError as exc:
             raise httpx2.LocalProtocolError(str(exc)) from exc
 
-    async def _send_all(self, conn: _Conn, data: bytes) -> None:
+    async def _send_all(self, conn: _Conn, data: bytes | memoryview) -> None:
         try:
             with trio.fail_after(self._write):
                 await conn.stream.send_all(data)

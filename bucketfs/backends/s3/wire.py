@@ -30,7 +30,7 @@ from typing import Any
 import httpcore2
 import httpx2
 
-from bucketfs.backends.s3.pool import Pool
+from bucketfs.backends.s3.pool import Body, Pool
 
 #: httpcore2's exceptions -> httpx2's, most specific first (the order of httpx2's own mapping)
 _MAPPED: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
@@ -52,7 +52,6 @@ _MAPPED: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
 _LOW_LEVEL = tuple(low for low, _ in _MAPPED)
 
 Headers = list[tuple[bytes, bytes]]
-Body = bytes | AsyncIterable[bytes]
 
 
 def as_httpx(exc: Exception) -> httpx2.TransportError:
@@ -180,7 +179,7 @@ class Wire:
             method.encode("ascii"),
             httpcore2.URL(scheme=scheme, host=host, port=port, target=target),
             headers=headers,
-            content=body,
+            content=body if isinstance(body, bytes) else _stream(body),
             extensions=self._extensions,
         )
         try:
@@ -241,6 +240,7 @@ class Wire:
             await self._transport.aclose()
 
 
-async def _stream(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+async def _stream(body: AsyncIterable[bytes] | AsyncIterable[memoryview]) -> AsyncIterator[bytes]:
+    """The pieces as `bytes`, what httpx2 and httpcore2 take."""
     async for chunk in body:
-        yield chunk
+        yield chunk if isinstance(chunk, bytes) else bytes(chunk)
