@@ -327,8 +327,13 @@ class Bucketfs(System):
         return [str(self.binary())]
 
     def run_env(self, creds: Credentials) -> tuple[dict[str, str], Path | None]:
-        """Environment and working directory of `bucketfs mount` and `umount`."""
-        return creds.env(), None
+        """Environment and working directory of `bucketfs mount` and `umount`: this checkout
+        first on PYTHONPATH, so a worktree whose .venv is another checkout's (a symlink, an
+        editable install pointing elsewhere) measures its own code, not that checkout's
+        (session 14: a helper's first A/B compared main with main)."""
+        env = creds.env()
+        env["PYTHONPATH"] = str(REPO)
+        return env, None
 
     def mount_command(
         self, bucket: str, mp: Path, endpoint: str, cache: Path, region: str
