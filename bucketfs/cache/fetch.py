@@ -386,9 +386,28 @@ class Fetcher:
         """Receive [start, end) into a buffer of `LAND_BLOCKS` blocks and land it each time it
         is full; returns how far it landed: `end`, or less when the connection broke after the
         answer began (an error before that, such as a changed ETag, is raised)."""
+        bs = self.block_size
+        reached = start
         with self._buffer(end - start) as view:
             async with self._backend.get_body(cf.bucket, key, start, end, if_match=etag) as body:
-                return await self._land_body(body, view, cf, key, start, end, etag, claimed)
+                while reached < end:
+                    piece = view[: min(len(view), end - reached)]
+                    got, broke = await _read_full(body, piece)
+                    if broke is not None:  # the connection broke mid-body
+                        whole = got - got % bs
+                        log.info(
+                            "GET %s/%s broke off at %d of [%d, %d): fetching the rest again (%s)",
+                            cf.bucket, key, reached + whole, start, end, broke,
+                        )  # fmt: skip
+                        if whole:
+                            await self._land(cf, reached, piece[:whole], claimed, etag)
+                        return reached + whole
+                    if got:
+                        await self._land(cf, reached, piece[:got], claimed, etag)
+                        reached += got
+                    if got < len(piece):  # the body ended
+                        break
+        return reached
 
     @contextlib.contextmanager
     def _buffer(self, size: int) -> Iterator[memoryview]:
@@ -426,38 +445,6 @@ class Fetcher:
                 await trio.sleep(wait if not self._streams else SPARE_IDLE)
         finally:
             self._reaping = False
-
-    async def _land_body(
-        self,
-        body: Body,
-        view: memoryview,
-        cf: CachedFile,
-        key: str,
-        start: int,
-        end: int,
-        etag: str,
-        claimed: dict[int, Fetch],
-    ) -> int:
-        bs = self.block_size
-        reached = start
-        while reached < end:
-            piece = view[: min(len(view), end - reached)]
-            got, broke = await _read_full(body, piece)
-            if broke is not None:  # the connection broke mid-body
-                whole = got - got % bs
-                log.info(
-                    "GET %s/%s broke off at %d of [%d, %d): fetching the rest again (%s)",
-                    cf.bucket, key, reached + whole, start, end, broke,
-                )  # fmt: skip
-                if whole:
-                    await self._land(cf, reached, piece[:whole], claimed, etag)
-                return reached + whole
-            if got:
-                await self._land(cf, reached, piece[:got], claimed, etag)
-                reached += got
-            if got < len(piece):  # the body ended
-                break
-        return reached
 
     async def _land(
         self,
