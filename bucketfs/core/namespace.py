@@ -322,7 +322,8 @@ class Namespace:
         node.mode = posix.mode if posix and posix.mode is not None else default_mode
         node.uid = posix.uid if posix and posix.uid is not None else self.defaults.uid
         node.gid = posix.gid if posix and posix.gid is not None else self.defaults.gid
-        head = info if full and isinstance(info, ObjectInfo) else None  # a listing's: not
+        # what only a HEAD has (a listing's `Listed` carries no metadata nor content type)
+        head = info if full and isinstance(info, ObjectInfo) else None
         if head is not None:
             node.metadata = dict(head.metadata)
             node.content_type = head.content_type
