@@ -87,6 +87,7 @@ class Control:
             "kernel_requests": dict(self._requests),
             # what memory holds per file (JSON only): bounded by what is open and cached
             "nodes": len(self._ns.table),
+            "nodes_peak": self._ns.table.peak,
             "cached_files": data["cached_files"],
             "open_data_files": data["open_data_files"],
         }

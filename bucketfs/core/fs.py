@@ -202,8 +202,8 @@ class BucketFS:
         self.table.limit = limit
         self.table.over = over
 
-    def cold_entries(self, count: int) -> list[tuple[int, str]]:
-        """Names the kernel may be asked to forget (nodes.py `InodeTable.cold_entries`)."""
+    def cold_entries(self, count: int) -> list[tuple[int, int, str]]:
+        """(inode, parent, name) the kernel may be asked to forget (nodes.py `cold_entries`)."""
         return self.table.cold_entries(count)
 
     async def readlink(self, ino: int) -> str:

@@ -213,6 +213,8 @@ class InodeTable:
         #: above this many nodes (0: never) each new node calls `over` (fuse/session.py)
         self.limit = 0
         self.over: Callable[[], None] = lambda: None
+        #: the most nodes the table held at once (`bucketfs status`)
+        self.peak = 1
 
     @property
     def root(self) -> Node:
@@ -264,7 +266,10 @@ class InodeTable:
         self._link(node)
         if kind is Kind.DIR:
             self.children[node.ino] = {}
-        if self.limit and len(self.by_ino) > self.limit:
+        size = len(self.by_ino)
+        if size > self.peak:
+            self.peak = size
+        if self.limit and size > self.limit:
             self.over()
         return node
 
@@ -344,9 +349,9 @@ class InodeTable:
             self.held.pop(ino, None)
         self._maybe_drop(node)
 
-    def cold_entries(self, count: int) -> list[tuple[int, str]]:
-        """Up to `count` (parent inode, name) of the least recently looked up nodes that the
-        kernel may forget without anything being lost: reachable by name, no open handle, no
+    def cold_entries(self, count: int) -> list[tuple[int, int, str]]:
+        """Up to `count` (inode, parent inode, name) of the least recently looked up nodes that
+        the kernel may forget without anything being lost: reachable by name, no open handle, no
         local state the server lacks, not a directory with known children (its children go
         first), not in `.versions/`. Those picked move to the back, so that the next call,
         made before the kernel's FORGETs arrived, picks others."""
@@ -367,7 +372,7 @@ class InodeTable:
             picked.append(ino)
         for ino in picked:
             self.held.move_to_end(ino)
-        return [(self.by_ino[ino].parent, self.by_ino[ino].name) for ino in picked]
+        return [(ino, self.by_ino[ino].parent, self.by_ino[ino].name) for ino in picked]
 
     def release(self, node: Node) -> None:
         node.opens = max(0, node.opens - 1)

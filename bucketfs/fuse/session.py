@@ -36,15 +36,22 @@ from bucketfs.core.fs import BucketFS
 from bucketfs.errors import ConfigError
 from bucketfs.fuse import fusermount, readwatch
 from bucketfs.fuse.ops import FuseOps
+from bucketfs.fuse.prune import Pruner
 from bucketfs.fuse.taskdump import dump_on_signal
 
 log = logging.getLogger(__name__)
 
 #: seconds between two rounds of forgetting while the table is above `max_nodes`, and the
-#: names asked to be forgotten per worker-thread call (each a write to /dev/fuse; small
-#: batches keep the way out prompt)
+#: names invalidated per worker-thread call (each a write to /dev/fuse that may wait for a
+#: directory's lock; small batches keep the way out prompt). A prune takes no lock and the
+#: kernel queues its FORGETs before the write returns, so the next round comes sooner.
 BOUND_INTERVAL = 0.2
+PRUNE_INTERVAL = 0.05
 FORGET_BATCH = 512
+#: readdir waits (`_NodeBound.room`) while the table holds more than this times `max_nodes`,
+#: for ROOM_WAIT s at most per reply
+ROOM_FACTOR = 1.5
+ROOM_WAIT = 0.5
 STOP_WAIT = 5.0
 
 #: the kernel's readahead for this mount (128 KiB by default): larger means fewer, larger
@@ -94,7 +101,11 @@ async def serve(
         await nursery.start(dump_on_signal)
         try:
             # the readahead is raised once the INIT reply (which sets it to 128 KiB) is written
-            ops = FuseOps(fs, on_init=lambda: nursery.start_soon(_raise_readahead, mountpoint))
+            ops = FuseOps(
+                fs,
+                on_init=lambda: nursery.start_soon(_raise_readahead, mountpoint),
+                room=bounding.room,
+            )
             pyfuse3.init(ops, str(mountpoint), fuse_options(options))
         except RuntimeError as exc:
             raise ConfigError(f"cannot mount on {mountpoint}: {exc}") from exc
@@ -103,7 +114,8 @@ async def serve(
             on_mounted()
             nursery.start_soon(_watch_signals, mountpoint)
             if options.max_nodes:
-                nursery.start_soon(bounding.run, fs, options.max_nodes)
+                pruner = Pruner(readwatch.fuse_fd())
+                nursery.start_soon(bounding.run, fs, options.max_nodes, pruner)
             await pyfuse3.main()
         finally:
             with trio.CancelScope(shield=True):
@@ -153,24 +165,50 @@ class _NodeBound:
     """Keeps the inode table near `max_nodes`: the kernel holds a reference (a dentry) on every
     name it looked up and, with memory to spare, never lets go, so a `find` over a million keys
     kept a million nodes (~1 GiB). Above `max_nodes` the coldest names (nodes.py
-    `cold_entries`) are invalidated until the table is back to 90 % of it; the kernel then
-    sends FORGET and the table drops them. A name used again is simply looked up again."""
+    `cold_entries`) are pruned by inode number (prune.py: no directory lock, so it keeps up
+    with a READDIRPLUS walk of one large directory) or, where the kernel does not take that,
+    invalidated by name, until the table is back to 90 % of it; the kernel then sends FORGET
+    and the table drops them. A name used again is simply looked up again."""
 
     def __init__(self) -> None:
         self._scope = trio.CancelScope()
         self._done: trio.Event | None = None
         self._over = trio.Event()
+        #: set while `run` runs: readdir waits for room only then
+        self._fs: BucketFS | None = None
+        self._pruner = Pruner(None)
+        self._room_limit = 0
+        #: whether the last round found names to forget (else waiting would not help)
+        self._forgetting = False
+        #: set at the end of each round of forgetting (and replaced)
+        self._round = trio.Event()
+
+    async def room(self) -> None:
+        """Before each READDIR(PLUS) reply (fuse/ops.py): while the table holds more than
+        ROOM_FACTOR times the bound, wait (ROOM_WAIT at most) for the kernel's FORGETs. The
+        reader's directory lock is held meanwhile, which a prune does not need (an
+        invalidation would: then, and when nothing could be forgotten, it does not wait)."""
+        fs = self._fs
+        if fs is None or fs.node_count() <= self._room_limit:
+            return
+        if not (self._pruner.available and self._forgetting):
+            return
+        with trio.move_on_after(ROOM_WAIT):
+            while fs.node_count() > self._room_limit and self._forgetting:
+                await self._round.wait()
 
     def _wake(self) -> None:
         self._over.set()
 
-    async def run(self, fs: BucketFS, max_nodes: int) -> None:
+    async def run(self, fs: BucketFS, max_nodes: int, pruner: Pruner) -> None:
         """Sleeps until the table grows past `max_nodes` (no timer: an idle daemon does not
-        wake up), then has the coldest names forgotten, and looks again `BOUND_INTERVAL` later
-        (the kernel's FORGETs come meanwhile)."""
+        wake up), then has the coldest names forgotten, and looks again `PRUNE_INTERVAL` (or
+        `BOUND_INTERVAL`) later (the kernel's FORGETs come meanwhile)."""
         self._done = trio.Event()
         low = max(1, max_nodes * 9 // 10)
         fs.watch_nodes(max_nodes, self._wake)
+        self._fs, self._pruner = fs, pruner
+        self._room_limit = int(max_nodes * ROOM_FACTOR)
         try:
             with self._scope:
                 while True:
@@ -180,13 +218,30 @@ class _NodeBound:
                     if count <= max_nodes:
                         continue
                     entries = fs.cold_entries(count - low)
-                    for i in range(0, len(entries), FORGET_BATCH):
-                        await trio.to_thread.run_sync(_invalidate, entries[i : i + FORGET_BATCH])
-                    await trio.sleep(BOUND_INTERVAL)
+                    self._forgetting = bool(entries)
+                    started = trio.current_time()
+                    # pruning takes no lock: one worker-thread call for all (each call waits
+                    # for a turn of the trio loop); invalidation goes in small batches
+                    step = max(1, len(entries)) if pruner.available else FORGET_BATCH
+                    for i in range(0, len(entries), step):
+                        batch = entries[i : i + step]
+                        await trio.to_thread.run_sync(_forget, pruner, batch)
+                    log.debug(
+                        "node bound: %d nodes, %d asked to be forgotten (%s) in %.3f s",
+                        count,
+                        len(entries),
+                        "pruned" if pruner.available else "invalidated",
+                        trio.current_time() - started,
+                    )
+                    await trio.sleep(PRUNE_INTERVAL if pruner.available else BOUND_INTERVAL)
+                    self._round.set()
+                    self._round = trio.Event()
                     if fs.node_count() > max_nodes:
                         self._over.set()
         finally:
             fs.watch_nodes(0, lambda: None)
+            self._fs = None
+            self._round.set()
             self._done.set()
 
     async def stop(self) -> None:
@@ -197,10 +252,12 @@ class _NodeBound:
                 await self._done.wait()
 
 
-def _invalidate(entries: list[tuple[int, str]]) -> None:
+def _forget(pruner: Pruner, entries: list[tuple[int, int, str]]) -> None:
     """In a worker thread: the kernel waits for a request on the same directory or entry to be
     answered before it invalidates, and the trio thread answers it meanwhile."""
-    for parent, name in entries:
+    if pruner.prune([ino for ino, _parent, _name in entries]):
+        return
+    for _ino, parent, name in entries:
         try:
             pyfuse3.invalidate_entry(parent, name.encode("utf-8"))
         except OSError as exc:  # ENOENT: the kernel had already let go

@@ -30,9 +30,9 @@ def test_the_least_recently_looked_up_names_come_first() -> None:
     t = table()
     a, b, c = (looked_up(t, t.root, n) for n in "abc")
     t.remember(a)  # a is used again: b is now the coldest
-    assert t.cold_entries(2) == [(ROOT_INO, "b"), (ROOT_INO, "c")]
+    assert t.cold_entries(2) == [(b.ino, ROOT_INO, "b"), (c.ino, ROOT_INO, "c")]
     # picked names go to the back: asked again before the kernel's FORGETs, others come first
-    assert t.cold_entries(1) == [(ROOT_INO, "a")]
+    assert t.cold_entries(1) == [(a.ino, ROOT_INO, "a")]
     assert list(t.held) == [b.ino, c.ino, a.ino]
 
 
@@ -48,9 +48,9 @@ def test_open_unsaved_and_parent_nodes_are_never_offered() -> None:
         t.root, ".versions", Kind.DIR, mode=0o555, uid=0, gid=0, bucket="b", key=""
     )
     t.remember(version)
-    assert t.cold_entries(10) == [(directory.ino, "f")]
+    assert t.cold_entries(10) == [(child.ino, directory.ino, "f")]
     t.forget(child.ino, 1)  # the kernel let go: the directory has no known child left
-    assert t.cold_entries(10) == [(ROOT_INO, "d")]
+    assert t.cold_entries(10) == [(directory.ino, ROOT_INO, "d")]
 
 
 def test_held_follows_the_kernels_references() -> None:
@@ -67,3 +67,12 @@ def test_held_follows_the_kernels_references() -> None:
     t.forget(opened.ino, 1)
     assert opened.ino not in t.held
     assert t.get(opened.ino) is opened
+
+
+def test_the_peak_is_the_most_nodes_held_at_once() -> None:
+    t = table()
+    nodes = [looked_up(t, t.root, f"n{i}") for i in range(5)]
+    for node in nodes[:4]:
+        t.forget(node.ino, 1)
+    looked_up(t, t.root, "late")
+    assert (len(t), t.peak) == (3, 6)  # the root, n4 and late; the root and n0-n4 at most
