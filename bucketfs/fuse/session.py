@@ -178,7 +178,8 @@ class _NodeBound:
         self._fs: BucketFS | None = None
         self._pruner = Pruner(None)
         self._room_limit = 0
-        #: whether the last round found names to forget (else waiting would not help)
+        #: whether the last round found names to forget and the table shrank (else waiting
+        #: would not help)
         self._forgetting = False
         #: set at the end of each round of forgetting (and replaced)
         self._round = trio.Event()
@@ -234,6 +235,9 @@ class _NodeBound:
                         trio.current_time() - started,
                     )
                     await trio.sleep(PRUNE_INTERVAL if pruner.available else BOUND_INTERVAL)
+                    # a round that freed nothing (every name picked still in use) stops
+                    # readdir's waiting: a reader is never held up for nothing
+                    self._forgetting = self._forgetting and fs.node_count() < count
                     self._round.set()
                     self._round = trio.Event()
                     if fs.node_count() > max_nodes:
