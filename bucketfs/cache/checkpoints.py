@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 
 #: commits between two PASSIVE checkpoints (a small file's FLUSH writes ~4 pages: ~1,000 pages)
 EVERY = 256
-#: seconds without a commit before the WAL is checkpointed and emptied (TRUNCATE)
-IDLE = 2.0
+#: seconds without a commit before the WAL is checkpointed and emptied (TRUNCATE); short, so
+#: that the one wake-up it costs comes soon after the last commit rather than in a later lull
+IDLE = 1.0
 #: commits without the WAL wholly copied, before the serving connection checkpoints it itself
 #: (about 16 MiB of WAL)
 LIMIT = 4 * EVERY
@@ -132,13 +133,20 @@ class Checkpoints:
                 self._index.autocheckpoint(AUTO_PAGES)
 
     async def _checkpoint(self, *, idle: bool) -> None:
+        """One trip to the thread (each trip wakes the trio thread once more when it ends)."""
         self._since = 0
         self._due = trio.Event()
         start = self._commits
-        if await self._call(self._passive):
-            self._behind = self._commits - start
+
+        def work() -> bool:
+            if not self._passive():
+                return False
             if idle and self._commits == start:
-                await self._call(self._truncate)
+                self._truncate()
+            return True
+
+        if await self._call(work):
+            self._behind = self._commits - start
 
     async def _call(self, fn: Callable[[], T]) -> T:
         if THREADED:
@@ -185,8 +193,8 @@ class Checkpoints:
         return False
 
     def _truncate(self) -> None:
-        """Empty the WAL file (idle: nothing is left to copy, so the write lock this takes is
-        held only for the truncation)."""
+        """Empty the WAL file (idle, right after a PASSIVE pass that copied it all: nothing is
+        left to copy, so the write lock this takes is held only for the truncation)."""
         self._pragma("TRUNCATE")
         self.truncates += 1
 
