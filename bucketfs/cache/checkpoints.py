@@ -96,9 +96,11 @@ class Checkpoints:
         """The thread has not caught up for LIMIT commits (commits kept landing during its
         passes, or it failed): one PASSIVE checkpoint here, which nothing can write during,
         so the next commit starts the WAL over. Busy while the thread's pass runs: the next
-        commit tries again."""
+        commit tries again; failed (logged): tried again LIMIT commits later."""
         result = self._index.checkpoint("PASSIVE")
-        if result is not None and result[0] == 0 and result[2] >= result[1]:
+        if result is None:
+            self._behind = 0
+        elif result[0] == 0 and result[2] >= result[1]:
             self.fallbacks += 1
             self._behind = 0
             log.debug("cache index: WAL checkpointed by a commit (%d frames)", result[1])

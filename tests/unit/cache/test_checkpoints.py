@@ -106,6 +106,31 @@ def test_a_thread_that_cannot_keep_up_leaves_the_wal_bounded(
     index.close()
 
 
+def test_a_failing_checkpoint_is_tried_again_limit_commits_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not at every commit (each failure logs a warning)."""
+    monkeypatch.setattr(Checkpoints, "_passive", lambda self: False)
+    tries: list[str] = []
+
+    def failing(self: CacheIndex, mode: str) -> None:
+        tries.append(mode)
+
+    monkeypatch.setattr(CacheIndex, "checkpoint", failing)
+    index = CacheIndex(tmp_path / "index.sqlite")
+
+    async def main() -> None:
+        cp = Checkpoints(index)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cp.run)
+            _record(index, 3 * checkpoints.LIMIT)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    index.close()
+    assert tries == ["PASSIVE"] * 3
+
+
 def test_the_filesystem_runs_the_checkpoints(
     run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
