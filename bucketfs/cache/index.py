@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,11 +103,15 @@ RESERVE_SIZE = 1 << 20
 class _GuardedDb:
     """The SQLite connection, with every error turned into a CacheError (ENOSPC when full).
 
-    A statement that fails for want of space frees the reserve file and is tried once more."""
+    A statement that fails for want of space frees the reserve file and is tried once more.
+    `on_commit` is called after each statement that committed a change (a COMMIT, or a change
+    outside a transaction): the WAL's checkpointer counts them (cache/checkpoints.py)."""
 
     def __init__(self, db: sqlite3.Connection, reserve: Path) -> None:
         self._db = db
         self._reserve = reserve
+        self._changes = db.total_changes
+        self.on_commit: Callable[[], None] | None = None
         self._take_reserve()
 
     def _take_reserve(self) -> None:
@@ -123,10 +127,18 @@ class _GuardedDb:
             with contextlib.suppress(OSError):
                 self._reserve.unlink()
 
+    def _committed(self) -> None:
+        db = self._db
+        if not db.in_transaction and db.total_changes != self._changes:
+            self._changes = db.total_changes
+            if self.on_commit is not None:
+                self.on_commit()
+
     def _run(self, call: Any) -> sqlite3.Cursor:
         standalone = not self._db.in_transaction
         try:
             cursor: sqlite3.Cursor = call()
+            self._committed()
             return cursor
         except sqlite3.Error as exc:
             error = _cache_error(exc)
@@ -139,6 +151,7 @@ class _GuardedDb:
                 raise error from exc  # SQLite rolled the transaction back: the caller's ENOSPC
         try:
             cursor = call()
+            self._committed()
             return cursor
         except sqlite3.Error as exc:
             raise _cache_error(exc) from exc
@@ -191,7 +204,23 @@ class CacheIndex:
             self.set_setting("schema", str(SCHEMA_VERSION))
 
     def close(self) -> None:
+        """The last connection's close checkpoints the WAL and removes it."""
         self.db.close()
+
+    def autocheckpoint(self, pages: int) -> None:
+        """Let a commit of this connection checkpoint once the WAL holds `pages` pages (SQLite's
+        default is 1,000); 0: never (cache/checkpoints.py does it in a worker thread)."""
+        self.db.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
+
+    def checkpoint(self, mode: str) -> tuple[int, int, int] | None:
+        """`PRAGMA wal_checkpoint(mode)` on this connection: (busy, frames in the WAL, frames
+        copied), None if it failed (logged: the WAL only grows until the next one)."""
+        try:
+            row = self.db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except CacheError as exc:
+            log.warning("cache index: %s checkpoint failed: %s", mode, exc)
+            return None
+        return int(row[0]), int(row[1]), int(row[2])
 
     def _highest_id(self) -> int:
         """The highest file id ever written (AUTOINCREMENT's `sqlite_sequence` keeps it past

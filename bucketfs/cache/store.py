@@ -4,7 +4,8 @@ Owns the table of cached files (`files`, `by_key`), their content in
 `CACHE_DIR/data/<file id>` (`datafiles.py` makes and removes the files) and every change to it:
 writes, truncation, new files, and what an upload, a rename or a delete does to a file. The
 parts: `cachedfile.py` (one file's state), `fetch.py` (reads, fetches, readahead, fills),
-`blocks.py` (clean blocks in LRU order, eviction), `index.py` (the persistent index).
+`blocks.py` (clean blocks in LRU order, eviction), `index.py` (the persistent index),
+`checkpoints.py` (its WAL checkpoints, in a worker thread).
 A file's content is: its dirty blocks (written here), else its present clean blocks (fetched
 from the *base* object, the server object it was opened from), else the base object's bytes
 (fetched on demand with ranged GETs conditional on the base ETag), else zeros (past the end
@@ -51,6 +52,7 @@ import trio
 from bucketfs.backends.base import Backend
 from bucketfs.cache.blocks import CleanBlocks
 from bucketfs.cache.cachedfile import CachedFile, ReadState
+from bucketfs.cache.checkpoints import Checkpoints
 from bucketfs.cache.datafiles import DataFiles, cache_error
 from bucketfs.cache.fetch import Fetcher
 from bucketfs.cache.index import CacheIndex, FileRow
@@ -92,6 +94,8 @@ class BlockCache:
         self.data_files = DataFiles(root)
         self._lock_fd = self._take_lock(root)
         self.index = CacheIndex(root / "index.sqlite")
+        #: checkpoints the index's WAL off the trio thread (`run` in the mount's nursery)
+        self.checkpoints = Checkpoints(self.index)
         stored = self.index.setting("block_size")
         if stored is not None and int(stored) != block_size:
             log.warning("cache %s uses %s-byte blocks; keeping them", root, stored)

@@ -169,7 +169,9 @@ class FileData:
         self._clean = trio.Event()  # set whenever an upload finished: throttled writers retry
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Journal deferred deletes in the cache's index, then send them and upload."""
+        """Journal deferred deletes in the cache's index, then send them and upload; the
+        index's WAL is checkpointed in a worker thread from then on."""
+        await nursery.start(self.cache.checkpoints.run)
         self._backend.attach(self.cache.index)
         await nursery.start(self._backend.run)
         await nursery.start(self.writeback.run)

@@ -103,8 +103,8 @@ DIR_ENTRY = Entry(Kind.DIR, None)
 class Snapshot:
     """What one readdir handle shows of `directory`, in order: a node, or for a name that had
     none when the listing came, the listing's entry, made a node only when readdir hands it to
-    the kernel (`Namespace.listed_node`). So a directory of 100,000 names never has them all
-    in the inode table at once, and `max_nodes` holds while it is read (every node made at
+    the kernel (`readdir.Readdir.listed_node`). So a directory of 100,000 names never has them
+    all in the inode table at once, and `max_nodes` holds while it is read (every node made at
     opendir: 100,000 nodes, 100 MiB, until the handle closed). `gone`: names this mount
     removed from the directory since the listing; they are not shown (POSIX leaves open
     whether readdir shows a name removed after opendir; a node made for it would be a

@@ -1,7 +1,8 @@
 """The namespace: what is known about names and attributes, and for how long it holds.
 
 Owns the inode table of one mount and every store of what the server said about names:
-lookups, getattr, readdir snapshots, and these caches with their freshness rules:
+lookups, getattr, and these caches with their freshness rules (readdir snapshots are made
+from them by readdir.py):
 
 - a node's attributes (`InodeTable`, nodes.py): fresh until `attr_expiry`, `attr_timeout`
   after the HEAD (or our own upload) that set them, `max(attr_timeout, dir_timeout)` after a
@@ -62,7 +63,6 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
 from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
@@ -70,10 +70,11 @@ from cachetools import TTLCache
 from bucketfs.core.attrs import NAME_MAX, Defaults, parse_posix, valid_name
 from bucketfs.core.contents import FileData, Unsaved
 from bucketfs.core.heads import Heads
-from bucketfs.core.listing import Entry, Listed, Listings, Snapshot, Subtrees, list_children
+from bucketfs.core.listing import Entry, Listed, Listings, Snapshot, Subtrees
 from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.core.options import FsOptions
 from bucketfs.core.prefetch import Prefetch
+from bucketfs.core.readdir import Readdir
 from bucketfs.core.resolve import Resolver
 from bucketfs.core.revalidate import Revalidation
 from bucketfs.core.versions import Versions
@@ -138,8 +139,6 @@ class Namespace:
         self.heads = Heads(backend)
         self._data: FileData | None = None
         self.prefetch = Prefetch(self._prefetched, self.table.get)
-        #: readdir snapshots still open (handles.py): told the names this mount removes
-        self._reading: weakref.WeakSet[Snapshot] = weakref.WeakSet()
         #: listings of many directories from one recursive LIST of an ancestor (listing.py)
         self.subtrees = Subtrees(options.dir_timeout)
         #: what a name is on the server when nothing here answers (resolve.py)
@@ -154,6 +153,8 @@ class Namespace:
         self.revalidation = Revalidation(
             self.table, self.listings, self.subtrees, self.resolver.relist, options.attr_timeout
         )
+        #: readdir snapshots: what directory handles list (readdir.py)
+        self.readdir = Readdir(self)
         # hook: the .versions/ tree (versions.py)
         self.versions = Versions(
             backend,
@@ -229,9 +230,7 @@ class Namespace:
         self.listings.changed(directory.ino, name, kind)
         self._negative.pop((directory.ino, name), None)
         if kind is None:
-            for snapshot in self._reading:
-                if snapshot.directory is directory:
-                    snapshot.gone.add(name)
+            self.readdir.removed(directory, name)
         # POSIX: an entry made, removed or renamed changes its directory's mtime and ctime;
         # kept in memory (a marker PUT per create would double its cost), written with the
         # directory's next marker write (docs/core.md)
@@ -388,11 +387,11 @@ class Namespace:
             return node
         marker = self.markers.pending(parent.bucket, parent.key + name + "/")
         if marker is not None:  # made here, its marker not on the server yet
-            return self._node_from_marker(parent, name, marker)
+            return self.node_from_marker(parent, name, marker)
         if node is None and parent.bucket is not None and self._data is not None:
             unsaved = self.data.unsaved(parent.bucket, parent.key + name)
             if unsaved is not None:
-                return self._node_from_cache(parent, name, unsaved)
+                return self.node_from_cache(parent, name, unsaved)
         if (parent.ino, name) in self._negative:
             log.debug("%s%s absent: a negative entry", parent.key, name)
             raise NoEntry()
@@ -425,7 +424,7 @@ class Namespace:
             self.apply(node, entry.info, full=entry.head)
         return node
 
-    def _node_from_cache(self, parent: Node, name: str, unsaved: Unsaved) -> Node:
+    def node_from_cache(self, parent: Node, name: str, unsaved: Unsaved) -> Node:
         """A node for a file the cache holds but the server may not have yet (after a crash)."""
         metadata = unsaved.metadata
         posix = parse_posix(metadata)
@@ -443,7 +442,7 @@ class Namespace:
         self.data.adopt(node, unsaved)
         return node
 
-    def _node_from_marker(self, parent: Node, name: str, marker: PendingMarker) -> Node:
+    def node_from_marker(self, parent: Node, name: str, marker: PendingMarker) -> Node:
         """The node of a directory made here whose marker the server may not have yet (made
         anew after a restart, or when the kernel forgot it); a listing lacking it is ignored."""
         node = self.table.child(parent, name)
@@ -539,88 +538,16 @@ class Namespace:
         if self._data is not None:
             self._data.dropped(ino, cf)
 
-    # --- readdir snapshots ---------------------------------------------------------------------
+    # --- readdir snapshots (readdir.py) -------------------------------------------------------
 
     async def snapshot(self, directory: Node) -> list[tuple[str, Node | Entry]]:
-        """The entries of `directory` now: its listing, with what only this mount has. A
-        listed name with no node yet stays an `Entry` until readdir hands it out (`reading`,
-        `listed_node`)."""
-        # what is only local must be taken before the listing is asked for: an upload may land
-        # while we wait, after the server made the listing without it
-        local = [n for n in self.table.known_children(directory) if n.pinned and not n.unlinked]
-        cached: dict[str, Unsaved] = {}
-        markers = self.markers.children(directory.bucket, directory.key)
-        if directory.bucket is not None and self._data is not None:
-            for unsaved in self.data.unsaved_under(directory.bucket, directory.key):
-                assert unsaved.key is not None
-                cached[unsaved.key[len(directory.key) :]] = unsaved
-        changes = self.listings.changes(directory.ino)
-        listed = await list_children(self.backend, directory.bucket, directory.key)
-        assert listed is not None
-        self.listings.keep(directory.ino, listed, changes, readdir=True)  # not if it lacks one
-        if directory.bucket is not None:
-            self.resolver.file_names.listed(directory.bucket, directory.key, listed)
-        entries: list[tuple[str, Node | Entry]] = []
-        seen: set[str] = set()
-        for name, entry in listed.items():
-            seen.add(name)
-            if name in markers:  # a directory made here: its attributes are ours
-                entries.append((name, self._node_from_marker(directory, name, markers[name])))
-                continue
-            node = self.table.child(directory, name)
-            if node is None and name in cached and entry.kind is not Kind.DIR:
-                node = self._node_from_cache(directory, name, cached[name])
-            if node is None:
-                entries.append((name, entry))  # made when served (`listed_node`)
-            elif node.pinned:
-                entries.append((name, node))
-            else:
-                entries.append((name, self._from_listing(directory, name, entry, node)))
-        for node in local:
-            if node.name not in seen and not node.unlinked and node.parent == directory.ino:
-                entries.append((node.name, node))
-                seen.add(node.name)
-        for name, unsaved in cached.items():
-            if name not in seen and valid_name(name) and unsaved.key is not None:
-                entries.append((name, self._node_from_cache(directory, name, unsaved)))
-                seen.add(name)
-        for name, marker in markers.items():
-            if name not in seen and valid_name(name):
-                entries.append((name, self._node_from_marker(directory, name, marker)))
-        # metadata of listed files is fetched only once the kernel asks for one of them (ls -l,
-        # du, rsync do; find and plain ls do not); `listed_node` adds those it makes
-        partial = [n for _, n in entries if isinstance(n, Node) and not n.full]
-        self.prefetch.defer(directory.ino, [] if self.listing_attrs else partial)
-        return entries
+        """The entries of `directory` now (`Readdir.snapshot`)."""
+        return await self.readdir.snapshot(directory)
 
     def reading(self, directory: Node, entries: list[tuple[str, Node | Entry]]) -> Snapshot:
-        """A readdir handle holds `entries` of `directory` from now on (see `Snapshot`)."""
-        snapshot = Snapshot(directory, entries)
-        self._reading.add(snapshot)
-        return snapshot
+        """A readdir handle holds `entries` of `directory` from now on (`Readdir.reading`)."""
+        return self.readdir.reading(directory, entries)
 
     def listed_node(self, snapshot: Snapshot, name: str, entry: Entry) -> Node | None:
-        """The node readdir hands the kernel for a name its snapshot listed without one: the
-        table's if one was made since (newer than the listing), none if this mount removed
-        the name since, else a new node from the listing (attributes as `snapshot` gives)."""
-        directory = snapshot.directory
-        node = self.table.child(directory, name)
-        if node is not None or name in snapshot.gone:
-            return node
-        node = self._from_listing(directory, name, entry, None)
-        if not node.full and not self.listing_attrs:  # attrs=listing: never HEAD what was listed
-            self.prefetch.add(directory.ino, node)
-        return node
-
-    def _from_listing(self, directory: Node, name: str, entry: Entry, node: Node | None) -> Node:
-        """`node` (None: a new one) as listed: a listing tells a directory from an object,
-        not a symlink or a fifo from a file; the metadata known of the same object is kept (a
-        listing lacks it; revalidate.py)."""
-        if node is None or (node.kind is not entry.kind and Kind.DIR in (node.kind, entry.kind)):
-            node = self.new_node(directory, name, entry.kind, full=False)
-        if entry.kind is not Kind.DIR and entry.info is not None:
-            if self.listing_attrs or not self.revalidation.listed(node, entry.info):
-                self.apply(node, entry.info, full=False)
-        elif entry.kind is Kind.DIR and not node.full:
-            node.attr_expiry = 0.0
-        return node
+        """The node readdir hands the kernel for a listed name (`Readdir.listed_node`)."""
+        return self.readdir.listed_node(snapshot, name, entry)

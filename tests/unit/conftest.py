@@ -1,6 +1,7 @@
-"""Fixtures of the unit tests: the `run_fs` harness (tests/support/harness.py) and no data
-files created ahead (a worker thread in flight lets trio's autojump clock race through virtual
-time; `cache/test_cache.py` tests the creation ahead on the real clock)."""
+"""Fixtures of the unit tests: the `run_fs` harness (tests/support/harness.py), no data files
+created ahead and the index's checkpoints run inline (a worker thread in flight lets trio's
+autojump clock race through virtual time; `cache/test_cache.py` tests the creation ahead and
+`cache/test_checkpoints.py` the checkpoint thread on the real clock)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from bucketfs.cache import datafiles
+from bucketfs.cache import checkpoints, datafiles
 from tests.support.harness import RunFs, make_run_fs
 
 
 @pytest.fixture(autouse=True)
-def _no_data_files_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_worker_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datafiles, "SPARE", 0)
+    monkeypatch.setattr(checkpoints, "THREADED", False)
 
 
 @pytest.fixture

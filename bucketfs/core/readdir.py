@@ -1,0 +1,169 @@
+"""Readdir snapshots: what a directory handle lists, built from the server's listing and what
+only this mount has.
+
+Owns the snapshots open on readdir handles (`Readdir.reading`; handles.py keeps each in its
+handle and asks here for the node of each name it hands out) and how one is made
+(`snapshot`): the directory's listing, kept for lookups too (`Listings.keep`), merged with
+the files the cache holds unsaved, the directories whose marker is pending (cache/markers.py)
+and the nodes this mount made that the server lacks (`Node.pinned`). Everything else it
+uses is the namespace's (namespace.py), reached through `Names`, so this module never
+imports it.
+
+Invariants:
+- what is only local is taken before the listing is asked for: an upload may land while the
+  LIST is in flight, after the server made the listing without it, and the name must not
+  drop out of the snapshot;
+- a listed name with no node stays a listing `Entry` until readdir hands it to the kernel
+  (`listed_node`): a directory of 100,000 names never has them all in the inode table;
+- a name this mount removed after the snapshot was taken is not shown (`Snapshot.gone`,
+  filled by `removed`); a node made since the listing came is shown as it is (it is newer);
+- a node with local state the server lacks (`pinned`) is shown as it is, never from the
+  listing; a directory made here is shown from its journaled marker;
+- metadata HEADs of listed files wait until the kernel asks about one of them (prefetch.py);
+  none with `-o attrs=listing`, where a listing's attributes are final.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Protocol
+
+from bucketfs.core.attrs import valid_name
+from bucketfs.core.listing import Entry, Listed, Listings, Snapshot, list_children
+from bucketfs.core.nodes import InodeTable, Kind, Node
+
+if TYPE_CHECKING:
+    from bucketfs.cache.deletes import DeferredDeletes
+    from bucketfs.cache.markers import Markers, PendingMarker
+    from bucketfs.core.contents import FileData, Unsaved
+    from bucketfs.core.prefetch import Prefetch
+    from bucketfs.core.resolve import Resolver
+    from bucketfs.core.revalidate import Revalidation
+    from bucketfs.types import ObjectInfo
+
+
+class Names(Protocol):
+    """What a snapshot needs of the namespace (namespace.py's `Namespace`)."""
+
+    backend: DeferredDeletes
+    markers: Markers
+    table: InodeTable
+    listings: Listings
+    resolver: Resolver
+    revalidation: Revalidation
+    prefetch: Prefetch
+    listing_attrs: bool
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def data(self) -> FileData: ...
+
+    def new_node(self, parent: Node, name: str, kind: Kind, **attrs: object) -> Node: ...
+
+    def apply(self, node: Node, info: ObjectInfo | Listed, *, full: bool) -> None: ...
+
+    def node_from_cache(self, parent: Node, name: str, unsaved: Unsaved) -> Node: ...
+
+    def node_from_marker(self, parent: Node, name: str, marker: PendingMarker) -> Node: ...
+
+
+class Readdir:
+    def __init__(self, names: Names) -> None:
+        self._ns = names
+        #: readdir snapshots still open (handles.py): told the names this mount removes
+        self._reading: weakref.WeakSet[Snapshot] = weakref.WeakSet()
+
+    def removed(self, directory: Node, name: str) -> None:
+        """This mount removed `name` from `directory`: open snapshots stop showing it."""
+        for snapshot in self._reading:
+            if snapshot.directory is directory:
+                snapshot.gone.add(name)
+
+    async def snapshot(self, directory: Node) -> list[tuple[str, Node | Entry]]:
+        """The entries of `directory` now: its listing, with what only this mount has. A
+        listed name with no node yet stays an `Entry` until readdir hands it out (`reading`,
+        `listed_node`)."""
+        ns = self._ns
+        # what is only local must be taken before the listing is asked for: an upload may land
+        # while we wait, after the server made the listing without it
+        local = [n for n in ns.table.known_children(directory) if n.pinned and not n.unlinked]
+        cached: dict[str, Unsaved] = {}
+        markers = ns.markers.children(directory.bucket, directory.key)
+        if directory.bucket is not None and ns.ready:
+            for unsaved in ns.data.unsaved_under(directory.bucket, directory.key):
+                assert unsaved.key is not None
+                cached[unsaved.key[len(directory.key) :]] = unsaved
+        changes = ns.listings.changes(directory.ino)
+        listed = await list_children(ns.backend, directory.bucket, directory.key)
+        assert listed is not None
+        ns.listings.keep(directory.ino, listed, changes, readdir=True)  # not if it lacks one
+        if directory.bucket is not None:
+            ns.resolver.file_names.listed(directory.bucket, directory.key, listed)
+        entries: list[tuple[str, Node | Entry]] = []
+        seen: set[str] = set()
+        for name, entry in listed.items():
+            seen.add(name)
+            if name in markers:  # a directory made here: its attributes are ours
+                entries.append((name, ns.node_from_marker(directory, name, markers[name])))
+                continue
+            node = ns.table.child(directory, name)
+            if node is None and name in cached and entry.kind is not Kind.DIR:
+                node = ns.node_from_cache(directory, name, cached[name])
+            if node is None:
+                entries.append((name, entry))  # made when served (`listed_node`)
+            elif node.pinned:
+                entries.append((name, node))
+            else:
+                entries.append((name, self._from_listing(directory, name, entry, node)))
+        for node in local:
+            if node.name not in seen and not node.unlinked and node.parent == directory.ino:
+                entries.append((node.name, node))
+                seen.add(node.name)
+        for name, unsaved in cached.items():
+            if name not in seen and valid_name(name) and unsaved.key is not None:
+                entries.append((name, ns.node_from_cache(directory, name, unsaved)))
+                seen.add(name)
+        for name, marker in markers.items():
+            if name not in seen and valid_name(name):
+                entries.append((name, ns.node_from_marker(directory, name, marker)))
+        # metadata of listed files is fetched only once the kernel asks for one of them (ls -l,
+        # du, rsync do; find and plain ls do not); `listed_node` adds those it makes
+        partial = [n for _, n in entries if isinstance(n, Node) and not n.full]
+        ns.prefetch.defer(directory.ino, [] if ns.listing_attrs else partial)
+        return entries
+
+    def reading(self, directory: Node, entries: list[tuple[str, Node | Entry]]) -> Snapshot:
+        """A readdir handle holds `entries` of `directory` from now on (see `Snapshot`)."""
+        snapshot = Snapshot(directory, entries)
+        self._reading.add(snapshot)
+        return snapshot
+
+    def listed_node(self, snapshot: Snapshot, name: str, entry: Entry) -> Node | None:
+        """The node readdir hands the kernel for a name its snapshot listed without one: the
+        table's if one was made since (newer than the listing), none if this mount removed
+        the name since, else a new node from the listing (attributes as `snapshot` gives)."""
+        ns = self._ns
+        directory = snapshot.directory
+        node = ns.table.child(directory, name)
+        if node is not None or name in snapshot.gone:
+            return node
+        node = self._from_listing(directory, name, entry, None)
+        if not node.full and not ns.listing_attrs:  # attrs=listing: never HEAD what was listed
+            ns.prefetch.add(directory.ino, node)
+        return node
+
+    def _from_listing(self, directory: Node, name: str, entry: Entry, node: Node | None) -> Node:
+        """`node` (None: a new one) as listed: a listing tells a directory from an object,
+        not a symlink or a fifo from a file; the metadata known of the same object is kept (a
+        listing lacks it; revalidate.py)."""
+        ns = self._ns
+        if node is None or (node.kind is not entry.kind and Kind.DIR in (node.kind, entry.kind)):
+            node = ns.new_node(directory, name, entry.kind, full=False)
+        if entry.kind is not Kind.DIR and entry.info is not None:
+            if ns.listing_attrs or not ns.revalidation.listed(node, entry.info):
+                ns.apply(node, entry.info, full=False)
+        elif entry.kind is Kind.DIR and not node.full:
+            node.attr_expiry = 0.0
+        return node
