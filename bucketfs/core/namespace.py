@@ -529,11 +529,15 @@ class Namespace:
             node.link_target = data.decode("utf-8", "surrogateescape")
         return node.link_target
 
-    def _node_dropped(self, ino: int, cf: CachedFile | None) -> None:
+    def _node_dropped(self, node: Node, cf: CachedFile | None) -> None:
         """The table dropped a node: so go what was kept for it (here, contents.py, the cache);
-        inode numbers are never reused, so nothing kept under `ino` could serve again."""
-        self.listings.dropped(ino)
-        self.prefetch.dropped(ino)
+        inode numbers are never reused, so nothing kept under its inode could serve again.
+        Listings and the prefetch queue are kept per directory: a file's drop (the bound's
+        FORGETs, thousands a second in a walk) skips their six caches."""
+        ino = node.ino
+        if node.kind is Kind.DIR:
+            self.listings.dropped(ino)
+            self.prefetch.dropped(ino)
         self.revalidation.dropped(ino)
         if self._data is not None:
             self._data.dropped(ino, cf)

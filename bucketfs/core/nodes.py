@@ -197,10 +197,10 @@ class InodeTable:
     """inode -> Node, and (bucket, path) -> inode for reachable nodes."""
 
     def __init__(
-        self, root: Node, on_drop: Callable[[int, CachedFile | None], None] = lambda _i, _c: None
+        self, root: Node, on_drop: Callable[[Node, CachedFile | None], None] = lambda _n, _c: None
     ) -> None:
         assert root.ino == ROOT_INO
-        #: told (inode, the file it held) whenever a node is dropped
+        #: told (the node, the file it held) whenever a node is dropped
         self._on_drop = on_drop
         root.lookups = 1
         self._next = ROOT_INO + 1
@@ -404,7 +404,7 @@ class InodeTable:
         self.children.pop(node.ino, None)
         self.held.pop(node.ino, None)
         cf, node.cached = node.cached, None
-        self._on_drop(node.ino, cf)
+        self._on_drop(node, cf)
 
     def __len__(self) -> int:
         return len(self.by_ino)
