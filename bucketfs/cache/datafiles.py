@@ -25,6 +25,17 @@ Invariants:
   writes (an open that raced it finds the same empty file);
 - a data file whose id has no row in the index (created ahead and never used, or left by a
   crash between the index update and the unlink) is removed at the next start (`sweep`).
+
+Mappings (`lend`): a read may be answered from a shared read-only mapping of the data file
+instead of a `pread` copy (the FUSE reply copies from it straight into the kernel). One mapping
+per data file is kept, as long as its descriptor, and replaced by a longer one when a read
+goes past its end. Touching a mapped page past the file's end is SIGBUS, so:
+- a mapping is never longer than its file was when it was made, and a data file shrinks only
+  through `truncate` (which drops the mapping first; `remove` unlinks, which keeps the pages);
+- a view is lent only until the borrower's next checkpoint (`Fetcher.read`'s `lend`: the FUSE
+  read replies from it before any other task runs), so no truncate runs while one is read.
+  Holes (punched by eviction, or never written) read as zeros through a mapping as through
+  `pread`.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import ctypes
 import ctypes.util
 import errno
 import logging
+import mmap
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
@@ -74,7 +86,10 @@ class DataFiles:
         self._uses: dict[int, int] = {}
         #: descriptors of removed files still in use: closed when their last use ends
         self._orphans: dict[int, list[int]] = {}
+        #: file id -> a read-only mapping of its data file (`lend`)
+        self._maps: dict[int, mmap.mmap] = {}
         self.opens = 0
+        self.maps = 0
 
     def _open_file(self, file_id: int) -> int:
         """The data file of `file_id`, created if it does not exist (OSError as the OS said)."""
@@ -114,7 +129,46 @@ class DataFiles:
             if len(self._open) <= self.max_open:
                 return
             if file_id not in self._uses:
+                self.unmap(file_id)
                 os.close(self._open.pop(file_id))
+
+    def lend(self, file_id: int, fd: int, start: int, end: int) -> memoryview | None:
+        """Bytes [start, end) of the data file (`fd`, in use) as a view of its mapping, valid
+        only until the caller's next checkpoint (see the module's invariants); None when the
+        file does not reach `end` (a sparse tail: `pread` it) or cannot be mapped."""
+        mapped = self._maps.get(file_id)
+        if mapped is None or len(mapped) < end:
+            size = os.fstat(fd).st_size
+            if size < end:
+                return None
+            self.unmap(file_id)
+            try:
+                mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            except OSError as exc:  # e.g. out of address space: the caller reads instead
+                log.debug("mapping data file %d failed: %s", file_id, exc)
+                return None
+            self._maps[file_id] = mapped
+            self.maps += 1
+        return memoryview(mapped)[start:end]
+
+    def unmap(self, file_id: int) -> bool:
+        """Drop the file's mapping (with its descriptor, or before the file shrinks); whether
+        it is gone now: False while a view of it is still lent (it goes with the view)."""
+        mapped = self._maps.pop(file_id, None)
+        if mapped is None:
+            return True
+        try:
+            mapped.close()
+        except BufferError:
+            return False
+        return True
+
+    def truncate(self, file_id: int, fd: int, size: int) -> None:
+        """ftruncate the data file (`fd`, in use) to `size`, its mapping dropped first (OSError
+        as the OS said)."""
+        if not self.unmap(file_id):  # a lent view outlived its checkpoint: a bug
+            log.error("data file %d shrinks under a lent view of it", file_id)
+        os.ftruncate(fd, size)
 
     def punch(self, file_id: int, punch: Callable[[int], None]) -> None:
         """Run `punch(fd)` on the data file, with the open descriptor if there is one, else a
@@ -138,6 +192,7 @@ class DataFiles:
 
     def close(self, file_id: int) -> None:
         """Close the file's descriptor (after its last use, if it is in use)."""
+        self.unmap(file_id)
         fd = self._open.pop(file_id, None)
         if fd is None:
             return
@@ -147,6 +202,8 @@ class DataFiles:
             os.close(fd)
 
     def close_all(self) -> None:
+        for file_id in list(self._maps):
+            self.unmap(file_id)
         for fd in [*self._open.values(), *(fd for fds in self._orphans.values() for fd in fds)]:
             os.close(fd)
         self._open.clear()

@@ -130,7 +130,17 @@ class Fetcher:
             and idx not in cf.present
         )
 
-    async def read(self, cf: CachedFile, offset: int, size: int, state: ReadState) -> bytes:
+    async def read(
+        self, cf: CachedFile, offset: int, size: int, state: ReadState, *, lend: bool = False
+    ) -> bytes | memoryview:
+        """Bytes [offset, offset+size) of `cf` (fewer past its end), its blocks fetched first.
+
+        With `lend`, a view of the data file's mapping (`DataFiles.lend`) instead of a copy
+        when the file reaches the read's end: valid only until the caller's next checkpoint
+        (the FUSE read hands it to pyfuse3, whose reply copies from it before any other task
+        runs, so nothing truncates the file under it). Cold 1 GiB: the reply's copy from the
+        mapping costs less than `pread`'s copy and then the reply's
+        (docs/maintainers/performance.md, session 15)."""
         end = min(offset + size, cf.size)
         if offset >= end:
             return b""
@@ -143,13 +153,17 @@ class Fetcher:
             else:
                 self._count_random_miss(cf, first, last)
         await self.materialize_blocks(cf, first, last + 1)
+        for idx in range(first, last + 1):
+            self._blocks.touch(cf, idx)
         try:
             with self._data_files.using(cf.id) as fd:
+                if lend:
+                    view = self._data_files.lend(cf.id, fd, offset, end)
+                    if view is not None:
+                        return view  # no checkpoint from here to the caller
                 data = os.pread(fd, end - offset, offset)
         except OSError as exc:
             raise cache_error(exc, "reading") from exc
-        for idx in range(first, last + 1):
-            self._blocks.touch(cf, idx)
         if len(data) < end - offset:  # a sparse tail past what was written
             data += bytes(end - offset - len(data))
         return data

@@ -1,0 +1,116 @@
+"""The FUSE read's reply from a mapping of the data file (cache/datafiles.py `lend`,
+cache/fetch.py `Fetcher.read(lend=True)`): the bytes are right, holes are zeros, a range past
+the data file's end is read instead, a mapping never outlives a truncation of its file, and a read past a mapping's
+end maps the grown file again."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from bucketfs.cache.datafiles import DataFiles
+from bucketfs.core.nodes import ROOT_INO
+from tests.support.harness import Harness, RunFs, data_of, reader_of
+
+MiB = 1 << 20
+
+
+def test_a_lent_read_is_a_view_of_the_data_file_with_the_objects_bytes(run_fs: RunFs) -> None:
+    size = 3 * MiB + 5
+    blob = data_of(size, seed=3)
+
+    async def body(h: Harness) -> None:
+        await h.put("big", blob)
+        node = await h.fs.lookup(ROOT_INO, "big")
+        fh, _keep = await h.fs.open(node.ino, os.O_RDONLY)
+        for offset, length in [(0, 128 << 10), (MiB - 7, MiB), (size - 100, 4096)]:
+            got = await h.fs.read(fh, offset, length, lend=True)
+            assert isinstance(got, memoryview)
+            assert got == blob[offset : offset + length]
+            del got  # lent until the next checkpoint only
+        plain = await h.fs.read(fh, 0, 4096)
+        assert isinstance(plain, bytes)  # nothing lent unless asked for
+        assert reader_of(h.fs).data_files.maps >= 1
+        await h.fs.release(fh)
+
+    run_fs(body)
+
+
+def test_a_lent_read_of_a_hole_is_zeros(run_fs: RunFs) -> None:
+    async def body(h: Harness) -> None:
+        fh, node = await h.fs.create(ROOT_INO, "sparse", 0o644, os.O_RDWR, 0, 0)
+        await h.fs.write(fh, 0, b"abc")
+        await h.fs.setattr(node.ino, size=MiB)  # the data file is extended: a hole
+        got = await h.fs.read(fh, 0, 2 * MiB, lend=True)
+        assert got == b"abc" + bytes(MiB - 3)
+        await h.fs.release(fh)
+
+    run_fs(body)
+
+
+def test_a_read_past_the_mapping_maps_the_grown_file_again(tmp_path: Path) -> None:
+    files = DataFiles(tmp_path)
+    with files.using(1) as fd:
+        os.pwrite(fd, b"a" * 4096, 0)
+        view = files.lend(1, fd, 0, 4096)
+        assert view is not None
+        assert view == b"a" * 4096
+        del view
+        assert files.lend(1, fd, 4096, 8192) is None  # past the file's end: read it instead
+        os.pwrite(fd, b"b" * 4096, 4096)
+        view = files.lend(1, fd, 4000, 8192)
+        assert view == b"a" * 96 + b"b" * 4096
+        del view
+    assert files.maps == 2
+    files.close_all()
+
+
+def test_a_truncation_drops_the_mapping_before_the_file_shrinks(tmp_path: Path) -> None:
+    files = DataFiles(tmp_path)
+    with files.using(1) as fd:
+        os.pwrite(fd, b"a" * 8192, 0)
+        view = files.lend(1, fd, 0, 8192)
+        assert view is not None
+        del view
+        files.truncate(1, fd, 100)
+        assert os.fstat(fd).st_size == 100
+        assert files.lend(1, fd, 0, 8192) is None  # the old, longer mapping is gone
+        view = files.lend(1, fd, 0, 100)
+        assert view == b"a" * 100
+        del view
+    assert files.maps == 2
+    files.close_all()
+
+
+def test_a_view_still_lent_at_a_truncation_is_a_logged_bug(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = DataFiles(tmp_path)
+    with files.using(1) as fd:
+        os.pwrite(fd, b"a" * 8192, 0)
+        view = files.lend(1, fd, 0, 4096)
+        with caplog.at_level(logging.ERROR, logger="bucketfs.cache.datafiles"):
+            files.truncate(1, fd, 8192)  # (same size: touching the view stays safe here)
+        assert "shrinks under a lent view" in caplog.text
+        assert view is not None
+        assert view[:3] == b"aaa"
+        del view
+    files.close_all()
+
+
+def test_removing_or_closing_a_data_file_drops_its_mapping(tmp_path: Path) -> None:
+    files = DataFiles(tmp_path, max_open=1)
+    for file_id in (1, 2):
+        with files.using(file_id) as fd:
+            os.pwrite(fd, b"x" * 4096, 0)
+            del fd
+            view = files.lend(file_id, files._open[file_id], 0, 4096)
+            assert view is not None
+            del view
+    assert list(files._maps) == [2]  # file 1's descriptor was closed, its mapping with it
+    files.remove(2)
+    assert not files._maps
+    files.close_all()
