@@ -1,7 +1,7 @@
 """The FUSE read's reply from a mapping of the data file (cache/datafiles.py `lend`,
 cache/fetch.py `Fetcher.read(lend=True)`): the bytes are right, holes are zeros, a range past
-the data file's end is read instead, a mapping never outlives a truncation of its file, and a read past a mapping's
-end maps the grown file again."""
+the data file's end is read instead, a mapping never outlives a truncation of its file, and a
+read past a mapping's end maps the grown file again."""
 
 from __future__ import annotations
 
