@@ -27,11 +27,14 @@ Invariants:
   crash between the index update and the unlink) is removed at the next start (`sweep`).
 
 Mappings (`lend`): a read may be answered from a shared read-only mapping of the data file
-instead of a `pread` copy (the FUSE reply copies from it straight into the kernel). One mapping
-per data file is kept, as long as its descriptor, and replaced by a longer one when a read
-goes past its end. Touching a mapped page past the file's end is SIGBUS, so:
+instead of a `pread` copy (the FUSE reply copies from it straight into the kernel). A mapping
+covers one `MAP_WINDOW` of a file (more if a read crosses its end), and at most `MAX_MAPS` are
+kept, least recently used dropped first: the pages a mapping touched count in the daemon's
+RSS (a mapping of the whole file put the peak RSS of a 1 GiB read at 1 GiB; 4 windows of 4 MiB
+added ~15 MiB to it), at the cost of a new mapping per `MAP_WINDOW` a reader moves on. Touching
+a mapped page past the file's end is SIGBUS, so:
 - a mapping is never longer than its file was when it was made, and a data file shrinks only
-  through `truncate` (which drops the mapping first; `remove` unlinks, which keeps the pages);
+  through `truncate` (which drops its mappings first; `remove` unlinks, which keeps the pages);
 - a view is lent only until the borrower's next checkpoint (`Fetcher.read`'s `lend`: the FUSE
   read replies from it before any other task runs), so no truncate runs while one is read.
   Holes (punched by eviction, or never written) read as zeros through a mapping as through
@@ -61,6 +64,10 @@ log = logging.getLogger(__name__)
 SPARE = 64
 #: data files kept open at most (beyond those in use right now)
 MAX_OPEN = 64
+#: a read is answered from a mapping of this much of its data file around it (`lend`)
+MAP_WINDOW = 2 << 20
+#: mappings kept at most, least recently used dropped first
+MAX_MAPS = 4
 
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -86,8 +93,9 @@ class DataFiles:
         self._uses: dict[int, int] = {}
         #: descriptors of removed files still in use: closed when their last use ends
         self._orphans: dict[int, list[int]] = {}
-        #: file id -> a read-only mapping of its data file (`lend`)
-        self._maps: dict[int, mmap.mmap] = {}
+        #: (file id, offset) -> a read-only mapping of the data file from that offset (`lend`),
+        #: least recently used first
+        self._maps: OrderedDict[tuple[int, int], mmap.mmap] = OrderedDict()
         self.opens = 0
         self.maps = 0
 
@@ -129,32 +137,39 @@ class DataFiles:
             if len(self._open) <= self.max_open:
                 return
             if file_id not in self._uses:
-                self.unmap(file_id)
                 os.close(self._open.pop(file_id))
 
     def lend(self, file_id: int, fd: int, start: int, end: int) -> memoryview | None:
         """Bytes [start, end) of the data file (`fd`, in use) as a view of its mapping, valid
         only until the caller's next checkpoint (see the module's invariants); None when the
         file does not reach `end` (a sparse tail: `pread` it) or cannot be mapped."""
-        mapped = self._maps.get(file_id)
-        if mapped is None or len(mapped) < end:
+        first = start - start % MAP_WINDOW
+        key = (file_id, first)
+        mapped = self._maps.get(key)
+        if mapped is not None and first + len(mapped) >= end:
+            self._maps.move_to_end(key)
+        else:
             size = os.fstat(fd).st_size
             if size < end:
                 return None
-            self.unmap(file_id)
+            self._close_map(key)
+            length = min(max(MAP_WINDOW, end - first), size - first)
             try:
-                mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+                mapped = mmap.mmap(
+                    fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=first
+                )
             except OSError as exc:  # e.g. out of address space: the caller reads instead
                 log.debug("mapping data file %d failed: %s", file_id, exc)
                 return None
-            self._maps[file_id] = mapped
+            self._maps[key] = mapped
             self.maps += 1
-        return memoryview(mapped)[start:end]
+            while len(self._maps) > MAX_MAPS:
+                self._close_map(next(iter(self._maps)))
+        return memoryview(mapped)[start - first : end - first]
 
-    def unmap(self, file_id: int) -> bool:
-        """Drop the file's mapping (with its descriptor, or before the file shrinks); whether
-        it is gone now: False while a view of it is still lent (it goes with the view)."""
-        mapped = self._maps.pop(file_id, None)
+    def _close_map(self, key: tuple[int, int]) -> bool:
+        """Drop one mapping; False while a view of it is still lent (it goes with the view)."""
+        mapped = self._maps.pop(key, None)
         if mapped is None:
             return True
         try:
@@ -162,6 +177,14 @@ class DataFiles:
         except BufferError:
             return False
         return True
+
+    def unmap(self, file_id: int) -> bool:
+        """Drop the file's mappings (before it shrinks, or when it goes); whether they are gone
+        now: False while a view of one is still lent (it goes with the view)."""
+        gone = True
+        for key in [key for key in self._maps if key[0] == file_id]:
+            gone = self._close_map(key) and gone
+        return gone
 
     def truncate(self, file_id: int, fd: int, size: int) -> None:
         """ftruncate the data file (`fd`, in use) to `size`, its mapping dropped first (OSError
@@ -202,8 +225,8 @@ class DataFiles:
             os.close(fd)
 
     def close_all(self) -> None:
-        for file_id in list(self._maps):
-            self.unmap(file_id)
+        for key in list(self._maps):
+            self._close_map(key)
         for fd in [*self._open.values(), *(fd for fds in self._orphans.values() for fd in fds)]:
             os.close(fd)
         self._open.clear()

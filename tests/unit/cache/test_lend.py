@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bucketfs.cache.datafiles import DataFiles
+from bucketfs.cache.datafiles import MAP_WINDOW, MAX_MAPS, DataFiles
 from bucketfs.core.nodes import ROOT_INO
 from tests.support.harness import Harness, RunFs, data_of, reader_of
 
@@ -101,16 +101,36 @@ def test_a_view_still_lent_at_a_truncation_is_a_logged_bug(
     files.close_all()
 
 
-def test_removing_or_closing_a_data_file_drops_its_mapping(tmp_path: Path) -> None:
-    files = DataFiles(tmp_path, max_open=1)
+def test_mappings_cover_a_window_each_and_few_are_kept(tmp_path: Path) -> None:
+    """The pages a mapping touched count in the daemon's RSS: a mapping covers one window of
+    its file (more only for a read that crosses its end), and at most `MAX_MAPS` are kept."""
+    files = DataFiles(tmp_path)
+    size = (MAX_MAPS + 2) * MAP_WINDOW
+    with files.using(1) as fd:
+        os.ftruncate(fd, size)
+        os.pwrite(fd, b"z", MAP_WINDOW - 1)
+        view = files.lend(1, fd, MAP_WINDOW - 1, MAP_WINDOW + 1)  # crosses the window's end
+        assert view == b"z\0"
+        del view
+        for n in range(MAX_MAPS + 2):
+            view = files.lend(1, fd, n * MAP_WINDOW + 10, n * MAP_WINDOW + 20)
+            assert view == bytes(10)
+            del view
+        assert len(files._maps) == MAX_MAPS
+        assert all(len(m) == MAP_WINDOW for m in files._maps.values())
+        assert max(start for _id, start in files._maps) == (MAX_MAPS + 1) * MAP_WINDOW
+    files.close_all()
+    assert not files._maps
+
+
+def test_removing_a_data_file_drops_its_mappings(tmp_path: Path) -> None:
+    files = DataFiles(tmp_path)
     for file_id in (1, 2):
         with files.using(file_id) as fd:
             os.pwrite(fd, b"x" * 4096, 0)
-            del fd
-            view = files.lend(file_id, files._open[file_id], 0, 4096)
+            view = files.lend(file_id, fd, 0, 4096)
             assert view is not None
             del view
-    assert list(files._maps) == [2]  # file 1's descriptor was closed, its mapping with it
     files.remove(2)
-    assert not files._maps
+    assert [file_id for file_id, _start in files._maps] == [1]
     files.close_all()
