@@ -31,8 +31,8 @@ instead of a `pread` copy (the FUSE reply copies from it straight into the kerne
 covers one `MAP_WINDOW` of a file (more if a read crosses its end), and at most `MAX_MAPS` are
 kept, least recently used dropped first: the pages a mapping touched count in the daemon's
 RSS (a mapping of the whole file put the peak RSS of a 1 GiB read at 1 GiB; 4 windows of 4 MiB
-added ~15 MiB to it), at the cost of a new mapping per `MAP_WINDOW` a reader moves on. Touching
-a mapped page past the file's end is SIGBUS, so:
+added ~15 MiB to it, 4 of 2 MiB ~9 MiB), at the cost of a new mapping per `MAP_WINDOW` a reader
+moves on. Touching a mapped page past the file's end is SIGBUS, so:
 - a mapping is never longer than its file was when it was made, and a data file shrinks only
   through `truncate` (which drops its mappings first; `remove` unlinks, which keeps the pages);
 - a view is lent only until the borrower's next checkpoint (`Fetcher.read`'s `lend`: the FUSE
@@ -67,7 +67,7 @@ MAX_OPEN = 64
 #: a read is answered from a mapping of this much of its data file around it (`lend`)
 MAP_WINDOW = 2 << 20
 #: mappings kept at most, least recently used dropped first
-MAX_MAPS = 4
+MAX_MAPS = 2
 
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

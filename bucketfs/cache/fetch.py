@@ -139,12 +139,14 @@ class Fetcher:
     ) -> bytes | memoryview:
         """Bytes [offset, offset+size) of `cf` (fewer past its end), its blocks fetched first.
 
-        With `lend`, a view of the data file's mapping (`DataFiles.lend`) instead of a copy
-        when the file reaches the read's end: valid only until the caller's next checkpoint
-        (the FUSE read hands it to pyfuse3, whose reply copies from it before any other task
-        runs, so nothing truncates the file under it). Cold 1 GiB: the reply's copy from the
-        mapping costs less than `pread`'s copy and then the reply's
-        (docs/maintainers/performance.md, session 15)."""
+        With `lend`, a sequential reader gets a view of the data file's mapping
+        (`DataFiles.lend`) instead of a copy when the file reaches the read's end: valid only
+        until the caller's next checkpoint (the FUSE read hands it to pyfuse3, whose reply
+        copies from it before any other task runs, so nothing truncates the file under it).
+        Cold 1 GiB: ~0.2 s less CPU per GiB than `pread` into a new `bytes` that the reply
+        copies again. A random reader gets a copy: it would map a window per read (1,000
+        cached random 4 KiB reads: 0.31 s of CPU against 0.22-0.24 s, docs/maintainers/
+        performance.md, session 15)."""
         end = min(offset + size, cf.size)
         if offset >= end:
             return b""
@@ -161,7 +163,7 @@ class Fetcher:
             self._blocks.touch(cf, idx)
         try:
             with self._data_files.using(cf.id) as fd:
-                if lend:
+                if lend and sequential:
                     view = self._data_files.lend(cf.id, fd, offset, end)
                     if view is not None:
                         return view  # no checkpoint from here to the caller

@@ -134,3 +134,23 @@ def test_removing_a_data_file_drops_its_mappings(tmp_path: Path) -> None:
     files.remove(2)
     assert [file_id for file_id, _start in files._maps] == [1]
     files.close_all()
+
+
+def test_a_random_reader_gets_a_copy_not_a_new_mapping_per_read(run_fs: RunFs) -> None:
+    size = 16 * MiB
+    blob = data_of(size, seed=5)
+
+    async def body(h: Harness) -> None:
+        await h.put("big", blob)
+        node = await h.fs.lookup(ROOT_INO, "big")
+        fh, _keep = await h.fs.open(node.ino, os.O_RDONLY)
+        await h.fs.read(fh, 0, size)  # all of it in the cache
+        maps = reader_of(h.fs).data_files.maps
+        for offset in (9 * MiB, 3 * MiB + 4096, 13 * MiB, 5 * MiB):  # jumps: a random reader
+            got = await h.fs.read(fh, offset, 4096, lend=True)
+            assert isinstance(got, bytes)
+            assert got == blob[offset : offset + 4096]
+        assert reader_of(h.fs).data_files.maps == maps
+        await h.fs.release(fh)
+
+    run_fs(body)
