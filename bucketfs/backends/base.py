@@ -14,7 +14,9 @@ keeps (checked by `tests/backends/test_contract.py` against real servers):
 - `put` is atomic: readers see the old object or the new one, never a mix.
 - `get_body` is `get_stream` read into the caller's buffer (`Body.readinto`); its default
   copies the chunks (`ChunkBody`), a store may receive straight into the buffer instead (S3
-  over plain HTTP, `s3/pool.py`).
+  over plain HTTP, `s3/pool.py`). `Body.receive_each` hands each fill of the buffer to a
+  `Sink` (`write` off the trio thread, then `landed` in the caller's task); a store that
+  receives in a worker thread does both in one job per call (S3 over plain HTTP).
 
 Optional capabilities (what not every store has: its region, its usage figures and quota
 (`space`), the metadata of a bucket, its limit on user metadata, per-object expiry, checksums,
@@ -27,10 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
+
+import trio
 
 from bucketfs.errors import BucketfsError, NotSupported
 from bucketfs.types import (
@@ -68,6 +72,21 @@ class Space:
     free_files: int | None = None
 
 
+class Sink(Protocol):
+    """Where `Body.receive_each` puts each fill of the caller's buffer."""
+
+    def write(self, filled: memoryview) -> bool:
+        """Keep the bytes of `filled`, in a worker thread (or the caller's, below
+        `receive_each`'s `thread_from`): the next fill overwrites them once this returns.
+        False: receive no more now (`filled` is left as it is in the buffer)."""
+        ...
+
+    def landed(self) -> None:
+        """In the task that called `receive_each`, after each `write` returned, in order; what
+        it raises ends the receive (after its worker thread stopped) and leaves from there."""
+        ...
+
+
 class Body(Protocol):
     """A GET's body, read into the caller's buffer (`Backend.get_body`)."""
 
@@ -76,6 +95,37 @@ class Body(Protocol):
         ended) or when the connection broke after some bytes came: the next call raises that
         (a `BackendError`, as `get_stream`'s chunks do)."""
         ...
+
+    async def receive_each(self, view: memoryview, sink: Sink, *, thread_from: int = 0) -> int:
+        """Receive the rest of the body through `view`: fill it (`readinto`'s rules), then
+        `sink.write` the fill and `sink.landed()`, until the body ended, broke off (the next
+        call raises that) or `write` said stop; returns the bytes received (every fill passed
+        to `write`). A fill of `thread_from` bytes or more is written in a worker thread."""
+        ...
+
+
+async def receive_by_reads(
+    readinto: Callable[[memoryview], Awaitable[int]],
+    view: memoryview,
+    sink: Sink,
+    thread_from: int,
+) -> int:
+    """`Body.receive_each` over `readinto`: each fill received in this task, written in a
+    worker thread from `thread_from` bytes on (a store that receives in this task)."""
+    total = 0
+    while True:
+        got = await readinto(view)
+        if not got:
+            return total
+        filled = view[:got]
+        if got >= thread_from:
+            go_on = await trio.to_thread.run_sync(sink.write, filled)
+        else:
+            go_on = sink.write(filled)
+        total += got
+        sink.landed()
+        if not go_on or got < len(view):
+            return total
 
 
 class ChunkBody:
@@ -109,6 +159,9 @@ class ChunkBody:
             self._pending = self._pending[n:]
             got += n
         return got
+
+    async def receive_each(self, view: memoryview, sink: Sink, *, thread_from: int = 0) -> int:
+        return await receive_by_reads(self.readinto, view, sink, thread_from)
 
     async def finish(self) -> None:
         """After the last read: the chunks run to their end when nothing is left over (an

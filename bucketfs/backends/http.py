@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import httpx2
 
-from bucketfs.backends.base import Body, ChunkBody
+from bucketfs.backends.base import Body, ChunkBody, Sink
 from bucketfs.errors import InvalidRequest, Transient, Unreachable
 from bucketfs.types import WriteOptions
 
@@ -188,6 +188,8 @@ class DirectResponse(RawResponse, Protocol):
 
     async def readinto(self, view: memoryview) -> int: ...
 
+    async def receive_each(self, view: memoryview, sink: Sink) -> int: ...
+
 
 #: `SendGet` of a store whose answers are `DirectResponse`s
 SendDirectGet = Callable[[Mapping[str, str], bool], Awaitable[tuple[DirectResponse, bytes]]]
@@ -234,6 +236,13 @@ class _DirectBody:
     async def readinto(self, view: memoryview) -> int:
         try:
             return await self._response.readinto(view)
+        except httpx2.TransportError as exc:
+            raise transport_error(exc, self._endpoint, self._what) from exc
+
+    async def receive_each(self, view: memoryview, sink: Sink, *, thread_from: int = 0) -> int:
+        """Every fill received and written in one worker-thread job (`thread_from` moot)."""
+        try:
+            return await self._response.receive_each(view, sink)
         except httpx2.TransportError as exc:
             raise transport_error(exc, self._endpoint, self._what) from exc
 

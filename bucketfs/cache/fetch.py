@@ -25,16 +25,18 @@ archive read at random places soon reads at local-disk speed, at the cost of fet
 once.
 
 Bodies are streamed: a GET's bytes are received into one buffer of `LAND_BLOCKS` blocks
-(`Backend.get_body`: on S3 over plain HTTP a worker thread reads the socket straight into it)
-and land in the data file each time it is full, and each block's readers go on as soon as that
-block is there, not when the whole part is (a reader at the start of a 16 MiB part waits for
-~2 MiB, and no whole part is held in memory); the buffers are reused while GETs follow one
-another. Each landing step costs two worker-thread hand-offs (~50-90 us of CPU each on this
-host) and an index commit on the trio thread; steps of 4 blocks made no difference to the
-daemon's CPU (less on the trio thread, about as much more in the worker threads) and cost
-8 MiB more of RSS (docs/maintainers/performance.md, session 14). A connection that breaks
-mid-body costs one more GET, for the blocks not landed yet (`Backend.get`, retried as every
-request is).
+(`Backend.get_body`) and land in the data file each time it is full (`landing.Landing`, the
+rules of every landing), and each block's readers go on as soon as that block is there, not
+when the whole part is (a reader at the start of a 16 MiB part waits for ~2 MiB, and no whole
+part is held in memory); the buffers are reused while GETs follow one another. On S3 over
+plain HTTP one worker-thread job per GET receives every fill and writes it
+(`Body.receive_each`), and the trio thread, woken once per fill, commits it to the index and
+releases its readers; other stores receive on the trio thread and write fills of
+`THREAD_WRITE_BLOCKS` or more in a worker thread. (Before session 15: two worker hand-offs
+per fill, receive then write, ~50-90 us of CPU each and the largest Python cost of a cold read
+in py-spy.) Steps of 4 blocks made no difference to the daemon's CPU and cost 8 MiB more of
+RSS (docs/maintainers/performance.md, session 14). A connection that breaks mid-body costs one
+more GET, for the blocks not landed yet (`Backend.get`, retried as every request is).
 
 The GET an `open` of a small file sends instead of a HEAD (core/handles.py) lands its bytes
 here too (`prime`), under the same rules as a fetch's.
@@ -45,7 +47,8 @@ in blocks not present yet (a written block is present, so a
 fetch never overwrites written bytes) and only if the base ETag is still the one they were
 fetched under (a fetch writes only the blocks it claimed; it writes in a worker thread from
 `THREAD_WRITE_BLOCKS` on, off the thread that serves FUSE, and the blocks stay claimed until
-they are present, so a write or a truncate waits for them); a fetch's failure is raised in
+they are present, so a write or a truncate waits for them); a block is committed to the index
+only after its bytes were written; a fetch's failure is raised in
 every reader waiting for it, and logged if it is not a `BucketfsError`.
 """
 
@@ -59,12 +62,13 @@ from collections.abc import Iterator, Mapping
 
 import trio
 
-from bucketfs.backends.base import Backend, Body
+from bucketfs.backends.base import Backend
 from bucketfs.cache.blocks import CleanBlocks
 from bucketfs.cache.cachedfile import CachedFile, Fetch, ReadState
 from bucketfs.cache.datafiles import DataFiles, cache_error
 from bucketfs.cache.index import CacheIndex
-from bucketfs.errors import BucketfsError
+from bucketfs.cache.landing import Landing, coalesce, landable, pwrite_all, release
+from bucketfs.errors import BackendError, BucketfsError
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +134,19 @@ class Fetcher:
             and idx not in cf.present
         )
 
-    async def read(self, cf: CachedFile, offset: int, size: int, state: ReadState) -> bytes:
+    async def read(
+        self, cf: CachedFile, offset: int, size: int, state: ReadState, *, lend: bool = False
+    ) -> bytes | memoryview:
+        """Bytes [offset, offset+size) of `cf` (fewer past its end), its blocks fetched first.
+
+        With `lend`, a sequential reader gets a view of the data file's mapping
+        (`DataFiles.lend`) instead of a copy when the file reaches the read's end: valid only
+        until the caller's next checkpoint (the FUSE read hands it to pyfuse3, whose reply
+        copies from it before any other task runs, so nothing truncates the file under it).
+        Cold 1 GiB: ~0.2 s less CPU per GiB than `pread` into a new `bytes` that the reply
+        copies again. A random reader gets a copy: it would map a window per read (1,000
+        cached random 4 KiB reads: 0.31 s of CPU against 0.22-0.24 s, docs/maintainers/
+        performance.md, session 15)."""
         end = min(offset + size, cf.size)
         if offset >= end:
             return b""
@@ -143,13 +159,17 @@ class Fetcher:
             else:
                 self._count_random_miss(cf, first, last)
         await self.materialize_blocks(cf, first, last + 1)
+        for idx in range(first, last + 1):
+            self._blocks.touch(cf, idx)
         try:
             with self._data_files.using(cf.id) as fd:
+                if lend and sequential:
+                    view = self._data_files.lend(cf.id, fd, offset, end)
+                    if view is not None:
+                        return view  # no checkpoint from here to the caller
                 data = os.pread(fd, end - offset, offset)
         except OSError as exc:
             raise cache_error(exc, "reading") from exc
-        for idx in range(first, last + 1):
-            self._blocks.touch(cf, idx)
         if len(data) < end - offset:  # a sparse tail past what was written
             data += bytes(end - offset - len(data))
         return data
@@ -384,30 +404,38 @@ class Fetcher:
         claimed: dict[int, Fetch],
     ) -> int:
         """Receive [start, end) into a buffer of `LAND_BLOCKS` blocks and land it each time it
-        is full; returns how far it landed: `end`, or less when the connection broke after the
-        answer began (an error before that, such as a changed ETag, is raised)."""
+        is full (`landing.Landing`: written by the thread that received it, committed here);
+        returns how far it landed: `end`, or less when the connection broke after the answer
+        began (an error before that, such as a changed ETag, is raised)."""
         bs = self.block_size
-        reached = start
-        with self._buffer(end - start) as view:
+        broke: BackendError | None = None
+        with self._buffer(end - start) as view, self._data_files.using(cf.id) as fd:
+            landing = Landing(
+                cf, claimed, fd, start, end,
+                block_size=bs,
+                current=lambda: self._current(cf, etag),
+                commit=lambda indexes: self._commit(cf, indexes),
+            )  # fmt: skip
             async with self._backend.get_body(cf.bucket, key, start, end, if_match=etag) as body:
-                while reached < end:
-                    piece = view[: min(len(view), end - reached)]
-                    got, broke = await _read_full(body, piece)
-                    if broke is not None:  # the connection broke mid-body
-                        whole = got - got % bs
-                        log.info(
-                            "GET %s/%s broke off at %d of [%d, %d): fetching the rest again (%s)",
-                            cf.bucket, key, reached + whole, start, end, broke,
-                        )  # fmt: skip
-                        if whole:
-                            await self._land(cf, reached, piece[:whole], claimed, etag)
-                        return reached + whole
-                    if got:
-                        await self._land(cf, reached, piece[:got], claimed, etag)
-                        reached += got
-                    if got < len(piece):  # the body ended
+                while landing.reached < end:
+                    fill = view[: min(len(view), end - landing.reached)]
+                    try:
+                        await body.receive_each(fill, landing, thread_from=THREAD_WRITE_BLOCKS * bs)
+                    except BackendError as exc:  # the connection broke mid-body
+                        broke = exc
                         break
-        return reached
+                    if landing.full is None:
+                        break  # the body ended, or broke off after some bytes came
+                    # the disk was full: that fill lands here, where eviction makes room
+                    full, landing.full = landing.full, None
+                    await self._land(cf, landing.reached, full, claimed, etag)
+                    landing.skip(len(full))
+        if landing.reached < end:
+            log.info(
+                "GET %s/%s ended at %d of [%d, %d): fetching the rest again (%s)",
+                cf.bucket, key, landing.reached, start, end, broke or "the connection broke",
+            )  # fmt: skip
+        return landing.reached
 
     @contextlib.contextmanager
     def _buffer(self, size: int) -> Iterator[memoryview]:
@@ -458,19 +486,13 @@ class Fetcher:
         claims and that are not present, then release every claimed block they cover."""
         bs = self.block_size
         first = offset // bs
-        covered = range(first, first + (len(data) + bs - 1) // bs)
+        stop = first + (len(data) + bs - 1) // bs
         # only blocks this fetch claimed: a fill's run may span blocks another fetch brings
         # (and a write may land in those once that one is done)
-        got = [i for i in covered if i in claimed and cf.inflight.get(i) is claimed[i]]
-        got = [i for i in got if i not in cf.present]
+        got = landable(cf, claimed, first, stop)
         if got and self._current(cf, etag):
             await self._write_fetched(cf, offset, data, got, etag)
-        for idx in covered:
-            fetch = claimed.get(idx)
-            if fetch is not None and not fetch.done.is_set():
-                if cf.inflight.get(idx) is fetch:
-                    del cf.inflight[idx]
-                fetch.done.set()
+        release(cf, claimed, first, stop)
 
     def _current(self, cf: CachedFile, etag: str) -> bool:
         """Whether bytes fetched under `etag` still belong to `cf` (not reset, not forgotten)."""
@@ -483,12 +505,11 @@ class Fetcher:
         truncate touches them meanwhile) and mark them present. Large writes go to a worker
         thread, off the thread that serves FUSE; a full disk is retried here (eviction)."""
         bs = self.block_size
-        view = memoryview(data)
-        pieces = [(view[i * bs - start : (i + 1) * bs - start], i * bs) for i in indexes]
+        pieces = coalesce(memoryview(data), start, indexes, bs)
         with self._data_files.using(cf.id) as fd:
             if len(indexes) >= THREAD_WRITE_BLOCKS:
                 try:
-                    await trio.to_thread.run_sync(_pwrite_all, fd, _coalesce(pieces, view, start))
+                    await trio.to_thread.run_sync(pwrite_all, fd, pieces)
                     pieces = []
                 except OSError as exc:
                     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -497,43 +518,12 @@ class Fetcher:
                     return  # reset or forgotten meanwhile: these bytes are no one's
             for piece, offset in pieces:  # the pwrite that evicts and tries once more
                 self._blocks.pwrite(fd, piece, offset)
+        self._commit(cf, indexes)
+
+    def _commit(self, cf: CachedFile, indexes: list[int]) -> None:
+        """Fetched blocks `indexes` were written: mark them present (the index with them)."""
         cf.present.update(indexes)
         for idx in indexes:
             self._blocks.touch(cf, idx)
         self._index.set_blocks(cf.id, indexes, dirty=False)
         self._blocks.evict()
-
-
-async def _read_full(body: Body, view: memoryview) -> tuple[int, BucketfsError | None]:
-    """Read `body` into `view`: the bytes that came, and the error that broke the connection
-    if it broke (a short read is the body's end or a break, which the next read raises)."""
-    got = 0
-    try:
-        got = await body.readinto(view)
-        if got < len(view):
-            await body.readinto(view[got:])  # 0 at the body's end, else it raises
-    except BucketfsError as exc:
-        return got, exc
-    return got, None
-
-
-def _coalesce(
-    pieces: list[tuple[memoryview, int]], view: memoryview, start: int
-) -> list[tuple[memoryview, int]]:
-    """Adjacent pieces of `view` (which starts at file offset `start`) as one write each."""
-    out: list[tuple[memoryview, int]] = []
-    for piece, offset in pieces:
-        if out and out[-1][1] + len(out[-1][0]) == offset:
-            lo = out[-1][1] - start
-            out[-1] = (view[lo : offset - start + len(piece)], out[-1][1])
-        else:
-            out.append((piece, offset))
-    return out
-
-
-def _pwrite_all(fd: int, pieces: list[tuple[memoryview, int]]) -> None:
-    """pwrite every piece whole (in a worker thread: OSError as the OS said)."""
-    for piece, offset in pieces:
-        done = 0
-        while done < len(piece):
-            done += os.pwrite(fd, piece[done:], offset + done)

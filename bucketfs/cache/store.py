@@ -284,8 +284,12 @@ class BlockCache:
 
     # --- reading (fetch.py) --------------------------------------------------------------
 
-    async def read(self, cf: CachedFile, offset: int, size: int, state: ReadState) -> bytes:
-        return await self.fetcher.read(cf, offset, size, state)
+    async def read(
+        self, cf: CachedFile, offset: int, size: int, state: ReadState, *, lend: bool = False
+    ) -> bytes | memoryview:
+        """Bytes [offset, offset+size) of `cf`; with `lend`, possibly a view of the data file
+        valid only until the caller's next checkpoint (`Fetcher.read`)."""
+        return await self.fetcher.read(cf, offset, size, state, lend=lend)
 
     async def prime(self, cf: CachedFile, etag: str, data: bytes) -> None:
         """The object's first bytes as a GET at open brought them (fetch.py)."""
@@ -381,7 +385,7 @@ class BlockCache:
             await fetch.done.wait()  # a readahead must not land past the new end
         try:
             with self.data_files.using(cf.id) as fd:
-                os.ftruncate(fd, size)
+                self.data_files.truncate(cf.id, fd, size)
         except OSError as exc:
             raise cache_error(exc, "truncating") from exc
         keep = (size + bs - 1) // bs

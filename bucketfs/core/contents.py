@@ -287,10 +287,14 @@ class FileData:
 
     # --- reading and writing -----------------------------------------------------------------
 
-    async def read(self, node: Node, offset: int, size: int, state: ReadState) -> bytes:
+    async def read(
+        self, node: Node, offset: int, size: int, state: ReadState, *, lend: bool = False
+    ) -> bytes | memoryview:
+        """With `lend`, possibly a view valid only until the caller's next checkpoint
+        (`cache.fetch.Fetcher.read`)."""
         if node.etag is None and node.cached is None:
             return b""
-        return await self.cache.read(self.cached(node), offset, size, state)
+        return await self.cache.read(self.cached(node), offset, size, state, lend=lend)
 
     def holds(self, node: Node) -> bool:
         """Whether the cache holds all of the node's object as the node last saw it (also
@@ -313,7 +317,9 @@ class FileData:
 
     async def read_all(self, node: Node) -> bytes:
         cf = self.cached(node)
-        return await self.cache.read(cf, 0, cf.size, ReadState())
+        data = await self.cache.read(cf, 0, cf.size, ReadState())
+        assert isinstance(data, bytes)  # nothing lent without `lend`
+        return data
 
     async def write(self, node: Node, offset: int, data: bytes) -> int:
         await self._throttle()

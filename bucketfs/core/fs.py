@@ -236,8 +236,10 @@ class BucketFS:
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         return await self.handles.open(ino, flags)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
-        return await self.handles.read(fh, offset, size)
+    async def read(
+        self, fh: int, offset: int, size: int, *, lend: bool = False
+    ) -> bytes | memoryview:
+        return await self.handles.read(fh, offset, size, lend=lend)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         return await self.handles.write(fh, offset, data)

@@ -245,11 +245,15 @@ class Handles:
         ns.apply(node, info, full=True)
         await ns.data.prime(node, data)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(
+        self, fh: int, offset: int, size: int, *, lend: bool = False
+    ) -> bytes | memoryview:
+        """With `lend`, possibly a view valid only until the caller's next checkpoint (for
+        the FUSE reply: `cache.fetch.Fetcher.read`)."""
         handle = self.handle(fh)
         if handle.node.virtual is not None:  # hook: a version file (versions.py)
             return await self._ns.versions.read(handle.node, offset, size)
-        return await self._ns.data.read(handle.node, offset, size, handle.read_state)
+        return await self._ns.data.read(handle.node, offset, size, handle.read_state, lend=lend)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.handle(fh)

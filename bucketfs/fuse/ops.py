@@ -298,8 +298,11 @@ class FuseOps(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     @_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self.fs.read(fh, off, size)
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
+        # a lent view of the cache's data file: pyfuse3 replies from it as soon as this
+        # returns, before any other task runs (`fuse_read_async` in its handlers.pxi takes
+        # any buffer, though its stubs say bytes)
+        return await self.fs.read(fh, off, size, lend=True)
 
     @_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -34,23 +34,25 @@ Why: httpcore2's pool, request and response models cost about twice a HEAD's own
   connection gets a fresh h11 state machine and is reused unless the answer said
   `Connection: close`. Why: h11 copies each body byte three times on the trio thread, the
   largest share of that thread's work in a cold read (docs/cache.md has the figures). A
-  cancelled receive wakes its thread and waits for it (`_in_thread`): no thread ever touches
-  a buffer or a socket after `readinto` left.
+  cancelled receive wakes its thread and waits for it (`receive.in_thread`): no thread ever
+  touches a buffer or a socket after `readinto` left. `receive_each` receives every fill of a
+  buffer and hands it to a `Sink` in one worker-thread job per call (`receive.ReceiveJob`),
+  under the same rules.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import select
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
-from typing import TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 
 import h11
 import httpx2
-import outcome
 import trio
+
+from bucketfs.backends.base import Sink
+from bucketfs.backends.s3.receive import ReceiveJob, in_thread, receive
 
 #: bytes asked for per receive: large, so a ranged GET of several MiB takes few reads
 READ_SIZE = 1 << 20
@@ -65,7 +67,6 @@ _JOIN_BODY = 64 << 10
 Headers = list[tuple[bytes, bytes]]
 #: a request body: whole, or in pieces (views of one `bytes`: `S3Client._slices`)
 Body = bytes | AsyncIterable[bytes] | AsyncIterable[memoryview]
-T = TypeVar("T")
 
 
 class _Conn:
@@ -390,7 +391,7 @@ class Exchange:
             if want:
                 fd, timeout = conn.socket.fileno(), self._pool._read
                 part = view[got : got + want]
-                n, error = await _in_thread(lambda wake: _receive(fd, part, wake, timeout))
+                n, error = await in_thread(lambda wake: receive(fd, part, wake, timeout))
                 got += n
                 self._left -= n
                 if error is not None:
@@ -407,6 +408,43 @@ class Exchange:
                 conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 << 10)
             self._finish(self._keep)
         return got
+
+    async def receive_each(self, view: memoryview, sink: Sink) -> int:
+        """The rest of the body through `view` (only when `direct`), in one worker-thread job:
+        fill `view` (`readinto`'s rules), `sink.write(fill)` in that thread, and
+        `sink.landed()` here after each; until the body ended, broke off (the next call
+        raises) or `write` said stop. Returns the bytes received."""
+        conn = self._conn
+        if self._error is not None:
+            stored, self._error = self._error, None
+            self._finish(False)
+            raise stored
+        if conn is None or self._done or not view:
+            return 0
+        try:
+            if self._left is None:
+                self._left = self._take_buffered(conn)
+            pending, self._pending = self._pending, b""
+            job = ReceiveJob(conn.socket.fileno(), self._pool._read, view, sink, pending)
+            try:
+                total, error = await job.run(self._left)
+            finally:  # what the thread took, also when `landed` raised or we were cancelled
+                self._left -= job.received
+                self._pending = pending[job.taken :]
+            if error is not None:
+                if not total:
+                    raise error
+                self._error = error
+                return total
+        except BaseException:
+            self._finish(False)
+            raise
+        if not self._left and not self._pending:
+            self._done = True
+            if self._keep:
+                conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 << 10)
+            self._finish(self._keep)
+        return total
 
     def _take_buffered(self, conn: _Conn) -> int:
         """What h11 read of the body along with the head (kept in `_pending`); returns how
@@ -461,66 +499,3 @@ def _framing(head: h11.Response) -> tuple[int | None, bool]:
         elif name == b"connection" and b"close" in value.lower():
             keep = False
     return length, keep
-
-
-def _receive(fd: int, view: memoryview, wake: int, timeout: float) -> tuple[int, Exception | None]:
-    """In a worker thread: fill `view` from the non-blocking socket `fd`. Returns the bytes
-    received and what stopped it early: a timeout, a broken or closed connection, or `wake`
-    (the caller was cancelled)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    poller.register(wake, select.POLLIN)
-    wait = -1 if math.isinf(timeout) else max(1, int(timeout * 1000))
-    got = 0
-    while got < len(view):
-        try:
-            n = os.readv(fd, [view[got:]])
-        except BlockingIOError:
-            ready = poller.poll(wait)
-            if not ready:
-                return got, httpx2.ReadTimeout("timed out reading")
-            if any(f == wake for f, _ in ready):
-                return got, _Woken()
-            continue
-        except OSError as exc:
-            return got, httpx2.ReadError(str(exc) or type(exc).__name__)
-        if not n:
-            return got, httpx2.RemoteProtocolError(
-                "peer closed connection without sending complete message body"
-            )
-        got += n
-    return got, None
-
-
-class _Woken(Exception):
-    """A worker thread's receive stopped because its caller was cancelled (never raised
-    outside this module: the cancellation is)."""
-
-
-async def _in_thread(fn: Callable[[int], T]) -> T:
-    """`fn(wake)` in a worker thread; when the caller is cancelled, `wake` (an eventfd)
-    becomes readable and the caller waits for `fn` to return before it leaves."""
-    wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-    token = trio.lowlevel.current_trio_token()
-    done = trio.Event()
-    result: list[outcome.Outcome[T]] = []
-
-    def deliver(value: outcome.Outcome[T]) -> None:
-        def land() -> None:
-            result.append(value)
-            done.set()
-
-        token.run_sync_soon(land)
-
-    try:
-        trio.lowlevel.start_thread_soon(lambda: fn(wake), deliver)
-        try:
-            await done.wait()
-        finally:
-            if not done.is_set():
-                os.eventfd_write(wake, 1)
-                with trio.CancelScope(shield=True):
-                    await done.wait()
-        return result[0].unwrap()
-    finally:
-        os.close(wake)

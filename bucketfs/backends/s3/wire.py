@@ -30,7 +30,8 @@ from typing import Any
 import httpcore2
 import httpx2
 
-from bucketfs.backends.s3.pool import Body, Pool
+from bucketfs.backends.base import Sink
+from bucketfs.backends.s3.pool import Body, Exchange, Pool
 
 #: httpcore2's exceptions -> httpx2's, most specific first (the order of httpx2's own mapping)
 _MAPPED: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
@@ -65,7 +66,7 @@ def as_httpx(exc: Exception) -> httpx2.TransportError:
 class Answer:
     """A response whose body has not been read yet: `aiter_raw()` once, then `aclose()`."""
 
-    __slots__ = ("_chunks", "_close", "_readinto", "headers", "status_code")
+    __slots__ = ("_chunks", "_close", "_exchange", "headers", "status_code")
 
     def __init__(
         self,
@@ -73,29 +74,33 @@ class Answer:
         headers: Headers,
         chunks: AsyncIterator[bytes],
         close: Callable[[], Awaitable[None]],
-        readinto: Callable[[memoryview], Awaitable[int]] | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
+        """`exchange`: the lean pool's exchange when it receives the body itself (`direct`)."""
         self.status_code = status_code
         #: the raw (name, value) pairs as received, in order
         self.headers = headers
         self._chunks = chunks
         self._close = close
-        self._readinto = readinto
+        self._exchange = exchange
 
     @property
     def direct(self) -> bool:
-        """Whether `readinto` receives the body itself (`pool.Exchange.readinto`); else only
-        `aiter_raw` reads it."""
-        return self._readinto is not None
+        """Whether `readinto` and `receive_each` receive the body themselves
+        (`pool.Exchange`); else only `aiter_raw` reads it."""
+        return self._exchange is not None
 
     async def readinto(self, view: memoryview) -> int:
         """The next bytes of the body into `view` (only when `direct`; see
         `pool.Exchange.readinto`)."""
-        assert self._readinto is not None
-        try:
-            return await self._readinto(view)
-        except _LOW_LEVEL as exc:
-            raise as_httpx(exc) from exc
+        assert self._exchange is not None
+        return await self._exchange.readinto(view)
+
+    async def receive_each(self, view: memoryview, sink: Sink) -> int:
+        """The rest of the body through `view`, each fill to `sink` (only when `direct`; see
+        `pool.Exchange.receive_each`)."""
+        assert self._exchange is not None
+        return await self._exchange.receive_each(view, sink)
 
     def header(self, name: bytes) -> str | None:
         """The value of header `name` (lower case), Latin-1; repeated headers joined by ", "."""
@@ -203,9 +208,12 @@ class Wire:
             assert self._lean_args is not None
             pool = self._lean[port] = Pool(port, **self._lean_args)
         exchange = await pool.send(method.encode("ascii"), host, target, headers, body)
-        readinto = exchange.readinto if exchange.direct else None
         return Answer(
-            exchange.status_code, exchange.headers, exchange.aiter_raw(), exchange.aclose, readinto
+            exchange.status_code,
+            exchange.headers,
+            exchange.aiter_raw(),
+            exchange.aclose,
+            exchange if exchange.direct else None,
         )
 
     async def _send_transport(
