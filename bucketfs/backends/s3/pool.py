@@ -402,11 +402,7 @@ class Exchange:
         except BaseException:
             self._finish(False)
             raise
-        if not self._left and not self._pending:
-            self._done = True
-            if self._keep:
-                conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 << 10)
-            self._finish(self._keep)
+        self._end_if_drained(conn)
         return got
 
     async def receive_each(self, view: memoryview, sink: Sink) -> int:
@@ -439,12 +435,16 @@ class Exchange:
         except BaseException:
             self._finish(False)
             raise
+        self._end_if_drained(conn)
+        return total
+
+    def _end_if_drained(self, conn: _Conn) -> None:
+        """The body was wholly received: the connection goes back to the pool (kept alive)."""
         if not self._left and not self._pending:
             self._done = True
             if self._keep:
                 conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 << 10)
             self._finish(self._keep)
-        return total
 
     def _take_buffered(self, conn: _Conn) -> int:
         """What h11 read of the body along with the head (kept in `_pending`); returns how
