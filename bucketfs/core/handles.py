@@ -105,16 +105,22 @@ class Handles:
         if handle.snapshot is None or offset == 0:
             ns = self._ns
             # hook: the .versions/ tree lists itself; real listings never show it
-            entries = await ns.versions.readdir(handle.node, ns.snapshot)
+            entries = await ns.versions.readdir(handle.node, ns.readdir.snapshot)
             up = ns.table.get(handle.node.parent) or ns.table.root
-            handle.snapshot = ns.reading(handle.node, [(".", handle.node), ("..", up), *entries])
+            handle.snapshot = ns.readdir.reading(
+                handle.node, [(".", handle.node), ("..", up), *entries]
+            )
         return self._entries(handle.snapshot, offset)
 
     def _entries(self, snapshot: Snapshot, offset: int) -> Iterator[tuple[str, Node, int]]:
         entries = snapshot.entries
         for index in range(offset, len(entries)):
             name, item = entries[index]
-            node = item if isinstance(item, Node) else self._ns.listed_node(snapshot, name, item)
+            node = (
+                item
+                if isinstance(item, Node)
+                else self._ns.readdir.listed_node(snapshot, name, item)
+            )
             if node is not None:
                 yield name, node, index + 1
 

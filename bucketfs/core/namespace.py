@@ -70,7 +70,7 @@ from cachetools import TTLCache
 from bucketfs.core.attrs import NAME_MAX, Defaults, parse_posix, valid_name
 from bucketfs.core.contents import FileData, Unsaved
 from bucketfs.core.heads import Heads
-from bucketfs.core.listing import Entry, Listed, Listings, Snapshot, Subtrees
+from bucketfs.core.listing import Listed, Listings, Subtrees
 from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.core.options import FsOptions
 from bucketfs.core.prefetch import Prefetch
@@ -541,17 +541,3 @@ class Namespace:
         self.revalidation.dropped(ino)
         if self._data is not None:
             self._data.dropped(ino, cf)
-
-    # --- readdir snapshots (readdir.py) -------------------------------------------------------
-
-    async def snapshot(self, directory: Node) -> list[tuple[str, Node | Entry]]:
-        """The entries of `directory` now (`Readdir.snapshot`)."""
-        return await self.readdir.snapshot(directory)
-
-    def reading(self, directory: Node, entries: list[tuple[str, Node | Entry]]) -> Snapshot:
-        """A readdir handle holds `entries` of `directory` from now on (`Readdir.reading`)."""
-        return self.readdir.reading(directory, entries)
-
-    def listed_node(self, snapshot: Snapshot, name: str, entry: Entry) -> Node | None:
-        """The node readdir hands the kernel for a listed name (`Readdir.listed_node`)."""
-        return self.readdir.listed_node(snapshot, name, entry)
