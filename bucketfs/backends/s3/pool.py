@@ -373,12 +373,8 @@ class Exchange:
         """Fill `view` with the next bytes of the body (only when `direct`): all of it, fewer
         only at the body's end (0 once it ended) or when the connection broke after some
         bytes came (the next call raises). The socket is read in a worker thread."""
-        conn = self._conn
-        if self._error is not None:
-            stored, self._error = self._error, None
-            self._finish(False)
-            raise stored
-        if conn is None or self._done or not view:
+        conn = self._receiving(view)
+        if conn is None:
             return 0
         try:
             if self._left is None:
@@ -410,12 +406,8 @@ class Exchange:
         fill `view` (`readinto`'s rules), `sink.write(fill)` in that thread, and
         `sink.landed()` here after each; until the body ended, broke off (the next call
         raises) or `write` said stop. Returns the bytes received."""
-        conn = self._conn
-        if self._error is not None:
-            stored, self._error = self._error, None
-            self._finish(False)
-            raise stored
-        if conn is None or self._done or not view:
+        conn = self._receiving(view)
+        if conn is None:
             return 0
         try:
             if self._left is None:
@@ -437,6 +429,17 @@ class Exchange:
             raise
         self._end_if_drained(conn)
         return total
+
+    def _receiving(self, view: memoryview) -> _Conn | None:
+        """The connection to receive the body on; None once it ended (or `view` is empty).
+        A break the last call stored (it returned the bytes before it) is raised now."""
+        if self._error is not None:
+            stored, self._error = self._error, None
+            self._finish(False)
+            raise stored
+        if self._conn is None or self._done or not view:
+            return None
+        return self._conn
 
     def _end_if_drained(self, conn: _Conn) -> None:
         """The body was wholly received: the connection goes back to the pool (kept alive)."""
