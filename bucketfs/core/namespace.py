@@ -205,7 +205,7 @@ class Namespace:
 
     def node_at(self, bucket: str, key: str | None) -> Node | None:
         """The node reachable under `key` in `bucket`, if the table has one."""
-        ino = self.table.by_path.get((bucket, key)) if key is not None else None
+        ino = self.table.find(bucket, key) if key is not None else None
         return self.table.get(ino) if ino is not None else None
 
     def new_node(self, parent: Node, name: str, kind: Kind, **attrs: object) -> Node:

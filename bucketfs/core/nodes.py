@@ -19,6 +19,10 @@ Invariants:
 - `held` lists exactly the nodes other than the root that the kernel refers to (lookups > 0),
   least recently looked up first: `cold_entries` picks from its front the names the kernel
   may be asked to forget (fuse/session.py bounds the table so);
+- `children` has an entry only for a directory with at least one reachable child we know of:
+  a dict that empties is dropped, because a Python dict never gives back the room it grew to
+  (a walk that once knew a directory's 1,000 children kept ~29 KiB for it after the kernel
+  forgot them all: 28 MiB over a 1,000-directory `find`);
 - a node's `cached` file counts it in `CachedFile.holders` (the setter keeps the count), so the
   cache knows which files no node refers to; a dropped node holds none, and `on_drop` hears
   of every drop (the file data drops what it kept per inode, the cache a file nothing holds).
@@ -29,7 +33,6 @@ from __future__ import annotations
 import enum
 import stat
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -194,7 +197,11 @@ def child_key(parent: Node, name: str, kind: Kind) -> str:
 
 
 class InodeTable:
-    """inode -> Node, and (bucket, path) -> inode for reachable nodes."""
+    """inode -> Node, and (bucket, path) -> inode for reachable nodes.
+
+    Memory per node is what bounds a mount's RSS (`max_nodes`), so the indexes hold no tuple
+    nor ordered-dict link per node: `by_path` is a dict of paths per bucket and `held` a plain
+    dict kept in order by popping and re-inserting."""
 
     def __init__(
         self, root: Node, on_drop: Callable[[Node, CachedFile | None], None] = lambda _n, _c: None
@@ -205,11 +212,12 @@ class InodeTable:
         root.lookups = 1
         self._next = ROOT_INO + 1
         self.by_ino: dict[int, Node] = {ROOT_INO: root}
-        self.by_path: dict[tuple[str | None, str], int] = {(root.bucket, root.path): ROOT_INO}
-        #: parent ino -> {name: child ino} for reachable children we know of
-        self.children: dict[int, dict[str, int]] = {ROOT_INO: {}}
+        #: bucket -> {path: inode} for the reachable nodes (`find`)
+        self.by_path: dict[str | None, dict[str, int]] = {root.bucket: {root.path: ROOT_INO}}
+        #: parent ino -> {name: child ino} for reachable children we know of (never empty)
+        self.children: dict[int, dict[str, int]] = {}
         #: the nodes the kernel refers to, least recently looked up first (not the root)
-        self.held: OrderedDict[int, None] = OrderedDict()
+        self.held: dict[int, None] = {}
         #: above this many nodes (0: never) each new node calls `over` (fuse/session.py)
         self.limit = 0
         self.over: Callable[[], None] = lambda: None
@@ -222,6 +230,27 @@ class InodeTable:
 
     def get(self, ino: int) -> Node | None:
         return self.by_ino.get(ino)
+
+    def find(self, bucket: str | None, path: str) -> int | None:
+        """The inode reachable as `path` in `bucket`, if any."""
+        paths = self.by_path.get(bucket)
+        return None if paths is None else paths.get(path)
+
+    def _reachable(self, node: Node) -> bool:
+        paths = self.by_path.get(node.bucket)
+        return paths is not None and paths.get(node.path) == node.ino
+
+    def _unpath(self, bucket: str | None, path: str, ino: int) -> None:
+        paths = self.by_path.get(bucket)
+        if paths is not None and paths.get(path) == ino:
+            del paths[path]
+
+    def _unchild(self, node: Node) -> None:
+        siblings = self.children.get(node.parent)
+        if siblings is not None and siblings.get(node.name) == node.ino:
+            del siblings[node.name]
+            if not siblings:
+                del self.children[node.parent]  # see the module's invariants
 
     def child(self, parent: Node, name: str) -> Node | None:
         ino = self.children.get(parent.ino, {}).get(name)
@@ -264,8 +293,6 @@ class InodeTable:
         self._next += 1
         self.by_ino[node.ino] = node
         self._link(node)
-        if kind is Kind.DIR:
-            self.children[node.ino] = {}
         size = len(self.by_ino)
         if size > self.peak:
             self.peak = size
@@ -288,16 +315,16 @@ class InodeTable:
         return node
 
     def _link(self, node: Node) -> None:
-        self.by_path[(node.bucket, node.path)] = node.ino
+        paths = self.by_path.get(node.bucket)
+        if paths is None:
+            paths = self.by_path[node.bucket] = {}
+        paths[node.path] = node.ino
         self.children.setdefault(node.parent, {})[node.name] = node.ino
 
     def detach(self, node: Node) -> None:
         """Make `node` unreachable by name (unlinked, or replaced by another node)."""
-        if self.by_path.get((node.bucket, node.path)) == node.ino:
-            del self.by_path[(node.bucket, node.path)]
-        siblings = self.children.get(node.parent)
-        if siblings is not None and siblings.get(node.name) == node.ino:
-            del siblings[node.name]
+        self._unpath(node.bucket, node.path, node.ino)
+        self._unchild(node)
         if node.kind is Kind.DIR:
             for child in list(self.known_children(node)):
                 self.detach(child)
@@ -309,11 +336,8 @@ class InodeTable:
         if target is not None and target is not node:
             self.detach(target)
         old_key = node.key
-        if self.by_path.get((node.bucket, node.path)) == node.ino:
-            del self.by_path[(node.bucket, node.path)]
-        siblings = self.children.get(node.parent)
-        if siblings is not None and siblings.get(node.name) == node.ino:
-            del siblings[node.name]
+        self._unpath(node.bucket, node.path, node.ino)
+        self._unchild(node)
         node.parent = new_parent.ino
         node.name = new_name
         node.bucket = new_parent.bucket
@@ -325,20 +349,21 @@ class InodeTable:
     def _rekey_descendants(self, directory: Node, old_prefix: str) -> None:
         for child in list(self.known_children(directory)):
             old_key = child.key
-            old_path = child.path
-            if self.by_path.get((child.bucket, old_path)) == child.ino:
-                del self.by_path[(child.bucket, old_path)]
+            self._unpath(child.bucket, child.path, child.ino)
             child.bucket = directory.bucket
             child.key = directory.key + old_key[len(old_prefix) :]
-            self.by_path[(child.bucket, child.path)] = child.ino
+            paths = self.by_path.get(child.bucket)
+            if paths is None:
+                paths = self.by_path[child.bucket] = {}
+            paths[child.path] = child.ino
             if child.kind is Kind.DIR:
                 self._rekey_descendants(child, old_key)
 
     def remember(self, node: Node, count: int = 1) -> None:
         node.lookups += count
         if node.ino != ROOT_INO:
+            self.held.pop(node.ino, None)  # to the back: a dict keeps insertion order
             self.held[node.ino] = None
-            self.held.move_to_end(node.ino)
 
     def forget(self, ino: int, count: int) -> None:
         node = self.by_ino.get(ino)
@@ -366,12 +391,13 @@ class InodeTable:
                 or node.pinned
                 or node.virtual is not None
                 or (node.kind is Kind.DIR and self.children.get(ino))
-                or self.by_path.get((node.bucket, node.path)) != ino
+                or not self._reachable(node)
             ):
                 continue
             picked.append(ino)
         for ino in picked:
-            self.held.move_to_end(ino)
+            del self.held[ino]
+            self.held[ino] = None
         return [(ino, self.by_ino[ino].parent, self.by_ino[ino].name) for ino in picked]
 
     def release(self, node: Node) -> None:
@@ -387,14 +413,12 @@ class InodeTable:
         """Drop a node nobody can reach: no kernel reference, no handle, no unsaved data."""
         if node.ino == ROOT_INO or node.lookups > 0 or node.opens > 0 or node.dirty:
             return
-        reachable = self.by_path.get((node.bucket, node.path)) == node.ino
+        reachable = self._reachable(node)
         if reachable:
             # keep the in-memory metadata of reachable nodes only while the kernel refers to
             # them; a later lookup re-reads the server anyway.
-            del self.by_path[(node.bucket, node.path)]
-            siblings = self.children.get(node.parent)
-            if siblings is not None and siblings.get(node.name) == node.ino:
-                del siblings[node.name]
+            self._unpath(node.bucket, node.path, node.ino)
+            self._unchild(node)
         if node.kind is Kind.DIR and self.children.get(node.ino):
             # a directory with known children stays, so their keys remain consistent
             if reachable:

@@ -76,3 +76,34 @@ def test_the_peak_is_the_most_nodes_held_at_once() -> None:
         t.forget(node.ino, 1)
     looked_up(t, t.root, "late")
     assert (len(t), t.peak) == (3, 6)  # the root, n4 and late; the root and n0-n4 at most
+
+
+def test_a_directory_whose_children_were_all_forgotten_keeps_no_dict_for_them() -> None:
+    # a dict never shrinks: keeping an emptied one cost ~29 KiB per 1,000-entry directory
+    t = table()
+    directory = looked_up(t, t.root, "d", Kind.DIR)
+    kids = [looked_up(t, directory, f"f{i}") for i in range(1000)]
+    assert len(t.children[directory.ino]) == 1000
+    for kid in kids:
+        t.forget(kid.ino, 1)
+    assert directory.ino not in t.children
+    assert t.child(directory, "f0") is None
+    assert t.cold_entries(10) == [(directory.ino, ROOT_INO, "d")]
+    again = looked_up(t, directory, "f0")  # a later lookup links it again
+    assert t.child(directory, "f0") is again
+    assert t.find("b", "d/f0") == again.ino
+
+
+def test_paths_follow_renames_across_directories() -> None:
+    t = table()
+    src = looked_up(t, t.root, "src", Kind.DIR)
+    dst = looked_up(t, t.root, "dst", Kind.DIR)
+    sub = looked_up(t, src, "sub", Kind.DIR)
+    leaf = looked_up(t, sub, "leaf")
+    t.move(sub, dst, "moved")
+    assert t.find("b", "src/sub") is None
+    assert t.find("b", "src/sub/leaf") is None
+    assert t.find("b", "dst/moved") == sub.ino
+    assert t.find("b", "dst/moved/leaf") == leaf.ino
+    assert src.ino not in t.children  # its only child moved away
+    assert t.child(dst, "moved") is sub
