@@ -40,7 +40,7 @@ from bucketfs.core.contents import DataOptions, FileData
 from bucketfs.core.handles import Handle, Handles
 from bucketfs.core.mutations import Mutations
 from bucketfs.core.namespace import Namespace
-from bucketfs.core.nodes import Node
+from bucketfs.core.nodes import Nameless, Node
 from bucketfs.core.options import FsOptions
 from bucketfs.core.storeinfo import StatFs, StoreInfo
 from bucketfs.core.xattrs import Xattrs
@@ -217,7 +217,7 @@ class BucketFS:
     def releasedir(self, fh: int) -> None:
         self.handles.releasedir(fh)
 
-    async def readdir(self, fh: int, offset: int) -> Iterator[tuple[str, Node, int]]:
+    async def readdir(self, fh: int, offset: int) -> Iterator[tuple[str, Node | Nameless, int]]:
         return await self.handles.readdir(fh, offset)
 
     async def fsyncdir(self) -> None:

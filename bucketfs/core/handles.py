@@ -28,7 +28,7 @@ from bucketfs.core.attrs import check_new_name
 from bucketfs.core.contents import ReadState
 from bucketfs.core.listing import Snapshot, held_listing
 from bucketfs.core.namespace import Namespace
-from bucketfs.core.nodes import Kind, Node
+from bucketfs.core.nodes import Kind, Nameless, Node
 from bucketfs.errors import (
     BadHandle,
     FileExists,
@@ -90,11 +90,12 @@ class Handles:
     def releasedir(self, fh: int) -> None:
         self._dir_handles.pop(fh, None)
 
-    async def readdir(self, fh: int, offset: int) -> Iterator[tuple[str, Node, int]]:
-        """Entries from `offset` on as (name, node, next offset); a snapshot per handle.
+    async def readdir(self, fh: int, offset: int) -> Iterator[tuple[str, Node | Nameless, int]]:
+        """Entries from `offset` on as (name, node, next offset); a snapshot per handle. Past
+        the first names, a listed file may come without a node (`Nameless`: readdir.py).
 
         The nodes are not counted as kernel references: the adapter calls `remember` for each
-        entry the kernel accepted, and stops taking entries once its buffer is full (each
+        node entry the kernel accepted, and stops taking entries once its buffer is full (each
         node is made as it is taken: a name past the buffer costs nothing, and a call costs
         what the kernel takes, not the whole directory). "." and ".." come first (offsets 0
         and 1), as on every filesystem; the mount's root is its own parent.
@@ -112,14 +113,16 @@ class Handles:
             )
         return self._entries(handle.snapshot, offset)
 
-    def _entries(self, snapshot: Snapshot, offset: int) -> Iterator[tuple[str, Node, int]]:
+    def _entries(
+        self, snapshot: Snapshot, offset: int
+    ) -> Iterator[tuple[str, Node | Nameless, int]]:
         entries = snapshot.entries
         for index in range(offset, len(entries)):
             name, item = entries[index]
             node = (
                 item
                 if isinstance(item, Node)
-                else self._ns.readdir.listed_node(snapshot, name, item)
+                else self._ns.readdir.shown(snapshot, index, name, item)
             )
             if node is not None:
                 yield name, node, index + 1

@@ -538,6 +538,7 @@ class Namespace:
         if node.kind is Kind.DIR:
             self.listings.dropped(ino)
             self.prefetch.dropped(ino)
+            self.readdir.dropped(ino)
         self.revalidation.dropped(ino)
         if self._data is not None:
             self._data.dropped(ino, cf)

@@ -8,7 +8,8 @@ core module, and no module of core/ imports in a circle). The cache's `CachedFil
 here only (`Node.cached`): contents.py is what reads and changes it.
 
 Invariants:
-- inode numbers are never reused while the daemon runs; ROOT (1) is never forgotten;
+- inode numbers are never reused while the daemon runs; ROOT (1) is never forgotten; a number
+  `reserve` handed out goes to at most one node (the one `reserved` names it for);
 - a node is in `by_path` only while it is reachable by its name; an unlinked or replaced node
   leaves `by_path` but stays in `by_ino` until the kernel forgot it (lookups == 0) and no handle
   is open on it (opens == 0);
@@ -100,6 +101,17 @@ class Virtual:
         v = self.version
         vid = (v.version_id, v.is_delete_marker, v.etag) if v is not None else None
         return (self.kind, self.bucket, self.path, self.at_ms, vid)
+
+
+@dataclass(frozen=True, slots=True)
+class Nameless:
+    """A name readdir shows without a node (readdir.py `Readdir.nameless`): the kernel gets its
+    type and inode number, makes no inode for it, and looks the name up if it needs more. `ino`
+    is reserved for the node a lookup of the name makes while the readdir is open, so that
+    `d_ino` and `st_ino` agree."""
+
+    ino: int
+    st_mode: int
 
 
 @dataclass(slots=True, eq=False)
@@ -223,6 +235,14 @@ class InodeTable:
         self.over: Callable[[], None] = lambda: None
         #: the most nodes the table held at once (`bucketfs status`)
         self.peak = 1
+        #: the inode number readdir reserved for a name it showed without a node, if any
+        self.reserved: Callable[[int, str], int | None] = lambda _p, _n: None
+
+    def reserve(self) -> int:
+        """A new inode number no node has (readdir shows a name without a node with it)."""
+        ino = self._next
+        self._next += 1
+        return ino
 
     @property
     def root(self) -> Node:
@@ -281,8 +301,12 @@ class InodeTable:
             self.detach(old)
         bucket = attrs.pop("bucket", parent.bucket)
         key = attrs.pop("key", child_key(parent, name, kind))
+        ino = self.reserved(parent.ino, name)
+        if ino is None:
+            ino = self._next
+            self._next += 1
         node = Node(
-            ino=self._next,
+            ino=ino,
             kind=kind,
             bucket=bucket,  # type: ignore[arg-type]
             key=key,  # type: ignore[arg-type]
@@ -290,7 +314,6 @@ class InodeTable:
             name=name,
             **attrs,  # type: ignore[arg-type]
         )
-        self._next += 1
         self.by_ino[node.ino] = node
         self._link(node)
         size = len(self.by_ino)

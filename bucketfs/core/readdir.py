@@ -20,7 +20,17 @@ Invariants:
 - a node with local state the server lacks (`pinned`) is shown as it is, never from the
   listing; a directory made here is shown from its journaled marker;
 - metadata HEADs of listed files wait until the kernel asks about one of them (prefetch.py);
-  none with `-o attrs=listing`, where a listing's attributes are final.
+  none with `-o attrs=listing`, where a listing's attributes are final;
+- past the first `NODES_FIRST` names of a snapshot, a listed file whose kind the listing
+  leaves unsure is shown without a node (`Nameless`): the kernel would look it up before any
+  use anyway (its entry is not cached, `Node.kind_certain`), and no metadata is prefetched that
+  far (prefetch.py `PREFETCH_ENTRIES`), so a node made for it serves nobody until that lookup,
+  which makes one; `find` and `ls` of a large directory then make no node per file. Its
+  inode number is reserved per directory and given to the node a later lookup makes, so
+  `d_ino` and `st_ino` agree; reservations are kept for the directories read last, about
+  `RESERVED_MAX` names in all (a directory's whole set goes at once, never the one being
+  read), and go with the directory's node: past that, as for a name the kernel forgot, the
+  number may change (README).
 """
 
 from __future__ import annotations
@@ -30,7 +40,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from bucketfs.core.attrs import valid_name
 from bucketfs.core.listing import Entry, Listed, Listings, Snapshot, list_children
-from bucketfs.core.nodes import InodeTable, Kind, Node
+from bucketfs.core.nodes import KIND_BITS, SYMLINK_MAX, InodeTable, Kind, Nameless, Node
+from bucketfs.core.prefetch import PREFETCH_ENTRIES
 
 if TYPE_CHECKING:
     from bucketfs.cache.deletes import DeferredDeletes
@@ -69,11 +80,24 @@ class Names(Protocol):
     def node_from_marker(self, parent: Node, name: str, marker: PendingMarker) -> Node: ...
 
 
+#: the first names of a snapshot (with "." and "..") that readdir always makes nodes for
+NODES_FIRST = PREFETCH_ENTRIES + 2
+#: inode numbers kept reserved for names shown without a node, all directories together
+#: (~100 bytes each: the name is the listing's)
+RESERVED_MAX = 65536
+
+
 class Readdir:
     def __init__(self, names: Names) -> None:
         self._ns = names
         #: readdir snapshots still open (handles.py): told the names this mount removes
         self._reading: weakref.WeakSet[Snapshot] = weakref.WeakSet()
+        names.table.reserved = self._reserved
+        #: directory inode -> {name: inode number} shown without a node, least recent first
+        self._reservations: dict[int, dict[str, int]] = {}
+        self._reserved_count = 0
+        #: whether the kernel adapter can show a name without a node (fuse/nameless.py)
+        self.nameless = False
 
     def removed(self, directory: Node, name: str) -> None:
         """This mount removed `name` from `directory`: open snapshots stop showing it."""
@@ -139,6 +163,55 @@ class Readdir:
         snapshot = Snapshot(directory, entries)
         self._reading.add(snapshot)
         return snapshot
+
+    def shown(
+        self, snapshot: Snapshot, index: int, name: str, entry: Entry
+    ) -> Node | Nameless | None:
+        """What readdir hands the kernel for the listed name at `index` of `snapshot` that had
+        no node: a node (`listed_node`), or past `NODES_FIRST` a file of unsure kind without
+        one (see the module's invariants); None if this mount removed the name since."""
+        if (
+            not self.nameless
+            or index < NODES_FIRST
+            or entry.kind is not Kind.FILE
+            or entry.head
+            or entry.info is None
+            or entry.info.size > SYMLINK_MAX
+            or self._ns.listing_attrs
+            or name in snapshot.gone
+            or self._ns.table.child(snapshot.directory, name) is not None
+        ):
+            return self.listed_node(snapshot, name, entry)
+        directory = snapshot.directory.ino
+        names = self._reservations.pop(directory, None)  # back in as the most recent
+        if names is None:
+            names = {}
+        self._reservations[directory] = names
+        ino = names.get(name)
+        if ino is None:
+            ino = names[name] = self._ns.table.reserve()
+            self._reserved_count += 1
+            while self._reserved_count > RESERVED_MAX and len(self._reservations) > 1:
+                oldest = next(iter(self._reservations))
+                self._reserved_count -= len(self._reservations.pop(oldest))
+        return Nameless(ino, KIND_BITS[Kind.FILE])
+
+    def _reserved(self, parent_ino: int, name: str) -> int | None:
+        """The inode number `name` in directory `parent_ino` was shown with, taken (the table
+        makes its node now)."""
+        names = self._reservations.get(parent_ino)
+        if names is None:
+            return None
+        ino = names.pop(name, None)
+        if ino is not None:
+            self._reserved_count -= 1
+        return ino
+
+    def dropped(self, directory_ino: int) -> None:
+        """The directory's node is gone: so are the numbers reserved in it."""
+        names = self._reservations.pop(directory_ino, None)
+        if names is not None:
+            self._reserved_count -= len(names)
 
     def listed_node(self, snapshot: Snapshot, name: str, entry: Entry) -> Node | None:
         """The node readdir hands the kernel for a name its snapshot listed without one: the

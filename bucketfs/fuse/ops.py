@@ -25,7 +25,7 @@ import trio
 
 from bucketfs.core.attrs import parse_rdev
 from bucketfs.core.fs import BucketFS
-from bucketfs.core.nodes import Kind, Node
+from bucketfs.core.nodes import Kind, Nameless, Node
 from bucketfs.errors import (
     AccessDenied,
     BucketfsError,
@@ -35,6 +35,7 @@ from bucketfs.errors import (
     NotPermitted,
     Transient,
 )
+from bucketfs.fuse import nameless
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class FuseOps(pyfuse3.Operations):
     ) -> None:
         super().__init__()
         self.fs = fs
+        fs.namespace.readdir.nameless = nameless.AVAILABLE
         self._on_init = on_init
         #: awaited before each readdir reply: the node bound's backpressure (session.py)
         self._room = room
@@ -212,6 +214,11 @@ class FuseOps(pyfuse3.Operations):
             await self._room()
         entries = await self.fs.readdir(fh, start_id)
         for name, node, next_id in itertools.islice(entries, READDIR_MAX_ENTRIES):
+            if isinstance(node, Nameless):  # no node: the kernel takes no reference either
+                attrs = nameless.nameless_entry(node)
+                if not pyfuse3.readdir_reply(token, name.encode("utf-8"), attrs, next_id):
+                    break
+                continue
             if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self._attrs(node), next_id):
                 break
             if name not in (".", ".."):  # the kernel takes no reference for these two

@@ -37,6 +37,7 @@ import pytest
 
 from bucketfs.backends.local.store import LocalStore
 from bucketfs.cache.datafiles import MAX_OPEN
+from bucketfs.core.readdir import NODES_FIRST
 from tests.support.helpers import (
     Mount,
     MountFactory,
@@ -256,13 +257,44 @@ def test_reading_one_large_directory_keeps_the_table_near_the_bound(
     max_nodes = 1000
     mnt = local_mounts(options=[f"max_nodes={max_nodes}", "entry_timeout=60", "attr_timeout=60"])
     assert mnt.store is not None
-    # straight into the store's files (a put through the test client costs a trio run each)
+    # straight into the store's files (a put through the test client costs a trio run each);
+    # directories, since small files past the first names are listed without nodes
     store = LocalStore(tmp_path / "store", fsync=False)
     for i in range(BIG_DIR):
-        store.put(mnt.store.bucket, f"big/f{i:06d}", b"", None, None, False)
+        store.put(mnt.store.bucket, f"big/d{i:06d}/f", b"", None, None, False)
     assert len(os.listdir(mnt.path / "big")) == BIG_DIR
     peak = int(mnt.status()["nodes_peak"])
     # 1.5 x the bound, one reply more, and room for a slow round on a loaded machine
     assert peak <= 6000, peak
     assert wait_for_nodes(mnt, max_nodes) <= max_nodes
     assert "could not invalidate" not in mnt.log.read_text()
+
+
+def test_small_files_past_the_first_names_are_listed_without_nodes(
+    local_mounts: MountFactory, tmp_path: Path
+) -> None:
+    """Past the first NODES_FIRST names, a listed file of unsure kind is shown without a node
+    (core/readdir.py, fuse/nameless.py): `ls` and `find` of a large directory make no node per
+    file, and each name's inode number from readdir is the one `stat` shows."""
+    mnt = local_mounts()
+    assert mnt.store is not None
+    store = LocalStore(tmp_path / "store", fsync=False)
+    count = NODES_FIRST + 1500
+    for i in range(count):
+        store.put(mnt.store.bucket, f"big/f{i:06d}", b"x" * (i % 7), None, None, False)
+    big = mnt.path / "big"
+    with os.scandir(big) as it:
+        listed = [(e.name, e.inode(), e.is_file(follow_symlinks=False)) for e in it]
+    assert len(listed) == count
+    assert all(is_file for _, _, is_file in listed)
+    peak = int(mnt.status()["nodes_peak"])
+    # the root, big/ and its first names; before: a node for every name (count + 2)
+    assert NODES_FIRST - 10 <= peak <= NODES_FIRST + 10, peak
+    inos = [ino for _, ino, _ in listed]
+    assert len(set(inos)) == count
+    assert 0 not in inos
+    # d_ino is st_ino, for names shown with a node and without
+    for name, ino, _ in [*listed[:: count // 20], *listed[-3:]]:
+        assert os.lstat(big / name).st_ino == ino, name
+    last = listed[-1][0]
+    assert (big / last).read_bytes() == b"x" * (int(last[1:]) % 7)
