@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import time
-from itertools import takewhile
 
 from bucketfs.backends.base import Backend
 from bucketfs.concurrency import gather
@@ -209,7 +208,14 @@ class Resolver:
             # 10,000 keys in 100 directories: 3 pages of the root's and of tree/'s wasted)
             most = listing.PAGES * listing.PAGE_KEYS
             above = self.table.ancestor_keys(directory)
-            fits = list(takewhile(lambda k: self.file_names.estimate(bucket, k) <= most, above))
+            fits = []
+            for above_key in above[: listing.LEVELS]:
+                if self.subtrees.too_big(bucket, above_key):
+                    break
+                if self.file_names.estimate(bucket, above_key) > most:
+                    self.subtrees.seen_too_big(bucket, above_key)
+                    break
+                fits.append(above_key)
             ancestor = self.subtrees.ancestor_to_list(bucket, directory.key, fits)
         below = None
         if ancestor is not None:
