@@ -169,6 +169,7 @@ class Namespace:
         self._data = data
         self.heads.kept = data.attrs.remember
         self.prefetch.nursery = nursery
+        self.revalidation.nursery = nursery
 
     @property
     def ready(self) -> bool:
