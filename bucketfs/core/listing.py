@@ -247,6 +247,12 @@ class Listings:
         self._asked[ino] = True
         return False
 
+    def for_lookups(self, ino: int) -> None:
+        """The directory is being listed for lookups only, at its first one (resolve.py): as
+        a listing `worth_listing` asked for."""
+        self._asked.pop(ino, None)
+        self._implicit[ino] = True
+
     def implicit(self, ino: int) -> bool:
         """Whether the directory's listings were made for lookups only (`worth_listing`): a
         name absent from them is still asked by name, so that a name another client just

@@ -170,6 +170,7 @@ class Namespace:
         self.heads.kept = data.attrs.remember
         self.prefetch.nursery = nursery
         self.revalidation.nursery = nursery
+        self.resolver.nursery = nursery
 
     @property
     def ready(self) -> bool:
