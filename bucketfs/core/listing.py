@@ -247,6 +247,12 @@ class Listings:
         self._asked[ino] = True
         return False
 
+    def for_lookups(self, ino: int) -> None:
+        """The directory is being listed for lookups only, at its first one (resolve.py): as
+        a listing `worth_listing` asked for."""
+        self._asked.pop(ino, None)
+        self._implicit[ino] = True
+
     def implicit(self, ino: int) -> bool:
         """Whether the directory's listings were made for lookups only (`worth_listing`): a
         name absent from them is still asked by name, so that a name another client just
@@ -439,14 +445,26 @@ class Subtrees:
         """Directory `key` must be relisted; `ancestors` are the keys above it in this mount,
         nearest first. The highest one worth listing recursively, or None."""
         self._relisted[(bucket, key)] = True
-        others = [k for (b, k) in self._relisted if b == bucket and k != key]
+        others: list[str] | None = None  # (walking up to 1,024 keys: not for no ancestor)
         best = None
         for ancestor in ancestors[:LEVELS]:
             if (bucket, ancestor) in self._too_big:
                 break
+            if others is None:
+                others = [k for (b, k) in self._relisted if b == bucket and k != key]
             if any(k.startswith(ancestor) for k in others):
                 best = ancestor
         return best
+
+    def too_big(self, bucket: str, key: str) -> bool:
+        """Whether directory `key` was found too large to list recursively lately."""
+        return (bucket, key) in self._too_big
+
+    def seen_too_big(self, bucket: str, key: str) -> None:
+        """Listings show directory `key` too large to list recursively (`FileNames.estimate`):
+        it is not tried, nor estimated again, for `TOO_BIG_FOR` s (an estimate walks every
+        listed directory below it: 0.4 ms for the bench's tree, at every relisting there)."""
+        self._too_big[(bucket, key)] = True
 
     async def refresh(
         self, backend: Backend, bucket: str, prefix: str

@@ -169,6 +169,8 @@ class Namespace:
         self._data = data
         self.heads.kept = data.attrs.remember
         self.prefetch.nursery = nursery
+        self.revalidation.nursery = nursery
+        self.resolver.nursery = nursery
 
     @property
     def ready(self) -> bool:

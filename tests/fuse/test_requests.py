@@ -20,9 +20,11 @@ import subprocess
 import sys
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.support.helpers import Mount, MountFactory, require_tool
+from tests.support.servers import SeaweedServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
@@ -228,3 +230,38 @@ def test_ls_lR_sends_one_head_per_file_and_status_counts_the_kernel_requests(
     assert asked.get("lookup", 0) >= dirs * per, asked
     assert asked.get("readdir", 0) >= dirs + 1, asked
     assert asked.get("getxattr", 0) >= dirs * per, asked
+
+
+def test_stats_spread_over_sibling_directories_list_each_at_its_first_lookup(
+    seaweed: SeaweedServer, proxy: CountingProxy, s3_mounts: MountFactory
+) -> None:
+    """`stat` of files spread over many never-listed sibling directories (the bench's cold
+    stat_1000): once 3 siblings were relisted at their second lookup, the first lookup in
+    another starts its listing in the background (core/resolve.py), so that the second
+    lookup there sends the name's HEAD alone instead of waiting for that LIST beside it. The
+    same requests in all. The siblings hold more keys than a subtree listing takes (as the
+    bench's tree), or their parent would be listed recursively instead."""
+    dirs, keys = 5, 610
+    mnt = counted(proxy, s3_mounts)
+    client, bucket, top = seaweed.client(), mnt.bucket, mnt.path / "t"
+    names = [f"t/d{k}/f{j:03d}" for k in range(dirs) for j in range(keys)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda key: client.put_object(Bucket=bucket, Key=key, Body=b"x"), names))
+    for k in range(dirs):  # the directories' own lookups (a marker HEAD each) are not counted
+        os.stat(top / f"d{k}")
+    for k in range(3):  # the second name lists the directory (worth_listing), beside its HEAD
+        for j in range(2):
+            assert os.stat(top / f"d{k}" / f"f{j:03d}").st_size == 1
+    before = proxy.snapshot()
+    assert os.stat(top / "d3" / "f000").st_size == 1  # a HEAD, a LIST of `f000/` and d3's
+    deadline = time.monotonic() + 5.0
+    while sent(proxy, before).get("LIST", 0) < 2:
+        assert time.monotonic() < deadline, sent(proxy, before)
+        time.sleep(0.01)
+    assert sent(proxy, before) == {"HEAD": 1, "LIST": 2}
+    assert os.stat(top / "d3" / "f001").st_size == 1
+    assert sent(proxy, before) == {"HEAD": 2, "LIST": 2}  # the same requests as before
+    before = proxy.snapshot()
+    assert os.stat(top / "d4" / "f000").st_size == 1
+    assert os.stat(top / "d4" / "f001").st_size == 1  # waits for d4's listing if under way
+    assert sent(proxy, before) == {"HEAD": 2, "LIST": 2}

@@ -363,3 +363,42 @@ def test_an_ancestor_that_listings_show_too_large_is_not_listed_recursively(
         assert h.fs.namespace.subtrees.listed == 0
 
     run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)
+
+
+def test_an_ancestor_estimated_too_large_is_not_estimated_at_every_relisting(
+    run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once listings show an ancestor too large for a subtree listing, relistings below it
+    do not estimate it again (an estimate walks every listed directory under it: 0.4 ms for
+    the bench's tree of 100 directories, at each of its 100 relistings)."""
+    monkeypatch.setattr(listing, "PAGE_KEYS", 2)
+    monkeypatch.setattr(listing, "PAGES", 2)
+    estimated: list[str] = []
+    estimate = listing.FileNames.estimate
+
+    def counting(self: listing.FileNames, bucket: str, key: str, levels: int = 3) -> int:
+        if levels == listing.LEVELS:  # a call from outside, not its own recursion
+            estimated.append(key)
+        return estimate(self, bucket, key, levels)
+
+    monkeypatch.setattr(listing.FileNames, "estimate", counting)
+
+    async def body(h: Harness) -> None:
+        for d in "abcd":
+            for i in range(5):
+                await h.put(f"t/{d}/f{i}", b"x")
+        t = await h.fs.lookup(ROOT_INO, "t")
+        dirs = await h.ls(t.ino)
+        for d in "ab":  # the second name lists the directory (worth_listing)
+            for i in range(2):
+                await h.fs.lookup(dirs[d].ino, f"f{i}")
+        assert "t/" in estimated  # found too large here
+        estimated.clear()
+        for d in "cd":
+            for i in range(2):
+                assert (await h.fs.lookup(dirs[d].ino, f"f{i}")).kind is Kind.FILE
+        assert h.store.calls["list_page"] >= 2  # c and d were relisted
+        assert "t/" not in estimated
+        assert h.fs.namespace.subtrees.listed == 0
+
+    run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)
