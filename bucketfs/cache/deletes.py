@@ -103,6 +103,15 @@ class DeferredDeletes:
     def exclusive_put(self, value: bool) -> None:
         self.inner.exclusive_put = value
 
+    @property
+    def copy_in_place(self) -> bool | None:
+        """The inner store's, read each time: S3Backend learns it from an answer."""
+        return self.inner.copy_in_place
+
+    @copy_in_place.setter
+    def copy_in_place(self, value: bool | None) -> None:
+        self.inner.copy_in_place = value
+
     async def usage(self, bucket: str) -> tuple[int, int] | None:
         return await self.inner.usage(bucket)
 

@@ -115,6 +115,9 @@ async def _slices(body: bytes) -> AsyncIterator[memoryview]:
 class S3Client:
     """Signed, retried requests to an S3-compatible endpoint over HTTP(S)."""
 
+    #: `base.Backend.copy_in_place`, learned from the store's answers (`_learn_server`)
+    copy_in_place: bool | None = None
+
     def __init__(
         self,
         endpoint: str | None = None,
@@ -331,6 +334,8 @@ class S3Client:
                 response.status_code,
                 time.monotonic() - started,
             )
+            if self.copy_in_place is None:
+                self._learn_server(response.header(b"server"))
             if response.status_code not in ok:
                 raise self._error(response.status_code, content, what, bucket_level)
             if error_in_body:
@@ -341,6 +346,11 @@ class S3Client:
             return response, content
 
         return await retry_call(attempt, deadline=self.retry_deadline, what=what)
+
+    def _learn_server(self, server: str | None) -> None:
+        """What the `Server` header says of how the store copies (`Backend.copy_in_place`)."""
+        if server and server.startswith("SeaweedFS"):
+            self.copy_in_place = True
 
     def _error(self, status: int, body: bytes, what: str, bucket_level: bool) -> BackendError:
         error = xmlparse.parse_error(body)
