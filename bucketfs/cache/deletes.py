@@ -82,6 +82,7 @@ class DeferredDeletes:
         self.region = inner.region
         self.max_metadata_bytes = inner.max_metadata_bytes
         self.expiry = inner.expiry
+        self.remote = inner.remote
         #: (bucket, key) -> the batch that will delete it (replaced when a batch failed)
         self._pending: dict[tuple[str, str], _Batch] = {}
         #: (bucket, "a/b/") -> how many queued keys lie under that prefix

@@ -4,15 +4,16 @@ Owns the `EarlyUpload` of each file that has one (`CachedFile.early`), the task 
 parts (`_pump`), and the journal of multipart upload ids (`uploads` in the cache's index) with
 the abort, at the next mount, of those a killed daemon left (`recover`).
 
-A new file (no base object) written past `START_PARTS` parts starts a multipart upload, and its
+A file none of whose bytes come from a base object (a new file, or one truncated to zero: an
+`O_TRUNC` of an existing object) written past `START_PARTS` parts starts a multipart upload; its
 full parts go as soon as the writer moved past them: `WHILE_WRITING` in flight while a handle
 has the file open for writing (the upload shares the CPU with the writer), the write-back's
 `upload_parts` once it was released (its quiet period). The due upload (`writeback.py`) then
 takes the upload over (`take`), sends what is missing (the last part, parts a write changed)
 and completes it; the final metadata is set by one copy of the object onto itself
 (`restamp`), since the mtime moved since CreateMultipartUpload, and only where the store
-does that in place (`Backend.copy_in_place`; `-o early_parts=auto`, the default) or when
-asked (`-o early_parts=on`).
+does that in place across a network (`Backend.copy_in_place` and `remote`: SeaweedFS, Swift;
+`-o early_parts=auto`, the default) or when asked (`-o early_parts=on`).
 
 Invariants:
 - the server's object is only ever what the due upload completes: a snapshot of one
@@ -107,7 +108,8 @@ class EarlyParts:
     @property
     def enabled(self) -> bool:
         if self.mode == "auto":
-            return self.backend.copy_in_place is True and not self._copies_data
+            backend = self.backend
+            return backend.copy_in_place is True and backend.remote and not self._copies_data
         return self.mode == "on"
 
     # --- the journal of upload ids --------------------------------------------------------
@@ -167,7 +169,7 @@ class EarlyParts:
             return
         if (
             cf.size < START_PARTS * self.part_size + slack
-            or cf.base_etag is not None
+            or cf.base_size > 0  # a part may come from the base object (UploadPartCopy)
             or cf.key is None
             or cf.upload_scope is not None
             or not cf.dirty

@@ -5,7 +5,8 @@ is what was closed last, with the final metadata (mtime, mode, user xattrs), and
 upload is left open.
 
 Parts of 5 MiB (`part_size=5M`) keep the files small; `early_parts=on` on every store (auto is
-on for all three: each copies an object onto itself in place).
+on for SeaweedFS and Swift, whose copy onto itself changes metadata only; off for the local
+store, not across a network: see `test_auto_follows_the_store`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,3 +190,27 @@ def test_rename_while_written(early: Mount) -> None:
     server_is(early, "final.bin", data)
     assert early.store is not None
     assert not early.store.exists("tmp.bin")
+
+
+def test_an_existing_object_overwritten_with_o_trunc(early: Mount) -> None:
+    assert early.raw_store is not None
+    early.raw_store.put("over.bin", pattern(10, 3 * PART), {"colour": "old"})
+    path = early.path / "over.bin"
+    data = pattern(11, 5 * PART + 9)
+    before = stat(early)["sent"]
+    f = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        write_parts(f, data[: 4 * PART])
+        wait("parts sent", lambda: stat(early)["sent"] >= before + 2)
+        write_parts(f, data[4 * PART :], 4 * PART)
+    finally:
+        os.close(f)
+    server_is(early, "over.bin", data)
+    assert early.store is not None
+    meta = early.store.head("over.bin")[1]
+    assert abs(float(meta["mtime"]) - os.stat(path).st_mtime) < 1e-6
+
+
+def test_auto_follows_the_store(mount_factory: MountFactory, store_env: Any) -> None:
+    mnt = mount_factory(options=["part_size=5M"])
+    assert stat(mnt)["on"] is (store_env.kind != "local")

@@ -169,6 +169,8 @@ def test_auto_follows_the_store_and_learns_a_data_copy(run_fs: RunFs) -> None:
         h.store.copy_in_place = None
         assert not early.enabled
         h.store.copy_in_place = True
+        assert not early.enabled  # the memory store is not `remote`
+        h.fs.backend.remote = True
         assert early.enabled
         copy = h.store.copy
 
