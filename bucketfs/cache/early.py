@@ -272,6 +272,12 @@ class EarlyParts:
         self.used += len(up.sent)
         return up
 
+    def cancel(self, cf: CachedFile) -> None:
+        """The file goes up in one PUT after all: its early upload is aborted (`_pump`)."""
+        if cf.early is not None:
+            cf.early.drop()
+            cf.early = None
+
     async def restamp(
         self, bucket: str, key: str, up: EarlyUpload, opts: WriteOptions, result: PutResult
     ) -> PutResult:

@@ -449,6 +449,7 @@ class WriteBack:
         opts = self._options(cf)
         expected = self._expected(cf)
         if size <= self.part_size:
+            self.early.cancel(cf)  # truncated below a part since it started
             data = await self._snapshot(cf, generation, 0, size)
             # once sent, a request is let finish even if a write makes it stale: we must know
             # which version the server holds, or our next upload would see it as a conflict

@@ -144,6 +144,18 @@ def test_truncate_during_the_early_upload(early: Mount) -> None:
     server_is(early, "cut.bin", first[: PART + PART // 2] + more)
 
 
+def test_truncated_below_a_part_goes_in_one_put(early: Mount) -> None:
+    path = early.path / "small.bin"
+    f = open_new(path)
+    try:
+        write_parts(f, pattern(12, 4 * PART))
+        wait("parts sent", lambda: stat(early)["sent"] >= 2)
+        os.ftruncate(f, 1000)
+    finally:
+        os.close(f)
+    server_is(early, "small.bin", pattern(12, 1000))
+
+
 def test_unlink_during_the_early_upload_leaves_nothing(early: Mount) -> None:
     path = early.path / "gone.bin"
     f = open_new(path)
