@@ -216,6 +216,9 @@ class EarlyParts:
         except BucketfsError as exc:
             log.info("early upload of %s/%s given up: %s", up.bucket, up.key, exc)
             up.void = True
+        except Exception:  # a bug: the due upload sends the file; the mount goes on
+            log.exception("early upload of %s/%s", up.bucket, up.key)
+            up.void = True
         finally:
             if up.void:
                 if cf.early is up:
@@ -242,6 +245,9 @@ class EarlyParts:
                 up.sent[number] = etag
         except BucketfsError as exc:
             log.info("early part %d of %s/%s failed: %s", number, up.bucket, up.key, exc)
+            up.drop()
+        except Exception:  # a bug: never the mount's end (the due upload sends the part)
+            log.exception("early part %d of %s/%s", number, up.bucket, up.key)
             up.drop()
         finally:
             up.inflight.discard(number)

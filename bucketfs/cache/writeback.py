@@ -20,7 +20,10 @@ dirty, its state says why). Someone waiting for the file (fsync, `bucketfs flush
 Invariants:
 - an upload is a snapshot of one generation: every byte is read while the generation is
   unchanged, and `complete` is not sent if it changed, so the server never holds a mix;
-- a multipart upload that does not complete is aborted;
+- a multipart upload that does not complete is aborted, and its id is in the index's journal
+  from before its first part until the server confirmed its end (`early.py`: the next mount
+  aborts what a kill left); a large new file's parts may have gone while it was written
+  (`early.py`), the due upload then sends only what is missing and restamps the metadata;
 - unchanged ranges of a large object are copied on the server (UploadPartCopy), not re-sent;
 - a file open for writing is uploaded only when someone waits for it (`flush`: fsync, `bucketfs
   flush`, unmount, `max_dirty`), never because one of its descriptors was closed: a shell's
