@@ -7,13 +7,16 @@ the abort, at the next mount, of those a killed daemon left (`recover`).
 A file none of whose bytes come from a base object (a new file, or one truncated to zero: an
 `O_TRUNC` of an existing object) written past `START_PARTS` parts starts a multipart upload; its
 full parts go as soon as the writer moved past them: `WHILE_WRITING` in flight while a handle
-has the file open for writing (the upload shares the CPU with the writer), the write-back's
-`upload_parts` once it was released (its quiet period). The due upload (`writeback.py`) then
-takes the upload over (`take`), sends what is missing (the last part, parts a write changed)
-and completes it; the final metadata is set by one copy of the object onto itself
-(`restamp`), since the mtime moved since CreateMultipartUpload, and only where the store
-does that in place across a network (`Backend.copy_in_place` and `remote`: SeaweedFS, Swift;
-`-o early_parts=auto`, the default) or when asked (`-o early_parts=on`).
+has the file open for writing (the upload shares the CPU with the writer) and, with `auto`,
+only while the machine has half a CPU idle (`spare_cpu`, from /proc/stat over CPU_WINDOW:
+on a busy 2-core host a part sent beside the writer made its close 2.5x slower); the
+write-back's `upload_parts` once it was released (its quiet period), CPU or not. The due
+upload (`writeback.py`) then takes the upload over (`take`), sends what is missing (the
+last part, parts a write changed) and completes it; the final metadata is set by one copy of
+the object onto itself (`restamp`), since the mtime moved since CreateMultipartUpload, and
+only where the store does that in place across a network (`Backend.copy_in_place` and
+`remote`: SeaweedFS, Swift; `-o early_parts=auto`, the default) or when asked (`-o
+early_parts=on`, which also sends parts while written without looking at the CPU).
 
 Invariants:
 - the server's object is only ever what the due upload completes: a snapshot of one
@@ -33,6 +36,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable
 
@@ -50,6 +54,11 @@ log = logging.getLogger(__name__)
 START_PARTS = 2
 #: parts in flight while a handle has the file open for writing (then `upload_parts`)
 WHILE_WRITING = 1
+#: CPUs idle (of the machine's) for a part to start while the file is written (`spare_cpu`)
+SPARE_CPU = 0.5
+#: the idle share is measured over at least this long (seconds); parts held back look again
+#: after it
+CPU_WINDOW = 0.2
 #: `-o early_parts=` values
 MODES = ("auto", "on", "off")
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
@@ -64,9 +73,31 @@ def ready_parts(
     return [n for n in range(1, full + 1) if n not in done and n not in inflight]
 
 
-def in_flight(writing: bool, most: int) -> int:
-    """Parts an early upload keeps in flight: few while the writer is at work."""
-    return min(WHILE_WRITING, most) if writing else most
+def in_flight(writing: bool, most: int, spare: bool = True) -> int:
+    """Parts an early upload keeps in flight: few while the writer is at work, and none then
+    while the machine has no spare CPU (the upload would only slow the writer down)."""
+    if not writing:
+        return most
+    return min(WHILE_WRITING, most) if spare else 0
+
+
+def cpu_times(path: str = "/proc/stat") -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs (idle counts iowait); None where unknown."""
+    try:
+        with open(path, "rb") as f:
+            fields = f.readline().split()
+        values = [int(v) for v in fields[1:9]]
+    except (OSError, ValueError):
+        return None
+    return values[3] + values[4], sum(values)
+
+
+def spare_cpu(before: tuple[int, int], after: tuple[int, int], cpus: int) -> bool:
+    """Whether at least half a CPU was idle between two `cpu_times` samples."""
+    idle, total = after[0] - before[0], after[1] - before[1]
+    if total <= 0:
+        return True
+    return idle / total >= SPARE_CPU / max(1, cpus)
 
 
 class EarlyParts:
@@ -95,6 +126,12 @@ class EarlyParts:
         #: auto mode saw a restamp change the ETag (the store copied the data): off from then
         self._copies_data = False
         self._nursery: trio.Nursery | None = None
+        self._cpus = os.cpu_count() or 1
+        self._cpu_sample: tuple[float, tuple[int, int] | None] = (0.0, None)
+        #: (no window measured yet: held back until one is)
+        self._spare = False
+        #: parts held back while written because the machine had no spare CPU
+        self.held_back = 0
         #: parts sent early; of those, used by a completed upload / sent and not used
         self.sent = 0
         self.used = 0
@@ -186,6 +223,20 @@ class EarlyParts:
         up.seen = max(0, cf.size - slack) // up.part
         self._nursery.start_soon(self._pump, cf, up)
 
+    def spare(self) -> bool:
+        """Whether the machine had a spare CPU lately (measured over CPU_WINDOW at least)."""
+        now = trio.current_time()
+        at, sample = self._cpu_sample
+        if sample is not None and now - at < CPU_WINDOW:
+            return self._spare
+        current = cpu_times()
+        if current is None:
+            return True
+        if sample is not None:
+            self._spare = spare_cpu(sample, current, self._cpus)
+        self._cpu_sample = (now, current)
+        return self._spare
+
     def wake(self, cf: CachedFile) -> None:
         """The file was released (full speed now) or kicked."""
         if cf.early is not None:
@@ -204,13 +255,20 @@ class EarlyParts:
                         break
                     writing = self._held(cf)
                     slack = self.cache.block_size if writing else 0
-                    limit = in_flight(writing, int(self._parts.total_tokens))
-                    for number in ready_parts(cf.size, up.part, up.sent, up.inflight, slack=slack):
+                    ready = ready_parts(cf.size, up.part, up.sent, up.inflight, slack=slack)
+                    spare = not (writing and ready) or self.mode != "auto" or self.spare()
+                    limit = in_flight(writing, int(self._parts.total_tokens), spare)
+                    for number in ready:
                         if len(up.inflight) >= limit:
                             break
                         up.inflight.add(number)
                         nursery.start_soon(self._send, cf, up, number)
-                    await woken.wait()
+                    if spare:
+                        await woken.wait()
+                    else:  # look again soon, writes or not
+                        self.held_back += 1
+                        with trio.move_on_after(CPU_WINDOW):
+                            await woken.wait()
                 if up.void:
                     nursery.cancel_scope.cancel()  # parts in flight are of no use now
         except BucketfsError as exc:

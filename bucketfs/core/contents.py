@@ -476,6 +476,7 @@ class FileData:
                 "sent": writeback.early.sent,
                 "used": writeback.early.used,
                 "restamps": writeback.early.restamps,
+                "held_back": writeback.early.held_back,
                 "open_uploads": len(cache.index.pending_uploads()),
             },
             "cache_bytes": cache.clean_bytes + cache.dirty_bytes,

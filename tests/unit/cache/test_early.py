@@ -6,12 +6,15 @@ restamping the metadata, and the journal of upload ids."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
+from bucketfs.cache import early as early_module
 from bucketfs.cache.cachedfile import EarlyUpload
-from bucketfs.cache.early import WHILE_WRITING, in_flight, ready_parts
+from bucketfs.cache.early import WHILE_WRITING, cpu_times, in_flight, ready_parts, spare_cpu
 from bucketfs.core.nodes import ROOT_INO
 from bucketfs.types import WriteOptions
 from tests.support.harness import BUCKET, Harness, RunFs, data_of
@@ -34,6 +37,26 @@ def test_in_flight_is_bounded_while_written() -> None:
     assert in_flight(True, 8) == WHILE_WRITING == 1
     assert in_flight(False, 8) == 8
     assert in_flight(True, 0) == 0
+    assert in_flight(True, 8, spare=False) == 0  # no spare CPU: the writer first
+    assert in_flight(False, 8, spare=False) == 8  # released: full speed
+
+
+def test_spare_cpu_is_half_a_cpu_idle(tmp_path: Path) -> None:
+    # (idle incl. iowait, total) jiffies over a window, 2 CPUs: 200 jiffies in all
+    assert spare_cpu((0, 0), (50, 200), 2)  # a quarter of both = half a CPU idle
+    assert not spare_cpu((0, 0), (49, 200), 2)
+    assert spare_cpu((0, 0), (13, 100), 4)
+    assert spare_cpu((5, 10), (5, 10), 2)  # no time passed: not held back
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 20 30 400 50 6 7 8 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    assert cpu_times(str(stat)) == (450, 531)
+    assert cpu_times(str(tmp_path / "none")) is None
+
+
+@pytest.fixture(autouse=True)
+def _always_spare(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's real CPU use is not what these tests are about (`spare_cpu` is)."""
+    monkeypatch.setattr(early_module, "cpu_times", lambda: None)
 
 
 def test_a_change_drops_the_parts_it_touches() -> None:
@@ -199,6 +222,40 @@ def test_auto_follows_the_store_and_learns_a_data_copy(run_fs: RunFs) -> None:
         assert await h.body("big") == data
         assert early.restamps == 1
         assert not early.enabled  # the store rewrote the data to restamp: off from now on
+
+    run_fs(body, latency=0.1, part_size=PART, early_parts="auto", writeback_delay=1.0)
+
+
+def test_auto_holds_parts_back_while_written_without_spare_cpu(
+    run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No idle CPU while the file is open: no part goes (the writer first); once released,
+    every part goes, CPU or not."""
+    busy = [0]
+
+    def no_idle() -> tuple[int, int]:
+        busy[0] += 1000
+        return 0, busy[0]  # never an idle jiffy
+
+    monkeypatch.setattr(early_module, "cpu_times", no_idle)
+
+    async def body(h: Harness) -> None:
+        early = h.fs.data.writeback.early
+        h.fs.backend.remote = True
+        assert early.enabled
+        data = data_of(6 * PART)
+        fh, _node = await h.fs.create(ROOT_INO, "big", 0o644, RW | os.O_CREAT, 0, 0)
+        for pos in range(0, len(data), MiB):
+            await h.fs.write(fh, pos, data[pos : pos + MiB])
+            await trio.sleep(0.05)
+        await trio.sleep(1.0)
+        assert early.sent == 0
+        assert early.held_back > 0
+        await h.fs.flush(fh)
+        await h.fs.release(fh)
+        await trio.sleep(0.5)  # in the quiet period (1 s)
+        assert early.sent > 0
+        assert await h.body("big") == data
 
     run_fs(body, latency=0.1, part_size=PART, early_parts="auto", writeback_delay=1.0)
 
