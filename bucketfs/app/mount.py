@@ -136,6 +136,7 @@ def fs_options(cfg: MountConfig) -> FsOptions:
         upload_parts=cfg.upload_parts,
         meta_cache_size=cfg.meta_cache_size,
         attrs=cfg.attrs,
+        early_parts=cfg.early_parts,
     )
 
 

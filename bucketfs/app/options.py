@@ -171,6 +171,7 @@ class MountConfig:
     noversions: bool = False  # -o noversions: no .versions/ directories
     url_ttl: int = 3600  # -o url_ttl=SECONDS: lifetime of a user.bucketfs.url
     attrs: str = "full"  # -o attrs=full|listing: where file attributes come from
+    early_parts: str = "auto"  # -o early_parts=auto|on|off: large new files sent while written
     fsname: str = ""  # "": str(source), as shown in /proc/mounts
     # S3 keys from a remote in a config file (bucketfs.app.config); None: botocore's chain. Never
     # in a repr, never an -o option (the command line shows in ps).
@@ -383,6 +384,12 @@ def _attrs(key: str, value: str) -> str:
     return value
 
 
+def _early_parts(key: str, value: str) -> str:
+    if value not in ("auto", "on", "off"):
+        raise ConfigError(f"bad value for option '{key}': {value!r} (auto, on or off)")
+    return value
+
+
 def _url_ttl(key: str, value: str) -> int:
     """Seconds a presigned URL lives: 1 to 604800 (7 days, SigV4's limit)."""
     if not _needs_value(key, value).isdigit() or not 1 <= int(value) <= 604800:
@@ -427,6 +434,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "noversions": ("noversions", parse_flag),
     "url_ttl": ("url_ttl", _url_ttl),
     "attrs": ("attrs", _attrs),
+    "early_parts": ("early_parts", _early_parts),
     "auth_url": ("auth_url", _endpoint),
     "create_tempurl_key": ("create_tempurl_key", parse_flag),
 }

@@ -210,6 +210,15 @@ class Backend(Protocol):
     #: exclusive create through a mount may trust a fresh listing, the upload's refusal
     #: catching a name another client made meanwhile (docs/core.md)
     exclusive_put: bool = False
+    #: whether a copy of an object onto itself with new metadata leaves its data in place
+    #: (a change of metadata only, milliseconds at any size): the local store (a new row),
+    #: Swift (a POST), SeaweedFS. None: not known; AWS S3 copies the data (seconds per GiB).
+    #: `-o early_parts=auto` sends a large new file's parts while it is written only where
+    #: this is True (cache/early.py: its final metadata is such a copy) and `remote`
+    copy_in_place: bool | None = None
+    #: whether requests cross a network (False: the local store, in this process, whose
+    #: uploads are disk copies: sending parts early there only competes with the writer)
+    remote: bool = True
 
     async def usage(self, bucket: str) -> tuple[int, int] | None:
         """(bytes, objects) of the current objects of `bucket`, for `df`, when the store can

@@ -125,6 +125,8 @@ class MemoryBackend(Backend):
 
     supports_versions = True
     exclusive_put = True
+    copy_in_place = True  # a copy onto itself changes metadata only
+    remote = False
     max_object_size = MAX_OBJECT_SIZE
 
     def __init__(self, latency: float = 0.0) -> None:

@@ -54,6 +54,56 @@ class Fetch:
 
 
 @dataclass(eq=False, slots=True)
+class EarlyUpload:
+    """A multipart upload of a new file whose full parts go while it is written (early.py
+    sends them; `BlockCache` tells it of every change). Invariant: `sent` holds a part only
+    while no write or truncate touched its bytes since they were read for it: a change
+    drops the part and bumps its epoch, so a part in flight across a change is not kept."""
+
+    bucket: str
+    key: str
+    #: bytes per part (fixed when the upload starts)
+    part: int
+    #: what CreateMultipartUpload carried (metadata, content type, system headers)
+    opts: Any
+    upload_id: str | None = None
+    #: part number -> ETag of the parts on the server whose bytes are still the file's
+    sent: dict[int, str] = field(default_factory=dict)
+    #: part number -> changes that touched it (a part read before a change is not kept)
+    epochs: dict[int, int] = field(default_factory=dict)
+    inflight: set[int] = field(default_factory=set)
+    #: no longer usable (renamed, deleted, too large, failed): aborted, never completed
+    void: bool = False
+    #: the due upload took it over: no part starts here any more
+    taken: bool = False
+    #: parts below `size - slack` counted at the last wake (`early.EarlyParts.wrote`)
+    seen: int = 0
+    wake: trio.Event = field(default_factory=trio.Event)
+
+    def touched(self, start: int, end: int) -> None:
+        """Bytes [start, end) changed: the parts holding them are no longer the file's."""
+        if end <= start:
+            return
+        first, last = start // self.part + 1, (end - 1) // self.part + 1
+        for number in [n for n in self.sent if first <= n <= last]:
+            del self.sent[number]
+        for number in self.inflight:
+            if first <= number <= last:
+                self.epochs[number] = self.epochs.get(number, 0) + 1
+        # a part not sent nor in flight has nothing to drop
+
+    def poke(self) -> None:
+        """Wake every task waiting on `wake` (each takes the event before it looks)."""
+        event, self.wake = self.wake, trio.Event()
+        event.set()
+
+    def drop(self) -> None:
+        """The file was renamed, deleted or replaced: the upload is aborted, never used."""
+        self.void = True
+        self.poke()
+
+
+@dataclass(eq=False, slots=True)
 class CachedFile:
     id: int
     bucket: str
@@ -89,6 +139,8 @@ class CachedFile:
     holders: int = 0
     #: whether the index has the file's row (a new file gets it at its first FLUSH)
     in_index: bool = True
+    #: the multipart upload sent while the file is written (cache/early.py), if any
+    early: EarlyUpload | None = None
 
     @property
     def upload_state(self) -> str:

@@ -82,6 +82,7 @@ class DeferredDeletes:
         self.region = inner.region
         self.max_metadata_bytes = inner.max_metadata_bytes
         self.expiry = inner.expiry
+        self.remote = inner.remote
         #: (bucket, key) -> the batch that will delete it (replaced when a batch failed)
         self._pending: dict[tuple[str, str], _Batch] = {}
         #: (bucket, "a/b/") -> how many queued keys lie under that prefix
@@ -102,6 +103,15 @@ class DeferredDeletes:
     @exclusive_put.setter
     def exclusive_put(self, value: bool) -> None:
         self.inner.exclusive_put = value
+
+    @property
+    def copy_in_place(self) -> bool | None:
+        """The inner store's, read each time: S3Backend learns it from an answer."""
+        return self.inner.copy_in_place
+
+    @copy_in_place.setter
+    def copy_in_place(self, value: bool | None) -> None:
+        self.inner.copy_in_place = value
 
     async def usage(self, bucket: str) -> tuple[int, int] | None:
         return await self.inner.usage(bucket)

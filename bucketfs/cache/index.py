@@ -21,6 +21,9 @@ Invariants:
 - `deletes` and `markers` are journals (cache/deletes.py, cache/markers.py): a row is written
   before the change it stands for is acknowledged and removed only once the server confirmed
   it (or, for a marker, once its directory was removed before it was sent);
+- `uploads` holds every multipart upload id from before its first part is sent until the
+  server confirmed its completion or abort: what a killed daemon leaves there is aborted by
+  the next mount (cache/early.py), so no incomplete upload is left on the server;
 - `settings.schema` is the layout's version (`SCHEMA_VERSION`): an older cache gains the new
   tables when it opens (they are only added, with `IF NOT EXISTS`); a cache written by a newer
   layout is refused rather than half read.
@@ -68,9 +71,12 @@ CREATE TABLE IF NOT EXISTS deletes (bucket TEXT NOT NULL, key TEXT NOT NULL,
     PRIMARY KEY (bucket, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS markers (bucket TEXT NOT NULL, key TEXT NOT NULL,
     meta TEXT NOT NULL, PRIMARY KEY (bucket, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS uploads (upload_id TEXT PRIMARY KEY, bucket TEXT NOT NULL,
+    key TEXT NOT NULL) WITHOUT ROWID;
 """
-#: 1: files, blocks, settings, deletes (no `schema` setting); 2: + markers (mkdir's journal)
-SCHEMA_VERSION = 2
+#: 1: files, blocks, settings, deletes (no `schema` setting); 2: + markers (mkdir's journal);
+#: 3: + uploads (multipart uploads started and not completed or aborted yet)
+SCHEMA_VERSION = 3
 
 
 @dataclass(slots=True)
@@ -394,6 +400,22 @@ class CacheIndex:
     def pending_markers(self) -> list[tuple[str, str, dict[str, Any]]]:
         rows = self.db.execute("SELECT bucket, key, meta FROM markers ORDER BY bucket, key")
         return [(str(b), str(k), json.loads(m)) for b, k, m in rows]
+
+    # --- multipart uploads in progress (early.py): aborted by the next mount after a kill -----
+
+    def add_upload(self, upload_id: str, bucket: str, key: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO uploads(upload_id, bucket, key) VALUES (?, ?, ?)",
+            (upload_id, bucket, key),
+        )
+
+    def remove_upload(self, upload_id: str) -> None:
+        self.db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
+
+    def pending_uploads(self) -> list[tuple[str, str, str]]:
+        """(upload id, bucket, key) of every upload not known completed or aborted."""
+        rows = self.db.execute("SELECT upload_id, bucket, key FROM uploads ORDER BY upload_id")
+        return [(str(u), str(b), str(k)) for u, b, k in rows]
 
     def clean_files(self) -> list[FileRow]:
         rows = self.db.execute(f"SELECT {self._COLUMNS} FROM files WHERE dirty=0 ORDER BY id")

@@ -132,6 +132,8 @@ class BlockCache:
         self._dirty_charge = 0
         #: told when a file leaves the cache or loses its name (the write-back ends its worker)
         self.on_forget: Callable[[CachedFile], None] = lambda _cf: None
+        #: told after every write (early.py sends a large new file's parts while written)
+        self.on_write: Callable[[CachedFile], None] = lambda _cf: None
         self._load()
         self._sweep_at = len(self.files) + SWEEP_SLACK
 
@@ -346,6 +348,9 @@ class BlockCache:
         with self.data_files.using(cf.id) as fd:
             written = self.blocks.pwrite(fd, data, offset)
         self._changed(cf, new_dirty, max(cf.size, offset + written), recorded=True)
+        if cf.early is not None:
+            cf.early.touched(offset, offset + written)
+        self.on_write(cf)
         return written
 
     def _record(self, cf: CachedFile, new_dirty: list[int], size: int) -> None:
@@ -392,6 +397,8 @@ class BlockCache:
         gone = {idx for idx in cf.present if idx >= keep}
         self.blocks.drop(cf, gone, punch=False)
         cf.dirty_blocks -= gone
+        if cf.early is not None:  # bytes past the shorter of the two ends changed
+            cf.early.touched(min(size, cf.size), max(size, cf.size) + self.block_size)
         if size < cf.base_size:  # (never in a new file: it has no base)
             cf.base_size = size  # the base's bytes past here are no longer part of the file
             self.index.update(cf.id, base_size=size)
@@ -517,6 +524,7 @@ class BlockCache:
         # a new file is recorded first: a rename onto a name replaces what a crash must not
         # lose (and tools rename a file they closed, recorded already)
         self.record(cf)
+        self._drop_early(cf)  # its multipart upload was for the old key
         other = self.by_key.get((bucket, key))
         if other is not None and other is not cf:
             self.forget(other)
@@ -536,6 +544,7 @@ class BlockCache:
             del self.by_key[(cf.bucket, cf.key)]
         if cf.upload_scope is not None:
             cf.upload_scope.cancel()
+        self._drop_early(cf)
         if cf.in_index:
             self.index.detach(cf.id)
         cf.dirty_blocks.clear()
@@ -548,6 +557,7 @@ class BlockCache:
         """Drop a file from the cache entirely (deleted, or replaced)."""
         if cf.upload_scope is not None:
             cf.upload_scope.cancel()
+        self._drop_early(cf)
         if cf.key is not None and self.by_key.get((cf.bucket, cf.key)) is cf:
             del self.by_key[(cf.bucket, cf.key)]
         for idx in cf.present:
@@ -562,6 +572,13 @@ class BlockCache:
         cf.dirty = False
         self.index.db.retake_reserve()
         self.on_forget(cf)
+
+    @staticmethod
+    def _drop_early(cf: CachedFile) -> None:
+        """The file's early multipart upload (if any) will never complete: early.py aborts it."""
+        if cf.early is not None:
+            cf.early.drop()
+            cf.early = None
 
     # --- files nothing needs -------------------------------------------------------------
 

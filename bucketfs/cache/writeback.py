@@ -20,7 +20,10 @@ dirty, its state says why). Someone waiting for the file (fsync, `bucketfs flush
 Invariants:
 - an upload is a snapshot of one generation: every byte is read while the generation is
   unchanged, and `complete` is not sent if it changed, so the server never holds a mix;
-- a multipart upload that does not complete is aborted;
+- a multipart upload that does not complete is aborted, and its id is in the index's journal
+  from before its first part until the server confirmed its end (`early.py`: the next mount
+  aborts what a kill left); a large new file's parts may have gone while it was written
+  (`early.py`), the due upload then sends only what is missing and restamps the metadata;
 - unchanged ranges of a large object are copied on the server (UploadPartCopy), not re-sent;
 - a file open for writing is uploaded only when someone waits for it (`flush`: fsync, `bucketfs
   flush`, unmount, `max_dirty`), never because one of its descriptors was closed: a shell's
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 import trio
 
 from bucketfs.backends.base import MAX_PARTS, MIN_PART_SIZE, Backend
+from bucketfs.cache.early import EarlyParts
 from bucketfs.cache.store import BlockCache, CachedFile
 from bucketfs.concurrency import Foreground, for_each
 from bucketfs.errors import BucketfsError, CacheError, NotFound, PreconditionFailed
@@ -90,6 +94,8 @@ class WriteBack:
         held: Callable[[CachedFile], bool] = lambda _: False,
         defer: float = 0.0,
         foreground: Foreground | None = None,
+        early_parts: str = "off",
+        volatile: tuple[str, ...] = (),
     ) -> None:
         self.cache = cache
         self.backend = backend
@@ -121,10 +127,23 @@ class WriteBack:
         self.last_errors: list[str] = []
         self._rate: list[tuple[float, int]] = []
         cache.on_forget = self._forgotten
+        #: parts of large new files sent while they are written, and the upload ids' journal
+        self.early = EarlyParts(
+            cache,
+            backend,
+            self._parts,
+            mode=early_parts,
+            part_size=part_size,
+            held=held,
+            options=self._options,
+            volatile=volatile,
+        )
+        cache.on_write = self.early.wrote
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.early.attach(nursery)
             for cf in self.cache.dirty_files():
                 if cf.key is not None:
                     log.info("recovering %s/%s from the cache (%s)", cf.bucket, cf.key, cf.state)
@@ -187,6 +206,7 @@ class WriteBack:
         wake = self._wakes.pop(cf, None)
         if wake is not None:
             wake.set()
+        self.early.wake(cf)  # its early parts go at full speed now
 
     async def previous_save(self, cf: CachedFile) -> None:
         """A writer is about to open a file whose last save is still on its way: if that
@@ -432,6 +452,7 @@ class WriteBack:
         opts = self._options(cf)
         expected = self._expected(cf)
         if size <= self.part_size:
+            self.early.cancel(cf)  # truncated below a part since it started
             data = await self._snapshot(cf, generation, 0, size)
             # once sent, a request is let finish even if a write makes it stale: we must know
             # which version the server holds, or our next upload would see it as a conflict
@@ -470,8 +491,16 @@ class WriteBack:
                 return False
             return not any(i in cf.dirty_blocks for i in range(start // bs, (end - 1) // bs + 1))
 
-        upload_id = await self.backend.create_multipart(bucket, key, opts)
-        etags: dict[int, str] = {}
+        early = await self.early.take(cf, part)
+        if early is not None and early.upload_id is not None:
+            upload_id = early.upload_id
+            # full parts of the file as it is (a truncate dropped those it cut already)
+            etags = {n: etag for n, etag in early.sent.items() if n * part <= size}
+        else:
+            early = None
+            upload_id = await self.backend.create_multipart(bucket, key, opts)
+            self.early.journal(upload_id, bucket, key)
+            etags = {}
 
         async def one(item: tuple[int, int]) -> None:
             number, start = item
@@ -488,8 +517,9 @@ class WriteBack:
                         bucket, key, upload_id, number, data
                     )
 
+        todo = [(n, start) for n, start in enumerate(range(0, size, part), start=1)]
         try:
-            await for_each(enumerate(range(0, size, part), start=1), one, trio.CapacityLimiter(64))
+            await for_each([t for t in todo if t[0] not in etags], one, trio.CapacityLimiter(64))
             if cf.generation != generation:
                 raise StaleUpload()
             if expected and await self._changed_on_server(cf, expected):
@@ -498,11 +528,18 @@ class WriteBack:
                 result = await self.backend.complete_multipart(
                     bucket, key, upload_id, sorted(etags.items())
                 )
+                self.early.ended(upload_id)
                 self.cache.stored(cf, key, result.etag, size)
-            return result
         except BaseException:
-            await abort_quietly(self.backend, bucket, key, upload_id)
+            if await self.early.abort(bucket, key, upload_id) and early is not None:
+                self.early.wasted += len(early.sent)
             raise
+        if early is None:
+            return result
+        with trio.CancelScope(shield=True):  # the final metadata (the mtime moved since)
+            result = await self.early.restamp(bucket, key, early, opts, result)
+            self.cache.stored(cf, key, result.etag, size)
+        return result
 
     async def _changed_on_server(self, cf: CachedFile, expected: str) -> bool:
         assert cf.key is not None
@@ -560,12 +597,3 @@ def conflict_name(key: str, when: float) -> str:
         stem, ext = name, ""
     new = f"{stem}.conflict-{stamp}" + (f".{ext}" if ext else "")
     return f"{head}/{new}" if head else new
-
-
-async def abort_quietly(backend: Backend, bucket: str, key: str, upload_id: str) -> None:
-    """Abort a failed multipart upload, even while being cancelled; never raise."""
-    with trio.CancelScope(shield=True), trio.move_on_after(30):
-        try:
-            await backend.abort_multipart(bucket, key, upload_id)
-        except BucketfsError as exc:
-            log.warning("could not abort upload %s of %s/%s: %s", upload_id, bucket, key, exc)

@@ -36,7 +36,7 @@ from bucketfs.cache.attrstore import DEFAULT_ROWS, AttrStore
 from bucketfs.cache.deletes import DeferredDeletes
 from bucketfs.cache.store import BlockCache, CachedFile
 from bucketfs.cache.store import ReadState as ReadState  # a handle's readahead state
-from bucketfs.cache.writeback import Uploaded, WriteBack, abort_quietly
+from bucketfs.cache.writeback import Uploaded, WriteBack
 from bucketfs.concurrency import Foreground, for_each
 from bucketfs.core.attrs import posix_metadata
 from bucketfs.core.nodes import Kind, Node
@@ -46,6 +46,9 @@ from bucketfs.types import PutResult, WriteOptions
 log = logging.getLogger(__name__)
 
 DIRECTORY_CONTENT_TYPE = "application/x-directory"
+#: metadata a file being written changes with every write: an early multipart upload is
+#: created without them (cache/early.py), its restamp sets them
+VOLATILE = ("mtime", "atime")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class DataOptions:
     writeback_delay: float = 1.0
     upload_defer: float = 5.0
     part_size: int = 16 << 20
+    early_parts: str = "off"
 
 
 def write_options(node: Node) -> WriteOptions:
@@ -161,6 +165,8 @@ class FileData:
             on_uploaded=self._on_uploaded,
             on_conflict=self._on_conflict,
             held=self._held,
+            early_parts=options.early_parts,
+            volatile=VOLATILE,
         )
         #: what HEADs said, kept across mounts (the namespace asks it before a HEAD)
         self.attrs = AttrStore(cache_dir / "attrs.sqlite", max_rows=options.meta_cache_size)
@@ -465,6 +471,14 @@ class FileData:
             "uploaded_bytes": writeback.uploaded_bytes,
             "upload_rate": round(writeback.upload_rate()),
             "last_errors": writeback.last_errors,
+            "early_parts": {
+                "on": writeback.early.enabled,
+                "sent": writeback.early.sent,
+                "used": writeback.early.used,
+                "restamps": writeback.early.restamps,
+                "held_back": writeback.early.held_back,
+                "open_uploads": len(cache.index.pending_uploads()),
+            },
             "cache_bytes": cache.clean_bytes + cache.dirty_bytes,
             "cache_size": cache.cache_size,
             "hit_ratio": round(cache.hits / lookups, 3) if lookups else None,
@@ -492,6 +506,8 @@ class FileData:
             opts = WriteOptions(info.metadata, info.content_type, dict(info.system))
         part = max(self.writeback.part_size_for(size), 512 << 20)
         upload_id = await self._backend.create_multipart(bucket, dst_key, opts)
+        early = self.writeback.early
+        early.journal(upload_id, bucket, dst_key)  # a kill leaves none behind
         etags: dict[int, str] = {}
 
         async def one(item: tuple[int, int]) -> None:
@@ -509,11 +525,13 @@ class FileData:
 
         try:
             await for_each(enumerate(range(0, size, part), start=1), one, self._limiter)
-            return await self._backend.complete_multipart(
+            result = await self._backend.complete_multipart(
                 bucket, dst_key, upload_id, sorted(etags.items())
             )
+            early.ended(upload_id)
+            return result
         except BaseException:
-            await abort_quietly(self._backend, bucket, dst_key, upload_id)
+            await early.abort(bucket, dst_key, upload_id)
             raise
 
     async def rename(self, node: Node, new_key: str, *, replaces: bool) -> None:

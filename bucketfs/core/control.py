@@ -78,6 +78,8 @@ class Control:
             "uploaded_bytes": data["uploaded_bytes"],
             "upload_rate": data["upload_rate"],
             "last_errors": data["last_errors"],
+            # parts of large new files sent while written (cache/early.py; JSON only)
+            "early_parts": data["early_parts"],
             "cache_dir": str(self._cache_dir),
             "cache_bytes": data["cache_bytes"],
             "cache_size": data["cache_size"],

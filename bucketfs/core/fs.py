@@ -130,6 +130,7 @@ class BucketFS:
                         writeback_delay=opts.writeback_delay,
                         upload_defer=opts.upload_defer,
                         part_size=opts.part_size,
+                        early_parts=opts.early_parts,
                     ),
                     node_at=ns.node_at,
                     saved=ns.saved,

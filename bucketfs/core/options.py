@@ -37,3 +37,5 @@ class FsOptions:
     #: "full": attributes from object metadata (a HEAD per listed file); "listing": from
     #: listings alone, no HEAD to list (namespace.py, `-o attrs=`)
     attrs: str = "full"
+    #: "auto", "on", "off": send a large new file's parts while it is written (cache/early.py)
+    early_parts: str = "off"

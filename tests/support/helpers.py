@@ -118,6 +118,10 @@ class StoreClient(ABC):
     def bucket_exists(self) -> bool:
         return self.bucket in self.list_buckets()
 
+    def open_uploads(self) -> list[str]:
+        """The keys of the multipart uploads started and neither completed nor aborted."""
+        raise NotImplementedError
+
 
 class S3StoreClient(StoreClient):
     def __init__(self, server: SeaweedServer, bucket: str, client: Any = None) -> None:
@@ -127,6 +131,12 @@ class S3StoreClient(StoreClient):
 
     def for_bucket(self, bucket: str) -> S3StoreClient:
         return S3StoreClient(self.server, bucket, self.client)
+
+    def open_uploads(self) -> list[str]:
+        """ListMultipartUploads (SeaweedFS lists the uploads in progress)."""
+        with self._errors("list uploads"):
+            found = self.client.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
+        return sorted(str(u["Key"]) for u in found)
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -198,6 +208,11 @@ class LocalStoreClient(StoreClient):
 
     def for_bucket(self, bucket: str) -> LocalStoreClient:
         return LocalStoreClient(self.root, bucket)
+
+    def open_uploads(self) -> list[str]:
+        """The upload directories of the bucket (`<root>/<bucket>/uploads/<id>/`): ids."""
+        uploads = self.root / self.bucket / "uploads"
+        return sorted(p.name for p in uploads.iterdir()) if uploads.is_dir() else []
 
     def _run(self, what: str, fn: Callable[[Backend], Awaitable[T]]) -> T:
         from bucketfs.backends.local.backend import LocalBackend

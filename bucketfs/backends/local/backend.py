@@ -80,6 +80,8 @@ class LocalBackend(Backend):
 
     supports_versions = True
     exclusive_put = True
+    copy_in_place = True  # a copy onto itself changes metadata only
+    remote = False
     #: no store limit of its own: S3's, so that a tree moves between the stores as it is
     max_object_size = MAX_OBJECT_SIZE
 

@@ -50,7 +50,7 @@ import logging
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,7 @@ from bucketfs.backends.http import quote_key, quote_name, transport_error
 from bucketfs.backends.retry import retry_call
 from bucketfs.backends.s3 import sigv4, xmlparse
 from bucketfs.backends.s3.errors import error_class
+from bucketfs.backends.s3.pool import WholeBody
 from bucketfs.backends.s3.values import checksum_value, encode_query
 from bucketfs.backends.s3.wire import Answer, Wire
 from bucketfs.errors import BackendError, BucketNotFound, ConfigError, NotFound
@@ -100,20 +101,17 @@ RESPONSE_READ_SIZE = 1 << 20
 if getattr(_httpcore_http11.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < RESPONSE_READ_SIZE:
     _httpcore_http11.AsyncHTTP11Connection.READ_NUM_BYTES = RESPONSE_READ_SIZE
 
-#: request bodies above this are handed to the wire in slices of this size
+#: request bodies above this are handed to the wire whole (`pool.WholeBody`: sent from a
+#: worker thread on plain TCP), else in views of this size, not copies (copying them cost
+#: ~0.3 s of the trio thread per GiB uploaded)
 BODY_SLICE = 1 << 20
-
-
-async def _slices(body: bytes) -> AsyncIterator[memoryview]:
-    """`body` in views of `BODY_SLICE` bytes, not copies (the lean path sends them as they
-    are: `pool.Pool`; copying them cost ~0.3 s of the trio thread per GiB uploaded)."""
-    view = memoryview(body)
-    for start in range(0, len(body), BODY_SLICE):
-        yield view[start : start + BODY_SLICE]
 
 
 class S3Client:
     """Signed, retried requests to an S3-compatible endpoint over HTTP(S)."""
+
+    #: `base.Backend.copy_in_place`, learned from the store's answers (`_learn_server`)
+    copy_in_place: bool | None = None
 
     def __init__(
         self,
@@ -297,12 +295,12 @@ class S3Client:
         async def attempt() -> tuple[Answer, bytes]:
             creds = await self._frozen_credentials()
             signed = self._signed_headers(method, parts, all_headers, payload_hash, creds)
-            content: bytes | AsyncIterator[memoryview] = body
+            content: bytes | WholeBody = body
             if len(body) > BODY_SLICE:
                 # h11 joins what it sends into one bytes object: a 16 MiB part would be copied
                 # whole (and the allocator keeps such copies); send it in slices instead
                 signed = [*signed, (b"Content-Length", str(len(body)).encode())]
-                content = _slices(body)
+                content = WholeBody(body, BODY_SLICE)
             started = time.monotonic()
             try:
                 response = await self._wire.send(
@@ -331,6 +329,8 @@ class S3Client:
                 response.status_code,
                 time.monotonic() - started,
             )
+            if self.copy_in_place is None:
+                self._learn_server(response.header(b"server"))
             if response.status_code not in ok:
                 raise self._error(response.status_code, content, what, bucket_level)
             if error_in_body:
@@ -341,6 +341,11 @@ class S3Client:
             return response, content
 
         return await retry_call(attempt, deadline=self.retry_deadline, what=what)
+
+    def _learn_server(self, server: str | None) -> None:
+        """What the `Server` header says of how the store copies (`Backend.copy_in_place`)."""
+        if server and server.startswith("SeaweedFS"):
+            self.copy_in_place = True
 
     def _error(self, status: int, body: bytes, what: str, bucket_level: bool) -> BackendError:
         error = xmlparse.parse_error(body)

@@ -52,7 +52,7 @@ import httpx2
 import trio
 
 from bucketfs.backends.base import Sink
-from bucketfs.backends.s3.receive import ReceiveJob, in_thread, receive
+from bucketfs.backends.s3.receive import ReceiveJob, in_thread, receive, transmit
 
 #: bytes asked for per receive: large, so a ranged GET of several MiB takes few reads
 READ_SIZE = 1 << 20
@@ -65,8 +65,25 @@ HEAD_READ_SIZE = 64 << 10
 _JOIN_BODY = 64 << 10
 
 Headers = list[tuple[bytes, bytes]]
-#: a request body: whole, or in pieces (views of one `bytes`: `S3Client._slices`)
-Body = bytes | AsyncIterable[bytes] | AsyncIterable[memoryview]
+
+
+class WholeBody:
+    """A large request body (an upload's data), sent from a worker thread on plain TCP (the
+    trio thread serves the kernel meanwhile); elsewhere in slices of `slice_size` views."""
+
+    __slots__ = ("slice_size", "view")
+
+    def __init__(self, data: bytes, slice_size: int) -> None:
+        self.view = memoryview(data)
+        self.slice_size = slice_size
+
+    async def __aiter__(self) -> AsyncIterator[memoryview]:
+        for start in range(0, len(self.view), self.slice_size):
+            yield self.view[start : start + self.slice_size]
+
+
+#: a request body: whole, or in pieces (views of one `bytes`: `WholeBody`)
+Body = bytes | WholeBody | AsyncIterable[bytes] | AsyncIterable[memoryview]
 
 
 class _Conn:
@@ -251,6 +268,11 @@ class Pool:
                     return
                 await self._send_all(conn, out)
                 await self._send_all(conn, _data(h, body))
+            elif isinstance(body, WholeBody) and isinstance(conn.stream, trio.SocketStream):
+                await self._send_all(conn, out)
+                data = h11.Data(data=body.view)  # type: ignore[arg-type]  # bytes-like
+                for piece in h.send_with_data_passthrough(data) or ():
+                    await self._transmit(conn, memoryview(piece))
             else:
                 await self._send_all(conn, out)
                 async for chunk in body:
@@ -264,6 +286,14 @@ class Pool:
                 await self._send_all(conn, end)
         except h11.LocalProtocolError as exc:
             raise httpx2.LocalProtocolError(str(exc)) from exc
+
+    async def _transmit(self, conn: _Conn, view: memoryview) -> None:
+        """`view` to the socket from a worker thread (plain TCP): the kernel's copy and the
+        loopback's TCP work off the trio thread, as `readinto` does for bodies received."""
+        fd, timeout = conn.socket.fileno(), self._write
+        error = await in_thread(lambda wake: transmit(fd, view, wake, timeout))
+        if error is not None:
+            raise error
 
     async def _send_all(self, conn: _Conn, data: bytes | memoryview) -> None:
         try:

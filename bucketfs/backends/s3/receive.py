@@ -61,6 +61,29 @@ def receive(fd: int, view: memoryview, wake: int, timeout: float) -> tuple[int, 
     return got, None
 
 
+def transmit(fd: int, view: memoryview, wake: int, timeout: float) -> Exception | None:
+    """In a worker thread: send all of `view` on the non-blocking socket `fd`. Returns what
+    stopped it early: a timeout, a broken connection, or `wake` (the caller was cancelled);
+    None when all of it went."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.register(wake, select.POLLIN)
+    wait = -1 if math.isinf(timeout) else max(1, int(timeout * 1000))
+    sent = 0
+    while sent < len(view):
+        try:
+            sent += os.write(fd, view[sent:])
+        except BlockingIOError:
+            ready = poller.poll(wait)
+            if not ready:
+                return httpx2.WriteTimeout("timed out sending")
+            if any(f == wake for f, _ in ready):
+                return _Woken()
+        except OSError as exc:
+            return httpx2.WriteError(str(exc) or type(exc).__name__)
+    return None
+
+
 class ReceiveJob:
     """`Exchange.receive_each`'s worker-thread job and its trio side: fills of `view` from
     `pending` (what h11 held of the body) then the socket, each written by `sink.write` in the

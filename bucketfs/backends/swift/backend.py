@@ -62,6 +62,7 @@ class SwiftBackend(SwiftAccount, Backend):
     #: `X-Delete-At` (values.py)
     expiry = True
     exclusive_put = True  # If-None-Match: * (not If-Match, see above)
+    copy_in_place = True  # a copy onto itself changes metadata only
     #: Swift's documented bound of a static large object with its default settings:
     #: max_manifest_segments (1,000) segments of max_file_size (5 GiB)
     max_object_size = MAX_MANIFEST_SEGMENTS * MAX_PUT_SIZE

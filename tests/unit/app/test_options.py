@@ -193,6 +193,9 @@ OPTION_CASES = [
     ("url_ttl=60", "url_ttl", 60),
     ("attrs=listing", "attrs", "listing"),
     ("attrs=full", "attrs", "full"),
+    ("early_parts=on", "early_parts", "on"),
+    ("early_parts=off", "early_parts", "off"),
+    ("early_parts=auto", "early_parts", "auto"),
 ]
 
 
@@ -264,6 +267,7 @@ def test_endpoint_from_environment() -> None:
         ("url_ttl=0", "'url_ttl': '0'"),
         ("url_ttl=1h", "'url_ttl': '1h'"),
         ("attrs=head", "'attrs': 'head'"),
+        ("early_parts=yes", "'early_parts': 'yes'"),
         ("retry_timeout=never", "'retry_timeout': 'never'"),
         ("max_connections=many", "'max_connections': 'many'"),
         ("part_size=1M", "'part_size': '1M'"),

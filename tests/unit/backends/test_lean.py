@@ -14,9 +14,11 @@ import functools
 import os
 import ssl
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h11
 import httpx2
@@ -24,7 +26,8 @@ import pytest
 import trio
 
 from bucketfs.backends.http import transport_error
-from bucketfs.backends.s3.pool import Pool
+from bucketfs.backends.s3 import pool as pool_module
+from bucketfs.backends.s3.pool import Pool, WholeBody
 from bucketfs.backends.s3.wire import Wire
 from bucketfs.errors import Transient, Unreachable
 
@@ -366,6 +369,57 @@ async def test_streamed_bodies_with_length_and_chunked() -> None:
         big = b"q" * (200 << 10)  # over the size sent with the head
         assert await fetch(pool, b"PUT", big, b"/b") == (200, b"")
         assert [r[2] for r in server.seen.requests] == [b"".join(parts), b"".join(parts), big]
+        await pool.aclose()
+        nursery.cancel_scope.cancel()
+
+
+@trio_test
+async def test_a_whole_body_goes_from_a_worker_thread_and_a_cancel_stops_it() -> None:
+    threads: list[int] = []
+    transmit = pool_module.transmit
+
+    def counting(fd: int, view: memoryview, wake: int, timeout: float) -> Any:
+        threads.append(threading.get_ident())
+        return transmit(fd, view, wake, timeout)
+
+    pool_module.transmit = counting  # type: ignore[assignment]
+    try:
+        await _whole_body()
+    finally:
+        pool_module.transmit = transmit
+    assert len(threads) == 3
+    assert threading.get_ident() not in threads
+
+
+async def _whole_body() -> None:
+    """`WholeBody` (an upload's part) is sent by `receive.transmit` in a worker thread on
+    plain TCP: all of it, the connection reused after; a cancelled send closes the
+    connection and the thread stops (the server, never reading, keeps it blocked)."""
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery)
+        pool = make_pool(server)
+        big = os.urandom(9 << 20)  # more than the socket buffers take at once
+        headers = [(b"Host", b"h"), (b"Content-Length", str(len(big)).encode())]
+        for _ in range(2):
+            exchange = await pool.send(
+                b"PUT", b"127.0.0.1", b"/w", headers, WholeBody(big, 1 << 20)
+            )
+            assert [c async for c in exchange.aiter_raw()] == []
+            await exchange.aclose()
+            assert exchange.status_code == 200
+        assert [r[2] for r in server.seen.requests] == [big, big]
+        assert server.seen.connections == 1
+
+        stuck = trio.socket.socket()
+        await stuck.bind(("127.0.0.1", 0))
+        stuck.listen(1)
+        port = stuck.getsockname()[1]
+        blocked = Pool(port, max_connections=1, timeouts=TIMEOUTS)
+        with trio.move_on_after(0.5) as scope:
+            await blocked.send(b"PUT", b"127.0.0.1", b"/x", headers, WholeBody(big, 1 << 20))
+        assert scope.cancelled_caught  # the thread was woken and waited for
+        stuck.close()
+        await blocked.aclose()
         await pool.aclose()
         nursery.cancel_scope.cancel()
 
