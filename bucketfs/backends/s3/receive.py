@@ -32,14 +32,19 @@ from bucketfs.backends.base import Sink
 T = TypeVar("T")
 
 
+def _poller(fd: int, events: int, wake: int, timeout: float) -> tuple[select.poll, int]:
+    """A poll of the socket `fd` for `events` and of `wake`, and its wait in ms (-1: none)."""
+    poller = select.poll()
+    poller.register(fd, events)
+    poller.register(wake, select.POLLIN)
+    return poller, -1 if math.isinf(timeout) else max(1, int(timeout * 1000))
+
+
 def receive(fd: int, view: memoryview, wake: int, timeout: float) -> tuple[int, Exception | None]:
     """In a worker thread: fill `view` from the non-blocking socket `fd`. Returns the bytes
     received and what stopped it early: a timeout, a broken or closed connection, or `wake`
     (the caller was cancelled)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    poller.register(wake, select.POLLIN)
-    wait = -1 if math.isinf(timeout) else max(1, int(timeout * 1000))
+    poller, wait = _poller(fd, select.POLLIN, wake, timeout)
     got = 0
     while got < len(view):
         try:
@@ -65,10 +70,7 @@ def transmit(fd: int, view: memoryview, wake: int, timeout: float) -> Exception 
     """In a worker thread: send all of `view` on the non-blocking socket `fd`. Returns what
     stopped it early: a timeout, a broken connection, or `wake` (the caller was cancelled);
     None when all of it went."""
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    poller.register(wake, select.POLLIN)
-    wait = -1 if math.isinf(timeout) else max(1, int(timeout * 1000))
+    poller, wait = _poller(fd, select.POLLOUT, wake, timeout)
     sent = 0
     while sent < len(view):
         try:

@@ -107,3 +107,14 @@ def test_paths_follow_renames_across_directories() -> None:
     assert t.find("b", "dst/moved/leaf") == leaf.ino
     assert src.ino not in t.children  # its only child moved away
     assert t.child(dst, "moved") is sub
+
+
+def test_a_reserved_number_goes_to_the_node_made_for_that_name_only() -> None:
+    # readdir reserves numbers for names it shows without a node (core/readdir.py)
+    t = table()
+    reserved = {"a": t.reserve()}
+    t.reserved = lambda parent, name: reserved.pop(name, None) if parent == ROOT_INO else None
+    other = t.add(t.root, "other", Kind.FILE, mode=0o644, uid=0, gid=0)
+    a = t.add(t.root, "a", Kind.FILE, mode=0o644, uid=0, gid=0)
+    again = t.add(t.root, "a", Kind.FILE, mode=0o644, uid=0, gid=0)  # replaced: a new number
+    assert (a.ino, other.ino, again.ino) == (2, 3, 4)

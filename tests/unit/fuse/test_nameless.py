@@ -1,10 +1,10 @@
-"""Readdir entries without a node (fuse/nameless.py) and the inode numbers reserved for them."""
+"""Readdir entries without a node (fuse/nameless.py); the numbers reserved for them: test_nodes."""
 
 from __future__ import annotations
 
 import pyfuse3
 
-from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Nameless, Node
+from bucketfs.core.nodes import Nameless
 from bucketfs.fuse import nameless
 
 
@@ -19,24 +19,3 @@ def test_the_entry_carries_the_number_but_no_node() -> None:
     plain = pyfuse3.EntryAttributes()
     plain.st_ino = 7
     assert plain.st_ino == 7  # other entries are untouched
-
-
-def test_a_reserved_number_goes_to_the_node_made_for_that_name_only() -> None:
-    root = Node(
-        ino=ROOT_INO,
-        kind=Kind.DIR,
-        bucket="b",
-        key="",
-        parent=ROOT_INO,
-        name="",
-        mode=0o755,
-        uid=0,
-        gid=0,
-    )
-    table = InodeTable(root)
-    reserved = {"a": table.reserve()}
-    table.reserved = lambda parent, name: reserved.pop(name, None) if parent == ROOT_INO else None
-    other = table.add(root, "other", Kind.FILE, mode=0o644, uid=0, gid=0)
-    a = table.add(root, "a", Kind.FILE, mode=0o644, uid=0, gid=0)
-    again = table.add(root, "a", Kind.FILE, mode=0o644, uid=0, gid=0)  # replaced: a new number
-    assert (a.ino, other.ino, again.ino) == (2, 3, 4)
