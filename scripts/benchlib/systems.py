@@ -389,6 +389,15 @@ class BucketfsListing(Bucketfs):
     scenarios = frozenset({"ls_lR_10k"})
 
 
+class BucketfsEarly(Bucketfs):
+    """This checkout's bucketfs with `-o early_parts=on` (parts sent while the file is written
+    whatever the CPU: cache/early.py), on the row it changes, beside the default `auto`."""
+
+    name = "bucketfs-early"
+    extra_options = ("early_parts=on",)
+    scenarios = frozenset({"write_1g"})
+
+
 class BucketfsBase(Bucketfs):
     """bucketfs from another checkout (`--base-repo DIR`), for an A/B in one run.
 
@@ -752,6 +761,7 @@ ALL_SYSTEMS: list[System] = [
     Rclone("full"),
     Rclone("off"),
     BucketfsListing(),
+    BucketfsEarly(),
     S3fs(),
     Floor(),
     FloorNoHead(),

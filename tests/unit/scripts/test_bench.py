@@ -477,6 +477,14 @@ def test_a_bucketfs_variant_runs_its_rows_only_with_its_options(tmp_path: Path) 
     ]
 
 
+def test_the_early_parts_variant_mounts_with_them_on_for_the_large_write_only() -> None:
+    early = systems.BucketfsEarly()
+    command = early.mount_command("b", Path("/mp"), "http://s3", Path("/c"), "eu-1")
+    assert command[-1].split(",")[-1] == "early_parts=on"
+    assert early.scenarios == frozenset({"write_1g"})
+    assert "bucketfs-early" in [s.name for s in cli.select_systems(None, None)]
+
+
 def test_request_kind_tells_a_listing_from_a_get() -> None:
     assert request_kind("GET", "GET /b?list-type=2&prefix=d%2F&delimiter=%2F HTTP/1.1") == "LIST"
     assert request_kind("GET", "GET /v1/AUTH_t/c?format=json&prefix=d%2F HTTP/1.1") == "LIST"
