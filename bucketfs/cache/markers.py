@@ -30,6 +30,10 @@ Invariants:
   raises the error of an attempt that failed while it waited;
 - outside `run()` (before the mount serves, after it stopped) `add` PUTs the marker at once and
   `flush` sends what is pending itself;
+- a marker is sent only once no marker of an ancestor directory is pending (an ancestor's is
+  kicked, not waited for to be due): SeaweedFS 4.x loses a `d/` marker it answered 200 for when
+  a PUT under it (`d/sub/`) runs at the same time (2 of 100 tries of the pair on loopback);
+  parents first is the order `mkdir -p` made them in anyway;
 - whoever `watch`es is told of every marker confirmed while pending, before anything waiting
   for it goes on: from then on the directory is no longer shown from here, so what the
   namespace holds of listings made while it was pending (which lack it) must learn of it.
@@ -266,8 +270,10 @@ class Markers:
             ]
             if not todo:
                 return
-            if self._nursery is None:
-                await for_each(todo, self._send_or_raise, self._limiter)
+            if self._nursery is None:  # parents first (see the module's invariants)
+                depth = min(p.key.count("/") for p in todo)
+                top = [p for p in todo if p.key.count("/") == depth]
+                await for_each(top, self._send_or_raise, self._limiter)
                 continue
             for p in todo:
                 p.kick.set()
@@ -299,12 +305,34 @@ class Markers:
         attempt.done.set()
         p.kick.set()
 
+    def _pending_ancestor(self, p: PendingMarker) -> PendingMarker | None:
+        """The nearest ancestor directory's marker still pending, if any."""
+        key = p.key.rstrip("/")
+        while (cut := key.rfind("/")) >= 0:
+            key = key[:cut]
+            ancestor = self._pending.get((p.bucket, key + "/"))
+            if ancestor is not None:
+                return ancestor
+        return None
+
+    async def _after_ancestors(self, p: PendingMarker) -> None:
+        """Wait until no ancestor's marker is pending (see the module's invariants)."""
+        while self._pending.get(p.item) is p and (ancestor := self._pending_ancestor(p)):
+            if ancestor.error is None:  # a failed one keeps its retry delay
+                ancestor.kick.set()
+            await ancestor.attempt.done.wait()
+
     async def _worker(self, p: PendingMarker) -> None:
         delay = RETRY_MIN
         while self._pending.get(p.item) is p:
             while not p.kick.is_set() and trio.current_time() < p.due:  # `update` moves it
                 with trio.move_on_at(p.due):
                     await p.kick.wait()
+            if self._pending.get(p.item) is not p:  # removed (rmdir): nothing to send
+                return
+            await self._after_ancestors(p)  # before a slot: an ancestor may need one
+            if self._pending.get(p.item) is not p:
+                return
             async with self._limiter:
                 if self._pending.get(p.item) is not p:
                     return

@@ -526,3 +526,34 @@ def test_mkdir_is_one_index_commit(run_fs: RunFs) -> None:
         assert after - before == 1
 
     run_fs(body, **HOLD)
+
+
+def test_a_marker_goes_only_after_its_ancestors_markers(run_fs: RunFs) -> None:
+    """SeaweedFS loses a `d/` marker PUT at the same time as one under it (cache/markers.py):
+    parents first, each confirmed before its children go; a flush of a subdirectory alone
+    sends its ancestors' markers too, at once."""
+
+    async def body(h: Harness) -> None:
+        events: list[tuple[str, str]] = []
+        put = h.store.put
+
+        async def recording_put(bucket: str, key: str, *args: Any, **kw: Any) -> Any:
+            events.append(("start", key))
+            result = await put(bucket, key, *args, **kw)
+            events.append(("end", key))
+            return result
+
+        h.store.put = recording_put  # type: ignore[method-assign]
+        d = await h.fs.mkdir(ROOT_INO, "d", 0o755, 0, 0)
+        sub = await h.fs.mkdir(d.ino, "sub", 0o755, 0, 0)
+        await h.fs.mkdir(sub.ino, "x", 0o755, 0, 0)
+        await h.fs.mkdir(d.ino, "y", 0o755, 0, 0)
+        with trio.fail_after(5):  # the ancestors are not due for an hour: kicked, not awaited
+            await h.fs.markers.flush(BUCKET, "d/sub/x/")
+        assert journal(h) == [(BUCKET, "d/y/")]
+        await h.fs.markers.flush()
+        for key in ("d/sub/", "d/sub/x/", "d/y/"):
+            parent = key[: key[:-1].rfind("/") + 1]
+            assert events.index(("end", parent)) < events.index(("start", key)), events
+
+    run_fs(body, latency=0.05, **HOLD)
