@@ -183,10 +183,8 @@ class Readdir:
         ):
             return self.listed_node(snapshot, name, entry)
         directory = snapshot.directory.ino
-        names = self._reservations.pop(directory, None)  # back in as the most recent
-        if names is None:
-            names = {}
-        self._reservations[directory] = names
+        # back in as the most recent (a dict keeps insertion order)
+        names = self._reservations[directory] = self._reservations.pop(directory, {})
         ino = names.get(name)
         if ino is None:
             ino = names[name] = self._ns.table.reserve()

@@ -214,14 +214,13 @@ class FuseOps(pyfuse3.Operations):
             await self._room()
         entries = await self.fs.readdir(fh, start_id)
         for name, node, next_id in itertools.islice(entries, READDIR_MAX_ENTRIES):
-            if isinstance(node, Nameless):  # no node: the kernel takes no reference either
+            if isinstance(node, Nameless):  # no node: the kernel takes no reference for it
                 attrs = nameless.nameless_entry(node)
-                if not pyfuse3.readdir_reply(token, name.encode("utf-8"), attrs, next_id):
-                    break
-                continue
-            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self._attrs(node), next_id):
+            else:
+                attrs = self._attrs(node)
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), attrs, next_id):
                 break
-            if name not in (".", ".."):  # the kernel takes no reference for these two
+            if isinstance(node, Node) and name not in (".", ".."):  # none for these two
                 self.fs.remember(node)
 
     @_errors
