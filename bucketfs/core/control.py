@@ -90,6 +90,8 @@ class Control:
             # what memory holds per file (JSON only): bounded by what is open and cached
             "nodes": len(self._ns.table),
             "nodes_peak": self._ns.table.peak,
+            # lookups of names shown without a node answered by a prefetch HEAD (JSON only)
+            "prefetched_names": self._ns.prefetch.taken,
             "cached_files": data["cached_files"],
             "open_data_files": data["open_data_files"],
         }

@@ -91,8 +91,8 @@ class Handles:
         self._dir_handles.pop(fh, None)
 
     async def readdir(self, fh: int, offset: int) -> Iterator[tuple[str, Node | Nameless, int]]:
-        """Entries from `offset` on as (name, node, next offset); a snapshot per handle. Past
-        the first names, a listed file may come without a node (`Nameless`: readdir.py).
+        """Entries from `offset` on as (name, node, next offset); a snapshot per handle. A
+        listed small file comes without a node (`Nameless`: readdir.py).
 
         The nodes are not counted as kernel references: the adapter calls `remember` for each
         node entry the kernel accepted, and stops taking entries once its buffer is full (each
@@ -119,11 +119,7 @@ class Handles:
         entries = snapshot.entries
         for index in range(offset, len(entries)):
             name, item = entries[index]
-            node = (
-                item
-                if isinstance(item, Node)
-                else self._ns.readdir.shown(snapshot, index, name, item)
-            )
+            node = item if isinstance(item, Node) else self._ns.readdir.shown(snapshot, name, item)
             if node is not None:
                 yield name, node, index + 1
 

@@ -70,7 +70,7 @@ from cachetools import TTLCache
 from bucketfs.core.attrs import NAME_MAX, Defaults, parse_posix, valid_name
 from bucketfs.core.contents import FileData, Unsaved
 from bucketfs.core.heads import Heads
-from bucketfs.core.listing import Listed, Listings, Subtrees
+from bucketfs.core.listing import Entry, Listed, Listings, Subtrees
 from bucketfs.core.nodes import ROOT_INO, InodeTable, Kind, Node
 from bucketfs.core.options import FsOptions
 from bucketfs.core.prefetch import Prefetch
@@ -138,7 +138,13 @@ class Namespace:
         #: HEADs sent, for reuse by `open` and kept across mounts (heads.py)
         self.heads = Heads(backend)
         self._data: FileData | None = None
-        self.prefetch = Prefetch(self._prefetched, self.table.get)
+        self.prefetch = Prefetch(
+            self._prefetched,
+            self._prefetched_name,
+            self.table.get,
+            self._child,
+            fresh_for=max(options.attr_timeout, options.dir_timeout),
+        )
         #: listings of many directories from one recursive LIST of an ancestor (listing.py)
         self.subtrees = Subtrees(options.dir_timeout)
         #: what a name is on the server when nothing here answers (resolve.py)
@@ -230,6 +236,7 @@ class Namespace:
         """A change made through this mount: a listing we hold is kept in step (not dropped),
         so lookups of new names need no request; `kind` None means `name` is gone."""
         self.listings.changed(directory.ino, name, kind)
+        self.prefetch.changed(directory.ino, name)
         self._negative.pop((directory.ino, name), None)
         if kind is None:
             self.readdir.removed(directory, name)
@@ -295,6 +302,7 @@ class Namespace:
         self._negative.clear()
         self.listings.clear()
         self.subtrees.clear()
+        self.prefetch.clear()
 
     # --- what the server says applied to a node ------------------------------------------------
 
@@ -383,7 +391,8 @@ class Namespace:
         if node is not None and not node.full:
             if node.kind_certain and node.attr_expiry > time.monotonic():
                 return node  # listed just now, of a sure kind: getattr asks the rest
-            self.prefetch.kick(node, kinds=True)
+            if node.kind is not Kind.DIR:
+                self.prefetch.kick(parent.ino, name, kinds=True)
             await self.prefetch.wait(node)
         if node is not None and (node.pinned or self._fresh(node)):
             return node
@@ -397,6 +406,10 @@ class Namespace:
         if (parent.ino, name) in self._negative:
             log.debug("%s%s absent: a negative entry", parent.key, name)
             raise NoEntry()
+        if node is None and not exact and parent.bucket is not None:
+            prefetched = await self._from_prefetch(parent, name)
+            if prefetched is not None:
+                return prefetched
         if node is not None and node.kind is not Kind.DIR and node.bucket is not None:
             # revalidate a known file (a listing, or one HEAD); only if it is gone ask again
             if await self.revalidation.confirm(node):
@@ -424,6 +437,21 @@ class Namespace:
             self._apply_marker(node, entry.marker())
         elif entry.info is not None:
             self.apply(node, entry.info, full=entry.head)
+        return node
+
+    async def _from_prefetch(self, parent: Node, name: str) -> Node | None:
+        """The node of a listed name readdir showed without one, from what the prefetch's
+        HEAD of it found (waiting for it if under way; prefetch.py), if it found it."""
+        self.prefetch.kick(parent.ino, name, kinds=True)
+        await self.prefetch.wait_name(parent.ino, name)
+        found = self.prefetch.take(parent.ino, name)
+        if found is None or self.table.child(parent, name) is not None:
+            return None
+        head, until = found
+        assert head.info is not None
+        node = self.new_node(parent, name, head.kind)
+        self.apply(node, head.info, full=True)
+        node.attr_expiry = until
         return node
 
     def node_from_cache(self, parent: Node, name: str, unsaved: Unsaved) -> Node:
@@ -486,12 +514,31 @@ class Namespace:
             # metadata read on behalf of a listing is as fresh as the listing
             node.attr_expiry = time.monotonic() + max(self.opts.attr_timeout, self.opts.dir_timeout)
 
+    async def _prefetched_name(self, directory_ino: int, name: str, entry: Entry) -> Entry | None:
+        """The HEAD of a listed file readdir showed without a node (prefetch.py): what a
+        lookup of it will find (None: gone, or no longer a file)."""
+        directory = self.table.get(directory_ino)
+        if directory is None or directory.bucket is None or entry.info is None:
+            return None
+        bucket, key, listed = directory.bucket, directory.key + name, entry.info
+        info = (
+            self.data.attrs.match(bucket, key, listed.etag, listed.size, listed.last_modified)
+            if listed.etag and self._data is not None
+            else None
+        ) or await self.heads.head_or_none(bucket, key)
+        return None if info is None else self.resolver.file_entry(info)
+
+    def _child(self, directory_ino: int, name: str) -> Node | None:
+        directory = self.table.get(directory_ino)
+        return None if directory is None else self.table.child(directory, name)
+
     async def getattr(self, ino: int) -> Node:
         node = self.node(ino)
         if node.virtual is not None:  # hook: versions never change (versions.py)
             return node
         if not node.full:
-            self.prefetch.kick(node)
+            if node.kind is not Kind.DIR:
+                self.prefetch.kick(node.parent, node.name)
             await self.prefetch.wait(node)
         if node.pinned or node.unlinked or node.ino == ROOT_INO or self._fresh(node):
             return node

@@ -19,18 +19,18 @@ Invariants:
   filled by `removed`); a node made since the listing came is shown as it is (it is newer);
 - a node with local state the server lacks (`pinned`) is shown as it is, never from the
   listing; a directory made here is shown from its journaled marker;
-- metadata HEADs of listed files wait until the kernel asks about one of them (prefetch.py);
-  none with `-o attrs=listing`, where a listing's attributes are final;
-- past the first `NODES_FIRST` names of a snapshot, a listed file whose kind the listing
-  leaves unsure is shown without a node (`Nameless`): the kernel would look it up before any
-  use anyway (its entry is not cached, `Node.kind_certain`), and no metadata is prefetched that
-  far (prefetch.py `PREFETCH_ENTRIES`), so a node made for it serves nobody until that lookup,
-  which makes one; `find` and `ls` of a large directory then make no node per file. Its
-  inode number is reserved per directory and given to the node a later lookup makes, so
-  `d_ino` and `st_ino` agree; reservations are kept for the directories read last, about
-  `RESERVED_MAX` names in all (a directory's whole set goes at once, never the one being
-  read), and go with the directory's node: past that, as for a name the kernel forgot, the
-  number may change (README).
+- metadata HEADs of listed files wait until the kernel asks about one of them (prefetch.py,
+  which queues the snapshot's entries); none with `-o attrs=listing`, where a listing's
+  attributes are final;
+- a listed file whose kind the listing leaves unsure (small: it may be a symlink) is shown
+  without a node (`Nameless`): the kernel would look it up before any use anyway (its entry
+  is not cached, `Node.kind_certain`), and that lookup takes what the prefetch found for the
+  name (prefetch.py `take`) or asks the server, and makes the node; `find` and `ls` then make
+  no node per file. Its inode number is reserved per directory and given to the node a later
+  lookup makes, so `d_ino` and `st_ino` agree; reservations are kept for the directories read
+  last, about `RESERVED_MAX` names in all (a directory's whole set goes at once, never the one
+  being read), and go with the directory's node: past that, as for a name the kernel forgot,
+  the number may change (README).
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Protocol
 from bucketfs.core.attrs import valid_name
 from bucketfs.core.listing import Entry, Listed, Listings, Snapshot, list_children
 from bucketfs.core.nodes import KIND_BITS, SYMLINK_MAX, InodeTable, Kind, Nameless, Node
-from bucketfs.core.prefetch import PREFETCH_ENTRIES
 
 if TYPE_CHECKING:
     from bucketfs.cache.deletes import DeferredDeletes
@@ -80,8 +79,6 @@ class Names(Protocol):
     def node_from_marker(self, parent: Node, name: str, marker: PendingMarker) -> Node: ...
 
 
-#: the first names of a snapshot (with "." and "..") that readdir always makes nodes for
-NODES_FIRST = PREFETCH_ENTRIES + 2
 #: inode numbers kept reserved for names shown without a node, all directories together
 #: (~100 bytes each: the name is the listing's)
 RESERVED_MAX = 65536
@@ -153,9 +150,9 @@ class Readdir:
             if name not in seen and valid_name(name):
                 entries.append((name, ns.node_from_marker(directory, name, marker)))
         # metadata of listed files is fetched only once the kernel asks for one of them (ls -l,
-        # du, rsync do; find and plain ls do not); `listed_node` adds those it makes
-        partial = [n for _, n in entries if isinstance(n, Node) and not n.full]
-        ns.prefetch.defer(directory.ino, [] if ns.listing_attrs else partial)
+        # du, rsync do; find and plain ls do not)
+        if not ns.listing_attrs:
+            ns.prefetch.defer(directory.ino, entries, len(listed))
         return entries
 
     def reading(self, directory: Node, entries: list[tuple[str, Node | Entry]]) -> Snapshot:
@@ -164,15 +161,12 @@ class Readdir:
         self._reading.add(snapshot)
         return snapshot
 
-    def shown(
-        self, snapshot: Snapshot, index: int, name: str, entry: Entry
-    ) -> Node | Nameless | None:
-        """What readdir hands the kernel for the listed name at `index` of `snapshot` that had
-        no node: a node (`listed_node`), or past `NODES_FIRST` a file of unsure kind without
-        one (see the module's invariants); None if this mount removed the name since."""
+    def shown(self, snapshot: Snapshot, name: str, entry: Entry) -> Node | Nameless | None:
+        """What readdir hands the kernel for a listed name of `snapshot` that had no node: a
+        file of unsure kind without one (see the module's invariants), else a node
+        (`listed_node`); None if this mount removed the name since."""
         if (
             not self.nameless
-            or index < NODES_FIRST
             or entry.kind is not Kind.FILE
             or entry.head
             or entry.info is None
@@ -220,10 +214,7 @@ class Readdir:
         node = ns.table.child(directory, name)
         if node is not None or name in snapshot.gone:
             return node
-        node = self._from_listing(directory, name, entry, None)
-        if not node.full and not ns.listing_attrs:  # attrs=listing: never HEAD what was listed
-            ns.prefetch.add(directory.ino, node)
-        return node
+        return self._from_listing(directory, name, entry, None)
 
     def _from_listing(self, directory: Node, name: str, entry: Entry, node: Node | None) -> Node:
         """`node` (None: a new one) as listed: a listing tells a directory from an object,

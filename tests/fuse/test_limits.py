@@ -37,7 +37,6 @@ import pytest
 
 from bucketfs.backends.local.store import LocalStore
 from bucketfs.cache.datafiles import MAX_OPEN
-from bucketfs.core.readdir import NODES_FIRST
 from tests.support.helpers import (
     Mount,
     MountFactory,
@@ -270,16 +269,17 @@ def test_reading_one_large_directory_keeps_the_table_near_the_bound(
     assert "could not invalidate" not in mnt.log.read_text()
 
 
-def test_small_files_past_the_first_names_are_listed_without_nodes(
+def test_small_listed_files_are_shown_without_nodes(
     local_mounts: MountFactory, tmp_path: Path
 ) -> None:
-    """Past the first NODES_FIRST names, a listed file of unsure kind is shown without a node
-    (core/readdir.py, fuse/nameless.py): `ls` and `find` of a large directory make no node per
-    file, and each name's inode number from readdir is the one `stat` shows."""
+    """A listed file of unsure kind is shown without a node (core/readdir.py,
+    fuse/nameless.py): `ls` and `find` of a large directory make no node per file, and each
+    name's inode number from readdir is the one `stat` shows; `ls -l` gets every name's
+    metadata from the prefetch (core/prefetch.py: HEADs by name, ahead of the lookups)."""
     mnt = local_mounts()
     assert mnt.store is not None
     store = LocalStore(tmp_path / "store", fsync=False)
-    count = NODES_FIRST + 1500
+    count = 6000
     for i in range(count):
         store.put(mnt.store.bucket, f"big/f{i:06d}", b"x" * (i % 7), None, None, False)
     big = mnt.path / "big"
@@ -288,8 +288,8 @@ def test_small_files_past_the_first_names_are_listed_without_nodes(
     assert len(listed) == count
     assert all(is_file for _, _, is_file in listed)
     peak = int(mnt.status()["nodes_peak"])
-    # the root, big/ and its first names; before: a node for every name (count + 2)
-    assert NODES_FIRST - 10 <= peak <= NODES_FIRST + 10, peak
+    # the root and big/; before: a node for every name (count + 2)
+    assert peak <= 10, peak
     inos = [ino for _, ino, _ in listed]
     assert len(set(inos)) == count
     assert 0 not in inos
@@ -298,3 +298,9 @@ def test_small_files_past_the_first_names_are_listed_without_nodes(
         assert os.lstat(big / name).st_ino == ino, name
     last = listed[-1][0]
     assert (big / last).read_bytes() == b"x" * (int(last[1:]) % 7)
+    # `ls -l`: every name looked up in listing order, each answered from the prefetch
+    before = mnt.status()
+    sizes = {name: os.lstat(big / name).st_size for name, _, _ in listed}
+    assert all(size == int(name[1:]) % 7 for name, size in sizes.items())
+    after = mnt.status()
+    assert int(after["prefetched_names"]) - int(before["prefetched_names"]) >= count - 100
