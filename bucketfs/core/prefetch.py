@@ -13,9 +13,11 @@ The window: the kernel's first question about a listed name of a directory (a lo
 getattr of a listed node: ls -l, du, rsync, tar c ask; find and plain ls do not) sends its
 HEAD first and lets HEADs go out, in listing order from the first name, up to
 `PREFETCH_ENTRIES` names past that one; every later
-question moves the window's end to `PREFETCH_ENTRIES` past the name asked. `ls -l` of 100,000
-names, asking in listing order, so keeps HEADs going ahead of it to the end; a `stat` of one
-name costs at most the window. A question about a name that needs a HEAD and lies behind the
+question moves the window's end past the name asked by what the kernel asks in half of
+`fresh_for` at its pace so far (`LEAD_MIN` to `PREFETCH_ENTRIES`): an answer that ran out
+before its lookup came is a HEAD sent twice. `ls -l` of 100,000 names, asking in listing
+order, so keeps HEADs going just ahead of it to the end; a `stat` of one name costs at most
+the first window. A question about a name that needs a HEAD and lies behind the
 workers (its answer was used, or is too old) or a window past them moves them there.
 
 Invariants: nothing is sent for a directory's listing until the kernel asks about one of its
@@ -49,11 +51,13 @@ from bucketfs.errors import BucketfsError
 
 log = logging.getLogger(__name__)
 
-#: how many listed names HEADs go ahead of the kernel's last question in a directory: what
-#: they find serves for `fresh_for` (1 s by default), and `ls -l` asks ~2,000-5,000 names a
-#: second, so a longer lead HEADs names again whose answers ran out before their lookup
-PREFETCH_ENTRIES = 1024
 PREFETCH_PARALLEL = 32
+#: how many listed names HEADs go ahead of the kernel's last question in a directory at most
+PREFETCH_ENTRIES = 1024
+#: and at least, once the kernel's pace is known: what a HEAD finds serves for `fresh_for`
+#: (1 s by default), so the lead is what the kernel asks in half that time (`ls -l` of
+#: 100,000 names asked ~600 a second: a lead of 1,024 HEADed most names twice)
+LEAD_MIN = 2 * PREFETCH_PARALLEL
 #: snapshot entries kept for the queues of all directories together (~300 bytes each)
 QUEUED_MAX = 16384
 #: answers for names without a node kept until a lookup takes them
@@ -74,6 +78,8 @@ class _Queue:
     kinds: bool = True  # a lookup asked (kinds only), no getattr yet
     skipped: list[int] = field(default_factory=list)  # passed over while `kinds`
     workers: int = 0
+    asked: int = 0  # the kernel's questions about its names
+    first: float = 0.0  # when the first came (time.monotonic)
 
 
 class Prefetch:
@@ -161,7 +167,7 @@ class Prefetch:
             if queue.skipped:  # back to the first passed over: the others are quick to skip
                 queue.cursor = min(queue.cursor, queue.skipped[0])
                 queue.skipped.clear()
-        queue.until = max(queue.until, position + PREFETCH_ENTRIES)
+        queue.until = max(queue.until, position + self._lead(queue))
         # the name asked goes first: its HEAD is in flight from now on, unless done or going
         first = self._claim(directory_ino, queue, position)
         if first is not None:
@@ -177,6 +183,16 @@ class Prefetch:
         while queue.workers < PREFETCH_PARALLEL and queue.workers < end - queue.cursor:
             queue.workers += 1
             self.nursery.start_soon(self._work, directory_ino, queue)
+
+    def _lead(self, queue: _Queue) -> int:
+        """How far past the name asked HEADs may go (see `LEAD_MIN`)."""
+        now = time.monotonic()
+        queue.asked += 1
+        if queue.asked == 1:
+            queue.first = now
+            return PREFETCH_ENTRIES
+        pace = queue.asked / max(now - queue.first, 1e-3)
+        return min(PREFETCH_ENTRIES, max(LEAD_MIN, int(pace * self.fresh_for / 2)))
 
     async def wait(self, node: Node) -> None:
         """Until a prefetch HEAD of `node` in flight is answered (now if none is)."""
@@ -244,7 +260,10 @@ class Prefetch:
             queue.skipped.append(index)
             return None
         key = (directory_ino, name)
-        if key in self._naming or key in self._found or self.fresh_for <= 0:
+        if key in self._naming or self.fresh_for <= 0:
+            return None
+        found = self._found.get(key)
+        if found is not None and found[1] > time.monotonic():
             return None
         self._naming[key] = trio.Event()
         return lambda: self._head_entry(key, item)
