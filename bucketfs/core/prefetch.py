@@ -79,6 +79,7 @@ class _Queue:
     skipped: list[int] = field(default_factory=list)  # passed over while `kinds`
     workers: int = 0
     asked: int = 0  # the kernel's questions about its names
+    changed: set[str] = field(default_factory=set)  # by this mount since: not HEADed
     first: float = 0.0  # when the first came (time.monotonic)
 
 
@@ -141,6 +142,9 @@ class Prefetch:
         self._found.pop(key, None)
         if key in self._naming:
             self._stale.add(key)
+        queue = self._queues.get(directory_ino)
+        if queue is not None:
+            queue.changed.add(name)
 
     def clear(self) -> None:
         """Forget every answer (a conflict: names show the server's again)."""
@@ -242,6 +246,8 @@ class Prefetch:
         """The HEAD of the queue's entry at `index`, if it needs one, counted as in flight
         from now on (`wait`, `wait_name`)."""
         name, item = queue.entries[index]
+        if name in queue.changed:
+            return None  # what the listing said of it no longer holds
         node = self._child(directory_ino, name)
         if node is None and isinstance(item, Node):
             return None  # no longer reachable by that name

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from bucketfs.backends.memory import MemoryBackend
-from bucketfs.core.nodes import ROOT_INO, Kind
+from bucketfs.core.nodes import ROOT_INO, Kind, Nameless, Node
 from bucketfs.errors import (
     FileExists,
     InvalidArgument,
@@ -502,6 +502,45 @@ def test_a_listing_made_while_an_upload_was_pending_shows_the_file_after_it_went
         assert await h.read_file(again) == b"data"
 
     run_fs(body, dir_timeout=60.0, attr_timeout=0.0, negative_timeout=0.0, writeback_delay=3600.0)
+
+
+def test_names_shown_without_a_node_are_looked_up_from_the_prefetch(run_fs: RunFs) -> None:
+    """readdir shows small listed files without a node; the lookups that follow (ls -l, in
+    listing order) are answered by the prefetch's HEADs, one per name, and make the nodes
+    then; a name this mount removed meanwhile is not answered from what was found before."""
+
+    async def body(h: Harness) -> None:
+        names = [f"f{i:03d}" for i in range(40)]
+        for name in names:
+            await h.put(f"d/{name}", b"s")
+        await h.put("d/big", b"b" * 5000)
+        d = await h.lookup("d")
+        h.fs.namespace.readdir.nameless = True
+        fh = h.fs.opendir(d.ino)
+        try:
+            entries = list(await h.fs.readdir(fh, 0))
+        finally:
+            h.fs.releasedir(fh)
+        shown = {name: item for name, item, _ in entries if name not in (".", "..")}
+        assert sorted(n for n, item in shown.items() if isinstance(item, Nameless)) == names
+        assert isinstance(shown["big"], Node)
+        h.store.calls.clear()
+        first = await h.fs.lookup(d.ino, names[0])  # starts the prefetch of the others
+        assert first.full
+        assert first.ino == shown[names[0]].ino  # the number readdir showed
+        await h.fs.unlink(d.ino, names[5])
+        for name in names[1:]:
+            if name == names[5]:
+                with pytest.raises(NoEntry):
+                    await h.fs.lookup(d.ino, name)
+                continue
+            node = await h.fs.lookup(d.ino, name)
+            assert node.full
+            assert node.ino == shown[name].ino
+        assert h.store.calls["head"] == len(names)  # none twice; none for the large file
+        assert h.fs.namespace.prefetch.taken == len(names)  # f005 by the unlink
+
+    run_fs(body, attr_timeout=60, dir_timeout=60)
 
 
 def test_a_lookup_prefetches_only_the_kinds_it_needs(run_fs: RunFs) -> None:
