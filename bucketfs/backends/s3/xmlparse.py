@@ -186,32 +186,32 @@ def _object(element: ET.Element, decode: Decoder, times: dict[str, float]) -> Ob
     # second, and AWS writes whole seconds too)
     find = element.findtext
     storage_class = find("StorageClass")
-    modified = find("LastModified", "")
-    seconds = times.get(modified)
-    if seconds is None:
-        seconds = times[modified] = parse_time(modified)
     return ObjectInfo(
         decode(find("Key", "")),
         int(find("Size") or 0),
         strip_etag(find("ETag", "")),
-        seconds,
+        _seconds(find("LastModified", ""), times),
         storage_class=sys.intern(storage_class) if storage_class else None,
     )
+
+
+def _seconds(modified: str, times: dict[str, float]) -> float:
+    """A LastModified value of a page as POSIX seconds, read once per page (`times`)."""
+    seconds = times.get(modified)
+    if seconds is None:
+        seconds = times[modified] = parse_time(modified)
+    return seconds
 
 
 def _version(element: ET.Element, decode: Decoder, times: dict[str, float]) -> ObjectInfo:
     """A `<Version>` or `<DeleteMarker>` of ListObjectVersions."""
     find = element.findtext
     storage_class = find("StorageClass")
-    modified = find("LastModified", "")
-    seconds = times.get(modified)
-    if seconds is None:
-        seconds = times[modified] = parse_time(modified)
     return ObjectInfo(
         decode(find("Key", "")),
         int(find("Size") or 0),
         strip_etag(find("ETag", "")),
-        seconds,
+        _seconds(find("LastModified", ""), times),
         version_id=find("VersionId") or None,
         is_latest=(find("IsLatest") or "true").lower() == "true",
         is_delete_marker=element.tag == "DeleteMarker",
