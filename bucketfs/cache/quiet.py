@@ -12,7 +12,9 @@ behind it, ~10% of the daemon's CPU per created file (docs/maintainers/performan
 Invariants: a file is in the queue at most once and only while it has no worker; `take`
 removes it (someone waits for it: its worker starts at once); the first file is never
 waited for past its own due time, and one whose quiet period moved on since it was queued (a
-change after its release) goes to the back, so it holds back no file released after it.
+change after its release) goes to the back, so it holds back no file released after it;
+past `defer` with the requests still coming, a file is handed over only while fewer than
+`BUSY_UPLOADS` uploads run (attempts, and workers started that have not begun one).
 """
 
 from __future__ import annotations
