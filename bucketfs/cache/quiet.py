@@ -12,9 +12,7 @@ behind it, ~10% of the daemon's CPU per created file (docs/maintainers/performan
 Invariants: a file is in the queue at most once and only while it has no worker; `take`
 removes it (someone waits for it: its worker starts at once); the first file is never
 waited for past its own due time, and one whose quiet period moved on since it was queued (a
-change after its release) goes to the back, so it holds back no file released after it;
-past `defer` with the requests still coming, a file is handed over only while fewer than
-`BUSY_UPLOADS` uploads run (attempts, and workers started that have not begun one).
+change after its release) goes to the back, so it holds back no file released after it.
 """
 
 from __future__ import annotations
@@ -28,10 +26,6 @@ from bucketfs.concurrency import Foreground
 
 #: the kernel's requests count as paused once none ran for this long
 FOREGROUND_IDLE = 0.05
-#: uploads running at most while the kernel's requests keep coming past `defer` (each step
-#: of an upload runs on the thread that answers the kernel: with `transfers` of them beside a
-#: burst of creates the burst slowed down further and its later files came due too)
-BUSY_UPLOADS = 2
 
 
 class QuietQueue:
@@ -43,8 +37,6 @@ class QuietQueue:
         foreground: Foreground | None,
         due: Callable[[CachedFile], None],
         until_calm: Callable[[Foreground], Awaitable[None]],
-        running: Callable[[], int] = lambda: 0,
-        until_slot: Callable[[Foreground], Awaitable[None]] | None = None,
     ) -> None:
         self.delay = delay
         self.defer = defer
@@ -52,9 +44,6 @@ class QuietQueue:
         #: told when a file is due (the write-back starts its worker)
         self._due = due
         self._until_calm = until_calm
-        #: upload attempts running now, and a wait until one ended or the requests paused
-        self._running = running
-        self._until_slot = until_slot
         #: file -> when its quiet period ended as it was queued
         self._queued: dict[CachedFile, float] = {}
         #: set when a file arrives in an empty queue
@@ -98,10 +87,6 @@ class QuietQueue:
             if fg is not None and busy and now < due + self.defer:
                 with trio.move_on_at(due + self.defer):
                     await self._until_calm(fg)
-                continue
-            slots = self._until_slot
-            if fg is not None and busy and slots and self._running() >= BUSY_UPLOADS:
-                await slots(fg)
                 continue
             del queued[cf]
             self._due(cf)

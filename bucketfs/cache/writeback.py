@@ -124,13 +124,7 @@ class WriteBack:
             foreground=foreground,
             due=self._spawn,
             until_calm=self._until_calm,
-            running=lambda: len(self._attempting) + len(self._starting),
-            until_slot=self._until_slot,
         )
-        #: workers started by the queue that have not begun an attempt yet
-        self._starting: set[CachedFile] = set()
-        #: set (and replaced) when an upload attempt ends or the kernel's requests paused
-        self._gate = trio.Event()
         #: a worker waiting while its file is open for writing -> "released or kicked"
         self._wakes: dict[CachedFile, trio.Event] = {}
         #: files whose upload attempt runs (or waits for an upload slot): due, not superseded
@@ -185,7 +179,6 @@ class WriteBack:
 
     def _spawn(self, cf: CachedFile) -> None:
         assert self._nursery is not None, "WriteBack.run() has not started"
-        self._starting.add(cf)
         self._nursery.start_soon(self._worker, cf)
 
     async def flush(self, cf: CachedFile) -> None:
@@ -308,7 +301,6 @@ class WriteBack:
                         await self._workers[cf].wait()
                     retry = min(retry * 2, RETRY_MAX)
         finally:
-            self._starting.discard(cf)
             self._workers.pop(cf, None)
             self._wakes.pop(cf, None)
             self._progress(cf)
@@ -350,10 +342,6 @@ class WriteBack:
     async def _until_calm(self, fg: Foreground) -> None:
         """Until no kernel request ran for FOREGROUND_IDLE seconds; one timer for every
         upload that waits for that (none when none waits: an idle daemon stays asleep)."""
-        await self._watch_calm(fg).wait()
-
-    def _watch_calm(self, fg: Foreground) -> trio.Event:
-        """The event set once the kernel's requests paused (the one timer that watches)."""
         if self._calm is None:
             self._calm = calm = trio.Event()
             assert self._nursery is not None, "WriteBack.run() has not started"
@@ -364,10 +352,9 @@ class WriteBack:
                     await trio.sleep(FOREGROUND_IDLE)
                 self._calm = None
                 calm.set()
-                self._open_gate()
 
             self._nursery.start_soon(watch)
-        return self._calm
+        await self._calm.wait()
 
     def _forgotten(self, cf: CachedFile) -> None:
         """`cf` left the cache or lost its name: its worker (if any) ends now, not after
@@ -389,22 +376,10 @@ class WriteBack:
 
     async def _attempt(self, cf: CachedFile) -> None:
         self._attempting.add(cf)
-        self._starting.discard(cf)
         try:
             await self._attempt_now(cf)
         finally:
             self._attempting.discard(cf)
-            self._open_gate()
-
-    def _open_gate(self) -> None:
-        gate, self._gate = self._gate, trio.Event()
-        gate.set()
-
-    async def _until_slot(self, fg: Foreground) -> None:
-        """Until an upload attempt ended or the kernel's requests paused (`quiet.py`)."""
-        gate = self._gate
-        self._watch_calm(fg)
-        await gate.wait()
 
     async def _attempt_now(self, cf: CachedFile) -> None:
         generation = cf.generation

@@ -5,12 +5,9 @@ tests/fuse/test_saves.py and tests/fuse/test_quiet.py do it through the kernel."
 from __future__ import annotations
 
 import os
-from typing import Any
 
-import pytest
 import trio
 
-from bucketfs.cache import quiet
 from bucketfs.core.nodes import ROOT_INO
 from tests.support.harness import BUCKET, Harness, RunFs
 
@@ -268,36 +265,3 @@ def test_a_file_in_its_quiet_period_is_uploaded_at_once_when_waited_for(
         await h.fs.release(fh)
 
     run_fs(body, writeback_delay=3600.0)
-
-
-def test_uploads_past_upload_defer_run_two_at_a_time_while_the_kernel_is_busy(
-    run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past `upload_defer`, a burst of kernel requests shares the thread with two uploads at
-    most (`quiet.BUSY_UPLOADS`), not with `transfers` of them; once it pauses, all go."""
-
-    async def body(h: Harness) -> None:
-        inflight = [0, 0]  # now, most
-        real_put = h.store.put
-
-        async def put(*args: Any, **kwargs: Any) -> Any:
-            inflight[0] += 1
-            inflight[1] = max(inflight[1], inflight[0])
-            try:
-                return await real_put(*args, **kwargs)
-            finally:
-                inflight[0] -= 1
-
-        monkeypatch.setattr(h.store, "put", put)
-        for i in range(8):
-            await h.write_file(f"busy{i}", b"x")
-        await kernel_busy(h, 5.0)  # due at 1 s, past `upload_defer` at 2 s
-        assert h.store.calls["put"] == 8
-        assert inflight[1] == quiet.BUSY_UPLOADS
-        inflight[1] = 0
-        for i in range(8):
-            await h.write_file(f"calm{i}", b"x")
-        await h.settle()
-        assert inflight[1] == 8  # no requests: `transfers` at once
-
-    run_fs(body, writeback_delay=1.0, upload_defer=1.0, latency=0.1)
