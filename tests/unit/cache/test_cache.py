@@ -418,6 +418,42 @@ def test_data_files_are_created_ahead_and_unknown_ones_swept(tmp_path: Path) -> 
     assert sorted(os.listdir(tmp_path / "data")) == ["3"]
 
 
+def test_a_data_file_created_ahead_is_opened_without_o_creat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open with O_CREAT takes the directory's lock, which the thread creating the next
+    files holds: one created ahead is opened without it; one removed since (a sweep) is
+    created again."""
+    files = DataFiles(tmp_path)
+    monkeypatch.setattr(datafiles, "SPARE", 8)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            files.given_out(1, nursery)
+
+    trio.run(main)
+    flags: dict[str, int] = {}
+    real_open = os.open
+
+    def recording_open(path: Any, flag: int, *args: Any) -> int:
+        flags[os.path.basename(path)] = flag
+        return real_open(path, flag, *args)
+
+    monkeypatch.setattr(datafiles.os, "open", recording_open)
+    with files.using(2) as fd:
+        os.pwrite(fd, b"two", 0)
+    assert not flags["2"] & os.O_CREAT
+    (tmp_path / "data" / "3").unlink()
+    with files.using(3) as fd:
+        os.pwrite(fd, b"three", 0)
+    assert flags["3"] & os.O_CREAT
+    with files.using(20) as fd:  # past what was created ahead
+        os.pwrite(fd, b"twenty", 0)
+    assert flags["20"] & os.O_CREAT
+    files.close_all()
+    assert (tmp_path / "data" / "3").read_bytes() == b"three"
+
+
 def test_a_stray_data_file_is_swept_at_the_next_start(tmp_path: Path) -> None:
     """A crash may leave a data file whose id has no row: the next start sweeps it, so a new
     file never starts with bytes of an old one."""

@@ -13,6 +13,7 @@ import os
 import stat
 
 import pytest
+import trio
 
 from bucketfs.core.nodes import ROOT_INO, Node
 from bucketfs.errors import (
@@ -271,3 +272,34 @@ def test_large_file_goes_up_in_parts(run_fs: RunFs) -> None:
         assert (await h.head("large.bin")).metadata["mode"] == str(stat.S_IFREG | 0o644)
 
     run_fs(body, part_size=5 * MiB)
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the steps of one task (each step after the first is a turn of trio's loop)."""
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+def test_creating_and_writing_a_small_file_takes_no_turn_of_the_loop(run_fs: RunFs) -> None:
+    """create, write, flush and release of a new small file run without yielding to trio's
+    loop (each turn costs the FUSE thread ~30 us: one per written file was the file's lock)."""
+
+    async def body(h: Harness) -> None:
+        steps = _Steps()
+        steps.task = trio.lowlevel.current_task()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for i in range(5):
+                await h.write_file(f"f{i}", b"x" * 100)
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert steps.steps == 0
+        assert await h.body("f4") == b"x" * 100
+
+    run_fs(body)

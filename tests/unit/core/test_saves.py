@@ -211,3 +211,57 @@ def test_no_quiet_period_means_no_waiting_for_the_kernel(run_fs: RunFs) -> None:
             assert await h.store.keys(BUCKET) == ["a"]
 
     run_fs(body, writeback_delay=0.0, upload_defer=5.0)
+
+
+def test_a_burst_of_releases_leaves_no_task_per_file(run_fs: RunFs) -> None:
+    """Files in their quiet period wait in one queue, not one task (with its timer) each;
+    they go up once it ended, in the order they were released."""
+
+    async def body(h: Harness) -> None:
+        writeback = h.fs.data.writeback
+        assert writeback._nursery is not None
+        before = len(writeback._nursery.child_tasks)
+        for i in range(50):
+            await h.write_file(f"f{i:02d}", b"x")
+        assert len(writeback._nursery.child_tasks) == before
+        assert h.store.calls["put"] == 0
+        await trio.sleep(1.5)
+        assert h.store.calls["put"] == 50
+        assert await h.keys() == [f"f{i:02d}" for i in range(50)]
+
+    run_fs(body, writeback_delay=1.0)
+
+
+def test_a_file_changed_after_its_release_holds_back_no_other(run_fs: RunFs) -> None:
+    """The first file in the queue whose quiet period moved on goes to the back: the files
+    released after it are uploaded when theirs ends."""
+
+    async def body(h: Harness) -> None:
+        a = await h.write_file("a", b"1")
+        await h.write_file("b", b"2")
+        for n in range(6):  # `a` is changed every 0.5 s: its quiet period never ends
+            await trio.sleep(0.5)
+            await h.fs.setxattr(a.ino, "user.n", str(n).encode())
+        assert await h.store.keys(BUCKET) == ["b"]
+        await trio.sleep(1.1)
+        assert await h.store.keys(BUCKET) == ["a", "b"]
+        assert (await h.store.head(BUCKET, "a")).metadata["n"] == "5"
+
+    run_fs(body, writeback_delay=1.0)
+
+
+def test_a_file_in_its_quiet_period_is_uploaded_at_once_when_waited_for(
+    run_fs: RunFs,
+) -> None:
+    async def body(h: Harness) -> None:
+        node = await h.write_file("f", b"data")
+        await trio.sleep(1.0)
+        assert h.store.calls["put"] == 0
+        fh, _keep = await h.fs.open(node.ino, os.O_RDONLY)
+        started = trio.current_time()
+        await h.fs.fsync(fh)
+        assert trio.current_time() - started < 0.5
+        assert h.store.calls["put"] == 1
+        await h.fs.release(fh)
+
+    run_fs(body, writeback_delay=3600.0)
