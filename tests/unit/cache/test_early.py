@@ -6,6 +6,7 @@ restamping the metadata, and the journal of upload ids."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,9 @@ async def sent_at_least(h: Harness, parts: int) -> None:
     for _ in range(1000):
         if h.fs.data.writeback.early.sent >= parts:
             return
-        await trio.sleep(0.01)
+        # 10 ms of real time: the mock clock jumps past a `trio.sleep` at once, while the
+        # threads reading the parts take real time (1,000 jumps could pass before one ran)
+        await trio.to_thread.run_sync(time.sleep, 0.01)
     raise AssertionError(f"{h.fs.data.writeback.early.sent} parts sent early, not {parts}")
 
 
