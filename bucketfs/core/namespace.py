@@ -141,7 +141,6 @@ class Namespace:
         self.prefetch = Prefetch(
             self._prefetched,
             self._prefetched_name,
-            self.table.get,
             self._child,
             fresh_for=max(options.attr_timeout, options.dir_timeout),
         )
@@ -391,8 +390,7 @@ class Namespace:
         if node is not None and not node.full:
             if node.kind_certain and node.attr_expiry > time.monotonic():
                 return node  # listed just now, of a sure kind: getattr asks the rest
-            if node.kind is not Kind.DIR:
-                self.prefetch.kick(parent.ino, name, kinds=True)
+            self.prefetch.kick(parent.ino, name, kinds=True)
             await self.prefetch.wait(node)
         if node is not None and (node.pinned or self._fresh(node)):
             return node
@@ -498,13 +496,9 @@ class Namespace:
         """The HEAD of one listed node, sent ahead of the kernel's question (prefetch.py)."""
         if not node.full and not node.pinned and node.bucket is not None:
             key = node.key
-            # a listed file's etag, size and mtime are the listing's (apply, full=False): a
-            # HEAD of that very version, kept by this mount or an earlier one, answers
-            info = (
-                self.data.attrs.match(node.bucket, key, node.etag, node.size, node.mtime)
-                if node.kind is not Kind.DIR and node.etag and self._data is not None
-                else None
-            ) or await self.heads.head_or_none(node.bucket, key)
+            # a listed file's etag, size and mtime are the listing's (apply, full=False)
+            etag = node.etag if node.kind is not Kind.DIR else None
+            info = await self._head_as_listed(node.bucket, key, etag, node.size, node.mtime)
             if node.pinned or node.full or node.key != key:
                 return  # changed through this mount while we asked
             if node.kind is Kind.DIR:
@@ -512,7 +506,7 @@ class Namespace:
             elif info is not None and self.resolver.file_entry(info).kind is node.kind:
                 self.apply(node, info, full=True)
             # metadata read on behalf of a listing is as fresh as the listing
-            node.attr_expiry = time.monotonic() + max(self.opts.attr_timeout, self.opts.dir_timeout)
+            node.attr_expiry = time.monotonic() + self.prefetch.fresh_for
 
     async def _prefetched_name(self, directory_ino: int, name: str, entry: Entry) -> Entry | None:
         """The HEAD of a listed file readdir showed without a node (prefetch.py): what a
@@ -520,13 +514,24 @@ class Namespace:
         directory = self.table.get(directory_ino)
         if directory is None or directory.bucket is None or entry.info is None:
             return None
-        bucket, key, listed = directory.bucket, directory.key + name, entry.info
-        info = (
-            self.data.attrs.match(bucket, key, listed.etag, listed.size, listed.last_modified)
-            if listed.etag and self._data is not None
-            else None
-        ) or await self.heads.head_or_none(bucket, key)
+        listed = entry.info
+        info = await self._head_as_listed(
+            directory.bucket, directory.key + name, listed.etag, listed.size, listed.last_modified
+        )
         return None if info is None else self.resolver.file_entry(info)
+
+    async def _head_as_listed(
+        self, bucket: str, key: str, etag: str | None, size: int, modified: float
+    ) -> ObjectInfo | None:
+        """The HEAD of an object a listing showed with `etag`, `size` and `modified` (None:
+        a directory's marker): a HEAD of that very version, kept by this mount or an earlier
+        one, answers without a request (cache/attrstore.py)."""
+        kept = (
+            self.data.attrs.match(bucket, key, etag, size, modified)
+            if etag and self._data is not None
+            else None
+        )
+        return kept or await self.heads.head_or_none(bucket, key)
 
     def _child(self, directory_ino: int, name: str) -> Node | None:
         directory = self.table.get(directory_ino)
@@ -537,8 +542,7 @@ class Namespace:
         if node.virtual is not None:  # hook: versions never change (versions.py)
             return node
         if not node.full:
-            if node.kind is not Kind.DIR:
-                self.prefetch.kick(node.parent, node.name)
+            self.prefetch.kick(node.parent, node.name)
             await self.prefetch.wait(node)
         if node.pinned or node.unlinked or node.ino == ROOT_INO or self._fresh(node):
             return node

@@ -88,19 +88,16 @@ class Prefetch:
         self,
         refresh: Callable[[Node], Awaitable[None]],
         head_name: Callable[[int, str, Entry], Awaitable[Entry | None]],
-        node: Callable[[int], Node | None],
         child: Callable[[int, str], Node | None],
         *,
         fresh_for: float,
     ) -> None:
         """`refresh(node)` sends the HEAD of one listed node and applies what it says;
         `head_name(directory, name, entry)` that of a listed name with no node and says what
-        it found; `node(ino)` is the inode table's node of that number, `child(directory,
-        name)` the one reachable by that name, if any; what a name's HEAD found serves a
-        lookup for `fresh_for` seconds."""
+        it found; `child(directory, name)` is the inode table's node reachable by that name,
+        if any; what a name's HEAD found serves a lookup for `fresh_for` seconds."""
         self._refresh = refresh
         self._head_name = head_name
-        self._node = node
         self._child = child
         self.fresh_for = fresh_for
         self.nursery: trio.Nursery | None = None
@@ -163,6 +160,8 @@ class Prefetch:
         position = bisect_left(queue.entries, name, hi=queue.listed, key=_name)
         if position >= queue.listed or queue.entries[position][0] != name:
             return  # not listed (made here since, or never there): no reason to go on
+        if queue.entries[position][1].kind is Kind.DIR:
+            return  # a directory's attributes are its marker's: nothing for its siblings
         # the most recently asked moves to the back (a dict keeps insertion order)
         del self._queues[directory_ino]
         self._queues[directory_ino] = queue

@@ -38,7 +38,7 @@ class World:
         self.nodes = {n.ino: n for n in nodes or []}
         self.asked: list[str] = []
         self.gate: trio.Event | None = None  # HEADs wait for it when set
-        self.prefetch = Prefetch(self.refresh, self.head_name, self.node, self.child, fresh_for=60)
+        self.prefetch = Prefetch(self.refresh, self.head_name, self.child, fresh_for=60)
 
     async def refresh(self, node: Node) -> None:
         self.asked.append(node.name)
@@ -51,9 +51,6 @@ class World:
         if self.gate is not None:
             await self.gate.wait()
         return Entry(Kind.FILE, entry.info, head=True)
-
-    def node(self, ino: int) -> Node | None:
-        return self.nodes.get(ino)
 
     def child(self, directory: int, name: str) -> Node | None:
         return next((n for n in self.nodes.values() if n.name == name), None)
