@@ -102,26 +102,26 @@ class ObjectInfo:
         _set_checksums(self, checksums)
 
 
-def _slot_setter(cls: type[object], name: str) -> Callable[[object, object], None]:
+def slot_setter(cls: type[object], name: str) -> Callable[[object, object], None]:
     """The `__set__` of slot `name` of `cls`: what `object.__setattr__` ends up calling, without
     looking the name up on every store."""
     setter: Callable[[object, object], None] = cls.__dict__[name].__set__
     return setter
 
 
-_set_key = _slot_setter(ObjectInfo, "key")
-_set_size = _slot_setter(ObjectInfo, "size")
-_set_etag = _slot_setter(ObjectInfo, "etag")
-_set_last_modified = _slot_setter(ObjectInfo, "last_modified")
-_set_metadata = _slot_setter(ObjectInfo, "metadata")
-_set_content_type = _slot_setter(ObjectInfo, "content_type")
-_set_version_id = _slot_setter(ObjectInfo, "version_id")
-_set_is_latest = _slot_setter(ObjectInfo, "is_latest")
-_set_is_delete_marker = _slot_setter(ObjectInfo, "is_delete_marker")
-_set_storage_class = _slot_setter(ObjectInfo, "storage_class")
-_set_system = _slot_setter(ObjectInfo, "system")
-_set_server_date = _slot_setter(ObjectInfo, "server_date")
-_set_checksums = _slot_setter(ObjectInfo, "checksums")
+_set_key = slot_setter(ObjectInfo, "key")
+_set_size = slot_setter(ObjectInfo, "size")
+_set_etag = slot_setter(ObjectInfo, "etag")
+_set_last_modified = slot_setter(ObjectInfo, "last_modified")
+_set_metadata = slot_setter(ObjectInfo, "metadata")
+_set_content_type = slot_setter(ObjectInfo, "content_type")
+_set_version_id = slot_setter(ObjectInfo, "version_id")
+_set_is_latest = slot_setter(ObjectInfo, "is_latest")
+_set_is_delete_marker = slot_setter(ObjectInfo, "is_delete_marker")
+_set_storage_class = slot_setter(ObjectInfo, "storage_class")
+_set_system = slot_setter(ObjectInfo, "system")
+_set_server_date = slot_setter(ObjectInfo, "server_date")
+_set_checksums = slot_setter(ObjectInfo, "checksums")
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,7 +141,9 @@ _warned: set[str] = set()
 def valid_name(name: str, *, where: str = "") -> bool:
     """Whether `name` (one key segment) can be shown as a file name; logs a bad one once."""
     ok = name not in ("", ".", "..") and "\0" not in name and "/" not in name
-    if ok:
+    if ok and name.isascii():  # one byte a character: no encoding to count them
+        ok = len(name) <= NAME_MAX
+    elif ok:
         try:
             ok = len(name.encode("utf-8")) <= NAME_MAX
         except UnicodeEncodeError:

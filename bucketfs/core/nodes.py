@@ -36,7 +36,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from bucketfs.types import EMPTY
 
@@ -103,12 +103,12 @@ class Virtual:
         return (self.kind, self.bucket, self.path, self.at_ms, vid)
 
 
-@dataclass(frozen=True, slots=True)
-class Nameless:
+class Nameless(NamedTuple):
     """A name readdir shows without a node (readdir.py `Readdir.nameless`): the kernel gets its
     type and inode number, makes no inode for it, and looks the name up if it needs more. `ino`
     is reserved for the node a lookup of the name makes while the readdir is open, so that
-    `d_ino` and `st_ino` agree."""
+    `d_ino` and `st_ino` agree. A named tuple: one is made per name handed out (100,000 for an
+    `ls` of a large directory), at about half a frozen dataclass's cost."""
 
     ino: int
     st_mode: int

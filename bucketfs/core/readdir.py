@@ -79,6 +79,8 @@ class Names(Protocol):
     def node_from_marker(self, parent: Node, name: str, marker: PendingMarker) -> Node: ...
 
 
+#: the st_mode of a name shown without a node (a file: the kind readdir can show so)
+FILE_BITS = KIND_BITS[Kind.FILE]
 #: inode numbers kept reserved for names shown without a node, all directories together
 #: (~100 bytes each: the name is the listing's)
 RESERVED_MAX = 65536
@@ -93,6 +95,8 @@ class Readdir:
         #: directory inode -> {name: inode number} shown without a node, least recent first
         self._reservations: dict[int, dict[str, int]] = {}
         self._reserved_count = 0
+        #: the directory last moved to the end of `_reservations` (its most recent)
+        self._recent = 0
         #: whether the kernel adapter can show a name without a node (fuse/nameless.py)
         self.nameless = False
 
@@ -122,7 +126,14 @@ class Readdir:
         ns.listings.keep(directory.ino, listed, changes, readdir=True)  # not if it lacks one
         if directory.bucket is not None:
             ns.resolver.file_names.listed(directory.bucket, directory.key, listed)
-        entries: list[tuple[str, Node | Entry]] = []
+        if not markers and not cached and not ns.table.children.get(directory.ino):
+            # nothing of this directory is local (no node, nothing unsaved, no marker: a large
+            # directory read the first time): the listing as it is, without a turn per name
+            entries: list[tuple[str, Node | Entry]] = list(listed.items())
+            if not ns.listing_attrs:
+                ns.prefetch.defer(directory.ino, entries, len(listed))
+            return entries
+        entries = []
         seen: set[str] = set()
         for name, entry in listed.items():
             seen.add(name)
@@ -164,29 +175,38 @@ class Readdir:
     def shown(self, snapshot: Snapshot, name: str, entry: Entry) -> Node | Nameless | None:
         """What readdir hands the kernel for a listed name of `snapshot` that had no node: a
         file of unsure kind without one (see the module's invariants), else a node
-        (`listed_node`); None if this mount removed the name since."""
+        (`listed_node`); None if this mount removed the name since. Called once per name
+        handed out: the checks go cheapest and most telling first."""
+        info = entry.info
         if (
-            not self.nameless
+            info is None
             or entry.kind is not Kind.FILE
             or entry.head
-            or entry.info is None
-            or entry.info.size > SYMLINK_MAX
+            or info.size > SYMLINK_MAX
+            or not self.nameless
             or self._ns.listing_attrs
             or name in snapshot.gone
-            or self._ns.table.child(snapshot.directory, name) is not None
         ):
             return self.listed_node(snapshot, name, entry)
         directory = snapshot.directory.ino
-        # back in as the most recent (a dict keeps insertion order)
-        names = self._reservations[directory] = self._reservations.pop(directory, {})
+        kids = self._ns.table.children.get(directory)
+        if kids and name in kids and self._ns.table.child(snapshot.directory, name) is not None:
+            return self.listed_node(snapshot, name, entry)
+        reservations = self._reservations
+        names = reservations.get(directory)
+        if names is None or directory != self._recent:
+            # back in as the most recent (a dict keeps insertion order); once per directory
+            # read in turn, not per name
+            names = reservations[directory] = reservations.pop(directory, {})
+            self._recent = directory
         ino = names.get(name)
         if ino is None:
             ino = names[name] = self._ns.table.reserve()
             self._reserved_count += 1
-            while self._reserved_count > RESERVED_MAX and len(self._reservations) > 1:
-                oldest = next(iter(self._reservations))
-                self._reserved_count -= len(self._reservations.pop(oldest))
-        return Nameless(ino, KIND_BITS[Kind.FILE])
+            while self._reserved_count > RESERVED_MAX and len(reservations) > 1:
+                oldest = next(iter(reservations))
+                self._reserved_count -= len(reservations.pop(oldest))
+        return Nameless(ino, FILE_BITS)
 
     def _reserved(self, parent_ino: int, name: str) -> int | None:
         """The inode number `name` in directory `parent_ino` was shown with, taken (the table

@@ -213,14 +213,17 @@ class FuseOps(pyfuse3.Operations):
         if self._room is not None:
             await self._room()
         entries = await self.fs.readdir(fh, start_id)
+        unnamed = nameless.Entries() if nameless.AVAILABLE else None
+        reply = pyfuse3.readdir_reply
         for name, node, next_id in itertools.islice(entries, READDIR_MAX_ENTRIES):
             if isinstance(node, Nameless):  # no node: the kernel takes no reference for it
-                attrs = nameless.nameless_entry(node)
-            else:
-                attrs = self._attrs(node)
-            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), attrs, next_id):
+                assert unnamed is not None
+                if not reply(token, name.encode("utf-8"), unnamed(node), next_id):
+                    break
+                continue
+            if not reply(token, name.encode("utf-8"), self._attrs(node), next_id):
                 break
-            if isinstance(node, Node) and name not in (".", ".."):  # none for these two
+            if name not in (".", ".."):  # none for these two
                 self.fs.remember(node)
 
     @_errors

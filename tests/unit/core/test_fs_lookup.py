@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from bucketfs.backends.memory import MemoryBackend
+from bucketfs.core import readdir
 from bucketfs.core.nodes import ROOT_INO, Kind, Nameless, Node
 from bucketfs.errors import (
     FileExists,
@@ -539,6 +540,42 @@ def test_names_shown_without_a_node_are_looked_up_from_the_prefetch(run_fs: RunF
             assert node.ino == shown[name].ino
         assert h.store.calls["head"] == len(names)  # none twice; none for the large file
         assert h.fs.namespace.prefetch.taken == len(names)  # f005 by the unlink
+
+    run_fs(body, attr_timeout=60, dir_timeout=60)
+
+
+def test_numbers_shown_without_a_node_survive_reading_other_directories(
+    run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name shown without a node keeps its number while other directories are read (the
+    reservations of the directories read last are kept, a directory's whole set at once,
+    never the one being read), so `d_ino` and a later lookup's `st_ino` agree."""
+    monkeypatch.setattr(readdir, "RESERVED_MAX", 25)
+
+    async def body(h: Harness) -> None:
+        for d in ("a", "b", "c"):
+            for i in range(10):
+                await h.put(f"{d}/f{i}", b"s")
+        h.fs.namespace.readdir.nameless = True
+
+        async def shown(d: str) -> dict[str, int]:
+            node = await h.lookup(d)
+            fh = h.fs.opendir(node.ino)
+            try:
+                items = list(await h.fs.readdir(fh, 0))
+            finally:
+                h.fs.releasedir(fh)
+            return {n: item.ino for n, item, _ in items if isinstance(item, Nameless)}
+
+        a = await shown("a")
+        b = await shown("b")
+        assert await shown("a") == a  # read again: the same numbers (a back as the newest)
+        c = await shown("c")  # 30 > 25: the oldest directory's set (b) goes, not a's
+        assert await shown("a") == a
+        assert await shown("c") == c
+        assert set((await shown("b")).values()).isdisjoint(b.values())  # b's were dropped
+        node = await h.fs.lookup((await h.lookup("c")).ino, "f3")
+        assert node.ino == c["f3"]
 
     run_fs(body, attr_timeout=60, dir_timeout=60)
 

@@ -19,3 +19,18 @@ def test_the_entry_carries_the_number_but_no_node() -> None:
     plain = pyfuse3.EntryAttributes()
     plain.st_ino = 7
     assert plain.st_ino == 7  # other entries are untouched
+
+
+def test_a_reply_reuses_one_entry_per_type_with_each_names_number() -> None:
+    """readdir's `Entries` writes each name's number into one reused entry per file type
+    (`readdir_reply` copies it at once); the kernel still gets no node for any of them."""
+    entries = nameless.Entries()
+    first = entries(Nameless(10, 0o100000))
+    assert (first.st_ino, nameless.reserved_ino(first)) == (0, 10)
+    second = entries(Nameless(11, 0o100000))
+    assert second is first
+    assert (second.st_ino, nameless.reserved_ino(second)) == (0, 11)
+    other = entries(Nameless(12, 0o010000))
+    assert other is not first
+    assert (other.st_mode, other.st_ino, nameless.reserved_ino(other)) == (0o010000, 0, 12)
+    assert nameless.reserved_ino(first) == 11  # the file entry keeps its last number
