@@ -280,10 +280,11 @@ class Resolver:
             for above_key in above[: listing.LEVELS]:
                 if self.subtrees.too_big(bucket, above_key):
                     break
-                if self.file_names.estimate(bucket, above_key) > most:
+                keys = self.file_names.estimate(bucket, above_key)
+                if keys > most:
                     self.subtrees.seen_too_big(bucket, above_key)
                     break
-                fits.append(above_key)
+                fits.append((above_key, keys))
             ancestor = self.subtrees.ancestor_to_list(bucket, directory.key, fits)
         below = None
         if ancestor is not None:

@@ -402,3 +402,30 @@ def test_an_ancestor_estimated_too_large_is_not_estimated_at_every_relisting(
         assert h.fs.namespace.subtrees.listed == 0
 
     run_fs(body, dir_timeout=DIR_TIMEOUT, negative_timeout=0)
+
+
+def test_an_ancestor_is_listed_recursively_only_while_it_saves_cpu() -> None:
+    """A subtree listing replaces the relistings of its directories for `dir_timeout`; it is
+    worth its CPU only while its keys stay below `PER_RELIST` per relisting it saves, at the
+    pace of the last `WINDOW` (a `tar c` walking a tree of 3,000 keys at 12 directories a
+    second listed the whole tree once a second: a fifth of its CPU)."""
+    now = [100.0]
+    subtrees = listing.Subtrees(1.0, clock=lambda: now[0])
+    assert subtrees.ancestor_to_list("b", "t/d0/", [("t/", 0)]) is None  # no other yet
+    # one other directory relisted lately: a tree never listed (a writer's fresh one), or a
+    # small one, is listed; a large one is not
+    assert subtrees.ancestor_to_list("b", "t/d1/", [("t/", 0)]) == "t/"
+    assert subtrees.ancestor_to_list("b", "t/d2/", [("t/", 3 * listing.PER_RELIST // 5)]) == "t/"
+    assert subtrees.ancestor_to_list("b", "t/d3/", [("t/", 3000)]) is None
+    # 100 directories relisted within the window: 20 relistings a `dir_timeout` saved
+    for i in range(4, 100):
+        now[0] += 0.01
+        subtrees.ancestor_to_list("b", f"t/d{i}/", [])
+    assert subtrees.ancestor_to_list("b", "t/dx/", [("t/", 1000)]) == "t/"
+    assert subtrees.ancestor_to_list("b", "t/dy/", [("t/", 3000)]) is None
+    # the nearest ancestor that pays is taken when a higher one does not
+    assert subtrees.ancestor_to_list("b", "t/dz/", [("t/", 1000), ("", 50_000)]) == "t/"
+    # once the window passed, the pace is one directory again
+    now[0] += 10 * listing.WINDOW
+    subtrees.ancestor_to_list("b", "t/e0/", [])
+    assert subtrees.ancestor_to_list("b", "t/e1/", [("t/", 1000)]) is None
