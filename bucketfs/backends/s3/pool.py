@@ -6,7 +6,11 @@ connection, its response body read chunk by chunk). `s3/wire.py` sends every S3 
 daemon through it (a caller's httpx2 transport aside).
 Why: httpcore2's pool, request and response models cost about twice a HEAD's own work
 (docs/maintainers/performance.md, "The request path"); this path is one h11 state machine, one
-`send_all` and one `receive_some` for a small exchange. Invariants:
+write and one read for a small exchange. On plain TCP those are `os.write`/`os.read` on the
+non-blocking socket (a wait for writable or readable only when the socket asks for one):
+trio's `SocketStream.send_all` costs ~48 us of CPU a call in a loop where `os.write` costs 2
+(a cancel scope, a conflict check and a yield to the scheduler after every send;
+/work/scratch-lead/s18/sockmicro.py, session 18). Invariants:
 
 - HTTP framing and parsing are h11's, TLS is the `ssl` module's through `trio.SSLStream` (the
   caller's `ssl.SSLContext`: certificate and host name checks are its own); this module only
@@ -43,6 +47,7 @@ Why: httpcore2's pool, request and response models cost about twice a HEAD's own
 from __future__ import annotations
 
 import math
+import os
 import select
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
@@ -89,7 +94,7 @@ Body = bytes | WholeBody | AsyncIterable[bytes] | AsyncIterable[memoryview]
 class _Conn:
     """One TCP connection and its h11 state machine."""
 
-    __slots__ = ("h11", "host", "poll", "socket", "stream")
+    __slots__ = ("fd", "h11", "host", "poll", "socket", "stream")
 
     def __init__(
         self, host: bytes, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
@@ -98,6 +103,9 @@ class _Conn:
         self.stream = stream
         tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         self.socket = tcp.socket
+        #: plain TCP: the socket's descriptor, read and written here without trio's stream
+        #: (`Pool._send_all`, `Pool._next`); -1 over TLS
+        self.fd = -1 if isinstance(stream, trio.SSLStream) else self.socket.fileno()
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 << 10)
         self.poll = select.poll()
         self.poll.register(self.socket.fileno(), select.POLLIN)
@@ -296,6 +304,20 @@ class Pool:
             raise error
 
     async def _send_all(self, conn: _Conn, data: bytes | memoryview) -> None:
+        if conn.fd >= 0:
+            # plain TCP: straight to the (non-blocking) socket; a request head fits its send
+            # buffer, so this is one syscall, without trio's stream around it (a cancel scope,
+            # a conflict check and a yield to the scheduler after the send: ~10% of a HEAD's
+            # CPU in the daemon); what does not fit waits below as before
+            try:
+                sent = _write(conn.fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise httpx2.WriteError(str(exc) or type(exc).__name__) from exc
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
         try:
             with trio.fail_after(self._write):
                 await conn.stream.send_all(data)
@@ -318,7 +340,11 @@ class Pool:
                     return event
                 try:
                     with trio.fail_after(self._read):
-                        data = await conn.stream.receive_some(size)
+                        data: bytes | bytearray
+                        if conn.fd >= 0:  # plain TCP: wait, then one read (see `_send_all`)
+                            data = await _receive(conn.fd, size)
+                        else:
+                            data = await conn.stream.receive_some(size)
                 except trio.TooSlowError as exc:
                     raise httpx2.ReadTimeout("timed out reading") from exc
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -338,6 +364,23 @@ class Pool:
             for conn in conns:
                 self._open -= 1
                 await conn.close()
+
+
+#: the plain-TCP socket calls (module names, so that a test can count them)
+_write = os.write
+_read = os.read
+
+
+async def _receive(fd: int, size: int) -> bytes:
+    """At most `size` bytes from plain TCP socket `fd` once it is readable (b"": the server
+    closed it). Waits first: right after a request nothing is there yet, and a read that
+    fails first costs a syscall and an exception."""
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            return _read(fd, size)
+        except BlockingIOError:  # pragma: no cover - woken without data
+            continue
 
 
 def _data(h: h11.Connection, chunk: bytes) -> bytes:

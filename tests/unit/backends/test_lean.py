@@ -374,6 +374,37 @@ async def test_streamed_bodies_with_length_and_chunked() -> None:
 
 
 @trio_test
+async def test_a_body_larger_than_the_socket_buffers_goes_whole() -> None:
+    """Plain TCP writes go straight to the socket (`Pool._send_all`): what the first write
+    leaves (8 MiB is over loopback's buffers) is sent once the socket is writable, in
+    order, with the server reading meanwhile on the same trio loop."""
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting(fd: int, data: Any) -> int:
+        n = real_write(fd, data)
+        writes.append(n)
+        return n
+
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery)
+        pool = make_pool(server)
+        big = bytes(range(256)) * (32 << 10)
+        pool_module._write = counting
+        try:
+            assert await fetch(pool, b"PUT", big, b"/big") == (200, b"")
+        finally:
+            pool_module._write = real_write
+        assert server.seen.requests[-1] == (b"PUT", b"/big", big)
+        assert writes
+        assert writes[-1] < len(big)  # the body's first write was partial
+        assert await fetch(pool) == (200, b"hello")  # and the connection is still good
+        assert server.seen.connections == 1
+        await pool.aclose()
+        nursery.cancel_scope.cancel()
+
+
+@trio_test
 async def test_a_whole_body_goes_from_a_worker_thread_and_a_cancel_stops_it() -> None:
     threads: list[int] = []
     transmit = pool_module.transmit
