@@ -10,7 +10,7 @@ write and one read for a small exchange. On plain TCP those are `os.write`/`os.r
 non-blocking socket (a wait for writable or readable only when the socket asks for one):
 trio's `SocketStream.send_all` costs ~48 us of CPU a call in a loop where `os.write` costs 2
 (a cancel scope, a conflict check and a yield to the scheduler after every send;
-/work/scratch-lead/s18/sockmicro.py, session 18). Invariants:
+scripts/sockmicro.py, session 18). Invariants:
 
 - HTTP framing and parsing are h11's, TLS is the `ssl` module's through `trio.SSLStream` (the
   caller's `ssl.SSLContext`: certificate and host name checks are its own); this module only
