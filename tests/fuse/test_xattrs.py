@@ -146,6 +146,32 @@ def test_errors(mnt: Mount) -> None:
     assert "more than the 2048 allowed" in log
 
 
+def test_no_posix_acls_and_the_kernel_remembers_it(mnt: Mount) -> None:
+    """bucketfs keeps no POSIX ACLs (`ls -l` asks for `system.posix_acl_access` on every file,
+    every time): the kernel holds "no ACL" per inode after one GETXATTR (FUSE_POSIX_ACL), so
+    asking again costs no request; setting one is refused; modes and umask work as before."""
+    f = mnt.path / "f"
+    f.write_bytes(b"x")
+    for _ in range(2):  # the first may reach the daemon
+        assert refused(f, "system.posix_acl_access") == errno.ENODATA
+    before = mnt.status()["kernel_requests"].get("getxattr", 0)
+    for _ in range(50):
+        assert refused(f, "system.posix_acl_access") == errno.ENODATA
+    # (only the status read itself: it asks twice, for the size and then the value)
+    assert mnt.status()["kernel_requests"].get("getxattr", 0) - before <= 2
+    acl = b"\x02\x00\x00\x00\x01\x00\x06\x00\xff\xff\xff\xff"  # version 2, user::rw-
+    acl += b"\x04\x00\x04\x00\xff\xff\xff\xff\x20\x00\x04\x00\xff\xff\xff\xff"
+    assert refused(f, "system.posix_acl_access", acl) == errno.EOPNOTSUPP
+    old = os.umask(0o027)
+    try:
+        (mnt.path / "g").write_bytes(b"y")
+        (mnt.path / "sub").mkdir()
+    finally:
+        os.umask(old)
+    assert (mnt.path / "g").stat().st_mode & 0o777 == 0o640
+    assert (mnt.path / "sub").stat().st_mode & 0o777 == 0o750
+
+
 def test_directories_and_the_root(store_env: StoreEnv, mnt: Mount) -> None:
     store = mnt.store
     assert store is not None
