@@ -154,6 +154,9 @@ def test_no_posix_acls_and_the_kernel_remembers_it(mnt: Mount) -> None:
     f.write_bytes(b"x")
     for _ in range(2):  # the first may reach the daemon
         assert refused(f, "system.posix_acl_access") == errno.ENODATA
+    assert refused(f, "security.selinux") == errno.ENODATA  # `ls -l` asks that too: none kept
+    assert refused(f, "trusted.x") == errno.ENODATA
+    assert refused(f, "security.x", b"v") == errno.EOPNOTSUPP
     before = mnt.status()["kernel_requests"].get("getxattr", 0)
     for _ in range(50):
         assert refused(f, "system.posix_acl_access") == errno.ENODATA
