@@ -559,8 +559,14 @@ class WriteBack:
                 self.early.ended(upload_id)
                 self.cache.stored(cf, key, result.etag, size)
         except BaseException:
+            if early is not None and early.inflight:
+                # its early parts still in flight land on an aborted upload: the early task
+                # aborts it again once they ended (on AWS a part that lands after the abort
+                # keeps its storage until another abort)
+                early.drop()
             if await self.early.abort(bucket, key, upload_id) and early is not None:
                 self.early.wasted += len(early.sent)
+                early.sent.clear()  # (counted here, not again by the early task)
             raise
         if early is None:
             return result
