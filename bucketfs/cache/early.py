@@ -12,7 +12,8 @@ only while the machine has half a CPU idle (`spare_cpu`, from /proc/stat over CP
 on a busy 2-core host a part sent beside the writer made its close 2.5x slower); the
 write-back's `upload_parts` once it was released (its quiet period), CPU or not. The due
 upload (`writeback.py`) then takes the upload over (`take`), sends what is missing (the
-last part, parts a write changed) and completes it; the final metadata is set by one copy of
+last part, parts a write changed) beside the early parts still in flight, and completes it
+once those landed (`landed`); the final metadata is set by one copy of
 the object onto itself (`restamp`), since the mtime moved since CreateMultipartUpload, and
 only where the store does that in place across a network (`Backend.copy_in_place` and
 `remote`: SeaweedFS, Swift; `-o early_parts=auto`, the default) or when asked (`-o
@@ -23,7 +24,11 @@ Invariants:
   generation (`writeback.py`); a part sent early is used only if no write or truncate touched
   its bytes since they were read (`EarlyUpload.touched`), else it is sent again;
 - an upload that can no longer complete (the file renamed, deleted, replaced, grown past
-  what one copy can restamp, a failed part) is aborted; a stale due upload aborts it too;
+  what one copy can restamp, a part failed before the due upload took it over) is aborted;
+  a stale due upload aborts it too; once taken, only the due upload aborts or completes it
+  (a part failing then is sent again by it);
+- parts in flight, early or due, are at most `upload_parts` (one shared limiter, held from
+  a part's read until its answer): memory stays within `upload_parts` x `part_size`;
 - every multipart upload id (early or not) is in the index before its first part is sent and
   leaves it only once the server confirmed its completion or its abort; `recover` aborts what
   an earlier run left there (a kill between CreateMultipartUpload's answer and the journal's
@@ -303,25 +308,37 @@ class EarlyParts:
                 up.sent[number] = etag
         except BucketfsError as exc:
             log.info("early part %d of %s/%s failed: %s", number, up.bucket, up.key, exc)
-            up.drop()
+            self._failed(up)
         except Exception:  # a bug: never the mount's end (the due upload sends the part)
             log.exception("early part %d of %s/%s", number, up.bucket, up.key)
-            up.drop()
+            self._failed(up)
         finally:
             up.inflight.discard(number)
             up.poke()
 
+    @staticmethod
+    def _failed(up: EarlyUpload) -> None:
+        """A part failed. Before the due upload took the upload over, the upload is given up
+        (the due upload sends the file); once taken, the part is only not kept: the due upload
+        sends it again (`landed`), and the upload it completes must not be aborted under it."""
+        if not up.taken:
+            up.drop()
+
     # --- the due upload ----------------------------------------------------------------------
 
     async def take(self, cf: CachedFile, part: int) -> EarlyUpload | None:
-        """The due upload of `cf` (part size `part`) takes its early upload over, once the parts
-        in flight landed; None if it has none it can use (one it cannot is aborted)."""
+        """The due upload of `cf` (part size `part`) takes its early upload over (no part
+        starts here from now on) once its CreateMultipartUpload answered; None if it has none
+        it can use (one it cannot is aborted). Parts still in flight go on: the due upload
+        sends the others meanwhile and waits for those (`landed`) before it completes (before
+        session 18 it waited for them first: every slot they left idle until the last one
+        landed was a slot no part used)."""
         up = cf.early
         if up is None:
             return None
         up.taken = True
         up.poke()
-        while up.inflight or up.upload_id is None:
+        while up.upload_id is None:
             if up.void:
                 return None
             await up.wake.wait()  # (taken before looking: no checkpoint since)
@@ -335,6 +352,12 @@ class EarlyParts:
         cf.early = None
         self.used += len(up.sent)
         return up
+
+    async def landed(self, up: EarlyUpload) -> None:
+        """Until no part of a taken upload is in flight (each one landed in `up.sent`, or
+        failed or was changed meanwhile and is not there: the due upload sends it)."""
+        while up.inflight:
+            await up.wake.wait()  # (`_send` pokes as each one ends)
 
     def cancel(self, cf: CachedFile) -> None:
         """The file goes up in one PUT after all: its early upload is aborted (`_pump`)."""

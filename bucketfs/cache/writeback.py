@@ -24,7 +24,8 @@ Invariants:
 - a multipart upload that does not complete is aborted, and its id is in the index's journal
   from before its first part until the server confirmed its end (`early.py`: the next mount
   aborts what a kill left); a large new file's parts may have gone while it was written
-  (`early.py`), the due upload then sends only what is missing and restamps the metadata;
+  (`early.py`), the due upload then sends only what is missing (beside the early parts
+  still in flight, whose answers it waits for before completing) and restamps the metadata;
 - unchanged ranges of a large object are copied on the server (UploadPartCopy), not re-sent;
 - a file open for writing is uploaded only when someone waits for it (`flush`: fsync, `bucketfs
   flush`, unmount, `max_dirty`), never because one of its descriptors was closed: a shell's
@@ -534,8 +535,19 @@ class WriteBack:
                     )
 
         todo = [(n, start) for n, start in enumerate(range(0, size, part), start=1)]
+        tasks = trio.CapacityLimiter(64)
         try:
-            await for_each([t for t in todo if t[0] not in etags], one, trio.CapacityLimiter(64))
+            if early is None:
+                await for_each([t for t in todo if t[0] not in etags], one, tasks)
+            else:  # beside the early parts still in flight, then what they did not bring
+                flying = set(early.inflight)
+                await for_each([t for t in todo if t[0] not in etags.keys() | flying], one, tasks)
+                await self.early.landed(early)
+                for n in flying:
+                    if n in early.sent and n * part <= size:
+                        etags[n] = early.sent[n]
+                        self.early.used += 1
+                await for_each([t for t in todo if t[0] not in etags], one, tasks)
             if cf.generation != generation:
                 raise StaleUpload()
             if expected and await self._changed_on_server(cf, expected):
@@ -547,8 +559,14 @@ class WriteBack:
                 self.early.ended(upload_id)
                 self.cache.stored(cf, key, result.etag, size)
         except BaseException:
+            if early is not None and early.inflight:
+                # its early parts still in flight land on an aborted upload: the early task
+                # aborts it again once they ended (on AWS a part that lands after the abort
+                # keeps its storage until another abort)
+                early.drop()
             if await self.early.abort(bucket, key, upload_id) and early is not None:
                 self.early.wasted += len(early.sent)
+                early.sent.clear()  # (counted here, not again by the early task)
             raise
         if early is None:
             return result

@@ -17,6 +17,7 @@ from bucketfs.cache import early as early_module
 from bucketfs.cache.cachedfile import EarlyUpload
 from bucketfs.cache.early import WHILE_WRITING, cpu_times, in_flight, ready_parts, spare_cpu
 from bucketfs.core.nodes import ROOT_INO
+from bucketfs.errors import BackendError
 from bucketfs.types import WriteOptions
 from tests.support.harness import BUCKET, Harness, RunFs, data_of
 
@@ -278,3 +279,129 @@ def test_the_next_mount_aborts_what_the_journal_holds(run_fs: RunFs) -> None:
         assert upload_id not in store._bucket(BUCKET).uploads
 
     run_fs(body)
+
+
+def _hold_part_one(h: Harness, fail: bool) -> list[str]:
+    """Part 1's early send is held until the due upload sends the last part (only it does:
+    partial); then it lands, or fails (`fail`). Returns what happened, in order."""
+    seen: list[str] = []
+    go = trio.Event()
+    upload_part = h.store.upload_part
+
+    async def holding(bucket: str, key: str, upload_id: str, number: int, data: bytes) -> str:
+        seen.append(f"send {number}")
+        if number == 5:
+            go.set()
+        if number == 1 and "held 1" not in seen:
+            seen.append("held 1")
+            with trio.move_on_after(30):  # (the old barrier: the due upload waited for it)
+                await go.wait()
+            seen.append("release 1")
+            if fail:
+                raise BackendError("part 1 lost")
+        return await upload_part(bucket, key, upload_id, number, data)
+
+    h.store.upload_part = holding  # type: ignore[method-assign]
+    return seen
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_due_upload_sends_beside_early_parts_in_flight(run_fs: RunFs, fail: bool) -> None:
+    """The due upload does not wait for the early parts still in flight before it sends the
+    others (each slot they left idle was one no part used): the last part goes while part 1
+    is held. Part 1 is then used, or (failed once the upload was taken over) sent again by
+    the due upload, and the upload is completed, not aborted."""
+
+    async def body(h: Harness) -> None:
+        early = h.fs.data.writeback.early
+        seen = _hold_part_one(h, fail)
+        aborts: list[str] = []
+        abort = h.store.abort_multipart
+
+        async def aborting(bucket: str, key: str, upload_id: str) -> None:
+            aborts.append(upload_id)
+            await abort(bucket, key, upload_id)
+
+        h.store.abort_multipart = aborting  # type: ignore[method-assign]
+        data = data_of(4 * PART + 1000)
+        fh, _node = await h.fs.create(ROOT_INO, "big", 0o644, RW | os.O_CREAT, 0, 0)
+        for pos in range(0, len(data), MiB):
+            await h.fs.write(fh, pos, data[pos : pos + MiB])
+        await h.fs.flush(fh)
+        await h.fs.release(fh)
+        assert await h.body("big") == data
+        assert seen.index("send 5") < seen.index("release 1")
+        assert seen.count("send 1") == (2 if fail else 1)
+        assert aborts == []
+        assert h.fs.data.cache.index.pending_uploads() == []
+        assert early.used == (3 if fail else 4)  # the full parts that went early and stayed
+
+    run_fs(body, latency=0.1, part_size=PART, early_parts="on", writeback_delay=1.0)
+
+
+def test_a_stale_due_upload_aborts_again_once_early_parts_in_flight_ended(
+    run_fs: RunFs,
+) -> None:
+    """A write during the due upload makes it stale while an early part is still in flight:
+    the upload is aborted at once, and again by the early task once that part ended (a part
+    that lands after an abort keeps its storage on AWS); the file goes up again, whole."""
+
+    async def body(h: Harness) -> None:
+        seen: list[str] = []
+        due_running, go = trio.Event(), trio.Event()
+        upload_part, abort = h.store.upload_part, h.store.abort_multipart
+
+        async def holding(bucket: str, key: str, upload_id: str, number: int, data: bytes) -> str:
+            tag = f"{number} {upload_id}"
+            first = f"send {tag}" not in seen
+            seen.append(f"send {tag}")
+            try:
+                if first and number in (1, 5) and not go.is_set():
+                    if number == 5:
+                        due_running.set()
+                    await go.wait()
+                return await upload_part(bucket, key, upload_id, number, data)
+            finally:
+                seen.append(f"ended {tag}")
+
+        async def aborting(bucket: str, key: str, upload_id: str) -> None:
+            seen.append(f"abort {upload_id}")
+            await abort(bucket, key, upload_id)
+
+        h.store.upload_part = holding  # type: ignore[method-assign]
+        h.store.abort_multipart = aborting  # type: ignore[method-assign]
+        data = bytearray(data_of(4 * PART + 1000))
+        fh, _node = await h.fs.create(ROOT_INO, "big", 0o644, RW | os.O_CREAT, 0, 0)
+        for pos in range(0, len(data), MiB):
+            await h.fs.write(fh, pos, bytes(data[pos : pos + MiB]))
+            if pos == 3 * PART:  # part 1 went early (and is held): real time, a thread reads it
+                for _ in range(1000):
+                    if any(e.startswith("send 1 ") for e in seen):
+                        break
+                    await trio.to_thread.run_sync(time.sleep, 0.01)
+        assert seen
+        assert seen[0].startswith("send 1 ")
+        first = seen[0].split()[2]
+        await h.fs.flush(fh)
+        ino = fh_ino(h, fh)
+        await h.fs.release(fh)
+        await due_running.wait()  # the due upload sends part 5; early part 1 is held
+        fh2, _keep = await h.fs.open(ino, RW)
+        await h.fs.write(fh2, PART + 10, b"changed")  # part 2: the due upload is stale now
+        data[PART + 10 : PART + 17] = b"changed"
+        with trio.move_on_after(5):
+            while f"abort {first}" not in seen:  # noqa: ASYNC110 - a log, no event
+                await trio.sleep(0.01)
+        assert f"ended 1 {first}" not in seen  # aborted at once, part 1 still in flight
+        go.set()
+        await h.fs.flush(fh2)
+        await h.fs.release(fh2)
+        assert await h.body("big") == bytes(data)
+        assert seen.count(f"abort {first}") == 2
+        last_abort = len(seen) - 1 - seen[::-1].index(f"abort {first}")
+        assert all(
+            i < last_abort for i, e in enumerate(seen) if e.startswith("ended") and first in e
+        )
+        assert h.fs.data.cache.index.pending_uploads() == []
+
+    run_fs(body, latency=0.1, part_size=PART, early_parts="on", writeback_delay=1.0)
