@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import gc
 import logging
 import os
 import resource
@@ -248,6 +249,24 @@ def limit_heap_retention() -> None:
     mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
 
+#: the cyclic garbage collector's thresholds in the daemon (Python's default: 700, 10, 10)
+GC_THRESHOLDS = (100_000, 50, 10)
+
+
+def collect_less_often() -> None:
+    """Run Python's cyclic garbage collector less often than its default.
+
+    The daemon keeps many long-lived objects (listings, the inode table, reserved numbers,
+    file names of expired listings), and every 700 allocations start a collection: the older
+    generations' ones walk all of them. A large walk pays it: `find` over 1.1M keys took
+    20.1-23.1 s by default and 16.9-20.2 s with these thresholds, `ls` of 100,000 names after
+    it 1.82-1.94 s against 1.43-1.70 s (session 18, docs/maintainers/performance.md). Memory
+    is still freed by reference counting as before; only garbage in reference cycles waits
+    longer (at most ~100,000 allocations for the youngest generation), and full collections
+    still run (every 10 of the middle generation's)."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 #: the open files limit is raised at most this far when the hard limit is unlimited (Linux's
 #: default fs.nr_open)
 NOFILE_CEILING = 1 << 20
@@ -275,6 +294,7 @@ def raise_open_files_limit() -> None:
 def serve(cfg: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount and serve until unmounted. Raises BucketfsError before `on_ready` on failure."""
     limit_heap_retention()
+    collect_less_often()
     raise_open_files_limit()
     try:
         trio.run(_serve, cfg, on_ready)
