@@ -380,9 +380,9 @@ class Subtrees:
         self._listings: TTLCache[tuple[str, str], dict[str, Entry]] = TTLCache(
             maxsize=16384, ttl=ttl, timer=clock
         )
-        #: directories relisted one by one lately, and when (when an ancestor is worth listing)
+        #: directories relisted one by one lately (when an ancestor is worth listing)
         self._window = max(WINDOW, 5 * ttl)
-        self._relisted: TTLCache[tuple[str, str], float] = TTLCache(
+        self._relisted: TTLCache[tuple[str, str], bool] = TTLCache(
             maxsize=1024, ttl=self._window, timer=clock
         )
         self._too_big: TTLCache[tuple[str, str], bool] = TTLCache(
@@ -481,8 +481,7 @@ class Subtrees:
         3,000 files in 120 directories) saves ~12 relistings of ~25 keys with a listing of
         3,000 keys: 32 such listings parsed 96,000 keys, a fifth of the walk's CPU. A writer
         filling a fresh tree (nothing on the server yet) always lists it."""
-        now = self._clock()
-        self._relisted[(bucket, key)] = now
+        self._relisted[(bucket, key)] = True
         others: list[str] | None = None  # (walking up to 1,024 keys: not for no ancestor)
         best = None
         for ancestor, keys in ancestors[:LEVELS]:

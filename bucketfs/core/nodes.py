@@ -273,7 +273,8 @@ class InodeTable:
                 del self.children[node.parent]  # see the module's invariants
 
     def child(self, parent: Node, name: str) -> Node | None:
-        ino = self.children.get(parent.ino, {}).get(name)
+        siblings = self.children.get(parent.ino)  # (called per name readdir hands out)
+        ino = None if siblings is None else siblings.get(name)
         return None if ino is None else self.by_ino.get(ino)
 
     def known_children(self, parent: Node) -> Iterator[Node]:

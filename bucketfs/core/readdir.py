@@ -130,10 +130,25 @@ class Readdir:
             # nothing of this directory is local (no node, nothing unsaved, no marker: a large
             # directory read the first time): the listing as it is, without a turn per name
             entries: list[tuple[str, Node | Entry]] = list(listed.items())
-            if not ns.listing_attrs:
-                ns.prefetch.defer(directory.ino, entries, len(listed))
-            return entries
-        entries = []
+        else:
+            entries = self._merged(directory, listed, local, cached, markers)
+        # metadata of listed files is fetched only once the kernel asks for one of them (ls -l,
+        # du, rsync do; find and plain ls do not)
+        if not ns.listing_attrs:
+            ns.prefetch.defer(directory.ino, entries, len(listed))
+        return entries
+
+    def _merged(
+        self,
+        directory: Node,
+        listed: dict[str, Entry],
+        local: list[Node],
+        cached: dict[str, Unsaved],
+        markers: dict[str, PendingMarker],
+    ) -> list[tuple[str, Node | Entry]]:
+        """`listed` with what only this mount has (see `snapshot`)."""
+        ns = self._ns
+        entries: list[tuple[str, Node | Entry]] = []
         seen: set[str] = set()
         for name, entry in listed.items():
             seen.add(name)
@@ -160,10 +175,6 @@ class Readdir:
         for name, marker in markers.items():
             if name not in seen and valid_name(name):
                 entries.append((name, ns.node_from_marker(directory, name, marker)))
-        # metadata of listed files is fetched only once the kernel asks for one of them (ls -l,
-        # du, rsync do; find and plain ls do not)
-        if not ns.listing_attrs:
-            ns.prefetch.defer(directory.ino, entries, len(listed))
         return entries
 
     def reading(self, directory: Node, entries: list[tuple[str, Node | Entry]]) -> Snapshot:
@@ -186,12 +197,10 @@ class Readdir:
             or not self.nameless
             or self._ns.listing_attrs
             or name in snapshot.gone
+            or self._ns.table.child(snapshot.directory, name) is not None
         ):
             return self.listed_node(snapshot, name, entry)
         directory = snapshot.directory.ino
-        kids = self._ns.table.children.get(directory)
-        if kids and name in kids and self._ns.table.child(snapshot.directory, name) is not None:
-            return self.listed_node(snapshot, name, entry)
         reservations = self._reservations
         names = reservations.get(directory)
         if names is None or directory != self._recent:

@@ -1,7 +1,7 @@
 """Readdir entries without an inode: a name the kernel lists but makes no inode for.
 
-Owns `nameless_entry`, the READDIRPLUS entry for a core `Nameless` (core/readdir.py says which
-names are shown so), and the check that it can be built (`AVAILABLE`).
+Owns `Entries`, which makes the READDIRPLUS entry for a core `Nameless` (core/readdir.py says
+which names are shown so), and the check that it can be built (`AVAILABLE`).
 
 The kernel's rule (fs/fuse/readdir.c, `fuse_direntplus_link`): an entry whose
 `entry_out.nodeid` is 0 makes no dentry and no inode ("the filesystem did not want to return
@@ -58,12 +58,6 @@ def _ino_offset() -> int | None:
 _OFFSET = _ino_offset()
 #: whether nameless entries can be made with this pyfuse3
 AVAILABLE = _OFFSET is not None
-
-
-def nameless_entry(item: Nameless) -> pyfuse3.EntryAttributes:
-    """The READDIRPLUS entry for `item`: its type and inode number, no node (a new object;
-    readdir uses `Entries`)."""
-    return Entries()(item)
 
 
 class Entries:
