@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -81,21 +82,20 @@ async def main(count: int) -> None:
     stream2 = trio.SocketStream(sock2)
     fd2 = sock2.fileno()
     pings = max(1, count // 4)
+
+    async def ping(read: Callable[[], Awaitable[bytes | bytearray]]) -> None:
+        for _ in range(pings):
+            os.write(fd2, b"p")
+            got = 0
+            while got < len(MSG):
+                with trio.fail_after(10):
+                    got += len(await read())
+
     for _ in range(3):
         t0 = time.thread_time()
-        for _ in range(pings):
-            os.write(fd2, b"p")
-            got = 0
-            while got < len(MSG):
-                with trio.fail_after(10):
-                    got += len(await stream2.receive_some(65536))
+        await ping(lambda: stream2.receive_some(65536))
         t1 = time.thread_time()
-        for _ in range(pings):
-            os.write(fd2, b"p")
-            got = 0
-            while got < len(MSG):
-                with trio.fail_after(10):
-                    got += len(await _read_some(fd2))
+        await ping(lambda: _read_some(fd2))
         t2 = time.thread_time()
         trio_us, lean_us = 1e6 * (t1 - t0) / pings, 1e6 * (t2 - t1) / pings
         print(f"ping + read 300 B: receive_some {trio_us:.1f} us, wait + read {lean_us:.1f} us")

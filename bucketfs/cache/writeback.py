@@ -537,11 +537,11 @@ class WriteBack:
         todo = [(n, start) for n, start in enumerate(range(0, size, part), start=1)]
         tasks = trio.CapacityLimiter(64)
         try:
-            if early is None:
-                await for_each([t for t in todo if t[0] not in etags], one, tasks)
-            else:  # beside the early parts still in flight, then what they did not bring
-                flying = set(early.inflight)
-                await for_each([t for t in todo if t[0] not in etags.keys() | flying], one, tasks)
+            # beside the early parts still in flight, then what they did not bring
+            flying = set(early.inflight) if early is not None else set()
+            skip = etags.keys() | flying  # (once, not per part)
+            await for_each([t for t in todo if t[0] not in skip], one, tasks)
+            if early is not None:
                 await self.early.landed(early)
                 for n in flying:
                     if n in early.sent and n * part <= size:
