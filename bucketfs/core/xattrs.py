@@ -33,7 +33,8 @@ Invariants: a change is validated completely before anything is sent; it reaches
 through `persist` (`Mutations.persist_attrs`: copy in place with the metadata replaced for a
 clean file, the pending upload for a dirty one, a marker PUT for a directory) and, if that
 fails, the node is left as it was; every refusal logs one INFO line that says why (a missing
-attribute only at DEBUG: the kernel and `ls` ask for `security.*` names all the time).
+attribute only at DEBUG: the kernel and `ls` ask for `security.*` names all the time). Names
+outside `user.*` are EOPNOTSUPP, read or written: their namespaces are not kept.
 """
 
 from __future__ import annotations
@@ -236,8 +237,12 @@ class Xattrs:
         return [CHECKSUM + a for a in sorted(info.checksums)] if info is not None else []
 
     async def get(self, node: Node, name: str) -> bytes:
-        if name.startswith(USER):  # the kernel asks for security.* on every write: no HEAD
-            node = await self._refresh(node.ino)
+        if not name.startswith(USER):
+            # security.*, trusted.*, system.* (ACLs): namespaces not kept, so "unsupported"
+            # (which `ls` remembers for the whole file system), not "no such attribute"
+            log.debug("xattr %s of %s: only user.* attributes are kept", name, node.key or "/")
+            raise NotSupported()
+        node = await self._refresh(node.ino)
         value = await self._value(node, name)
         if value is None:
             log.debug("xattr %s of %s: no such attribute", name, node.key or "/")

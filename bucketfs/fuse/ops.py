@@ -31,9 +31,9 @@ from bucketfs.errors import (
     BucketfsError,
     CacheError,
     InvalidArgument,
-    NoAttribute,
     NoEntry,
     NotPermitted,
+    NotSupported,
     Transient,
 )
 from bucketfs.fuse import nameless
@@ -51,27 +51,29 @@ R = TypeVar("R")
 
 
 def _errors(op: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    name = op.__name__.lstrip("_")  # `_getxattr` is counted as the getxattr it serves
+
     @functools.wraps(op)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         _since = time.monotonic()  # taskdump shows how long a request runs
         # uploads yield to kernel requests (core/fs.py `foreground`, cache/writeback.py)
         foreground = args[0].fs.foreground if args and isinstance(args[0], FuseOps) else None
         if foreground is not None:
-            foreground.begin(op.__name__)
+            foreground.begin(name)
         try:
             return await op(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except BucketfsError as exc:
             if isinstance(exc, Transient | AccessDenied | CacheError):
-                _warn(op.__name__, exc)
+                _warn(name, exc)
             else:
-                log.debug("%s: %s (errno %d)", op.__name__, exc, exc.errno)
+                log.debug("%s: %s (errno %d)", name, exc, exc.errno)
             raise pyfuse3.FUSEError(exc.errno) from exc
         except trio.Cancelled:
             raise
         except Exception:  # a bug: keep the mount alive, make it loud
-            log.exception("%s failed", op.__name__)
+            log.exception("%s failed", name)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             if foreground is not None:
@@ -107,10 +109,11 @@ def _name(raw: bytes) -> str:
 class FuseOps(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
-    #: FUSE_POSIX_ACL: the kernel answers `system.posix_acl_*` from its own per-inode cache
-    #: after one GETXATTR (none here: ENODATA, cached as "no ACL"), instead of one request
-    #: per `ls -l` of each file, every time (2 of the 3 requests of a warm `ls -l` per file)
-    enable_acl = True
+    #: No FUSE_POSIX_ACL: bucketfs keeps no ACLs, so the kernel checks modes only and never
+    #: asks for an ACL itself; a program's `system.posix_acl_*` get is answered EOPNOTSUPP
+    #: (`getxattr` below). With it on, the kernel asked once per inode and kept "no ACL":
+    #: a cold `ls -lR` still cost one request per file.
+    enable_acl = False
 
     def __init__(
         self,
@@ -355,14 +358,17 @@ class FuseOps(pyfuse3.Operations):
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if not name.startswith(b"user."):
-            # security.*, trusted.*: never kept (core/xattrs.py; system.posix_acl_* the kernel
-            # answers itself, `enable_acl`). `ls -l` asks for security.selinux on every file,
-            # every time: answered here, without the rest of the request's path (~12 us of
-            # 75); still counted (`bucketfs status`) and seen as activity (uploads yield)
+            # Names outside user.* are never kept (core/xattrs.py), and their namespaces are
+            # not supported: EOPNOTSUPP, as setxattr says. `ls -l` asks security.selinux and
+            # system.posix_acl_access of every file, every time, unless an answer says
+            # "unsupported", which coreutils then remembers for the whole file system
+            # (getfilecon_cache, file_has_acl_cache): two requests per `ls -lR`, not two per
+            # file. Answered here without the rest of the request's path; still counted
+            # (`bucketfs status`) and seen as activity (uploads yield).
             foreground = self.fs.foreground
             foreground.begin("getxattr")
             foreground.end()
-            raise pyfuse3.FUSEError(NoAttribute.errno)
+            raise pyfuse3.FUSEError(NotSupported.errno)
         return await self._getxattr(inode, name)
 
     @_errors

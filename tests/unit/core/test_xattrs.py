@@ -182,6 +182,25 @@ def test_refusals(run_fs: RunFs, name: str, value: bytes, code: int) -> None:
     run_fs(body)
 
 
+@pytest.mark.parametrize(
+    "name", ["security.selinux", "security.capability", "trusted.x", "system.posix_acl_access"]
+)
+def test_names_outside_user_are_unsupported_to_read_and_cost_no_request(
+    run_fs: RunFs, name: str
+) -> None:
+    """EOPNOTSUPP, not ENODATA: `ls -l` then stops asking for the whole file system."""
+
+    async def body(h: Harness) -> None:
+        node = await h.write_file("f", b"x")
+        await h.settle()
+        heads = h.store.calls["head"]
+        assert await errno_of(h.fs.getxattr(node.ino, name)) == errno.EOPNOTSUPP
+        assert await errno_of(h.fs.removexattr(node.ino, name)) == errno.EOPNOTSUPP
+        assert h.store.calls["head"] == heads
+
+    run_fs(body)
+
+
 def test_metadata_limit_counts_every_key(run_fs: RunFs) -> None:
     async def body(h: Harness) -> None:
         node = await h.write_file("f", b"x")
