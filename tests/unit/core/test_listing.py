@@ -429,3 +429,28 @@ def test_an_ancestor_is_listed_recursively_only_while_it_saves_cpu() -> None:
     now[0] += 10 * listing.WINDOW
     subtrees.ancestor_to_list("b", "t/e0/", [])
     assert subtrees.ancestor_to_list("b", "t/e1/", [("t/", 1000)]) is None
+
+
+def test_estimates_are_kept_until_a_listing_below_changes_them() -> None:
+    """A relisting asks for the estimate of every ancestor; the answer is kept until a
+    listing at or below that directory (within `LEVELS`) comes, then computed again."""
+    names = listing.FileNames()
+    file, folder = listing.Entry(Kind.FILE, None), listing.Entry(Kind.DIR, None)
+
+    def listed(key: str, files: int, dirs: str = "") -> None:
+        entries = {f"f{i}": file for i in range(files)} | {d: folder for d in dirs}
+        names.listed(BUCKET, key, entries)
+
+    listed("t/", 1, "ab")
+    listed("t/a/", 4, "x")
+    assert names.estimate(BUCKET, "t/") == 1 + 2 * 5  # b unknown: as a's mean
+    assert names.estimate(BUCKET, "t/") == 11  # (kept)
+    listed("t/b/", 10)
+    assert names.estimate(BUCKET, "t/") == 1 + round(2 * (5 + 10) / 2)
+    listed("t/a/x/", 7)  # two levels below
+    assert names.estimate(BUCKET, "t/a/") == 4 + 7
+    assert names.estimate(BUCKET, "t/") == 1 + round(2 * (11 + 10) / 2)
+    listed("", 0, "t")
+    assert names.estimate(BUCKET, "") == 22
+    listed("t/a/x/", 1)  # three levels below the root
+    assert names.estimate(BUCKET, "") == 1 + round(2 * (5 + 10) / 2)
