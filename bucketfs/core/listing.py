@@ -66,6 +66,8 @@ PER_RELIST = 50
 REPLAY = 1024
 #: names of files kept from expired listings (`FileNames`), all directories together
 FILE_NAMES = 65536
+#: directories relisted one by one lately that `Subtrees` keeps (over its window)
+RELISTED = 1024
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -402,9 +404,8 @@ class Subtrees:
         )
         #: directories relisted one by one lately (when an ancestor is worth listing)
         self._window = max(WINDOW, 5 * ttl)
-        self._relisted: TTLCache[tuple[str, str], bool] = TTLCache(
-            maxsize=1024, ttl=self._window, timer=clock
-        )
+        #: (by when, oldest first; a plain dict: a TTLCache's iteration is Python per key)
+        self._relisted: dict[tuple[str, str], float] = {}
         self._too_big: TTLCache[tuple[str, str], bool] = TTLCache(
             maxsize=1024, ttl=TOO_BIG_FOR, timer=clock
         )
@@ -501,7 +502,19 @@ class Subtrees:
         3,000 files in 120 directories) saves ~12 relistings of ~25 keys with a listing of
         3,000 keys: 32 such listings parsed 96,000 keys, a fifth of the walk's CPU. A writer
         filling a fresh tree (nothing on the server yet) always lists it."""
-        self._relisted[(bucket, key)] = True
+        relisted = self._relisted
+        now = self._clock()
+        relisted.pop((bucket, key), None)
+        relisted[(bucket, key)] = now
+        while len(relisted) > RELISTED:  # (at most this many kept)
+            del relisted[next(iter(relisted))]
+        stale = []
+        for relisted_key, when in relisted.items():
+            if now - when < self._window:
+                break
+            stale.append(relisted_key)
+        for relisted_key in stale:
+            del relisted[relisted_key]
         others: list[str] | None = None  # (walking up to 1,024 keys: not for no ancestor)
         best = None
         for ancestor, keys in ancestors[:LEVELS]:
