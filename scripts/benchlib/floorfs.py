@@ -15,8 +15,9 @@ sends it the same requests:
   (32) at a time, and a LOOKUP waits for its own: the prefetch bucketfs and s3fs both do;
 - with `--plus`, readdir waits for the HEADs of the files it replies with, so the entries carry
   full attributes and the kernel sends no LOOKUP for them (what session 12 tried in bucketfs);
-- GETXATTR answers ENODATA (`ls -l` asks `security.selinux` and `system.posix_acl_access` of
-  every entry), LISTXATTR nothing.
+- GETXATTR answers EOPNOTSUPP, as bucketfs does for names outside `user.*` (`ls -l` asks
+  `security.selinux` and `system.posix_acl_access` of every entry until an answer says
+  "unsupported", then never again in its run), LISTXATTR nothing.
 
 The requests go through bucketfs's own `S3Backend` (the request path issue 16 measures in the
 `requests` workload), so the difference between this and bucketfs on the same row is what
@@ -173,7 +174,7 @@ class Floor(pyfuse3.Operations):
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         self._count("getxattr")
-        raise pyfuse3.FUSEError(errno.ENODATA)
+        raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         self._count("listxattr")
