@@ -9,8 +9,9 @@ Owns the mapping between xattr names and what an object carries:
 - `user.bucketfs.F`: the object's own fields. Read-only: `etag`, `version_id`,
   `last_modified`, `storage_class`, `size` (and on version files `is_latest`,
   `delete_marker`); read-write: `content_type`, `cache_control`, `content_encoding`,
-  `content_disposition`, `content_language`, `expires`; computed: `url` (a presigned URL,
-  never logged). `url` is only given when asked for by name (never listed).
+  `content_disposition`, `content_language`, `expires` (removing `content_type` goes back to
+  the type guessed from the name, and succeeds when it is that already); computed: `url` (a
+  presigned URL, never logged).
 - on the mount root and bucket directories: what storeinfo.py answers (the bucket's own
   metadata as `user.K`, `versioning`, `region`, quota and usage figures).
 - `user.bucketfs.delete_at` (files, stores with `Backend.expiry`: Swift's `X-Delete-At`):
@@ -24,10 +25,23 @@ Owns the mapping between xattr names and what an object carries:
   plain HTTP PUT uploads the object's content to (`Backend.presign_upload`), valid for
   `url_ttl`; like `url` never listed, never logged, and refused on a read-only mount.
 - `user.bucketfs.checksum.ALG` (read-only, clean files and versions): the checksums the store
-  kept (`Backend.head_checksums`: S3's `x-amz-checksum-*`, Swift's MD5 ETag), hex; listed
-  only when present, which costs one HEAD per ETag.
+  kept (`Backend.head_checksums`: S3's `x-amz-checksum-*`, Swift's MD5 ETag), hex; read by
+  name only (one HEAD per ETag), ENODATA when the store kept none.
 
 The mount's control attributes (`pid`, `status`, `flush`, `upload_state`) are `control.py`'s.
+
+Listing (listxattr, `getfattr -d`) gives what a copy of the node carries and nothing else:
+`user.K` and the writable fields (`content_type` always on a file and a directory with a
+marker, the others and `delete_at` when set); on a version under `.versions/` its user metadata
+and fields as well (read-only there, but what `cp -a` of an old version out should keep); on a
+bucket directory the bucket's metadata only (storeinfo.py); on links and special files
+nothing (the kernel keeps user.* off them). Every other field (read-only ones, checksums, `url`,
+`upload_url`, `versioning`, `region`, the figures, the control attributes) is answered by name
+only. Why: `rsync -X` removes from its copy every listed name the source lacks, and `cp -a`,
+`tar --xattrs` and `getfattr -d`/`--restore` copy every listed name, so a listed read-only
+field fails a copy in (EPERM) and goes stale on a copy out; kernel file systems do not list
+virtual attributes either (Ceph dropped them from listxattr for the same reason). Listing asks
+the server nothing but a version's HEAD and a bucket's metadata.
 
 Invariants: a change is validated completely before anything is sent; it reaches the server
 through `persist` (`Mutations.persist_attrs`: copy in place with the metadata replaced for a
@@ -55,7 +69,6 @@ from bucketfs.core.nodes import Kind, Node, VKind
 from bucketfs.core.storeinfo import StoreInfo
 from bucketfs.core.versions import NULL_VERSION, get_args, iso, millis
 from bucketfs.errors import (
-    BackendError,
     BucketfsError,
     InvalidArgument,
     MetadataTooLarge,
@@ -193,48 +206,36 @@ class Xattrs:
     # --- reading -----------------------------------------------------------------------------
 
     async def names(self, node: Node) -> list[str]:
-        """The attributes `node` has (listxattr); a version's metadata needs one HEAD. `url` is
-        never listed: `getfattr -d`, `cp -a` and `rsync -X` would sign and copy a credential."""
+        """The attributes a copy of `node` carries (listxattr): its user metadata and the object
+        fields that can be written (set ones; `content_type` always, on a file or marker).
+        Read-only fields (`etag`, `size`, checksums, ...) and `url`/`upload_url` are never
+        listed, only answered by name: `rsync -X` removes what it lists and the source lacks,
+        and `cp -a`, `tar --xattrs` and `getfattr -d` copy every listed name, so a listed
+        read-only field fails the copy in (EPERM) and goes stale in the copy out. A version's
+        metadata needs one HEAD (also for its user metadata), a bucket directory's one request
+        for the bucket's metadata (storeinfo.py); nothing else asks the server."""
         v = node.virtual
-        if v is not None and v.version is not None:
-            await self._head_version(node)
-        names = [USER + k for k in user_keys(dict(node.metadata))]
         if v is not None:
-            if v.kind is not VKind.VERSION or v.version is None:
+            if v.kind is not VKind.VERSION or v.version is None or v.version.is_delete_marker:
                 return []
-            fields = ["etag", "version_id", "last_modified", "storage_class", "size"]
-            fields += list(VERSION_FIELDS)
-            if not v.version.is_delete_marker:
-                fields += ["content_type", *self._system(node)]
-                fields += self._checksums(node.head_info)
-            return names + [NS + f for f in fields]
+            # what a copy of an old version (`cp -a` out of .versions/) carries; read-only here
+            await self._head_version(node)
         if self.store.covers(node):  # hook: a bucket's attributes (storeinfo.py)
-            names += await self.store.names(node)
-        if node.kind is Kind.DIR:
-            if node.has_marker:
-                names += [NS + f for f in ("content_type", *self._system(node))]
+            return await self.store.names(node)
+        if node.kind not in (Kind.FILE, Kind.DIR):
+            return []  # the kernel keeps user.* off links and special files: none could be read
+        names = [USER + k for k in user_keys(dict(node.metadata))]
+        if node.kind is Kind.DIR and not node.has_marker:
             return names
-        fields = []
-        if node.etag is not None:
-            fields += ["etag", *(["version_id"] if node.version_id else [])]
-            fields += ["last_modified", "storage_class"]
-        fields += ["size", "content_type", *self._system(node)]
-        if DELETE_AT in node.system:
+        has_type = v is None or node.content_type is not None  # a version's: what the HEAD said
+        fields = [*(["content_type"] if has_type else []), *self._system(node)]
+        if v is None and node.kind is not Kind.DIR and DELETE_AT in node.system:
             fields.append(DELETE_AT)
-        if node.etag is not None and not node.dirty:
-            try:
-                fields += self._checksums(await self._head(node))
-            except BackendError as exc:  # listing the other attributes does not need it
-                log.debug("checksums of %s unknown: %s", node.key, exc)
         return names + [NS + f for f in fields]
 
     @staticmethod
     def _system(node: Node) -> list[str]:
         return [f for f in READ_WRITE if f != "content_type" and f in node.system]
-
-    @staticmethod
-    def _checksums(info: ObjectInfo | None) -> list[str]:
-        return [CHECKSUM + a for a in sorted(info.checksums)] if info is not None else []
 
     async def get(self, node: Node, name: str) -> bytes:
         if not name.startswith(USER):
@@ -407,7 +408,11 @@ class Xattrs:
         if self.store.covers(node, name):
             await self.store.set(node, name, None)
             return
-        await self._apply(node, name, self._change(node, name, None))
+        change = self._change(node, name, None)
+        if change == Change(dict(node.metadata), node.content_type, dict(node.system)):
+            log.debug("xattr %s of %s: nothing to remove", name, node.key)
+            return  # no request: a file's type that is the guessed one already
+        await self._apply(node, name, change)
 
     def _check_writable(self, node: Node, name: str) -> None:
         if node.virtual is not None:
@@ -443,9 +448,11 @@ class Xattrs:
                 why = "unknown bucketfs attribute (user.bucketfs.* is reserved)"
                 raise _refuse(InvalidArgument(), node, name, why)
             if field == "content_type":
-                if value is None and content_type is None:
-                    raise NoAttribute()
-                # removing it goes back to the type guessed from the name
+                if node.kind is Kind.DIR and not node.has_marker:
+                    raise NoAttribute()  # no object to have a type (never listed)
+                # removing it goes back to the type guessed from the name; when it is that
+                # already, removing succeeds and changes nothing (`rsync -X` removes it from a
+                # new file whose source has none: it is always listed)
                 content_type = None if value is None else _header_value(node, field, name, value)
             elif value is None:
                 if field not in system:
