@@ -10,8 +10,8 @@ Owns the mapping between xattr names and what an object carries:
   `last_modified`, `storage_class`, `size` (and on version files `is_latest`,
   `delete_marker`); read-write: `content_type`, `cache_control`, `content_encoding`,
   `content_disposition`, `content_language`, `expires` (removing `content_type` goes back to
-  the type guessed from the name, and succeeds when it is that already); computed: `url` (a
-  presigned URL, never logged).
+  the type guessed from the name, and succeeds, with no request, when it is that already;
+  getxattr always answers one); computed: `url` (a presigned URL, never logged).
 - on the mount root and bucket directories: what storeinfo.py answers (the bucket's own
   metadata as `user.K`, `versioning`, `region`, quota and usage figures).
 - `user.bucketfs.delete_at` (files, stores with `Backend.expiry`: Swift's `X-Delete-At`):
@@ -31,9 +31,11 @@ Owns the mapping between xattr names and what an object carries:
 The mount's control attributes (`pid`, `status`, `flush`, `upload_state`) are `control.py`'s.
 
 Listing (listxattr, `getfattr -d`) gives what a copy of the node carries and nothing else:
-`user.K` and the writable fields (`content_type` always on a file and a directory with a
-marker, the others and `delete_at` when set); on a version under `.versions/` its user metadata
-and fields as well (read-only there, but what `cp -a` of an old version out should keep); on a
+`user.K` and the writable fields when set (`content_type` when it is not the type guessed from
+the name, which the copy's name gives again where it is copied in: so a second `rsync -aX` of
+files without a type has nothing to do; `delete_at` on files); on a version under `.versions/`
+its user metadata and fields, `content_type` always (read-only there, but what `cp -a` of an
+old version out should keep: a version file's name says nothing of its type); on a
 bucket directory the bucket's metadata only (storeinfo.py); on links and special files
 nothing (the kernel keeps user.* off them). Every other field (read-only ones, checksums, `url`,
 `upload_url`, `versioning`, `region`, the figures, the control attributes) is answered by name
@@ -64,7 +66,7 @@ from datetime import UTC, datetime
 
 from bucketfs.backends.base import Backend
 from bucketfs.core.attrs import POSIX_KEYS, check_new_name
-from bucketfs.core.contents import write_options
+from bucketfs.core.contents import guessed_type, write_options
 from bucketfs.core.nodes import Kind, Node, VKind
 from bucketfs.core.storeinfo import StoreInfo
 from bucketfs.core.versions import NULL_VERSION, get_args, iso, millis
@@ -207,7 +209,7 @@ class Xattrs:
 
     async def names(self, node: Node) -> list[str]:
         """The attributes a copy of `node` carries (listxattr): its user metadata and the object
-        fields that can be written (set ones; `content_type` always, on a file or marker).
+        fields that can be written, when set (`content_type` when not the guessed one).
         Read-only fields (`etag`, `size`, checksums, ...) and `url`/`upload_url` are never
         listed, only answered by name: `rsync -X` removes what it lists and the source lacks,
         and `cp -a`, `tar --xattrs` and `getfattr -d` copy every listed name, so a listed
@@ -227,8 +229,11 @@ class Xattrs:
         names = [USER + k for k in user_keys(dict(node.metadata))]
         if node.kind is Kind.DIR and not node.has_marker:
             return names
-        has_type = v is None or node.content_type is not None  # a version's: what the HEAD said
-        fields = [*(["content_type"] if has_type else []), *self._system(node)]
+        if v is not None:  # a version file's name says nothing of its type: what HEAD said
+            own_type = node.content_type is not None
+        else:  # the guess is made again from the name of the copy, where it is copied in
+            own_type = write_options(node).content_type != guessed_type(node)
+        fields = [*(["content_type"] if own_type else []), *self._system(node)]
         if v is None and node.kind is not Kind.DIR and DELETE_AT in node.system:
             fields.append(DELETE_AT)
         return names + [NS + f for f in fields]
@@ -450,9 +455,11 @@ class Xattrs:
             if field == "content_type":
                 if node.kind is Kind.DIR and not node.has_marker:
                     raise NoAttribute()  # no object to have a type (never listed)
-                # removing it goes back to the type guessed from the name; when it is that
-                # already, removing succeeds and changes nothing (`rsync -X` removes it from a
-                # new file whose source has none: it is always listed)
+                if value is None and write_options(node).content_type == guessed_type(node):
+                    # the guessed type already: nothing changes, yet removing it succeeds, as
+                    # getxattr shows it (`rsync -X` or a script may remove it from any file)
+                    return Change(metadata, content_type, system)
+                # removing it goes back to the type guessed from the name
                 content_type = None if value is None else _header_value(node, field, name, value)
             elif value is None:
                 if field not in system:

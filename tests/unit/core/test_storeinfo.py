@@ -180,7 +180,7 @@ def test_the_root_of_a_prefix_mount_is_a_directory_with_the_buckets_settings(
         assert await h.store.get_versioning(BUCKET) == "Enabled"
         assert await h.fs.getxattr(ROOT_INO, NS + "versioning") == b"Enabled"
         # listed like any directory's: versioning is the bucket's setting, read by name
-        assert await h.fs.listxattr(ROOT_INO) == ["user.team", NS + "content_type"]
+        assert await h.fs.listxattr(ROOT_INO) == ["user.team"]
         assert await errno_of(h.fs.getxattr(ROOT_INO, NS + "bytes_used")) == errno.ENODATA
 
     run_fs(body, prefix="sub")
