@@ -14,11 +14,15 @@ Owns two things:
   of a mount of a prefix is a directory like any other (xattrs.py's) but for `versioning`
   and `region`, which are the bucket's.
 
-Invariants: `statfs` never waits on a slow server for more than DF_WAIT seconds: figures older
-than DF_TTL are answered at once and refreshed by one background task in the mount's nursery;
-without figures yet it waits for that task at most DF_WAIT, then answers the defaults; a failed
-refresh keeps the last figures (a failing `df` is worse than an old one). A refusal logs one
-INFO line saying why, like xattrs.py's.
+Invariants: a bucket directory lists (listxattr) the bucket's metadata and nothing else, what a
+copy of the directory carries (xattrs.py says why): `versioning` is a setting of the bucket,
+`region` and the figures are information, all read by name; so a listing never asks for the
+figures (`Backend.space`). The root of a whole-account mount lists nothing. `statfs` never
+waits on a slow server for more than DF_WAIT seconds: figures older than DF_TTL are answered at
+once and refreshed by one background task in the mount's nursery; without figures yet it waits
+for that task at most DF_WAIT, then answers the defaults; a failed refresh keeps the last
+figures (a failing `df` is worse than an old one). A refusal logs one INFO line saying why,
+like xattrs.py's.
 """
 
 from __future__ import annotations
