@@ -50,7 +50,8 @@ through `persist` (`Mutations.persist_attrs`: copy in place with the metadata re
 clean file, the pending upload for a dirty one, a marker PUT for a directory) and, if that
 fails, the node is left as it was; every refusal logs one INFO line that says why (a missing
 attribute only at DEBUG: the kernel and `ls` ask for `security.*` names all the time). Names
-outside `user.*` are EOPNOTSUPP, read or written: their namespaces are not kept.
+outside `user.*` are EOPNOTSUPP, read or written, logged at DEBUG only (`cp -a` sets an ACL on
+every file): their namespaces are not kept.
 """
 
 from __future__ import annotations
@@ -420,6 +421,11 @@ class Xattrs:
         await self._apply(node, name, change)
 
     def _check_writable(self, node: Node, name: str) -> None:
+        if not name.startswith(USER):
+            # `cp -a` and `rsync -A` set system.posix_acl_access on every file they copy in:
+            # "unsupported" is expected, like a read of such a name, so only at DEBUG
+            log.debug("xattr %s of %s: only user.* attributes are kept", name, node.key or "/")
+            raise NotSupported("only user.* attributes are kept")
         if node.virtual is not None:
             raise _refuse(ReadOnly(), node, name, "versions are read-only")
         if self._read_only:

@@ -7,6 +7,7 @@ by its errno (what `getfattr`/`setfattr` report).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 import pytest
@@ -198,9 +199,10 @@ def test_refusals(run_fs: RunFs, name: str, value: bytes, code: int) -> None:
     "name", ["security.selinux", "security.capability", "trusted.x", "system.posix_acl_access"]
 )
 def test_names_outside_user_are_unsupported_to_read_and_cost_no_request(
-    run_fs: RunFs, name: str
+    run_fs: RunFs, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """EOPNOTSUPP, not ENODATA: `ls -l` then stops asking for the whole file system."""
+    """EOPNOTSUPP, not ENODATA: `ls -l` then stops asking for the whole file system. Setting
+    one is expected too (`cp -a` sets an ACL on every file it copies): no INFO line."""
 
     async def body(h: Harness) -> None:
         node = await h.write_file("f", b"x")
@@ -208,9 +210,13 @@ def test_names_outside_user_are_unsupported_to_read_and_cost_no_request(
         heads = h.store.calls["head"]
         assert await errno_of(h.fs.getxattr(node.ino, name)) == errno.EOPNOTSUPP
         assert await errno_of(h.fs.removexattr(node.ino, name)) == errno.EOPNOTSUPP
+        assert await errno_of(h.fs.setxattr(node.ino, name, b"v")) == errno.EOPNOTSUPP
+        assert await errno_of(h.fs.setxattr(ROOT_INO, name, b"v")) == errno.EOPNOTSUPP
         assert h.store.calls["head"] == heads
 
+    caplog.set_level(logging.INFO, logger="bucketfs")
     run_fs(body)
+    assert not [r for r in caplog.records if name in r.getMessage()]
 
 
 def test_metadata_limit_counts_every_key(run_fs: RunFs) -> None:
