@@ -70,13 +70,15 @@ def write_options(node: Node) -> WriteOptions:
     """The metadata an upload of `node` carries: its user metadata plus POSIX attributes."""
     metadata = dict(node.metadata)
     metadata.update(posix_metadata(node.st_mode, node.uid, node.gid, node.mtime, node.atime))
-    content_type = node.content_type
-    if content_type is None:
-        if node.kind is Kind.DIR:
-            content_type = DIRECTORY_CONTENT_TYPE
-        else:
-            content_type = mimetypes.guess_type(node.name)[0] or "application/octet-stream"
+    content_type = node.content_type or guessed_type(node)
     return WriteOptions(metadata=metadata, content_type=content_type, system=dict(node.system))
+
+
+def guessed_type(node: Node) -> str:
+    """The Content-Type an upload of `node` carries when none was set: guessed from its name."""
+    if node.kind is Kind.DIR:
+        return DIRECTORY_CONTENT_TYPE
+    return mimetypes.guess_type(node.name)[0] or "application/octet-stream"
 
 
 def upload_meta(node: Node) -> dict[str, Any]:

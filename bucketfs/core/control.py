@@ -7,8 +7,9 @@ Owns the names of those attributes, the one list both sides read: the daemon ans
 report, a file's upload state, and `sync_path` (the flush attribute, and a directory's rename).
 Every other attribute is passed on to xattrs.py (object metadata).
 
-Invariants: a control attribute is never stored on an object; it is read-only except
-`XATTR_FLUSH`, which only uploads; setting `XATTR_FLUSH` returns only once the file, or
+Invariants: a control attribute is never stored on an object, nor listed (listxattr lists what
+a copy carries, xattrs.py: `rsync -X` would try to remove it, `cp -a` copy it); it is read-only
+except `XATTR_FLUSH`, which only uploads; setting `XATTR_FLUSH` returns only once the file, or
 everything below the directory (the markers of directories made there included), and every
 delete queued before it, is on the server.
 """
@@ -108,11 +109,9 @@ class Control:
         return await self._xattrs.get(node, name)
 
     async def listxattr(self, ino: int) -> list[str]:
+        # the control attributes are answered by name only: a copy must not carry them
         node = await self._ns.getattr(ino)
-        names = [XATTR_PID, XATTR_STATUS] if ino == ROOT_INO else []
-        if node.kind is not Kind.DIR and node.virtual is None:
-            names.append(XATTR_UPLOAD_STATE)
-        return names + await self._xattrs.names(node)  # hook: xattrs.py
+        return await self._xattrs.names(node)  # hook: xattrs.py
 
     async def setxattr(self, ino: int, name: str, value: bytes) -> None:
         node = self._ns.node(ino)

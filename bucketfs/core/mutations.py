@@ -371,6 +371,10 @@ class Mutations:
             # pending content is uploaded under the old name, then copied and deleted
             await ns.data.rename(node, new_key, replaces=target is not None)
         ns.table.move(node, dst_dir, new_name)
+        if node.kind is Kind.FILE:
+            # a pending upload goes up with the type guessed from the name it lands under
+            # (rsync writes `.NAME.XXXXXX` and renames it), not the temporary one's
+            ns.data.refresh_meta(node)
         ns.changed(src_dir, old_name)
         ns.changed(dst_dir, new_name, node.kind)
 

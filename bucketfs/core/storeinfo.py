@@ -14,11 +14,15 @@ Owns two things:
   of a mount of a prefix is a directory like any other (xattrs.py's) but for `versioning`
   and `region`, which are the bucket's.
 
-Invariants: `statfs` never waits on a slow server for more than DF_WAIT seconds: figures older
-than DF_TTL are answered at once and refreshed by one background task in the mount's nursery;
-without figures yet it waits for that task at most DF_WAIT, then answers the defaults; a failed
-refresh keeps the last figures (a failing `df` is worse than an old one). A refusal logs one
-INFO line saying why, like xattrs.py's.
+Invariants: a bucket directory lists (listxattr) the bucket's metadata and nothing else, what a
+copy of the directory carries (xattrs.py says why): `versioning` is a setting of the bucket,
+`region` and the figures are information, all read by name; so a listing never asks for the
+figures (`Backend.space`). The root of a whole-account mount lists nothing. `statfs` never
+waits on a slow server for more than DF_WAIT seconds: figures older than DF_TTL are answered at
+once and refreshed by one background task in the mount's nursery; without figures yet it waits
+for that task at most DF_WAIT, then answers the defaults; a failed refresh keeps the last
+figures (a failing `df` is worse than an old one). A refusal logs one INFO line saying why,
+like xattrs.py's.
 """
 
 from __future__ import annotations
@@ -159,24 +163,20 @@ class StoreInfo:
     def covers(node: Node, name: str | None = None) -> bool:
         """Whether attribute `name` of `node` (None: its list) is answered here: every
         attribute of a bucket directory and of the root of a whole-account mount; on the root
-        of a mount of a prefix (an ordinary directory otherwise) the bucket's settings."""
+        of a mount of a prefix (an ordinary directory otherwise, its list too) the bucket's
+        settings."""
         if node.is_bucket or (node.ino == ROOT_INO and node.bucket is None):
             return True
-        return node.ino == ROOT_INO and name in (None, NS + VERSIONING, NS + REGION)
+        return node.ino == ROOT_INO and name in (NS + VERSIONING, NS + REGION)
 
     async def names(self, node: Node) -> list[str]:
-        names: list[str] = []
-        if node.bucket is not None and node.is_bucket:
-            metadata = await self.backend.bucket_metadata(node.bucket)
-            names += [USER + k for k in sorted(metadata or {})]
-        if node.bucket is not None:
-            names.append(NS + VERSIONING)
-        if self.backend.region:
-            names.append(NS + REGION)
-        if node.bucket is not None and node.is_bucket:
-            space = await self.backend.space(node.bucket)
-            names += [NS + f for f in FIGURES if _figure(space, f) is not None]
-        return names
+        """What a copy of a bucket directory carries: the bucket's own metadata, no more.
+        `versioning` is a setting of the bucket, `region` and the figures say where and how
+        full it is: none is data, all are read by name (xattrs.py says why)."""
+        if node.bucket is None or not node.is_bucket:
+            return []
+        metadata = await self.backend.bucket_metadata(node.bucket)
+        return [USER + k for k in sorted(metadata or {})]
 
     async def value(self, node: Node, name: str) -> str | None:
         """The value of `name` (a user.* name) on a bucket directory; None: it has none."""

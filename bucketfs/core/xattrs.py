@@ -9,8 +9,9 @@ Owns the mapping between xattr names and what an object carries:
 - `user.bucketfs.F`: the object's own fields. Read-only: `etag`, `version_id`,
   `last_modified`, `storage_class`, `size` (and on version files `is_latest`,
   `delete_marker`); read-write: `content_type`, `cache_control`, `content_encoding`,
-  `content_disposition`, `content_language`, `expires`; computed: `url` (a presigned URL,
-  never logged). `url` is only given when asked for by name (never listed).
+  `content_disposition`, `content_language`, `expires` (removing `content_type` goes back to
+  the type guessed from the name, and succeeds, with no request, when it is that already;
+  getxattr always answers one); computed: `url` (a presigned URL, never logged).
 - on the mount root and bucket directories: what storeinfo.py answers (the bucket's own
   metadata as `user.K`, `versioning`, `region`, quota and usage figures).
 - `user.bucketfs.delete_at` (files, stores with `Backend.expiry`: Swift's `X-Delete-At`):
@@ -24,17 +25,33 @@ Owns the mapping between xattr names and what an object carries:
   plain HTTP PUT uploads the object's content to (`Backend.presign_upload`), valid for
   `url_ttl`; like `url` never listed, never logged, and refused on a read-only mount.
 - `user.bucketfs.checksum.ALG` (read-only, clean files and versions): the checksums the store
-  kept (`Backend.head_checksums`: S3's `x-amz-checksum-*`, Swift's MD5 ETag), hex; listed
-  only when present, which costs one HEAD per ETag.
+  kept (`Backend.head_checksums`: S3's `x-amz-checksum-*`, Swift's MD5 ETag), hex; read by
+  name only (one HEAD per ETag), ENODATA when the store kept none.
 
 The mount's control attributes (`pid`, `status`, `flush`, `upload_state`) are `control.py`'s.
+
+Listing (listxattr, `getfattr -d`) gives what a copy of the node carries and nothing else:
+`user.K` and the writable fields when set (`content_type` when it is not the type guessed from
+the name, which the copy's name gives again where it is copied in: so a second `rsync -aX` of
+files without a type has nothing to do; `delete_at` on files); on a version under `.versions/`
+its user metadata and fields, `content_type` always (read-only there, but what `cp -a` of an
+old version out should keep: a version file's name says nothing of its type); on a
+bucket directory the bucket's metadata only (storeinfo.py); on links and special files
+nothing (the kernel keeps user.* off them). Every other field (read-only ones, checksums, `url`,
+`upload_url`, `versioning`, `region`, the figures, the control attributes) is answered by name
+only. Why: `rsync -X` removes from its copy every listed name the source lacks, and `cp -a`,
+`tar --xattrs` and `getfattr -d`/`--restore` copy every listed name, so a listed read-only
+field fails a copy in (EPERM) and goes stale on a copy out; kernel file systems do not list
+virtual attributes either (Ceph dropped them from listxattr for the same reason). Listing asks
+the server nothing but a version's HEAD and a bucket's metadata.
 
 Invariants: a change is validated completely before anything is sent; it reaches the server
 through `persist` (`Mutations.persist_attrs`: copy in place with the metadata replaced for a
 clean file, the pending upload for a dirty one, a marker PUT for a directory) and, if that
 fails, the node is left as it was; every refusal logs one INFO line that says why (a missing
 attribute only at DEBUG: the kernel and `ls` ask for `security.*` names all the time). Names
-outside `user.*` are EOPNOTSUPP, read or written: their namespaces are not kept.
+outside `user.*` are EOPNOTSUPP, read or written, logged at DEBUG only (`cp -a` sets an ACL on
+every file): their namespaces are not kept.
 """
 
 from __future__ import annotations
@@ -50,12 +67,11 @@ from datetime import UTC, datetime
 
 from bucketfs.backends.base import Backend
 from bucketfs.core.attrs import POSIX_KEYS, check_new_name
-from bucketfs.core.contents import write_options
+from bucketfs.core.contents import guessed_type, write_options
 from bucketfs.core.nodes import Kind, Node, VKind
 from bucketfs.core.storeinfo import StoreInfo
 from bucketfs.core.versions import NULL_VERSION, get_args, iso, millis
 from bucketfs.errors import (
-    BackendError,
     BucketfsError,
     InvalidArgument,
     MetadataTooLarge,
@@ -193,48 +209,39 @@ class Xattrs:
     # --- reading -----------------------------------------------------------------------------
 
     async def names(self, node: Node) -> list[str]:
-        """The attributes `node` has (listxattr); a version's metadata needs one HEAD. `url` is
-        never listed: `getfattr -d`, `cp -a` and `rsync -X` would sign and copy a credential."""
+        """The attributes a copy of `node` carries (listxattr): its user metadata and the object
+        fields that can be written, when set (`content_type` when not the guessed one).
+        Read-only fields (`etag`, `size`, checksums, ...) and `url`/`upload_url` are never
+        listed, only answered by name: `rsync -X` removes what it lists and the source lacks,
+        and `cp -a`, `tar --xattrs` and `getfattr -d` copy every listed name, so a listed
+        read-only field fails the copy in (EPERM) and goes stale in the copy out. A version's
+        metadata needs one HEAD (also for its user metadata), a bucket directory's one request
+        for the bucket's metadata (storeinfo.py); nothing else asks the server."""
         v = node.virtual
-        if v is not None and v.version is not None:
-            await self._head_version(node)
-        names = [USER + k for k in user_keys(dict(node.metadata))]
         if v is not None:
-            if v.kind is not VKind.VERSION or v.version is None:
+            if v.kind is not VKind.VERSION or v.version is None or v.version.is_delete_marker:
                 return []
-            fields = ["etag", "version_id", "last_modified", "storage_class", "size"]
-            fields += list(VERSION_FIELDS)
-            if not v.version.is_delete_marker:
-                fields += ["content_type", *self._system(node)]
-                fields += self._checksums(node.head_info)
-            return names + [NS + f for f in fields]
+            # what a copy of an old version (`cp -a` out of .versions/) carries; read-only here
+            await self._head_version(node)
         if self.store.covers(node):  # hook: a bucket's attributes (storeinfo.py)
-            names += await self.store.names(node)
-        if node.kind is Kind.DIR:
-            if node.has_marker:
-                names += [NS + f for f in ("content_type", *self._system(node))]
+            return await self.store.names(node)
+        if node.kind not in (Kind.FILE, Kind.DIR):
+            return []  # the kernel keeps user.* off links and special files: none could be read
+        names = [USER + k for k in user_keys(dict(node.metadata))]
+        if node.kind is Kind.DIR and not node.has_marker:
             return names
-        fields = []
-        if node.etag is not None:
-            fields += ["etag", *(["version_id"] if node.version_id else [])]
-            fields += ["last_modified", "storage_class"]
-        fields += ["size", "content_type", *self._system(node)]
-        if DELETE_AT in node.system:
+        if v is not None:  # a version file's name says nothing of its type: what HEAD said
+            own_type = node.content_type is not None
+        else:  # the guess is made again from the name of the copy, where it is copied in
+            own_type = write_options(node).content_type != guessed_type(node)
+        fields = [*(["content_type"] if own_type else []), *self._system(node)]
+        if v is None and node.kind is not Kind.DIR and DELETE_AT in node.system:
             fields.append(DELETE_AT)
-        if node.etag is not None and not node.dirty:
-            try:
-                fields += self._checksums(await self._head(node))
-            except BackendError as exc:  # listing the other attributes does not need it
-                log.debug("checksums of %s unknown: %s", node.key, exc)
         return names + [NS + f for f in fields]
 
     @staticmethod
     def _system(node: Node) -> list[str]:
         return [f for f in READ_WRITE if f != "content_type" and f in node.system]
-
-    @staticmethod
-    def _checksums(info: ObjectInfo | None) -> list[str]:
-        return [CHECKSUM + a for a in sorted(info.checksums)] if info is not None else []
 
     async def get(self, node: Node, name: str) -> bytes:
         if not name.startswith(USER):
@@ -407,9 +414,18 @@ class Xattrs:
         if self.store.covers(node, name):
             await self.store.set(node, name, None)
             return
-        await self._apply(node, name, self._change(node, name, None))
+        change = self._change(node, name, None)
+        if change == Change(dict(node.metadata), node.content_type, dict(node.system)):
+            log.debug("xattr %s of %s: nothing to remove", name, node.key)
+            return  # no request: a file's type that is the guessed one already
+        await self._apply(node, name, change)
 
     def _check_writable(self, node: Node, name: str) -> None:
+        if not name.startswith(USER):
+            # `cp -a` and `rsync -A` set system.posix_acl_access on every file they copy in:
+            # "unsupported" is expected, like a read of such a name, so only at DEBUG
+            log.debug("xattr %s of %s: only user.* attributes are kept", name, node.key or "/")
+            raise NotSupported("only user.* attributes are kept")
         if node.virtual is not None:
             raise _refuse(ReadOnly(), node, name, "versions are read-only")
         if self._read_only:
@@ -443,8 +459,12 @@ class Xattrs:
                 why = "unknown bucketfs attribute (user.bucketfs.* is reserved)"
                 raise _refuse(InvalidArgument(), node, name, why)
             if field == "content_type":
-                if value is None and content_type is None:
-                    raise NoAttribute()
+                if node.kind is Kind.DIR and not node.has_marker:
+                    raise NoAttribute()  # no object to have a type (never listed)
+                if value is None and write_options(node).content_type == guessed_type(node):
+                    # the guessed type already: nothing changes, yet removing it succeeds, as
+                    # getxattr shows it (`rsync -X` or a script may remove it from any file)
+                    return Change(metadata, content_type, system)
                 # removing it goes back to the type guessed from the name
                 content_type = None if value is None else _header_value(node, field, name, value)
             elif value is None:

@@ -265,3 +265,29 @@ def test_stats_spread_over_sibling_directories_list_each_at_its_first_lookup(
     assert os.stat(top / "d4" / "f000").st_size == 1
     assert os.stat(top / "d4" / "f001").st_size == 1  # waits for d4's listing if under way
     assert sent(proxy, before) == {"HEAD": 2, "LIST": 2}
+
+
+def test_getfattr_d_and_cp_a_out_send_no_head_for_checksums(
+    proxy: CountingProxy, s3_mounts: MountFactory, tmp_path: Path
+) -> None:
+    """Listing attributes (`getfattr -d`, `cp -a`, `rsync -X`) asks the store nothing for the
+    read-only fields: the checksums, one HEAD per file when they were listed, are read by
+    name only (they are not what a copy carries: xattrs.py). `cp -a` sends one HEAD per file
+    still: its open's (close-to-open)."""
+    mnt = counted(proxy, s3_mounts)
+    for d in ("listed", "copied"):
+        (mnt.path / d).mkdir()
+        for i in range(N):
+            (mnt.path / d / f"f{i:02d}.txt").write_bytes(b"x" * 100)
+    mnt.flush()
+    before = proxy.snapshot()
+    getfattr = require_tool("getfattr")
+    dump = [getfattr, "-R", "-d", "-m", "-", str(mnt.path / "listed")]
+    subprocess.run(dump, check=True, timeout=60)
+    listed = sent(proxy, before)
+    assert "HEAD" not in listed, listed  # was one per file: 30
+    before = proxy.snapshot()
+    cp = [require_tool("cp"), "-a", str(mnt.path / "copied"), str(tmp_path / "out")]
+    subprocess.run(cp, check=True, timeout=60)
+    copied = sent(proxy, before)
+    assert copied.get("HEAD", 0) == N, copied  # was two per file: 60

@@ -58,7 +58,9 @@ def errno_of(fn: object, *args: object) -> int:
     raise AssertionError("not refused")
 
 
-def test_versions_written_listed_read_restored(store_env: StoreEnv, mnt: Mount) -> None:
+def test_versions_written_listed_read_restored(
+    store_env: StoreEnv, mnt: Mount, tmp_path: Path
+) -> None:
     enable_versioning(mnt)
     d = mnt.path / "d"
     d.mkdir()
@@ -75,6 +77,25 @@ def test_versions_written_listed_read_restored(store_env: StoreEnv, mnt: Mount) 
     assert os.getxattr(oldest, NS + "is_latest") == b"false"
     assert os.getxattr(key_dir / names[-1], NS + "is_latest") == b"true"
     assert os.getxattr(oldest, NS + "version_id").decode() in names[0]
+    # a copy out carries the version's metadata, its type too (its name says nothing of it);
+    # its own fields (version_id, is_latest, ...) are read by name only
+    assert os.listxattr(oldest) == [NS + "content_type"]
+    tagged = mnt.path / "tagged.txt"  # d/.versions is listed already (and cached)
+    write(mnt, tagged, b"one")
+    os.setxattr(tagged, "user.colour", b"red")
+    write(mnt, tagged, b"two")
+    tagged_dir = mnt.path / ".versions" / "tagged.txt"
+    # "one", "one" with the colour (the setxattr: a copy in place, a version), "two"
+    old_tagged = tagged_dir / sorted(os.listdir(tagged_dir))[1]
+    assert old_tagged.read_bytes() == b"one"
+    cp = require_tool("cp")
+    subprocess.run([cp, "-a", str(oldest), str(old_tagged), str(tmp_path)], check=True)
+    copied = tmp_path / old_tagged.name
+    assert {n: os.getxattr(copied, n) for n in os.listxattr(copied)} == {
+        "user.colour": b"red",
+        NS + "content_type": b"text/plain",
+    }
+    assert os.listxattr(tmp_path / names[0]) == [NS + "content_type"]
     # read-only, whatever is tried
     assert errno_of(open, oldest, "wb") == errno.EROFS
     assert errno_of(os.unlink, oldest) == errno.EROFS
@@ -82,7 +103,6 @@ def test_versions_written_listed_read_restored(store_env: StoreEnv, mnt: Mount) 
     assert errno_of(os.mkdir, d / ".versions" / "new") == errno.EROFS
     assert errno_of(os.setxattr, oldest, "user.k", b"v") == errno.EROFS
     # restore: cp d/.versions/name/V d/name
-    cp = require_tool("cp")
     subprocess.run([cp, str(oldest), str(d / "notes.txt")], check=True, timeout=30)
     assert (d / "notes.txt").read_bytes() == b"first"
     store = mnt.store

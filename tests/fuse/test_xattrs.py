@@ -104,9 +104,11 @@ def test_object_fields_and_content_type(mnt: Mount) -> None:
     page = mnt.path / "index.html"
     page.write_bytes(b"<h1>hi</h1>")
     assert head_fields(mnt, "index.html")["content-type"] == "text/html"  # guessed
-    names = os.listxattr(page)
+    # read by name only: a copy (rsync -X, cp -a) carries nothing of them; the type is the
+    # guessed one, which a copy guesses again from its name
+    assert os.listxattr(page) == []
     for field in ("etag", "last_modified", "size", "content_type", "upload_state"):
-        assert NS + field in names
+        assert os.getxattr(page, NS + field)
     assert os.getxattr(page, NS + "size") == b"11"
     assert os.getxattr(page, NS + "upload_state") == b"clean"
     assert os.getxattr(page, NS + "last_modified").endswith(b"Z")
@@ -120,6 +122,13 @@ def test_object_fields_and_content_type(mnt: Mount) -> None:
     assert page.read_bytes() == b"<h1>hi</h1>"  # a copy in place keeps the content
     shown = getfattr("--only-values", "-n", NS + "cache_control", str(page))
     assert shown.stdout == "max-age=60"
+    listed = {NS + f for f in ("content_type", "cache_control", "content_disposition")}
+    assert set(os.listxattr(page)) == listed
+    # removing the type goes back to the guess, and again (the guess already) succeeds too
+    os.removexattr(page, NS + "content_type")
+    os.removexattr(page, NS + "content_type")
+    assert head_fields(mnt, "index.html")["content-type"] == "text/html"
+    assert NS + "content_type" not in os.listxattr(page)
 
 
 def test_errors(mnt: Mount) -> None:
@@ -195,6 +204,7 @@ def test_directories_and_the_root(store_env: StoreEnv, mnt: Mount) -> None:
         assert store.head("d/")[1]["team"] == "ops"
         assert os.getxattr(d, "user.team") == b"ops"
     assert os.getxattr(mnt.path, NS + "versioning") == b"Off"
+    assert os.listxattr(mnt.path) == []  # settings, control attributes: read by name only
     (mnt.path / "f").write_bytes(b"x" * 10000)
     mnt.flush()
     df = os.statvfs(mnt.path)

@@ -340,3 +340,24 @@ def test_a_pending_file_renamed_onto_a_name_then_moved_on_leaves_no_old_object(
             assert await h.body("z") == b"new"
 
     run_fs(body, writeback_delay=60.0, attr_timeout=0.0, entry_timeout=0.0, negative_timeout=0.0)
+
+
+def test_a_new_file_renamed_before_its_upload_gets_the_type_of_its_new_name(
+    run_fs: RunFs,
+) -> None:
+    """rsync (and editors) write `.page.html.XXXXXX` and rename it: the upload carries the type
+    guessed from the name it lands under, not from the temporary one; a type that was set is
+    kept."""
+
+    async def body(h: Harness) -> None:
+        await h.write_file(".page.html.Ab12Cd", b"<p>")
+        await h.fs.rename(ROOT_INO, ".page.html.Ab12Cd", ROOT_INO, "page.html", 0)
+        typed = await h.write_file(".data.bin.Xy34Zw", b"{}")
+        await h.fs.setxattr(typed.ino, "user.bucketfs.content_type", b"application/json")
+        await h.fs.rename(ROOT_INO, ".data.bin.Xy34Zw", ROOT_INO, "data.bin", 0)
+        await h.settle()
+        assert await h.keys() == ["data.bin", "page.html"]
+        assert (await h.head("page.html")).content_type == "text/html"
+        assert (await h.head("data.bin")).content_type == "application/json"
+
+    run_fs(body, writeback_delay=5.0)
