@@ -14,15 +14,16 @@ Owns two things:
   of a mount of a prefix is a directory like any other (xattrs.py's) but for `versioning`
   and `region`, which are the bucket's.
 
-Invariants: a bucket directory lists (listxattr) the bucket's metadata and nothing else, what a
-copy of the directory carries (xattrs.py says why): `versioning` is a setting of the bucket,
-`region` and the figures are information, all read by name; so a listing never asks for the
-figures (`Backend.space`). The root of a whole-account mount lists nothing. `statfs` never
-waits on a slow server for more than DF_WAIT seconds: figures older than DF_TTL are answered at
-once and refreshed by one background task in the mount's nursery; without figures yet it waits
-for that task at most DF_WAIT, then answers the defaults; a failed refresh keeps the last
-figures (a failing `df` is worse than an old one). A refusal logs one INFO line saying why,
-like xattrs.py's.
+Invariants: a bucket directory lists (listxattr) nothing, which is what a copy of the directory
+carries (xattrs.py says why): the bucket's metadata belongs to the bucket (a `rsync -aX` onto the
+mount root would remove what its source lacks, a Swift container's quota included),
+`versioning` is a setting of the bucket, `region` and the figures are information; all are read
+by name, so a listing asks the store nothing. The root of a whole-account mount lists nothing.
+`statfs` never waits on a slow server for more than DF_WAIT seconds: figures older than DF_TTL
+are answered at once and refreshed by one background task in the mount's nursery; without
+figures yet it waits for that task at most DF_WAIT, then answers the defaults; a failed refresh
+keeps the last figures (a failing `df` is worse than an old one). A refusal logs one INFO line
+saying why, like xattrs.py's.
 """
 
 from __future__ import annotations
@@ -170,13 +171,13 @@ class StoreInfo:
         return node.ino == ROOT_INO and name in (NS + VERSIONING, NS + REGION)
 
     async def names(self, node: Node) -> list[str]:
-        """What a copy of a bucket directory carries: the bucket's own metadata, no more.
-        `versioning` is a setting of the bucket, `region` and the figures say where and how
-        full it is: none is data, all are read by name (xattrs.py says why)."""
-        if node.bucket is None or not node.is_bucket:
-            return []
-        metadata = await self.backend.bucket_metadata(node.bucket)
-        return [USER + k for k in sorted(metadata or {})]
+        """What a copy of a bucket directory carries: nothing. Its metadata (Swift's container
+        metadata, such as `quota-bytes` that its middleware enforces) is the bucket's, not
+        data of the directory's content: listed, `rsync -aX SRC/ /mnt/bucket/` would remove
+        every key SRC lacks (a container's quota with it), and `cp -a` of a mount root into
+        another bucket's would set them there. `versioning` is a setting, `region` and the
+        figures information. All are read and written by name (xattrs.py says why)."""
+        return []
 
     async def value(self, node: Node, name: str) -> str | None:
         """The value of `name` (a user.* name) on a bucket directory; None: it has none."""

@@ -36,14 +36,14 @@ the name, which the copy's name gives again where it is copied in: so a second `
 files without a type has nothing to do; `delete_at` on files); on a version under `.versions/`
 its user metadata and fields, `content_type` always (read-only there, but what `cp -a` of an
 old version out should keep: a version file's name says nothing of its type); on a
-bucket directory the bucket's metadata only (storeinfo.py); on links and special files
+bucket directory nothing (its metadata is the bucket's: storeinfo.py); on links and special files
 nothing (the kernel keeps user.* off them). Every other field (read-only ones, checksums, `url`,
 `upload_url`, `versioning`, `region`, the figures, the control attributes) is answered by name
 only. Why: `rsync -X` removes from its copy every listed name the source lacks, and `cp -a`,
 `tar --xattrs` and `getfattr -d`/`--restore` copy every listed name, so a listed read-only
 field fails a copy in (EPERM) and goes stale on a copy out; kernel file systems do not list
 virtual attributes either (Ceph dropped them from listxattr for the same reason). Listing asks
-the server nothing but a version's HEAD and a bucket's metadata.
+the server nothing but a version's HEAD.
 
 Invariants: a change is validated completely before anything is sent; it reaches the server
 through `persist` (`Mutations.persist_attrs`: copy in place with the metadata replaced for a
@@ -215,8 +215,8 @@ class Xattrs:
         listed, only answered by name: `rsync -X` removes what it lists and the source lacks,
         and `cp -a`, `tar --xattrs` and `getfattr -d` copy every listed name, so a listed
         read-only field fails the copy in (EPERM) and goes stale in the copy out. A version's
-        metadata needs one HEAD (also for its user metadata), a bucket directory's one request
-        for the bucket's metadata (storeinfo.py); nothing else asks the server."""
+        metadata needs one HEAD (also for its user metadata); a bucket directory lists nothing
+        (storeinfo.py); nothing else asks the server."""
         v = node.virtual
         if v is not None:
             if v.kind is not VKind.VERSION or v.version is None or v.version.is_delete_marker:
