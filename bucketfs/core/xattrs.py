@@ -125,6 +125,19 @@ def _refuse(exc: BucketfsError, node: Node, name: str, why: str) -> BucketfsErro
     return exc.__class__(why)
 
 
+def _unsupported(node: Node, name: str) -> NotSupported:
+    """A name outside user.*: its namespace is not kept. Expected all the time (`ls -l` reads
+    security.selinux, `cp -a` sets an ACL on every file): logged at DEBUG only."""
+    log.debug("xattr %s of %s: only user.* attributes are kept", name, node.key or "/")
+    return NotSupported("only user.* attributes are kept")
+
+
+def _own_type(node: Node) -> bool:
+    """Whether `node` has a Content-Type other than the one guessed from its name."""
+    guessed = guessed_type(node)
+    return (node.content_type or guessed) != guessed
+
+
 def _text(node: Node, name: str, value: bytes) -> str:
     try:
         text = value.decode("utf-8")
@@ -230,10 +243,9 @@ class Xattrs:
         names = [USER + k for k in user_keys(dict(node.metadata))]
         if node.kind is Kind.DIR and not node.has_marker:
             return names
-        if v is not None:  # a version file's name says nothing of its type: what HEAD said
-            own_type = node.content_type is not None
-        else:  # the guess is made again from the name of the copy, where it is copied in
-            own_type = write_options(node).content_type != guessed_type(node)
+        # a version file's name says nothing of its type (what HEAD said is listed); elsewhere
+        # the guess is made again from the name of the copy, where it is copied in
+        own_type = node.content_type is not None if v is not None else _own_type(node)
         fields = [*(["content_type"] if own_type else []), *self._system(node)]
         if v is None and node.kind is not Kind.DIR and DELETE_AT in node.system:
             fields.append(DELETE_AT)
@@ -245,10 +257,9 @@ class Xattrs:
 
     async def get(self, node: Node, name: str) -> bytes:
         if not name.startswith(USER):
-            # security.*, trusted.*, system.* (ACLs): namespaces not kept, so "unsupported"
-            # (which `ls` remembers for the whole file system), not "no such attribute"
-            log.debug("xattr %s of %s: only user.* attributes are kept", name, node.key or "/")
-            raise NotSupported()
+            # security.*, trusted.*, system.* (ACLs): "unsupported" (which `ls` remembers for
+            # the whole file system), not "no such attribute"
+            raise _unsupported(node, name)
         node = await self._refresh(node.ino)
         value = await self._value(node, name)
         if value is None:
@@ -281,7 +292,7 @@ class Xattrs:
             if node.kind is Kind.DIR and not node.has_marker:
                 return None
             if field == "content_type":
-                return node.content_type or write_options(node).content_type
+                return node.content_type or guessed_type(node)
             return node.system.get(field)
         if node.kind is Kind.DIR:
             return None
@@ -422,19 +433,15 @@ class Xattrs:
 
     def _check_writable(self, node: Node, name: str) -> None:
         if not name.startswith(USER):
-            # `cp -a` and `rsync -A` set system.posix_acl_access on every file they copy in:
-            # "unsupported" is expected, like a read of such a name, so only at DEBUG
-            log.debug("xattr %s of %s: only user.* attributes are kept", name, node.key or "/")
-            raise NotSupported("only user.* attributes are kept")
+            raise _unsupported(node, name)
         if node.virtual is not None:
             raise _refuse(ReadOnly(), node, name, "versions are read-only")
         if self._read_only:
             raise _refuse(ReadOnly(), node, name, "the mount is read-only")
 
     def _change(self, node: Node, name: str, value: bytes | None) -> Change:
-        """The node's metadata with `name` set to `value` (None: removed), validated."""
-        if not name.startswith(USER):
-            raise _refuse(NotSupported(), node, name, "only user.* attributes are kept")
+        """The node's metadata with `name` set to `value` (None: removed), validated; `name`
+        is a user.* name (`_check_writable`)."""
         if node.kind is Kind.DIR and (node.is_bucket or node.key == "" or node.bucket is None):
             raise _refuse(NotSupported(), node, name, "a bucket has no object to hold metadata")
         metadata = dict(node.metadata)
@@ -461,7 +468,7 @@ class Xattrs:
             if field == "content_type":
                 if node.kind is Kind.DIR and not node.has_marker:
                     raise NoAttribute()  # no object to have a type (never listed)
-                if value is None and write_options(node).content_type == guessed_type(node):
+                if value is None and not _own_type(node):
                     # the guessed type already: nothing changes, yet removing it succeeds, as
                     # getxattr shows it (`rsync -X` or a script may remove it from any file)
                     return Change(metadata, content_type, system)
