@@ -93,6 +93,8 @@ class Control:
             "nodes_peak": self._ns.table.peak,
             # lookups of names shown without a node answered by a prefetch HEAD (JSON only)
             "prefetched_names": self._ns.prefetch.taken,
+            # listed files readdir showed with a kept HEAD's attributes (readdir.py; JSON only)
+            "kept_nodes": self._ns.readdir.kept_nodes,
             "cached_files": data["cached_files"],
             "open_data_files": data["open_data_files"],
         }

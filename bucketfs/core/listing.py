@@ -138,6 +138,8 @@ class Snapshot:
     directory: Node
     entries: list[tuple[str, Node | Entry]]
     gone: set[str] = field(default_factory=set)
+    #: the entries before this one had their kept HEADs read (readdir.py `_kept_node`)
+    kept_at: int = 0
 
 
 def add_page(prefix: str, page: ListPage, files: dict[str, Entry], dirs: dict[str, Entry]) -> None:

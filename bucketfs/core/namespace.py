@@ -542,6 +542,8 @@ class Namespace:
         if node.virtual is not None:  # hook: versions never change (versions.py)
             return node
         if not node.full:
+            if node.kind is not Kind.DIR:  # find stats directories, not files
+                self.readdir.asked()
             self.prefetch.kick(node.parent, node.name)
             await self.prefetch.wait(node)
         if node.pinned or node.unlinked or node.ino == ROOT_INO or self._fresh(node):

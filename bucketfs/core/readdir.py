@@ -30,11 +30,16 @@ Invariants:
   lookup makes, so `d_ino` and `st_ino` agree; reservations are kept for the directories read
   last, about `RESERVED_MAX` names in all (a directory's whole set goes at once, never the one
   being read), and go with the directory's node: past that, as for a name the kernel forgot,
-  the number may change (README).
+  the number may change (README);
+- except while the kernel asks about listed files (`WALK_FOR` after it last did: ls -l, du,
+  rm do, find does not): then a listed file whose HEAD is kept for the very version listed
+  (cache/attrstore.py) is shown as a node with that HEAD's attributes (`_kept_node`), which
+  spares the kernel's lookup of each (docs/core.md, session 20).
 """
 
 from __future__ import annotations
 
+import time
 import weakref
 from typing import TYPE_CHECKING, Protocol
 
@@ -84,6 +89,11 @@ FILE_BITS = KIND_BITS[Kind.FILE]
 #: inode numbers kept reserved for names shown without a node, all directories together
 #: (~100 bytes each: the name is the listing's)
 RESERVED_MAX = 65536
+#: for this long after the kernel looked up a name shown without a node, a listed file whose
+#: HEAD is kept (cache/attrstore.py) is shown as a node with that HEAD's attributes
+WALK_FOR = 5.0
+#: entries whose kept HEADs are read at once
+KEPT_AHEAD = 1000
 
 
 class Readdir:
@@ -99,6 +109,9 @@ class Readdir:
         self._recent = 0
         #: whether the kernel adapter can show a name without a node (fuse/nameless.py)
         self.nameless = False
+        #: until when (time.monotonic) kept HEADs make nodes (`WALK_FOR`, `_kept_node`)
+        self._walk_until = 0.0
+        self.kept_nodes = 0  # nodes made so (tests, status)
 
     def removed(self, directory: Node, name: str) -> None:
         """This mount removed `name` from `directory`: open snapshots stop showing it."""
@@ -200,6 +213,10 @@ class Readdir:
             or self._ns.table.child(snapshot.directory, name) is not None
         ):
             return self.listed_node(snapshot, name, entry)
+        if self._walk_until > time.monotonic():
+            node = self._kept_node(snapshot, name, info)
+            if node is not None:
+                return node
         directory = snapshot.directory.ino
         reservations = self._reservations
         names = reservations.get(directory)
@@ -226,7 +243,47 @@ class Readdir:
         ino = names.pop(name, None)
         if ino is not None:
             self._reserved_count -= 1
+            self.asked()
         return ino
+
+    def asked(self) -> None:
+        """The kernel asked about a listed file (a lookup of one shown without a node, or
+        getattr of a listed file's node: ls -l, du, stat, rm do; find asks about directories
+        only): answering the next directories' names from kept HEADs spares it those
+        requests (`_kept_node`)."""
+        self._walk_until = time.monotonic() + WALK_FOR
+
+    def _kept_node(self, snapshot: Snapshot, name: str, listed: ObjectInfo | Listed) -> Node | None:
+        """A node with the attributes a kept HEAD of the listed object gives, if one is kept
+        (cache/attrstore.py: the same ETag, size and LastModified); None: none is, or the
+        directory is the bucket list. The rows of the next `KEPT_AHEAD` entries are read
+        in one go (names are handed out in turn).
+
+        Why, and only while the kernel asks about listed names (`WALK_FOR`): after a remount,
+        `ls -lR` of a tree whose HEADs were all kept sent one LOOKUP per file for the names
+        readdir had shown without a node, each answered from a kept HEAD (10,000 of them,
+        about half the walk's CPU); a node with its attributes in the READDIRPLUS entry needs
+        none. `find` and plain `ls` never ask, so they make no node per file."""
+        ns = self._ns
+        directory = snapshot.directory
+        bucket = directory.bucket
+        if bucket is None or not listed.etag or not ns.ready:
+            return None
+        attrs = ns.data.attrs
+        key = directory.key + name
+        if not attrs.loaded(bucket, key):
+            entries = snapshot.entries
+            start = snapshot.kept_at
+            end = snapshot.kept_at = min(len(entries), start + KEPT_AHEAD)
+            keys = [directory.key + n for n, item in entries[start:end] if isinstance(item, Entry)]
+            attrs.load(bucket, keys)
+        info = attrs.match(bucket, key, listed.etag, listed.size, listed.last_modified)
+        if info is None:
+            return None
+        node = ns.new_node(directory, name, ns.resolver.file_entry(info).kind)
+        ns.apply(node, info, full=True)
+        self.kept_nodes += 1
+        return node
 
     def dropped(self, directory_ino: int) -> None:
         """The directory's node is gone: so are the numbers reserved in it."""
@@ -243,6 +300,17 @@ class Readdir:
         node = ns.table.child(directory, name)
         if node is not None or name in snapshot.gone:
             return node
+        info = entry.info
+        if (
+            entry.kind is Kind.FILE
+            and not entry.head
+            and info is not None
+            and not ns.listing_attrs
+            and self._walk_until > time.monotonic()
+        ):
+            node = self._kept_node(snapshot, name, info)
+            if node is not None:
+                return node
         return self._from_listing(directory, name, entry, None)
 
     def _from_listing(self, directory: Node, name: str, entry: Entry, node: Node | None) -> Node:

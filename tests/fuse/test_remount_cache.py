@@ -7,9 +7,11 @@ a remount sends no HEAD for unchanged objects: cache/attrstore.py)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.support.helpers import MountFactory
 from tests.support.servers import SeaweedServer
@@ -102,4 +104,55 @@ def test_ls_l_after_a_remount_sends_no_head_for_unchanged_objects(
     }
     assert {n: st.st_mtime for n, st in again.items() if n != "f07"} == {
         n: st.st_mtime for n, st in first.items() if n != "f07"
+    }
+
+
+def _lookups(mount: Any) -> int:
+    return int(mount.status()["kernel_requests"].get("lookup", 0))
+
+
+def test_ls_lR_after_a_remount_shows_kept_attributes_in_readdir_without_a_lookup_per_file(
+    seaweed: SeaweedServer, proxy: CountingProxy, s3_mounts: MountFactory
+) -> None:
+    """Once the kernel asks about listed files (ls -l of `a`), the next directories' files
+    whose HEADs are kept come with their attributes in the readdir reply: `ls -l` of `b` sends
+    no LOOKUP and no HEAD per file; one changed meanwhile is still asked (core/readdir.py
+    `_kept_node`). `find` alone asks about no file and makes no node per file."""
+    mount = s3_mounts(options=[f"endpoint={proxy.endpoint}"])
+    assert mount.bucket is not None
+    client = seaweed.client()
+    for key in [f"{d}/f{i:02d}" for d in "abc" for i in range(30)]:
+        client.put_object(Bucket=mount.bucket, Key=key, Body=b"x" * 10, Metadata={"mode": "33152"})
+    time.sleep(2.2)  # HEADs are kept only when answered 2 s or more after LastModified
+    first = {d: _ls_l(mount.path / d) for d in "abc"}
+    mount.stop()
+    client.copy_object(  # another client changes one object's metadata only
+        Bucket=mount.bucket,
+        Key="b/f07",
+        CopySource={"Bucket": mount.bucket, "Key": "b/f07"},
+        Metadata={"mode": "33261"},
+        MetadataDirective="REPLACE",
+    )
+    _drop_page_cache()
+
+    mount.start(reuse_cache=True)
+    found = subprocess.run(
+        ["find", str(mount.path)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(found) == 1 + 3 + 90
+    assert mount.status()["nodes"] < 30, "find made a node per file"
+
+    mount.stop()
+    _drop_page_cache()
+    mount.start(reuse_cache=True)
+    assert _ls_l(mount.path / "a") == first["a"]  # the kernel looks a's names up
+    os.stat(mount.path / "b")  # the directory's own lookup is not what is counted
+    lookups, heads = _lookups(mount), _heads(proxy)
+    again = _ls_l(mount.path / "b")
+    assert _heads(proxy) - heads == 1, "only the object changed meanwhile is asked for"
+    assert _lookups(mount) - lookups <= 2, "a LOOKUP per file readdir could have answered"
+    assert again["f07"].st_mode & 0o777 == 0o755
+    assert mount.status()["kept_nodes"] >= 29
+    assert {n: st for n, st in again.items() if n != "f07"} == {
+        n: st for n, st in first["b"].items() if n != "f07"
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,10 +27,39 @@ SECRET_KEY = "bucketfs-test-secret-0123456789"
 REGION = "us-east-1"
 
 
+#: ports `free_port` gave in this process: never given twice
+_GIVEN: set[int] = set()
+
+
+def _ephemeral() -> range:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, outside the kernel's range for outgoing connections.
+    A port from `bind(0)` comes from that range: between the probe and the server's own bind,
+    an outgoing connection (SeaweedFS's parts connect to each other while it starts) could take
+    it, and the server failed with "bind: address already in use" (seen once, session 20)."""
+    ephemeral = _ephemeral()
+    low = 10000 if ephemeral.start > 20000 else ephemeral.stop
+    high = ephemeral.start if ephemeral.start > 20000 else 65536
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(low, high)
+        if port in _GIVEN or port in ephemeral:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError("no free loopback port found")
 
 
 def weed_binary() -> str:

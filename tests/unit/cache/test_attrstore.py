@@ -48,6 +48,32 @@ def test_rows_are_kept_only_from_heads_answered_well_after_last_modified(tmp_pat
     again.close()
 
 
+def test_load_reads_many_rows_at_once_and_matches_as_before(tmp_path: Path) -> None:
+    store = AttrStore(tmp_path / "attrs.sqlite")
+    keys = [f"d/f{i:04d}" for i in range(1200)]  # more than one query's worth (LOAD_CHUNK)
+    for key in keys[::2]:
+        store.remember("b", info(key, server_date=2000.0, metadata={"mode": "33188"}))
+    store.flush()
+    store.load("b", keys)
+    assert store.loaded("b", keys[0])
+    assert store.loaded("b", keys[1])
+    assert not store.loaded("b", "d/other")
+    assert not store.loaded("other", keys[0])
+    hits = [k for k in keys if store.match("b", k, "e1", 3, 1000.0) is not None]
+    assert hits == keys[::2]
+    assert store.match("b", keys[0], "e2", 3, 1000.0) is None  # a newer version: no answer
+    got = store.match("b", keys[2], "e1", 3, 1000.0)
+    assert got is not None
+    assert got.metadata == {"mode": "33188"}
+    # what is remembered after a load answers from memory; a flush drops the load
+    store.remember("b", info(keys[1], etag="e9", server_date=2000.0))
+    assert store.match("b", keys[1], "e9", 3, 1000.0) is not None
+    store.flush()
+    assert not store.loaded("b", keys[1])
+    assert store.match("b", keys[1], "e9", 3, 1000.0) is not None  # from the file now
+    store.close()
+
+
 def test_the_least_recently_used_rows_go_first(tmp_path: Path) -> None:
     store = AttrStore(tmp_path / "attrs.sqlite", max_rows=2)
     for key in ("a", "b"):
