@@ -71,9 +71,20 @@ class Store(ABC):
             interval = min(interval * POLL_GROWTH, POLL_MAX)
 
     def wait_keys(self, prefix: str, expected: Iterable[str], timeout: float) -> None:
-        want = set(expected)
+        """Until every key of `expected` (in the order written) is listed under `prefix`.
+
+        While the last key written is not on the server, only it is asked about (one HEAD):
+        a listing of thousands of keys costs the machine being measured ~0.3 s of CPU (boto3
+        listing 2,000 keys from SeaweedFS: 0.21 s in this process, 0.09 s in the server), and
+        listings every 0.25 s took about a quarter of the 2 cores while the uploads they
+        waited for were bound by CPU (docs/bench.md). Listings then confirm the rest."""
+        order = list(expected)
+        want = set(order)
+        last = order[-1] if order else None
 
         def check() -> str | None:
+            if last is not None and self.size(last) is None:
+                return f"the last key written, {last!r}, and maybe others"
             have = set(self.list_keys(prefix))
             lacking = want - have
             if not lacking:
