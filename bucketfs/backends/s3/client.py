@@ -315,7 +315,7 @@ class S3Client:
                 try:
                     if stream and response.status_code in ok:
                         return response, b""
-                    content = b"".join([chunk async for chunk in response.aiter_raw()])
+                    content = await response.read()
                 finally:
                     if not stream or response.status_code not in ok:
                         await response.aclose()

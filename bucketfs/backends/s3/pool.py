@@ -442,6 +442,28 @@ class Exchange:
         self._done = True
         self._finish(True)
 
+    async def read_all(self) -> bytes:
+        """The whole body, as `aiter_raw` would give it (one call, no generator)."""
+        conn = self._conn
+        if conn is None or self._done:
+            return b""
+        chunks: list[bytes] = []
+        try:
+            while True:
+                event = await self._pool._next(conn)
+                if isinstance(event, h11.Data):
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                else:  # pragma: no cover - h11 yields nothing else inside a response
+                    raise httpx2.RemoteProtocolError(f"unexpected {event!r}")
+        except BaseException:
+            self._finish(False)
+            raise
+        self._done = True
+        self._finish(True)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
     async def readinto(self, view: memoryview) -> int:
         """Fill `view` with the next bytes of the body (only when `direct`): all of it, fewer
         only at the body's end (0 once it ended) or when the connection broke after some

@@ -66,7 +66,7 @@ def as_httpx(exc: Exception) -> httpx2.TransportError:
 class Answer:
     """A response whose body has not been read yet: `aiter_raw()` once, then `aclose()`."""
 
-    __slots__ = ("_chunks", "_close", "_exchange", "headers", "status_code")
+    __slots__ = ("_chunks", "_close", "_exchange", "_read_all", "headers", "status_code")
 
     def __init__(
         self,
@@ -75,14 +75,27 @@ class Answer:
         chunks: AsyncIterator[bytes],
         close: Callable[[], Awaitable[None]],
         exchange: Exchange | None = None,
+        read_all: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
-        """`exchange`: the lean pool's exchange when it receives the body itself (`direct`)."""
+        """`exchange`: the lean pool's exchange when it receives the body itself (`direct`);
+        `read_all`: what reads the whole body in one call, if the transport has that."""
         self.status_code = status_code
         #: the raw (name, value) pairs as received, in order
         self.headers = headers
         self._chunks = chunks
         self._close = close
         self._exchange = exchange
+        self._read_all = read_all
+
+    async def read(self) -> bytes:
+        """The whole body (instead of `aiter_raw`): without the two async generators, which
+        were ~15 us of a HEAD's ~300 us of client CPU (its empty body too)."""
+        if self._read_all is None:
+            return b"".join([chunk async for chunk in self.aiter_raw()])
+        try:
+            return await self._read_all()
+        except _LOW_LEVEL as exc:
+            raise as_httpx(exc) from exc
 
     @property
     def direct(self) -> bool:
@@ -214,6 +227,7 @@ class Wire:
             exchange.aiter_raw(),
             exchange.aclose,
             exchange if exchange.direct else None,
+            exchange.read_all,
         )
 
     async def _send_transport(

@@ -171,6 +171,33 @@ async def test_keep_alive_reuses_one_connection() -> None:
 
 
 @trio_test
+async def test_read_all_gives_the_body_aiter_raw_gives_and_keeps_the_connection() -> None:
+    big = os.urandom(300 << 10)  # several receives
+
+    async def answer(
+        request: h11.Request, body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes, str]:
+        if request.target == b"/partial":
+            return 200, [], big, "partial"
+        return 200, [], big if request.method == b"GET" else b"", "keep"
+
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, answer)
+        pool = make_pool(server)
+        for method, want in ((b"GET", big), (b"HEAD", b""), (b"GET", big)):
+            exchange = await pool.send(method, b"127.0.0.1", b"/k", [(b"Host", b"h")], b"")
+            assert await exchange.read_all() == want
+            assert await exchange.read_all() == b""  # read once
+            await exchange.aclose()
+        assert server.seen.connections == 1
+        exchange = await pool.send(b"GET", b"127.0.0.1", b"/partial", [(b"Host", b"h")], b"")
+        with pytest.raises(httpx2.TransportError):
+            await exchange.read_all()
+        await pool.aclose()
+        nursery.cancel_scope.cancel()
+
+
+@trio_test
 async def test_connection_closed_while_idle_is_not_used() -> None:
     async def close_after(
         request: h11.Request, body: bytes
