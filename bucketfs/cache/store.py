@@ -476,20 +476,28 @@ class BlockCache:
     # --- after an upload, rename, delete ------------------------------------------------
 
     def mark_clean(self, cf: CachedFile, generation: int, etag: str, size: int) -> bool:
-        """The server confirmed an upload of `generation`: its blocks are clean now."""
+        """The server confirmed an upload of `generation`: its blocks are clean now, and
+        the object it made (`etag`, `size`, this key) is the base, in the same commit (a
+        small file's upload leaves that to here: `WriteBack._upload`)."""
         cf.uploaded_generation = max(cf.uploaded_generation, generation)
         if cf.generation != generation or cf.key is None:
             return False
+        cf.meta["base_key"] = cf.key  # what `stored` records, for a small file not done yet
         with self.index.transaction():
             self.index.mark_blocks_clean(cf.id)
             self.index.update(
-                cf.id, dirty=False, state="clean", error=None, base_etag=etag, base_size=size
+                cf.id,
+                dirty=False,
+                state="clean",
+                error=None,
+                base_etag=etag,
+                base_size=size,
+                meta=cf.meta,
             )
         cf.dirty = False
         cf.state = "clean"
         cf.error = None
         cf.base_etag, cf.base_size, cf.base_key = etag, size, cf.key
-        cf.meta["base_key"] = cf.key
         dirty, cf.dirty_blocks = cf.dirty_blocks, set()
         self._recharge(cf)
         for idx in dirty:

@@ -492,7 +492,9 @@ class WriteBack:
                         return await self._conflict(cf, generation, data, opts)
                     # our own upload whose answer never came: build on it
                     result = await self.backend.put(bucket, key, data, opts, if_match=ours)
-                self.cache.stored(cf, key, result.etag, size)
+                if cf.generation != generation or cf.key != key:
+                    self.cache.stored(cf, key, result.etag, size)
+                # else `mark_clean` records it, in the same commit (no checkpoint until then)
                 return result
         if expected and await self._changed_on_server(cf, expected):
             data = await self._snapshot(cf, generation, 0, size)  # fails if ours is partial

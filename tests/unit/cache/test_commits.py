@@ -120,6 +120,33 @@ def test_fsync_before_close_records_and_uploads(run_fs: RunFs) -> None:
     run_fs(body, writeback_delay=KEPT)
 
 
+def test_a_small_files_upload_is_recorded_in_one_commit(run_fs: RunFs) -> None:
+    """The server's answer to a small file's PUT (the new base ETag) and its clean blocks go
+    in one commit (`BlockCache.mark_clean`), not one each (`stored`, then `mark_clean`); what
+    is recorded is what both recorded."""
+
+    async def body(h: Harness) -> None:
+        fs = h.fs
+        fh, node = await fs.create(ROOT_INO, "up", 0o644, WO, 0, 0)
+        await fs.write(fh, 0, b"x" * 1000)
+        await fs.flush(fh)
+        with counting(fs) as commits:
+            await fs.fsync(fh)  # uploads now
+            assert commits.count == 1
+        await fs.release(fh)
+        info = await h.store.head(BUCKET, "up")
+        row = fs.data.cache.index.find(BUCKET, "up")
+        assert row is not None
+        assert not row.dirty
+        assert row.base_etag == info.etag
+        assert row.base_size == 1000
+        assert row.meta["base_key"] == "up"
+        assert node.cached is not None
+        assert node.cached.base_etag == info.etag
+
+    run_fs(body, writeback_delay=KEPT)
+
+
 def test_a_crash_before_the_first_flush_loses_only_that_file(run_fs: RunFs) -> None:
     """Open, written, never closed: gone after a crash, with no row and no data file left
     (its id may be given out again, and the new file must not see its bytes). Closed, or
