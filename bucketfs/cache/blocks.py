@@ -109,14 +109,21 @@ class CleanBlocks:
                 self.drop(cf, indexes - cf.dirty_blocks)
                 self._release(cf)  # its last block may have gone
 
-    def drop(self, cf: CachedFile, indexes: set[int], *, punch: bool = True) -> None:
-        """Blocks `indexes` of `cf` are no longer present (their holes punched if `punch`)."""
+    def drop(
+        self, cf: CachedFile, indexes: set[int], *, punch: bool = True, recorded: bool = False
+    ) -> None:
+        """Blocks `indexes` of `cf` are no longer present (their holes punched if `punch`;
+        their rows left alone if `recorded`: the caller dropped them already)."""
         if not indexes:
             return
         bs = self._block_size
         for idx in indexes:
             cf.present.discard(idx)
             self._lru.pop((cf.id, idx), None)
+        # the rows first: a daemon killed between the two must not find rows saying that
+        # blocks whose holes were punched are there (it would read them back as zeros)
+        if not recorded:
+            self._index.drop_blocks(cf.id, indexes)
 
         def punch_all(fd: int) -> None:
             for idx in sorted(indexes):
@@ -127,4 +134,3 @@ class CleanBlocks:
                 self._data_files.punch(cf.id, punch_all)
             except OSError as exc:
                 log.warning("could not free cache blocks of file %d: %s", cf.id, exc)
-        self._index.drop_blocks(cf.id, indexes)

@@ -204,6 +204,17 @@ class DataFiles:
             log.error("data file %d shrinks under a lent view of it", file_id)
         os.ftruncate(fd, size)
 
+    def cut_to(self, file_id: int, size: int) -> None:
+        """Cut a dirty file's data file to its recorded `size` at start: bytes past it were
+        never acknowledged (a kill between a truncate's commit and the cut, or between a write
+        and its commit), and a later write past them must find zeros there, not those."""
+        try:
+            with self.using(file_id) as fd:
+                if os.fstat(fd).st_size > size:
+                    self.truncate(file_id, fd, size)
+        except OSError as exc:
+            log.warning("could not cut the data file of cached file %d: %s", file_id, exc)
+
     def punch(self, file_id: int, punch: Callable[[int], None]) -> None:
         """Run `punch(fd)` on the data file, with the open descriptor if there is one, else a
         transient one (never closing another file's, so safe inside any `using` block)."""

@@ -155,6 +155,7 @@ class BlockCache:
         keep_clean = self._clean_blocks_survived()
         for row in self.index.dirty_files():
             cf = self._from_row(row)
+            self.data_files.cut_to(row.id, row.size)  # what a kill left past its size
             for idx, dirty in self.index.blocks(row.id):
                 cf.present.add(idx)
                 if dirty:
@@ -388,21 +389,30 @@ class BlockCache:
         bs = self.block_size
         for fetch in {f for i, f in cf.inflight.items() if i * bs + bs > size}:
             await fetch.done.wait()  # a readahead must not land past the new end
+        keep = (size + bs - 1) // bs
+        gone = {idx for idx in cf.present if idx >= keep}
+        base_size = min(cf.base_size, size)  # the base's bytes past `size` are cut too
+        # the index first (one commit), then the data file: killed between the two, a daemon
+        # found rows saying the cut blocks were there and clean, and read zeros (docs/cache.md)
+        if cf.in_index:
+            with self.index.transaction():
+                if gone:
+                    self.index.drop_blocks(cf.id, gone)
+                self.index.update(
+                    cf.id, size=size, base_size=base_size, dirty=True, state="dirty", error=None
+                )
         try:
             with self.data_files.using(cf.id) as fd:
                 self.data_files.truncate(cf.id, fd, size)
         except OSError as exc:
             raise cache_error(exc, "truncating") from exc
-        keep = (size + bs - 1) // bs
-        gone = {idx for idx in cf.present if idx >= keep}
-        self.blocks.drop(cf, gone, punch=False)
-        cf.dirty_blocks -= gone
-        if cf.early is not None:  # bytes past the shorter of the two ends changed
-            cf.early.touched(min(size, cf.size), max(size, cf.size) + self.block_size)
-        if size < cf.base_size:  # (never in a new file: it has no base)
-            cf.base_size = size  # the base's bytes past here are no longer part of the file
-            self.index.update(cf.id, base_size=size)
-        self._changed(cf, [], size)
+        finally:  # memory as the index says, whether the data file was cut or not
+            self.blocks.drop(cf, gone, punch=False, recorded=True)
+            cf.dirty_blocks -= gone
+            if cf.early is not None:  # bytes past the shorter of the two ends changed
+                cf.early.touched(min(size, cf.size), max(size, cf.size) + self.block_size)
+            cf.base_size = base_size
+            self._changed(cf, [], size, recorded=True)
 
     def create(self, bucket: str, key: str, meta: dict[str, Any]) -> CachedFile:
         """A new, empty, dirty file (replacing any cached state for the key). Not in the
@@ -476,24 +486,16 @@ class BlockCache:
     # --- after an upload, rename, delete ------------------------------------------------
 
     def mark_clean(self, cf: CachedFile, generation: int, etag: str, size: int) -> bool:
-        """The server confirmed an upload of `generation`: its blocks are clean now, and
-        the object it made (`etag`, `size`, this key) is the base, in the same commit (a
-        small file's upload leaves that to here: `WriteBack._upload`)."""
+        """The server confirmed an upload of `generation`: its blocks are clean and the object
+        it made is the base, in one commit (a small file's `stored` is left to here)."""
         cf.uploaded_generation = max(cf.uploaded_generation, generation)
         if cf.generation != generation or cf.key is None:
             return False
         cf.meta["base_key"] = cf.key  # what `stored` records, for a small file not done yet
         with self.index.transaction():
             self.index.mark_blocks_clean(cf.id)
-            self.index.update(
-                cf.id,
-                dirty=False,
-                state="clean",
-                error=None,
-                base_etag=etag,
-                base_size=size,
-                meta=cf.meta,
-            )
+            base = {"base_etag": etag, "base_size": size, "meta": cf.meta}
+            self.index.update(cf.id, dirty=False, state="clean", error=None, **base)
         cf.dirty = False
         cf.state = "clean"
         cf.error = None

@@ -9,9 +9,11 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
+from bucketfs.cache.datafiles import DataFiles
 from bucketfs.cache.index import CacheIndex
 from bucketfs.cache.store import BOOT_SETTING, SYNCED_SETTING
 from bucketfs.core.fs import BucketFS, FsOptions
@@ -162,3 +164,93 @@ def test_the_least_recently_used_files_are_evicted_first_across_mounts(tmp_path:
         assert sorted(k for (_b, k), cf in cache.by_key.items() if cf.present) == ["a", "c"]
 
     life(store, cache_dir, second, cache_size=2 * MiB)
+
+
+class Killed(BaseException):
+    """The daemon dies here."""
+
+
+def test_a_kill_right_after_a_truncate_cut_the_data_file_never_reads_zeros(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached clean file opened with O_TRUNC: the index records the truncate before the
+    data file is cut (cache/store.py `truncate`). Killed between the two, the next mount
+    found rows saying the cut blocks were there and clean, and read the file back as zeros
+    (tests/faults/test_crash.py, session 20). Now it finds the truncated file; and blocks
+    dropped from the cache lose their rows before their holes are punched (blocks.py `drop`)."""
+    data = os.urandom(3 * MiB + 5)
+    store = seeded(tmp_path, {"f": data})
+    cache_dir = tmp_path / "cache"
+    real = DataFiles.truncate
+
+    def cut_then_die(self: DataFiles, file_id: int, fd: int, size: int) -> None:
+        real(self, file_id, fd, size)
+        raise Killed()
+
+    async def first(fs: BucketFS) -> None:
+        assert await read_all(fs, "f") == data  # the cache holds it, clean
+        node = await fs.lookup(ROOT_INO, "f")
+        monkeypatch.setattr(DataFiles, "truncate", cut_then_die)
+        with pytest.raises(Killed):
+            await fs.open(node.ino, os.O_WRONLY | os.O_TRUNC)
+        monkeypatch.setattr(DataFiles, "truncate", real)
+
+    async def second(fs: BucketFS) -> None:
+        got = await read_all(fs, "f")
+        assert got in (data, b""), f"{len(got)} bytes, {got[:8]!r}..."
+
+    life(store, cache_dir, first)
+    life(store, cache_dir, second)
+
+
+def test_a_kill_right_after_an_eviction_punched_its_holes_never_reads_zeros(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks evicted (here at a mount with a smaller `cache_size`) lose their index rows
+    before their holes are punched: killed right after the punch, the next mount fetches
+    them again instead of reading the holes as the file's bytes."""
+    objects = {name: os.urandom(MiB) for name in ("a", "b", "c")}
+    store = seeded(tmp_path, objects)
+    cache_dir = tmp_path / "cache"
+
+    async def fill(fs: BucketFS) -> None:
+        for name in ("a", "b", "c", "a"):  # b is now the least recently used
+            assert await read_all(fs, name) == objects[name]
+
+    life(store, cache_dir, fill)
+    real = DataFiles.punch
+
+    def punch_then_die(self: DataFiles, file_id: int, punch: Callable[[int], None]) -> None:
+        real(self, file_id, punch)
+        raise Killed()
+
+    async def never(fs: BucketFS) -> None:
+        raise AssertionError("the mount started although its eviction was killed")
+
+    monkeypatch.setattr(DataFiles, "punch", punch_then_die)
+    with pytest.raises(BaseException) as died:  # noqa: PT011 - Killed, maybe in a group
+        life(store, cache_dir, never, cache_size=2 * MiB)
+    assert (
+        died.group_contains(Killed)
+        if isinstance(died.value, BaseExceptionGroup)
+        else (isinstance(died.value, Killed))
+    )
+    monkeypatch.setattr(DataFiles, "punch", real)
+    _release_locks(cache_dir)  # a killed process's descriptors close with it
+
+    async def read(fs: BucketFS) -> None:
+        for name, data in objects.items():
+            assert await read_all(fs, name) == data, name
+
+    life(store, cache_dir, read)
+
+
+def _release_locks(cache_dir: Path) -> None:
+    """Close this process's descriptors on the cache directory's lock file."""
+    lock = str(cache_dir / "lock")
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == lock:
+                os.close(int(fd))
+        except OSError:
+            continue
