@@ -46,6 +46,9 @@ DEFAULT_ROWS = 1_000_000
 #: keys read per query by `load`
 LOAD_CHUNK = 500
 
+#: rows as `load` reads them, by key: (etag, size, modified second, info), None: no row
+Rows = dict[str, tuple[str, int, int, str] | None]
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS attrs (
     bucket TEXT NOT NULL,
@@ -111,9 +114,6 @@ class AttrStore:
         self._db: sqlite3.Connection | None = None
         self._pending: dict[tuple[str, str], ObjectInfo] = {}
         self._used: set[tuple[str, str]] = set()
-        #: the rows `load` read last (None: no row), of keys in `_loaded_bucket`
-        self._loaded: dict[str, tuple[str, int, int, str] | None] = {}
-        self._loaded_bucket = ""
         self._stamp = 0
         self._rows = 0
         self.hits = 0
@@ -137,16 +137,23 @@ class AttrStore:
         return self._rows + len(self._pending)
 
     def match(
-        self, bucket: str, key: str, etag: str, size: int, modified: float
+        self,
+        bucket: str,
+        key: str,
+        etag: str,
+        size: int,
+        modified: float,
+        loaded: Rows | None = None,
     ) -> ObjectInfo | None:
         """What a HEAD said of this version of the object, if a row has it: `etag`, `size` and
-        `modified` are what a listing says now."""
+        `modified` are what a listing says now; `loaded`: rows `load` read (of the same
+        bucket), used instead of a query when they hold `key`."""
         if self._db is None or not etag:
             return None
         info = self._pending.get((bucket, key))
         if info is None:
-            if bucket == self._loaded_bucket and key in self._loaded:
-                row = self._loaded[key]
+            if loaded is not None and key in loaded:
+                row = loaded[key]
             else:
                 try:
                     row = self._db.execute(
@@ -169,31 +176,28 @@ class AttrStore:
         self.hits += 1
         return info
 
-    def loaded(self, bucket: str, key: str) -> bool:
-        """Whether the last `load` read `key`'s row (or found none)."""
-        return bucket == self._loaded_bucket and key in self._loaded
-
-    def load(self, bucket: str, keys: list[str]) -> None:
-        """Read the rows of `keys` now, `LOAD_CHUNK` to a query, for the `match`es that follow
-        (a directory's names handed out in turn: one query per name was a fifth of a
-        remounted `ls -lR`'s CPU). Only the last load is held; `flush` drops it."""
-        loaded: dict[str, tuple[str, int, int, str] | None] = {}
-        if self._db is not None:
-            try:
-                for start in range(0, len(keys), LOAD_CHUNK):
-                    chunk = keys[start : start + LOAD_CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    rows = self._db.execute(
-                        "SELECT key, etag, size, modified, info FROM attrs "
-                        f"WHERE bucket=? AND key IN ({marks})",
-                        (bucket, *chunk),
-                    ).fetchall()
-                    loaded.update(dict.fromkeys(chunk))
-                    for key, etag, size, modified, text in rows:
-                        loaded[key] = (etag, size, modified, text)
-            except sqlite3.Error as exc:
-                log.debug("attribute cache read failed: %s", exc)
-        self._loaded, self._loaded_bucket = loaded, bucket
+    def load(self, bucket: str, keys: list[str]) -> Rows:
+        """The rows of `keys` (None: no row), `LOAD_CHUNK` keys to a query, for the `match`es
+        that follow (a directory's names handed out in turn: one query per name was a fifth of
+        a remounted `ls -lR`'s CPU). A row written later is not in them: its `match` misses."""
+        loaded: Rows = {}
+        if self._db is None:
+            return loaded
+        try:
+            for start in range(0, len(keys), LOAD_CHUNK):
+                chunk = keys[start : start + LOAD_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    "SELECT key, etag, size, modified, info FROM attrs "
+                    f"WHERE bucket=? AND key IN ({marks})",
+                    (bucket, *chunk),
+                ).fetchall()
+                loaded.update(dict.fromkeys(chunk))
+                for key, etag, size, modified, text in rows:
+                    loaded[key] = (etag, size, modified, text)
+        except sqlite3.Error as exc:
+            log.debug("attribute cache read failed: %s", exc)
+        return loaded
 
     def remember(self, bucket: str, info: ObjectInfo) -> None:
         """A HEAD's answer: kept if the server answered it long enough after LastModified."""
@@ -215,7 +219,6 @@ class AttrStore:
             return
         pending, self._pending = self._pending, {}
         used, self._used = self._used, set()
-        self._loaded = {}  # `match` now finds what was pending only in the file
         self._stamp += 1
         try:
             db.execute("BEGIN")

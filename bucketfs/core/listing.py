@@ -140,6 +140,8 @@ class Snapshot:
     gone: set[str] = field(default_factory=set)
     #: the entries before this one had their kept HEADs read (readdir.py `_kept_node`)
     kept_at: int = 0
+    #: the rows read last (cache/attrstore.py `Rows`)
+    kept_rows: dict[str, tuple[str, int, int, str] | None] = field(default_factory=dict)
 
 
 def add_page(prefix: str, page: ListPage, files: dict[str, Entry], dirs: dict[str, Entry]) -> None:

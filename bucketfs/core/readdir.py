@@ -89,7 +89,7 @@ FILE_BITS = KIND_BITS[Kind.FILE]
 #: inode numbers kept reserved for names shown without a node, all directories together
 #: (~100 bytes each: the name is the listing's)
 RESERVED_MAX = 65536
-#: for this long after the kernel looked up a name shown without a node, a listed file whose
+#: for this long after the kernel asked about a listed file (`asked`), a listed file whose
 #: HEAD is kept (cache/attrstore.py) is shown as a node with that HEAD's attributes
 WALK_FOR = 5.0
 #: entries whose kept HEADs are read at once
@@ -271,13 +271,14 @@ class Readdir:
             return None
         attrs = ns.data.attrs
         key = directory.key + name
-        if not attrs.loaded(bucket, key):
+        if key not in snapshot.kept_rows and snapshot.kept_at < len(snapshot.entries):
             entries = snapshot.entries
             start = snapshot.kept_at
             end = snapshot.kept_at = min(len(entries), start + KEPT_AHEAD)
             keys = [directory.key + n for n, item in entries[start:end] if isinstance(item, Entry)]
-            attrs.load(bucket, keys)
-        info = attrs.match(bucket, key, listed.etag, listed.size, listed.last_modified)
+            snapshot.kept_rows = attrs.load(bucket, keys)
+        rows = snapshot.kept_rows
+        info = attrs.match(bucket, key, listed.etag, listed.size, listed.last_modified, rows)
         if info is None:
             return None
         node = ns.new_node(directory, name, ns.resolver.file_entry(info).kind)

@@ -71,6 +71,18 @@ def _ls_l(path: Path) -> dict[str, os.stat_result]:
     return {name: os.stat(path / name) for name in sorted(os.listdir(path))}
 
 
+def _chmod_elsewhere(client: Any, bucket: str, key: str) -> None:
+    """Another client changes one object's metadata only (mode 0755): same ETag and size, a
+    later LastModified (a copy onto itself)."""
+    client.copy_object(
+        Bucket=bucket,
+        Key=key,
+        CopySource={"Bucket": bucket, "Key": key},
+        Metadata={"mode": "33261"},
+        MetadataDirective="REPLACE",
+    )
+
+
 def test_ls_l_after_a_remount_sends_no_head_for_unchanged_objects(
     seaweed: SeaweedServer, proxy: CountingProxy, s3_mounts: MountFactory
 ) -> None:
@@ -84,14 +96,7 @@ def test_ls_l_after_a_remount_sends_no_head_for_unchanged_objects(
     first = _ls_l(mount.path / "d")
     assert {st.st_mode & 0o777 for st in first.values()} == {0o600}
     mount.stop()
-    # another client changes one object's metadata only: same ETag and size, later second
-    client.copy_object(
-        Bucket=mount.bucket,
-        Key="d/f07",
-        CopySource={"Bucket": mount.bucket, "Key": "d/f07"},
-        Metadata={"mode": "33261"},
-        MetadataDirective="REPLACE",
-    )
+    _chmod_elsewhere(client, mount.bucket, "d/f07")
     _drop_page_cache()
     mount.start(reuse_cache=True)
     os.stat(mount.path / "d")  # the directory's own lookup is not what is counted
@@ -126,13 +131,7 @@ def test_ls_lR_after_a_remount_shows_kept_attributes_in_readdir_without_a_lookup
     time.sleep(2.2)  # HEADs are kept only when answered 2 s or more after LastModified
     first = {d: _ls_l(mount.path / d) for d in "abc"}
     mount.stop()
-    client.copy_object(  # another client changes one object's metadata only
-        Bucket=mount.bucket,
-        Key="b/f07",
-        CopySource={"Bucket": mount.bucket, "Key": "b/f07"},
-        Metadata={"mode": "33261"},
-        MetadataDirective="REPLACE",
-    )
+    _chmod_elsewhere(client, mount.bucket, "b/f07")
     _drop_page_cache()
 
     mount.start(reuse_cache=True)

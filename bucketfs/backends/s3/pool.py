@@ -424,45 +424,34 @@ class Exchange:
         self._length = length or 0
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
-        conn = self._conn
-        if conn is None or self._done:
-            return
-        try:
-            while True:
-                event = await self._pool._next(conn)
-                if isinstance(event, h11.Data):
-                    yield bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                else:  # pragma: no cover - h11 yields nothing else inside a response
-                    raise httpx2.RemoteProtocolError(f"unexpected {event!r}")
-        except BaseException:
-            self._finish(False)
-            raise
-        self._done = True
-        self._finish(True)
+        while (chunk := await self._chunk()) is not None:
+            yield chunk
 
     async def read_all(self) -> bytes:
         """The whole body, as `aiter_raw` would give it (one call, no generator)."""
+        chunks: list[bytes] = []
+        while (chunk := await self._chunk()) is not None:
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _chunk(self) -> bytes | None:
+        """The body's next bytes through h11; None once it ended (the connection given back
+        then, or closed on any error)."""
         conn = self._conn
         if conn is None or self._done:
-            return b""
-        chunks: list[bytes] = []
+            return None
         try:
-            while True:
-                event = await self._pool._next(conn)
-                if isinstance(event, h11.Data):
-                    chunks.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                else:  # pragma: no cover - h11 yields nothing else inside a response
-                    raise httpx2.RemoteProtocolError(f"unexpected {event!r}")
+            event = await self._pool._next(conn)
+            if isinstance(event, h11.Data):
+                return bytes(event.data)
+            if not isinstance(event, h11.EndOfMessage):  # pragma: no cover - h11 yields
+                raise httpx2.RemoteProtocolError(f"unexpected {event!r}")  # nothing else
         except BaseException:
             self._finish(False)
             raise
         self._done = True
         self._finish(True)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return None
 
     async def readinto(self, view: memoryview) -> int:
         """Fill `view` with the next bytes of the body (only when `direct`): all of it, fewer

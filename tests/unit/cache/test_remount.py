@@ -147,16 +147,23 @@ def test_clean_blocks_are_dropped_after_a_restart_that_did_not_sync_them(
     assert gets(store) == before
 
 
-def test_the_least_recently_used_files_are_evicted_first_across_mounts(tmp_path: Path) -> None:
+def _three_read_b_oldest(tmp_path: Path) -> tuple[dict[str, bytes], CountingBackend, Path]:
+    """Objects a, b, c of 1 MiB, read through a mount of a new cache directory in the order
+    a, b, c, a (b is the least recently used)."""
     objects = {name: os.urandom(MiB) for name in ("a", "b", "c")}
     store = seeded(tmp_path, objects)
     cache_dir = tmp_path / "cache"
 
     async def first(fs: BucketFS) -> None:
-        for name in ("a", "b", "c", "a"):  # b is now the least recently used
+        for name in ("a", "b", "c", "a"):
             assert await read_all(fs, name) == objects[name]
 
     life(store, cache_dir, first)
+    return objects, store, cache_dir
+
+
+def test_the_least_recently_used_files_are_evicted_first_across_mounts(tmp_path: Path) -> None:
+    _objects, store, cache_dir = _three_read_b_oldest(tmp_path)
 
     async def second(fs: BucketFS) -> None:
         cache = fs.data.cache
@@ -209,15 +216,7 @@ def test_a_kill_right_after_an_eviction_punched_its_holes_never_reads_zeros(
     """Blocks evicted (here at a mount with a smaller `cache_size`) lose their index rows
     before their holes are punched: killed right after the punch, the next mount fetches
     them again instead of reading the holes as the file's bytes."""
-    objects = {name: os.urandom(MiB) for name in ("a", "b", "c")}
-    store = seeded(tmp_path, objects)
-    cache_dir = tmp_path / "cache"
-
-    async def fill(fs: BucketFS) -> None:
-        for name in ("a", "b", "c", "a"):  # b is now the least recently used
-            assert await read_all(fs, name) == objects[name]
-
-    life(store, cache_dir, fill)
+    objects, store, cache_dir = _three_read_b_oldest(tmp_path)
     real = DataFiles.punch
 
     def punch_then_die(self: DataFiles, file_id: int, punch: Callable[[int], None]) -> None:
