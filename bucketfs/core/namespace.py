@@ -155,6 +155,7 @@ class Namespace:
             self.heads,
             listing_attrs=self.listing_attrs,
         )
+        self.resolver.kept = self._kept
         self.revalidation = Revalidation(
             self.table, self.listings, self.subtrees, self.resolver.relist, options.attr_timeout
         )
@@ -526,12 +527,17 @@ class Namespace:
         """The HEAD of an object a listing showed with `etag`, `size` and `modified` (None:
         a directory's marker): a HEAD of that very version, kept by this mount or an earlier
         one, answers without a request (cache/attrstore.py)."""
-        kept = (
-            self.data.attrs.match(bucket, key, etag, size, modified)
-            if etag and self._data is not None
-            else None
-        )
+        kept = self._kept(bucket, key, etag, size, modified) if etag else None
         return kept or await self.heads.head_or_none(bucket, key)
+
+    def _kept(
+        self, bucket: str, key: str, etag: str, size: int, modified: float
+    ) -> ObjectInfo | None:
+        return (
+            None
+            if self._data is None
+            else self._data.attrs.match(bucket, key, etag, size, modified)
+        )
 
     def _child(self, directory_ino: int, name: str) -> Node | None:
         directory = self.table.get(directory_ino)

@@ -155,3 +155,33 @@ def test_ls_lR_after_a_remount_shows_kept_attributes_in_readdir_without_a_lookup
     assert {n: st for n, st in again.items() if n != "f07"} == {
         n: st for n, st in first["b"].items() if n != "f07"
     }
+
+
+def test_stat_of_many_names_after_a_remount_sends_no_head_for_unchanged_objects(
+    seaweed: SeaweedServer, proxy: CountingProxy, s3_mounts: MountFactory
+) -> None:
+    """`stat` by name (no readdir): once a lookup listed the directory, the other names are
+    answered from that listing and the kept HEADs (core/resolve.py `_kept`), not one HEAD
+    each; the object changed meanwhile is still asked."""
+    mount = s3_mounts(options=[f"endpoint={proxy.endpoint}"])
+    assert mount.bucket is not None
+    client = seaweed.client()
+    names = [f"f{i:02d}" for i in range(30)]
+    for name in names:
+        client.put_object(Bucket=mount.bucket, Key=f"d/{name}", Body=b"x" * 10)
+    time.sleep(2.2)  # HEADs are kept only when answered 2 s or more after LastModified
+    first = _ls_l(mount.path / "d")
+    mount.stop()
+    _chmod_elsewhere(client, mount.bucket, "d/f20")
+    _drop_page_cache()
+    mount.start(reuse_cache=True)
+    os.stat(mount.path / "d")  # the directory's own lookup is not what is counted
+    before = _heads(proxy)
+    again = {name: os.stat(mount.path / "d" / name) for name in names}
+    # the first two names go as before (a HEAD beside a one-key LIST, then beside the
+    # directory's listing), then f20 (changed); 30 before
+    assert _heads(proxy) - before <= 4, "a HEAD per name a listing and a kept HEAD answer"
+    assert again["f20"].st_mode & 0o777 == 0o755
+    assert {n: (st.st_mode, st.st_mtime) for n, st in again.items() if n != "f20"} == {
+        n: (st.st_mode, st.st_mtime) for n, st in first.items() if n != "f20"
+    }
