@@ -83,6 +83,21 @@ def _chmod_elsewhere(client: Any, bucket: str, key: str) -> None:
     )
 
 
+def _remount_after_a_chmod_elsewhere(
+    mount: Any, client: Any, proxy: CountingProxy, key: str
+) -> int:
+    """Unmount, let another client change `key`'s mode (`_chmod_elsewhere`), drop the page
+    cache, mount the same cache directory again and look its directory up; the HEADs the
+    proxy counted by then."""
+    assert mount.bucket is not None
+    mount.stop()
+    _chmod_elsewhere(client, mount.bucket, key)
+    _drop_page_cache()
+    mount.start(reuse_cache=True)
+    os.stat(mount.path / key.rsplit("/", 1)[0])  # the directory's own lookup is not counted
+    return _heads(proxy)
+
+
 def test_ls_l_after_a_remount_sends_no_head_for_unchanged_objects(
     seaweed: SeaweedServer, proxy: CountingProxy, s3_mounts: MountFactory
 ) -> None:
@@ -95,12 +110,7 @@ def test_ls_l_after_a_remount_sends_no_head_for_unchanged_objects(
     time.sleep(2.2)  # HEADs are kept only when answered 2 s or more after LastModified
     first = _ls_l(mount.path / "d")
     assert {st.st_mode & 0o777 for st in first.values()} == {0o600}
-    mount.stop()
-    _chmod_elsewhere(client, mount.bucket, "d/f07")
-    _drop_page_cache()
-    mount.start(reuse_cache=True)
-    os.stat(mount.path / "d")  # the directory's own lookup is not what is counted
-    before = _heads(proxy)
+    before = _remount_after_a_chmod_elsewhere(mount, client, proxy, "d/f07")
     again = _ls_l(mount.path / "d")
     assert _heads(proxy) - before == 1, "only the object changed meanwhile is asked for"
     assert again["f07"].st_mode & 0o777 == 0o755
@@ -171,12 +181,7 @@ def test_stat_of_many_names_after_a_remount_sends_no_head_for_unchanged_objects(
         client.put_object(Bucket=mount.bucket, Key=f"d/{name}", Body=b"x" * 10)
     time.sleep(2.2)  # HEADs are kept only when answered 2 s or more after LastModified
     first = _ls_l(mount.path / "d")
-    mount.stop()
-    _chmod_elsewhere(client, mount.bucket, "d/f20")
-    _drop_page_cache()
-    mount.start(reuse_cache=True)
-    os.stat(mount.path / "d")  # the directory's own lookup is not what is counted
-    before = _heads(proxy)
+    before = _remount_after_a_chmod_elsewhere(mount, client, proxy, "d/f20")
     again = {name: os.stat(mount.path / "d" / name) for name in names}
     # the first two names go as before (a HEAD beside a one-key LIST, then beside the
     # directory's listing), then f20 (changed); 30 before
