@@ -42,6 +42,7 @@ from typing import ClassVar
 from cachetools import LRUCache, TTLCache
 
 from bucketfs.backends.base import Backend
+from bucketfs.cache.attrstore import Rows
 from bucketfs.cache.markers import split_key
 from bucketfs.core.attrs import valid_name
 from bucketfs.core.nodes import Kind, Node
@@ -140,8 +141,8 @@ class Snapshot:
     gone: set[str] = field(default_factory=set)
     #: the entries before this one had their kept HEADs read (readdir.py `_kept_node`)
     kept_at: int = 0
-    #: the rows read last (cache/attrstore.py `Rows`)
-    kept_rows: dict[str, tuple[str, int, int, str] | None] = field(default_factory=dict)
+    #: the rows read last
+    kept_rows: Rows = field(default_factory=dict)
 
 
 def add_page(prefix: str, page: ListPage, files: dict[str, Entry], dirs: dict[str, Entry]) -> None:

@@ -213,10 +213,9 @@ class Readdir:
             or self._ns.table.child(snapshot.directory, name) is not None
         ):
             return self.listed_node(snapshot, name, entry)
-        if self._walk_until > time.monotonic():
-            node = self._kept_node(snapshot, name, info)
-            if node is not None:
-                return node
+        node = self._kept_node(snapshot, name, entry)
+        if node is not None:
+            return node
         directory = snapshot.directory.ino
         reservations = self._reservations
         names = reservations.get(directory)
@@ -253,10 +252,11 @@ class Readdir:
         requests (`_kept_node`)."""
         self._walk_until = time.monotonic() + WALK_FOR
 
-    def _kept_node(self, snapshot: Snapshot, name: str, listed: ObjectInfo | Listed) -> Node | None:
-        """A node with the attributes a kept HEAD of the listed object gives, if one is kept
-        (cache/attrstore.py: the same ETag, size and LastModified); None: none is, or the
-        directory is the bucket list. The rows of the next `KEPT_AHEAD` entries are read
+    def _kept_node(self, snapshot: Snapshot, name: str, entry: Entry) -> Node | None:
+        """A node with the attributes a kept HEAD of the listed file gives, if the kernel asks
+        about listed files lately (`asked`) and one is kept (cache/attrstore.py: the same
+        ETag, size and LastModified); None: not a listed file, not asked lately, none kept, or
+        the directory is the bucket list. The rows of the next `KEPT_AHEAD` entries are read
         in one go (names are handed out in turn).
 
         Why, and only while the kernel asks about listed names (`WALK_FOR`): after a remount,
@@ -265,9 +265,19 @@ class Readdir:
         about half the walk's CPU); a node with its attributes in the READDIRPLUS entry needs
         none. `find` and plain `ls` never ask, so they make no node per file."""
         ns = self._ns
+        listed = entry.info
         directory = snapshot.directory
         bucket = directory.bucket
-        if bucket is None or not listed.etag or not ns.ready:
+        if (
+            self._walk_until <= time.monotonic()
+            or entry.kind is not Kind.FILE
+            or entry.head
+            or listed is None
+            or not listed.etag
+            or bucket is None
+            or ns.listing_attrs
+            or not ns.ready
+        ):
             return None
         attrs = ns.data.attrs
         key = directory.key + name
@@ -301,18 +311,9 @@ class Readdir:
         node = ns.table.child(directory, name)
         if node is not None or name in snapshot.gone:
             return node
-        info = entry.info
-        if (
-            entry.kind is Kind.FILE
-            and not entry.head
-            and info is not None
-            and not ns.listing_attrs
-            and self._walk_until > time.monotonic()
-        ):
-            node = self._kept_node(snapshot, name, info)
-            if node is not None:
-                return node
-        return self._from_listing(directory, name, entry, None)
+        return self._kept_node(snapshot, name, entry) or self._from_listing(
+            directory, name, entry, None
+        )
 
     def _from_listing(self, directory: Node, name: str, entry: Entry, node: Node | None) -> Node:
         """`node` (None: a new one) as listed: a listing tells a directory from an object,
