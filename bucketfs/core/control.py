@@ -95,6 +95,8 @@ class Control:
             "prefetched_names": self._ns.prefetch.taken,
             # listed files readdir showed with a kept HEAD's attributes (readdir.py; JSON only)
             "kept_nodes": self._ns.readdir.kept_nodes,
+            # listed files readdir showed with a prefetch HEAD's attributes (readdir.py `ahead`)
+            "found_nodes": self._ns.readdir.found_nodes,
             "cached_files": data["cached_files"],
             "open_data_files": data["open_data_files"],
         }

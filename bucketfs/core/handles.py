@@ -113,13 +113,15 @@ class Handles:
             handle.snapshot = ns.readdir.reading(
                 handle.node, [(".", handle.node), ("..", up), *entries]
             )
-        return self._entries(handle.snapshot, offset)
+        # while the kernel walks a tree, names go with their HEADs' attributes (readdir.py)
+        stop = await self._ns.readdir.ahead(handle.snapshot, offset)
+        return self._entries(handle.snapshot, offset, stop)
 
     def _entries(
-        self, snapshot: Snapshot, offset: int
+        self, snapshot: Snapshot, offset: int, stop: int | None
     ) -> Iterator[tuple[str, Node | Nameless, int]]:
         entries = snapshot.entries
-        for index in range(offset, len(entries)):
+        for index in range(offset, len(entries) if stop is None else stop):
             name, item = entries[index]
             node = item if isinstance(item, Node) else self._ns.readdir.shown(snapshot, name, item)
             if node is not None:

@@ -446,6 +446,10 @@ class Namespace:
         found = self.prefetch.take(parent.ino, name)
         if found is None or self.table.child(parent, name) is not None:
             return None
+        return self.node_from_found(parent, name, found)
+
+    def node_from_found(self, parent: Node, name: str, found: tuple[Entry, float]) -> Node:
+        """A node of the name a prefetch HEAD found (`Prefetch.take`: what and until when)."""
         head, until = found
         assert head.info is not None
         node = self.new_node(parent, name, head.kind)

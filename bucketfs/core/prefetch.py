@@ -209,6 +209,34 @@ class Prefetch:
         if event is not None:
             await event.wait()
 
+    async def settle(self, directory_ino: int, names: list[str]) -> None:
+        """Until the HEADs of these listed names (in listing order, none with a node) are
+        answered: readdir waits for them while the kernel walks a tree (readdir.py `ahead`).
+        The window starts at the first, as the kernel's lookup of it would start it; a name
+        the workers have not reached yet is claimed here (`_claim` sends nothing twice)."""
+        queue = self._queues.get(directory_ino)
+        if queue is None or self.nursery is None or not names:
+            return
+        self.kick(directory_ino, names[0], kinds=True)
+        for name in names:
+            key = (directory_ino, name)
+            event = self._naming.get(key)
+            if event is None:
+                found = self._found.get(key)
+                if found is not None and found[1] > time.monotonic():
+                    continue
+                position = bisect_left(queue.entries, name, hi=queue.listed, key=_name)
+                if position >= queue.listed or queue.entries[position][0] != name:
+                    continue
+                head = self._claim(directory_ino, queue, position)
+                if head is None:
+                    continue
+                self.nursery.start_soon(head)
+                event = self._naming.get(key)  # none if it had a node by now
+                if event is None:
+                    continue
+            await event.wait()
+
     def take(self, directory_ino: int, name: str) -> tuple[Entry, float] | None:
         """What a prefetch HEAD found for the name (it had no node) and until when
         (time.monotonic) it holds; once."""

@@ -33,8 +33,11 @@ Invariants:
   the number may change (README);
 - except while the kernel asks about listed files (`WALK_FOR` after it last did: ls -l, du,
   rm do, find does not): then a listed file whose HEAD is kept for the very version listed
-  (cache/attrstore.py) is shown as a node with that HEAD's attributes (`_kept_node`), which
-  spares the kernel's lookup of each (docs/core.md, session 20).
+  (cache/attrstore.py) is shown as a node with that HEAD's attributes (`_kept_node`), and
+  each reply first waits for the prefetch HEADs of the next `WALK_BATCH` other such files
+  and shows them as nodes with what those found (`ahead`, `_found_node`); either spares
+  the kernel's lookup of each (docs/core.md, sessions 20 and 21). A reply waits
+  `WALK_WAIT` at most; a name whose HEAD has not answered by then goes without a node.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from __future__ import annotations
 import time
 import weakref
 from typing import TYPE_CHECKING, Protocol
+
+import trio
 
 from bucketfs.core.attrs import valid_name
 from bucketfs.core.listing import Entry, Listed, Listings, Snapshot, list_children
@@ -83,6 +88,8 @@ class Names(Protocol):
 
     def node_from_marker(self, parent: Node, name: str, marker: PendingMarker) -> Node: ...
 
+    def node_from_found(self, parent: Node, name: str, found: tuple[Entry, float]) -> Node: ...
+
 
 #: the st_mode of a name shown without a node (a file: the kind readdir can show so)
 FILE_BITS = KIND_BITS[Kind.FILE]
@@ -94,6 +101,13 @@ RESERVED_MAX = 65536
 WALK_FOR = 5.0
 #: entries whose kept HEADs are read at once
 KEPT_AHEAD = 1000
+#: while the kernel walks a tree (`WALK_FOR`), a readdir reply hands out at most this many
+#: listed files of unsure kind, each with what its HEAD found, waited for at most `WALK_WAIT`
+#: (past it, a name goes without a node as before); and looks at most `WALK_SCAN` entries
+#: ahead (a reply is never longer than fuse/ops.py's READDIR_MAX_ENTRIES anyway)
+WALK_BATCH = 256
+WALK_WAIT = 2.0
+WALK_SCAN = 1024
 
 
 class Readdir:
@@ -112,6 +126,7 @@ class Readdir:
         #: until when (time.monotonic) kept HEADs make nodes (`WALK_FOR`, `_kept_node`)
         self._walk_until = 0.0
         self.kept_nodes = 0  # nodes made so (tests, status)
+        self.found_nodes = 0  # nodes made from a prefetch HEAD's answer (tests, status)
 
     def removed(self, directory: Node, name: str) -> None:
         """This mount removed `name` from `directory`: open snapshots stop showing it."""
@@ -201,19 +216,9 @@ class Readdir:
         file of unsure kind without one (see the module's invariants), else a node
         (`listed_node`); None if this mount removed the name since. Called once per name
         handed out: the checks go cheapest and most telling first."""
-        info = entry.info
-        if (
-            info is None
-            or entry.kind is not Kind.FILE
-            or entry.head
-            or info.size > SYMLINK_MAX
-            or not self.nameless
-            or self._ns.listing_attrs
-            or name in snapshot.gone
-            or self._ns.table.child(snapshot.directory, name) is not None
-        ):
+        if not self._unsure(snapshot, name, entry):
             return self.listed_node(snapshot, name, entry)
-        node = self._kept_node(snapshot, name, entry)
+        node = self._kept_node(snapshot, name, entry) or self._found_node(snapshot, name)
         if node is not None:
             return node
         directory = snapshot.directory.ino
@@ -252,25 +257,53 @@ class Readdir:
         requests (`_kept_node`)."""
         self._walk_until = time.monotonic() + WALK_FOR
 
+    def _unsure(self, snapshot: Snapshot, name: str, entry: Entry) -> bool:
+        """Whether `shown` hands out the listed `name` without a node (a file of unsure kind:
+        see the module's invariants) unless a HEAD of it is at hand. The checks go cheapest
+        and most telling first."""
+        info = entry.info
+        return not (
+            info is None
+            or entry.kind is not Kind.FILE
+            or entry.head
+            or info.size > SYMLINK_MAX
+            or not self.nameless
+            or self._ns.listing_attrs
+            or name in snapshot.gone
+            or self._ns.table.child(snapshot.directory, name) is not None
+        )
+
     def _kept_node(self, snapshot: Snapshot, name: str, entry: Entry) -> Node | None:
         """A node with the attributes a kept HEAD of the listed file gives, if the kernel asks
-        about listed files lately (`asked`) and one is kept (cache/attrstore.py: the same
-        ETag, size and LastModified); None: not a listed file, not asked lately, none kept, or
-        the directory is the bucket list. The rows of the next `KEPT_AHEAD` entries are read
-        in one go (names are handed out in turn).
+        about listed files lately (`asked`) and one is kept (`_kept`); None otherwise.
 
         Why, and only while the kernel asks about listed names (`WALK_FOR`): after a remount,
         `ls -lR` of a tree whose HEADs were all kept sent one LOOKUP per file for the names
         readdir had shown without a node, each answered from a kept HEAD (10,000 of them,
         about half the walk's CPU); a node with its attributes in the READDIRPLUS entry needs
         none. `find` and plain `ls` never ask, so they make no node per file."""
+        if self._walk_until <= time.monotonic():
+            return None
+        info = self._kept(snapshot, name, entry)
+        if info is None:
+            return None
+        ns = self._ns
+        node = ns.new_node(snapshot.directory, name, ns.resolver.file_entry(info).kind)
+        ns.apply(node, info, full=True)
+        self.kept_nodes += 1
+        return node
+
+    def _kept(self, snapshot: Snapshot, name: str, entry: Entry) -> ObjectInfo | None:
+        """The HEAD kept for the listed file's very version (cache/attrstore.py: the same
+        ETag, size and LastModified); None: not a listed file, none kept, or the directory is
+        the bucket list. The rows of the next `KEPT_AHEAD` entries are read in one go (names
+        are handed out in turn)."""
         ns = self._ns
         listed = entry.info
         directory = snapshot.directory
         bucket = directory.bucket
         if (
-            self._walk_until <= time.monotonic()
-            or entry.kind is not Kind.FILE
+            entry.kind is not Kind.FILE
             or entry.head
             or listed is None
             or not listed.etag
@@ -288,13 +321,62 @@ class Readdir:
             keys = [directory.key + n for n, item in entries[start:end] if isinstance(item, Entry)]
             snapshot.kept_rows = attrs.load(bucket, keys)
         rows = snapshot.kept_rows
-        info = attrs.match(bucket, key, listed.etag, listed.size, listed.last_modified, rows)
-        if info is None:
+        return attrs.match(bucket, key, listed.etag, listed.size, listed.last_modified, rows)
+
+    def _found_node(self, snapshot: Snapshot, name: str) -> Node | None:
+        """A node with what a prefetch HEAD of the listed name found (`ahead` waited for
+        it, or it came before), taken as the kernel's lookup of the name would take it."""
+        directory = snapshot.directory
+        found = self._ns.prefetch.take(directory.ino, name)
+        if found is None:
             return None
-        node = ns.new_node(directory, name, ns.resolver.file_entry(info).kind)
-        ns.apply(node, info, full=True)
-        self.kept_nodes += 1
-        return node
+        self.found_nodes += 1
+        return self._ns.node_from_found(directory, name, found)
+
+    async def ahead(self, snapshot: Snapshot, offset: int) -> int | None:
+        """Before a reply from `offset`, while the kernel walks a tree (`asked` lately): the
+        HEADs of the next `WALK_BATCH` listed files that `shown` would hand out without a
+        node, waited for (`WALK_WAIT` at most), so that each goes as a node with its
+        attributes and the kernel looks none up. Returns where the reply stops (the name
+        after those), None: no limit (not walking).
+
+        Why: `ls -lR`, `du`, `tar c` read a whole directory, then ask about each name; each
+        name shown without a node cost a LOOKUP (a kernel round trip and a request through
+        pyfuse3, ~0.1 ms of daemon CPU) that only waited for the HEAD the prefetch had sent
+        anyway. The HEADs are the same ones: a walk looks every such name up, and that
+        lookup needs the HEAD (the kind of a small file is unsure). What it can cost: a
+        program that only reads names (`find`, `ls`) within `WALK_FOR` of a walk's last
+        question gets HEADs it would not have sent, one directory's worth per question."""
+        ns = self._ns
+        directory = snapshot.directory
+        if (
+            not self.nameless
+            or self._walk_until <= time.monotonic()
+            or ns.listing_attrs
+            or directory.bucket is None
+            or not ns.ready
+        ):
+            return None
+        entries = snapshot.entries
+        names: list[str] = []
+        count = 0
+        end = min(len(entries), offset + WALK_SCAN)
+        for index in range(offset, end):
+            name, item = entries[index]
+            if isinstance(item, Node) or not self._unsure(snapshot, name, item):
+                continue
+            if count == WALK_BATCH:
+                return await self._settle(directory, names, index)
+            count += 1
+            if self._kept(snapshot, name, item) is None:
+                names.append(name)
+        return await self._settle(directory, names, end if end < len(entries) else None)
+
+    async def _settle(self, directory: Node, names: list[str], stop: int | None) -> int | None:
+        if names:
+            with trio.move_on_after(WALK_WAIT):
+                await self._ns.prefetch.settle(directory.ino, names)
+        return stop
 
     def dropped(self, directory_ino: int) -> None:
         """The directory's node is gone: so are the numbers reserved in it."""
