@@ -553,7 +553,7 @@ class Namespace:
             return node
         if not node.full:
             if node.kind is not Kind.DIR:  # find stats directories, not files
-                self.readdir.asked()
+                self.readdir.asked(attributes=True)
             self.prefetch.kick(node.parent, node.name)
             await self.prefetch.wait(node)
         if node.pinned or node.unlinked or node.ino == ROOT_INO or self._fresh(node):

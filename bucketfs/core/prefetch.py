@@ -209,15 +209,16 @@ class Prefetch:
         if event is not None:
             await event.wait()
 
-    async def settle(self, directory_ino: int, names: list[str]) -> None:
+    async def settle(self, directory_ino: int, names: list[str], *, kinds: bool) -> None:
         """Until the HEADs of these listed names (in listing order, none with a node) are
         answered: readdir waits for them while the kernel walks a tree (readdir.py `ahead`).
-        The window starts at the first, as the kernel's lookup of it would start it; a name
-        the workers have not reached yet is claimed here (`_claim` sends nothing twice)."""
+        The window starts at the first, as the kernel's question about it would start it
+        (`kinds`: a lookup's, else getattr's); a name the workers have not reached yet is
+        claimed here (`_claim` sends nothing twice)."""
         queue = self._queues.get(directory_ino)
         if queue is None or self.nursery is None or not names:
             return
-        self.kick(directory_ino, names[0], kinds=True)
+        self.kick(directory_ino, names[0], kinds=kinds)
         for name in names:
             key = (directory_ino, name)
             event = self._naming.get(key)

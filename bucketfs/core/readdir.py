@@ -125,6 +125,8 @@ class Readdir:
         self.nameless = False
         #: until when (time.monotonic) kept HEADs make nodes (`WALK_FOR`, `_kept_node`)
         self._walk_until = 0.0
+        #: and until when getattr asked too (`asked`)
+        self._attributes_until = 0.0
         self.kept_nodes = 0  # nodes made so (tests, status)
         self.found_nodes = 0  # nodes made from a prefetch HEAD's answer (tests, status)
 
@@ -250,12 +252,16 @@ class Readdir:
             self.asked()
         return ino
 
-    def asked(self) -> None:
+    def asked(self, *, attributes: bool = False) -> None:
         """The kernel asked about a listed file (a lookup of one shown without a node, or
         getattr of a listed file's node: ls -l, du, stat, rm do; find asks about directories
         only): answering the next directories' names from kept HEADs spares it those
-        requests (`_kept_node`)."""
+        requests (`_kept_node`, `ahead`). `attributes`: getattr asked (ls -l, du, tar c do;
+        rm, whose lookups need kinds only, does not), so files of sure kind need their HEAD
+        too."""
         self._walk_until = time.monotonic() + WALK_FOR
+        if attributes:
+            self._attributes_until = self._walk_until
 
     def _unsure(self, snapshot: Snapshot, name: str, entry: Entry) -> bool:
         """Whether `shown` hands out the listed `name` without a node (a file of unsure kind:
@@ -349,33 +355,55 @@ class Readdir:
         question gets HEADs it would not have sent, one directory's worth per question."""
         ns = self._ns
         directory = snapshot.directory
+        now = time.monotonic()
         if (
             not self.nameless
-            or self._walk_until <= time.monotonic()
+            or self._walk_until <= now
             or ns.listing_attrs
             or directory.bucket is None
             or not ns.ready
         ):
             return None
+        attributes = self._attributes_until > now
         entries = snapshot.entries
         names: list[str] = []
         count = 0
         end = min(len(entries), offset + WALK_SCAN)
         for index in range(offset, end):
             name, item = entries[index]
-            if isinstance(item, Node) or not self._unsure(snapshot, name, item):
+            if isinstance(item, Node) or not (
+                self._unsure(snapshot, name, item)
+                or (attributes and self._sure_file(snapshot, name, item))
+            ):
                 continue
             if count == WALK_BATCH:
-                return await self._settle(directory, names, index)
+                return await self._settle(directory, names, index, attributes)
             count += 1
             if self._kept(snapshot, name, item) is None:
                 names.append(name)
-        return await self._settle(directory, names, end if end < len(entries) else None)
+        stop = end if end < len(entries) else None
+        return await self._settle(directory, names, stop, attributes)
 
-    async def _settle(self, directory: Node, names: list[str], stop: int | None) -> int | None:
+    def _sure_file(self, snapshot: Snapshot, name: str, entry: Entry) -> bool:
+        """Whether the listed `name` is a file too large to be a symlink, without a node:
+        readdir shows it as a node of the listing's attributes, whose metadata the kernel's
+        getattr asks (a HEAD) unless the reply had them (`ahead`, with `attributes`)."""
+        info = entry.info
+        return (
+            info is not None
+            and entry.kind is Kind.FILE
+            and not entry.head
+            and info.size > SYMLINK_MAX
+            and name not in snapshot.gone
+            and self._ns.table.child(snapshot.directory, name) is None
+        )
+
+    async def _settle(
+        self, directory: Node, names: list[str], stop: int | None, attributes: bool
+    ) -> int | None:
         if names:
             with trio.move_on_after(WALK_WAIT):
-                await self._ns.prefetch.settle(directory.ino, names)
+                await self._ns.prefetch.settle(directory.ino, names, kinds=not attributes)
         return stop
 
     def dropped(self, directory_ino: int) -> None:
@@ -393,8 +421,10 @@ class Readdir:
         node = ns.table.child(directory, name)
         if node is not None or name in snapshot.gone:
             return node
-        return self._kept_node(snapshot, name, entry) or self._from_listing(
-            directory, name, entry, None
+        return (
+            self._kept_node(snapshot, name, entry)
+            or self._found_node(snapshot, name)
+            or self._from_listing(directory, name, entry, None)
         )
 
     def _from_listing(self, directory: Node, name: str, entry: Entry, node: Node | None) -> Node:

@@ -97,3 +97,40 @@ def test_find_alone_sends_no_head(
     assert len(found) == 1 + len(DIRS) + len(DIRS) * FILES + 1
     assert _heads(proxy) - heads <= len(DIRS), "a HEAD per file for find"  # markers at most
     assert mount.status()["found_nodes"] == 0
+
+
+def _getattrs(mount: Any) -> int:
+    return int(mount.status()["kernel_requests"].get("getattr", 0))
+
+
+def test_ls_l_of_large_files_asks_no_getattr_per_file_once_the_walk_asks_attributes(
+    seaweed: SeaweedServer, proxy: CountingProxy, s3_mounts: MountFactory
+) -> None:
+    """Files too large to be symlinks are shown as nodes of the listing's attributes; the
+    kernel's getattr of each asks their metadata. Once getattr asked (`ls -l`, `du`, `tar c`
+    do; `rm -rf` does not: test_requests.py), the next directories' replies carry what
+    their HEADs found: no GETATTR per file, one HEAD per object."""
+    mount = s3_mounts(options=[f"endpoint={proxy.endpoint}"])
+    assert mount.bucket is not None
+    client = seaweed.client()
+    for d in DIRS:
+        for i in range(FILES):
+            client.put_object(
+                Bucket=mount.bucket,
+                Key=f"{d}/big{i:02d}",
+                Body=b"y" * (5000 + i),
+                Metadata={"mode": str(stat.S_IFREG | _mode(i))},
+            )
+    first = subprocess.run(["ls", "-l", str(mount.path / DIRS[0])], capture_output=True)
+    assert first.returncode == 0
+    for d in DIRS[1:]:
+        os.stat(mount.path / d)
+    getattrs, heads = _getattrs(mount), _heads(proxy)
+    for d in DIRS[1:]:
+        for name in sorted(os.listdir(mount.path / d)):
+            st = os.lstat(mount.path / d / name)
+            i = int(name[3:])
+            assert stat.S_IMODE(st.st_mode) == _mode(i), (d, name)
+            assert st.st_size == 5000 + i
+    assert _getattrs(mount) - getattrs <= 2, "a GETATTR per file the reply could have answered"
+    assert _heads(proxy) - heads == FILES * 2, "one HEAD per object, none twice"
