@@ -214,11 +214,13 @@ class Prefetch:
         answered: readdir waits for them while the kernel walks a tree (readdir.py `ahead`).
         The window starts at the first, as the kernel's question about it would start it
         (`kinds`: a lookup's, else getattr's); a name the workers have not reached yet is
-        claimed here (`_claim` sends nothing twice)."""
+        claimed here (`_claim` sends nothing twice). Every name is claimed before the first
+        wait: one whose HEAD found nothing is not asked again."""
         queue = self._queues.get(directory_ino)
         if queue is None or self.nursery is None or not names:
             return
         self.kick(directory_ino, names[0], kinds=kinds)
+        events = []
         for name in names:
             key = (directory_ino, name)
             event = self._naming.get(key)
@@ -236,6 +238,8 @@ class Prefetch:
                 event = self._naming.get(key)  # none if it had a node by now
                 if event is None:
                     continue
+            events.append(event)
+        for event in events:
             await event.wait()
 
     def take(self, directory_ino: int, name: str) -> tuple[Entry, float] | None:
