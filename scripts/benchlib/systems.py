@@ -5,7 +5,8 @@ returned `MountHandle` knows its daemon's pid (peak RSS and CPU seconds come fro
 unmount. `raw` and `local` are systems without a mount. `bucketfs-base` (`BASE`) is bucketfs run
 from another checkout with its own venv (`--base-repo`), mounted and measured like `bucketfs`.
 `bucketfs-listing` is this checkout with `-o attrs=listing`, run on the `ls -lR` row only
-(`System.scenarios`).
+(`System.scenarios`), as `rclone-modtime` (rclone with `--use-server-modtime`), its
+counterpart in issue 14's targets.
 
 Invariant: every live mount is registered in `CLEANUP` from just before the mount command runs
 until its unmount finished; `CLEANUP.unmount_all()` (called from `finally`, atexit and the signal
@@ -491,9 +492,16 @@ def _git_head(repo: Path) -> str:
 
 
 class Rclone(System):
-    def __init__(self, mode: str) -> None:
+    """rclone mount with `--vfs-cache-mode MODE`; with `server_modtime`, also
+    `--use-server-modtime` (mtimes from listings, no HEAD per file: what `bucketfs-listing`
+    is compared with, on the `ls -lR` row only)."""
+
+    def __init__(self, mode: str, *, server_modtime: bool = False) -> None:
         self.mode = mode
-        self.name = f"rclone-{mode}"
+        self.server_modtime = server_modtime
+        self.name = f"rclone-{mode}" if not server_modtime else "rclone-modtime"
+        if server_modtime:
+            self.scenarios = frozenset({"ls_lR_10k"})
 
     def binary(self) -> str | None:
         path = VENV_BIN / "rclone"
@@ -538,6 +546,7 @@ class Rclone(System):
             str(log),
             "--config",
             "/dev/null",
+            *(["--use-server-modtime"] if self.server_modtime else []),
         ]
         handle = MountHandle(self.name, mp, log=log, cache=cache)
         _run_foreground(handle, cmd, env)  # rclone writes its own log (--log-file)
@@ -760,6 +769,7 @@ ALL_SYSTEMS: list[System] = [
     BASE,
     Rclone("full"),
     Rclone("off"),
+    Rclone("full", server_modtime=True),
     BucketfsListing(),
     BucketfsEarly(),
     S3fs(),
