@@ -35,19 +35,25 @@ def _mode(i: int) -> int:
     return 0o600 if i % 2 else 0o640
 
 
-def _tree(mount: Any, seaweed: SeaweedServer) -> None:
-    """DIRS directories of FILES small files each (modes alternate), a symlink in the last;
-    then a fresh mount with an empty cache (nothing kept from this one)."""
+def _put(mount: Any, seaweed: SeaweedServer, name: str, size: int) -> None:
+    """Another client's DIRS directories of FILES files each, `{name}NN` of `size + NN`
+    bytes (modes alternate)."""
     assert mount.bucket is not None
     client = seaweed.client()
     for d in DIRS:
         for i in range(FILES):
             client.put_object(
                 Bucket=mount.bucket,
-                Key=f"{d}/f{i:02d}",
-                Body=b"x" * (i + 1),
+                Key=f"{d}/{name}{i:02d}",
+                Body=b"x" * (size + i),
                 Metadata={"mode": str(stat.S_IFREG | _mode(i))},
             )
+
+
+def _tree(mount: Any, seaweed: SeaweedServer) -> None:
+    """DIRS directories of FILES small files each (`_put`), a symlink in the last; then a
+    fresh mount with an empty cache (nothing kept from this one)."""
+    _put(mount, seaweed, "f", 1)
     os.symlink("f00", mount.path / DIRS[-1] / "link")
     mount.flush()
     mount.stop()
@@ -111,16 +117,7 @@ def test_ls_l_of_large_files_asks_no_getattr_per_file_once_the_walk_asks_attribu
     do; `rm -rf` does not: test_requests.py), the next directories' replies carry what
     their HEADs found: no GETATTR per file, one HEAD per object."""
     mount = s3_mounts(options=[f"endpoint={proxy.endpoint}"])
-    assert mount.bucket is not None
-    client = seaweed.client()
-    for d in DIRS:
-        for i in range(FILES):
-            client.put_object(
-                Bucket=mount.bucket,
-                Key=f"{d}/big{i:02d}",
-                Body=b"y" * (5000 + i),
-                Metadata={"mode": str(stat.S_IFREG | _mode(i))},
-            )
+    _put(mount, seaweed, "big", 5000)
     first = subprocess.run(["ls", "-l", str(mount.path / DIRS[0])], capture_output=True)
     assert first.returncode == 0
     for d in DIRS[1:]:

@@ -4,6 +4,7 @@ node still (an object gone by its HEAD, a HEAD that does not answer in time)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -26,6 +27,21 @@ async def _fill(h: Harness) -> Node:
     return d
 
 
+def _head_except(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, key: str, instead: Callable[[], Awaitable[Any]]
+) -> None:
+    """The store's HEAD of `key` does `instead` (raise, or never answer)."""
+    real = h.store.head
+
+    async def head(bucket: str, asked: str, **kw: Any) -> Any:
+        if asked == key:
+            h.store.calls["head"] += 1
+            return await instead()
+        return await real(bucket, asked, **kw)
+
+    monkeypatch.setattr(h.store, "head", head)
+
+
 async def _shown(h: Harness, d: Node) -> dict[str, Node | Nameless]:
     fh = h.fs.opendir(d.ino)
     try:
@@ -40,15 +56,11 @@ def test_a_walk_shows_files_as_nodes_with_their_heads_and_sends_each_head_once(
 ) -> None:
     async def body(h: Harness) -> None:
         d = await _fill(h)
-        real = h.store.head
 
-        async def head(bucket: str, key: str, **kw: Any) -> Any:
-            if key == "d/f07":  # another client deleted it after the listing
-                h.store.calls["head"] += 1
-                raise NotFound(key)
-            return await real(bucket, key, **kw)
+        async def gone() -> None:  # another client deleted it after the listing
+            raise NotFound("d/f07")
 
-        monkeypatch.setattr(h.store, "head", head)
+        _head_except(h, monkeypatch, "d/f07", gone)
         h.fs.namespace.readdir.asked()  # a lookup asked about a listed file: a walk
         h.store.calls.clear()
         shown = await _shown(h, d)
@@ -85,14 +97,7 @@ def test_a_reply_waits_for_a_slow_head_at_most_walk_wait(
 ) -> None:
     async def body(h: Harness) -> None:
         d = await _fill(h)
-        real = h.store.head
-
-        async def head(bucket: str, key: str, **kw: Any) -> Any:
-            if key == "d/f03":
-                await trio.sleep_forever()
-            return await real(bucket, key, **kw)
-
-        monkeypatch.setattr(h.store, "head", head)
+        _head_except(h, monkeypatch, "d/f03", trio.sleep_forever)
         h.fs.namespace.readdir.asked()
         started = trio.current_time()
         shown = await _shown(h, d)
