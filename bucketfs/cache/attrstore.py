@@ -113,6 +113,10 @@ class AttrStore:
         self.max_rows = max_rows
         self._db: sqlite3.Connection | None = None
         self._pending: dict[tuple[str, str], ObjectInfo] = {}
+        #: the rows the last `load` read, by bucket: `match` without rows of its own uses
+        #: them (readdir reads a directory's rows in bulk, then the prefetch asks per name);
+        #: a row written since is taken out of them at `flush`
+        self._recent: tuple[str, Rows] = ("", {})
         self._used: set[tuple[str, str]] = set()
         self._stamp = 0
         self._rows = 0
@@ -147,11 +151,14 @@ class AttrStore:
     ) -> ObjectInfo | None:
         """What a HEAD said of this version of the object, if a row has it: `etag`, `size` and
         `modified` are what a listing says now; `loaded`: rows `load` read (of the same
-        bucket), used instead of a query when they hold `key`."""
+        bucket), used instead of a query when they hold `key` (by default the last `load`'s:
+        a cold walk's prefetch asked a query per name that readdir had just found absent)."""
         if self._db is None or not etag:
             return None
         info = self._pending.get((bucket, key))
         if info is None:
+            if loaded is None and self._recent[0] == bucket:
+                loaded = self._recent[1]
             if loaded is not None and key in loaded:
                 row = loaded[key]
             else:
@@ -197,6 +204,7 @@ class AttrStore:
                     loaded[key] = (etag, size, modified, text)
         except sqlite3.Error as exc:
             log.debug("attribute cache read failed: %s", exc)
+        self._recent = (bucket, dict(loaded))  # (a copy: `flush` takes rows out of it)
         return loaded
 
     def remember(self, bucket: str, info: ObjectInfo) -> None:
@@ -219,6 +227,10 @@ class AttrStore:
             return
         pending, self._pending = self._pending, {}
         used, self._used = self._used, set()
+        recent_bucket, recent = self._recent
+        for bucket, key in pending:
+            if bucket == recent_bucket:
+                recent.pop(key, None)  # its row is in the file from now on: ask the file
         self._stamp += 1
         try:
             db.execute("BEGIN")

@@ -70,6 +70,32 @@ def test_load_reads_many_rows_at_once_and_matches_as_before(tmp_path: Path) -> N
     store.flush()
     assert store.match("b", keys[1], "e9", 3, 1000.0, rows) is None
     assert store.match("b", keys[1], "e9", 3, 1000.0) is not None  # from the file
+    assert keys[1] in rows  # the caller's rows are its own
+    store.close()
+
+
+def test_match_without_rows_uses_the_last_load_and_sends_no_query(tmp_path: Path) -> None:
+    """readdir reads a directory's rows in bulk; the prefetch's HEAD of each name then asks
+    `match` without rows: the last load answers (a cold walk sent a query per name that the
+    load had just found absent); a row written since comes from the file."""
+    store = AttrStore(tmp_path / "attrs.sqlite")
+    keys = [f"d/f{i:02d}" for i in range(10)]
+    store.remember("b", info(keys[0], server_date=2000.0))
+    store.flush()
+    store.load("b", keys)
+    queries: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(queries.append)
+    assert store.match("b", keys[0], "e1", 3, 1000.0) is not None
+    assert all(store.match("b", k, "e1", 3, 1000.0) is None for k in keys[1:])
+    assert queries == []
+    store.remember("b", info(keys[5], server_date=2000.0))
+    store.flush()
+    queries.clear()
+    assert store.match("b", keys[5], "e1", 3, 1000.0) is not None  # written after the load
+    assert len(queries) == 1
+    assert store.match("other", keys[1], "e1", 3, 1000.0) is None  # another bucket: asked
+    assert len(queries) == 2
     store.close()
 
 
