@@ -153,35 +153,53 @@ class AttrStore:
         `modified` are what a listing says now; `loaded`: rows `load` read (of the same
         bucket), used instead of a query when they hold `key` (by default the last `load`'s:
         a cold walk's prefetch asked a query per name that readdir had just found absent)."""
-        if self._db is None or not etag:
-            return None
-        info = self._pending.get((bucket, key))
-        if info is None:
-            if loaded is None and self._recent[0] == bucket:
-                loaded = self._recent[1]
-            if loaded is not None and key in loaded:
-                row = loaded[key]
-            else:
-                try:
-                    row = self._db.execute(
-                        "SELECT etag, size, modified, info FROM attrs WHERE bucket=? AND key=?",
-                        (bucket, key),
-                    ).fetchone()
-                except sqlite3.Error as exc:
-                    log.debug("attribute cache read failed: %s", exc)
-                    return None
-            if row is None or (row[0], row[1], row[2]) != (etag, size, _second(modified)):
-                return None
-            info = _decode(key, etag, size, row[3])
-        elif (info.etag, info.size, _second(info.last_modified)) != (
-            etag,
-            size,
-            _second(modified),
-        ):
+        held = self._version(bucket, key, etag, size, modified, loaded)
+        if held is None:
             return None
         self._used.add((bucket, key))
         self.hits += 1
-        return info
+        return _decode(key, etag, size, held) if isinstance(held, str) else held
+
+    def holds(
+        self, bucket: str, key: str, etag: str, size: int, modified: float, loaded: Rows
+    ) -> bool:
+        """Whether `match` would find this version, without decoding the row nor counting it
+        as used (readdir asks before deciding whether to wait for a HEAD)."""
+        return self._version(bucket, key, etag, size, modified, loaded) is not None
+
+    def _version(
+        self, bucket: str, key: str, etag: str, size: int, modified: float, loaded: Rows | None
+    ) -> ObjectInfo | str | None:
+        """This version's answer not yet written (an `ObjectInfo`), or its row's encoded
+        info (a `str`), if held (`match`)."""
+        if self._db is None or not etag:
+            return None
+        info = self._pending.get((bucket, key))
+        if info is not None:
+            if (info.etag, info.size, _second(info.last_modified)) != (
+                etag,
+                size,
+                _second(modified),
+            ):
+                return None
+            return info
+        if loaded is None and self._recent[0] == bucket:
+            loaded = self._recent[1]
+        if loaded is not None and key in loaded:
+            row = loaded[key]
+        else:
+            try:
+                row = self._db.execute(
+                    "SELECT etag, size, modified, info FROM attrs WHERE bucket=? AND key=?",
+                    (bucket, key),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                log.debug("attribute cache read failed: %s", exc)
+                return None
+        if row is None or (row[0], row[1], row[2]) != (etag, size, _second(modified)):
+            return None
+        text: str = row[3]
+        return text
 
     def load(self, bucket: str, keys: list[str]) -> Rows:
         """The rows of `keys` (None: no row), `LOAD_CHUNK` keys to a query, for the `match`es

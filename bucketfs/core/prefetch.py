@@ -224,10 +224,7 @@ class Prefetch:
         for name in names:
             key = (directory_ino, name)
             event = self._naming.get(key)
-            if event is None:
-                found = self._found.get(key)
-                if found is not None and found[1] > time.monotonic():
-                    continue
+            if event is None:  # (`_claim` passes over one found lately)
                 position = bisect_left(queue.entries, name, hi=queue.listed, key=_name)
                 if position >= queue.listed or queue.entries[position][0] != name:
                     continue

@@ -53,6 +53,7 @@ from bucketfs.core.listing import Entry, Listed, Listings, Snapshot, list_childr
 from bucketfs.core.nodes import KIND_BITS, SYMLINK_MAX, InodeTable, Kind, Nameless, Node
 
 if TYPE_CHECKING:
+    from bucketfs.cache.attrstore import Rows
     from bucketfs.cache.deletes import DeferredDeletes
     from bucketfs.cache.markers import Markers, PendingMarker
     from bucketfs.core.contents import FileData, Unsaved
@@ -268,15 +269,33 @@ class Readdir:
         see the module's invariants) unless a HEAD of it is at hand. The checks go cheapest
         and most telling first."""
         info = entry.info
-        return not (
-            info is None
-            or entry.kind is not Kind.FILE
-            or entry.head
-            or info.size > SYMLINK_MAX
-            or not self.nameless
-            or self._ns.listing_attrs
-            or name in snapshot.gone
-            or self._ns.table.child(snapshot.directory, name) is not None
+        return (
+            info is not None
+            and info.size <= SYMLINK_MAX
+            and self.nameless
+            and not self._ns.listing_attrs
+            and self._listed_file(snapshot, name, entry)
+        )
+
+    def _sure_file(self, snapshot: Snapshot, name: str, entry: Entry) -> bool:
+        """Whether the listed `name` is a file too large to be a symlink, without a node:
+        readdir shows it as a node of the listing's attributes, whose metadata the kernel's
+        getattr asks (a HEAD) unless the reply had them (`ahead`, with `attributes`)."""
+        info = entry.info
+        return (
+            info is not None
+            and info.size > SYMLINK_MAX
+            and self._listed_file(snapshot, name, entry)
+        )
+
+    def _listed_file(self, snapshot: Snapshot, name: str, entry: Entry) -> bool:
+        """Whether `name` is a file as the listing shows it (not from a HEAD), with no node
+        yet, and this mount did not remove it since the snapshot."""
+        return (
+            entry.kind is Kind.FILE
+            and not entry.head
+            and name not in snapshot.gone
+            and self._ns.table.child(snapshot.directory, name) is None
         )
 
     def _kept_node(self, snapshot: Snapshot, name: str, entry: Entry) -> Node | None:
@@ -302,8 +321,21 @@ class Readdir:
     def _kept(self, snapshot: Snapshot, name: str, entry: Entry) -> ObjectInfo | None:
         """The HEAD kept for the listed file's very version (cache/attrstore.py: the same
         ETag, size and LastModified); None: not a listed file, none kept, or the directory is
-        the bucket list. The rows of the next `KEPT_AHEAD` entries are read in one go (names
-        are handed out in turn)."""
+        the bucket list."""
+        asked = self._kept_rows(snapshot, name, entry)
+        return None if asked is None else self._ns.data.attrs.match(*asked)
+
+    def _is_kept(self, snapshot: Snapshot, name: str, entry: Entry) -> bool:
+        """Whether `_kept` would find one (without decoding it: `ahead` asks first)."""
+        asked = self._kept_rows(snapshot, name, entry)
+        return asked is not None and self._ns.data.attrs.holds(*asked)
+
+    def _kept_rows(
+        self, snapshot: Snapshot, name: str, entry: Entry
+    ) -> tuple[str, str, str, int, float, Rows] | None:
+        """What the attribute store is asked for the listed file (`AttrStore.match`), with
+        the rows of the next `KEPT_AHEAD` entries read in one go (names are handed out in
+        turn); None: nothing to ask."""
         ns = self._ns
         listed = entry.info
         directory = snapshot.directory
@@ -318,16 +350,14 @@ class Readdir:
             or not ns.ready
         ):
             return None
-        attrs = ns.data.attrs
         key = directory.key + name
         if key not in snapshot.kept_rows and snapshot.kept_at < len(snapshot.entries):
             entries = snapshot.entries
             start = snapshot.kept_at
             end = snapshot.kept_at = min(len(entries), start + KEPT_AHEAD)
             keys = [directory.key + n for n, item in entries[start:end] if isinstance(item, Entry)]
-            snapshot.kept_rows = attrs.load(bucket, keys)
-        rows = snapshot.kept_rows
-        return attrs.match(bucket, key, listed.etag, listed.size, listed.last_modified, rows)
+            snapshot.kept_rows = ns.data.attrs.load(bucket, keys)
+        return bucket, key, listed.etag, listed.size, listed.last_modified, snapshot.kept_rows
 
     def _found_node(self, snapshot: Snapshot, name: str) -> Node | None:
         """A node with what a prefetch HEAD of the listed name found (`ahead` waited for
@@ -379,24 +409,10 @@ class Readdir:
             if count == WALK_BATCH:
                 return await self._settle(directory, names, index, attributes)
             count += 1
-            if self._kept(snapshot, name, item) is None:
+            if not self._is_kept(snapshot, name, item):
                 names.append(name)
         stop = end if end < len(entries) else None
         return await self._settle(directory, names, stop, attributes)
-
-    def _sure_file(self, snapshot: Snapshot, name: str, entry: Entry) -> bool:
-        """Whether the listed `name` is a file too large to be a symlink, without a node:
-        readdir shows it as a node of the listing's attributes, whose metadata the kernel's
-        getattr asks (a HEAD) unless the reply had them (`ahead`, with `attributes`)."""
-        info = entry.info
-        return (
-            info is not None
-            and entry.kind is Kind.FILE
-            and not entry.head
-            and info.size > SYMLINK_MAX
-            and name not in snapshot.gone
-            and self._ns.table.child(snapshot.directory, name) is None
-        )
 
     async def _settle(
         self, directory: Node, names: list[str], stop: int | None, attributes: bool
