@@ -78,7 +78,11 @@ def test_ls_lR_cold_sends_no_lookup_per_file_and_one_head_per_object(
     }
     assert _lookups(mount) - lookups <= 2, "a LOOKUP per file readdir could have answered"
     assert _heads(proxy) - heads == FILES * 2 + 1, "one HEAD per object, none twice"
-    assert mount.status()["found_nodes"] >= FILES * 2
+    # nodes readdir made from this walk's HEADs: taken from the prefetch's answers, or from
+    # the attribute store when the server answered 2 s or more after the upload and the
+    # answer was kept at once (cache/attrstore.py; readdir asks that first)
+    status = mount.status()
+    assert status["found_nodes"] + status["kept_nodes"] >= FILES * 2
     for d, names in seen.items():
         for i in range(FILES):
             st = names[f"f{i:02d}"]
