@@ -82,8 +82,12 @@ def parse_posix(metadata: Mapping[str, str]) -> PosixAttrs:
 
 
 def object_kind(metadata: Mapping[str, str]) -> Kind:
-    """What an object (not a `dir/` marker) is: what its `mode` says, else a regular file."""
-    kind = parse_posix(metadata).kind
+    """What an object (not a `dir/` marker) is: what its `mode` says, else a regular file
+    (`parse_posix`'s kind, without parsing the rest)."""
+    raw_mode = _int(metadata.get("mode"))
+    if raw_mode is None or not 0 <= raw_mode < 1 << 32:
+        return Kind.FILE
+    kind = _KINDS.get(stat.S_IFMT(raw_mode))
     return Kind.FILE if kind is None or kind is Kind.DIR else kind
 
 

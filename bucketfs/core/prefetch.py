@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -221,6 +222,7 @@ class Prefetch:
             return
         self.kick(directory_ino, names[0], kinds=kinds)
         events = []
+        heads: deque[Callable[[], Awaitable[None]]] = deque()
         for name in names:
             key = (directory_ino, name)
             event = self._naming.get(key)
@@ -231,11 +233,15 @@ class Prefetch:
                 head = self._claim(directory_ino, queue, position)
                 if head is None:
                     continue
-                self.nursery.start_soon(head)
+                heads.append(head)
                 event = self._naming.get(key)  # none if it had a node by now
                 if event is None:
                     continue
             events.append(event)
+        # a few tasks take the claimed HEADs in turn, not one task per name parked on the
+        # limiter (a spawn and a wake-up each: ~5% of a cold walk's CPU)
+        for _ in range(min(len(heads), PREFETCH_PARALLEL)):
+            self.nursery.start_soon(_in_turn, heads)
         for event in events:
             await event.wait()
 
@@ -327,3 +333,9 @@ class Prefetch:
         finally:
             self._stale.discard(key)
             self._naming.pop(key).set()
+
+
+async def _in_turn(heads: deque[Callable[[], Awaitable[None]]]) -> None:
+    """Send the HEADs one after the other until none is left (each handles its own failure)."""
+    while heads:
+        await heads.popleft()()

@@ -221,7 +221,10 @@ class Readdir:
         handed out: the checks go cheapest and most telling first."""
         if not self._unsure(snapshot, name, entry):
             return self.listed_node(snapshot, name, entry)
-        node = self._kept_node(snapshot, name, entry) or self._found_node(snapshot, name)
+        # what a prefetch HEAD found first: the HEAD just answered, and taking it costs a
+        # dict lookup where a kept row costs decoding what that HEAD's answer was encoded to
+        # (a cold walk keeps its HEADs at once when the objects are older than 2 s)
+        node = self._found_node(snapshot, name) or self._kept_node(snapshot, name, entry)
         if node is not None:
             return node
         directory = snapshot.directory.ino
