@@ -21,7 +21,7 @@ from bucketfs.backends.s3.pool import Pool
 from bucketfs.backends.s3.wire import Wire
 
 TIMEOUTS = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\nX-Amz-Meta-Mode: 33188  \r\nETag: \"e\"\r\n\r\n"
+OK = b'HTTP/1.1 200 OK\r\nContent-Length: 42\r\nX-Amz-Meta-Mode: 33188  \r\nETag: "e"\r\n\r\n'
 
 
 def trio_test(fn: Callable[[], Awaitable[None]]) -> Callable[[], None]:
