@@ -98,12 +98,17 @@ class ResponseHead:
             self.headers = []
             return
         self.status = status
-        # as h11 for a HEAD (its framing says nothing: no body follows), not llhttp's
-        # `should_keep_alive`, which counts a head without a length as read to EOF
-        self.keep = self._parser.get_http_version() == "1.1" and not any(
-            name.lower() == b"connection" and b"close" in value.lower()
-            for name, value in self.headers
-        )
+        # as h11 for a HEAD: HTTP/1.1 without `Connection: close`, whatever the framing says
+        # (no body follows); llhttp's no also counts a head without a length as read to EOF,
+        # its yes an HTTP/1.0 `keep-alive`, so its answer is checked, and only a no read again
+        parser = self._parser
+        if parser.should_keep_alive():
+            self.keep = parser.get_http_version() == "1.1"
+        else:
+            self.keep = parser.get_http_version() == "1.1" and not any(
+                name.lower() == b"connection" and b"close" in value.lower()
+                for name, value in self.headers
+            )
         self.done = True
 
     def on_body(self, body: bytes) -> None:

@@ -204,13 +204,14 @@ class Pool:
                 await conn.close()
                 return
 
-    def _release(self, conn: _Conn | None, reusable: bool) -> None:
-        """Give the slot back, and `conn` to the idle list when it may serve again."""
+    def _release(self, conn: _Conn | None, reusable: bool, *, h11_used: bool = True) -> None:
+        """Give the slot back, and `conn` to the idle list when it may serve again
+        (`h11_used` False: its h11 state machine stayed idle, a HEAD)."""
         self._slots.release()
         if conn is None:
             return
         if reusable and not self._closed:
-            if conn.h11.our_state is h11.DONE:  # not a fresh one (`Exchange.readinto`)
+            if h11_used and conn.h11.our_state is h11.DONE:  # not a fresh one (`readinto`)
                 conn.h11.start_next_cycle()
             self._idle.setdefault(conn.host, []).append(conn)
         else:
@@ -252,7 +253,7 @@ class Pool:
             self._release(conn, False)
             raise
         if method == b"HEAD" and body == b"":
-            self._release(conn, answer.keep and not answer.extra)
+            self._release(conn, answer.keep and not answer.extra, h11_used=False)
             return Exchange(self, None, answer.status, answer.headers, None, False)
         assert isinstance(head, h11.Response)
         return Exchange(self, conn, head.status_code, head.headers.raw_items(), *_framing(head))
