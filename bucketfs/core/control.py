@@ -97,6 +97,8 @@ class Control:
             "kept_nodes": self._ns.readdir.kept_nodes,
             # listed files readdir showed with a prefetch HEAD's attributes (readdir.py `ahead`)
             "found_nodes": self._ns.readdir.found_nodes,
+            "early_listings": self._ns.readdir.early.sent,
+            "early_listings_used": self._ns.readdir.early.used,
             "cached_files": data["cached_files"],
             "open_data_files": data["open_data_files"],
         }

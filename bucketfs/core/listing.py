@@ -249,6 +249,8 @@ class Listings:
         self._asked: TTLCache[int, bool] = TTLCache(maxsize=1024, ttl=max(WINDOW, 5 * dir_timeout))
         #: directories listed for lookups only, never by a readdir or made here (`implicit`)
         self._implicit: LRUCache[int, bool] = LRUCache(maxsize=65536)
+        #: grows with every change this mount makes to any directory (earlylist.py)
+        self.generation = 0
 
     def get(self, ino: int) -> dict[str, Entry] | None:
         return self._listings.get(ino)
@@ -295,6 +297,7 @@ class Listings:
 
     def changed(self, ino: int, name: str, kind: Kind | None) -> None:
         """A change through this mount in directory `ino`: `kind` None means `name` is gone."""
+        self.generation += 1
         self._changes[ino] = self._changes.get(ino, 0) + 1
         listing = self._listings.get(ino)
         if listing is not None:
@@ -315,14 +318,17 @@ class Listings:
         return True
 
     def made_empty(self, ino: int) -> None:
+        self.generation += 1
         self._listings[ino] = {}
         self._sizes[ino] = 0
         self._implicit.pop(ino, None)
 
     def drop(self, ino: int) -> None:
+        self.generation += 1
         self._listings.pop(ino, None)
 
     def clear(self) -> None:
+        self.generation += 1
         self._listings.clear()
 
     def dropped(self, ino: int) -> None:

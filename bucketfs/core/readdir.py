@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from bucketfs.core.attrs import valid_name
+from bucketfs.core.earlylist import EarlyListings
 from bucketfs.core.listing import Entry, Listed, Listings, Snapshot, list_children
 from bucketfs.core.nodes import KIND_BITS, SYMLINK_MAX, InodeTable, Kind, Nameless, Node
 
@@ -130,6 +131,10 @@ class Readdir:
         self._attributes_until = 0.0
         self.kept_nodes = 0  # nodes made so (tests, status)
         self.found_nodes = 0  # nodes made from a prefetch HEAD's answer (tests, status)
+        #: the next directory of a walk, listed while it reads this one
+        self.early = EarlyListings(
+            lambda: names.backend, names.listings, lambda: names.prefetch.nursery
+        )
 
     def removed(self, directory: Node, name: str) -> None:
         """This mount removed `name` from `directory`: open snapshots stop showing it."""
@@ -152,8 +157,11 @@ class Readdir:
                 assert unsaved.key is not None
                 cached[unsaved.key[len(directory.key) :]] = unsaved
         changes = ns.listings.changes(directory.ino)
-        listed = await list_children(ns.backend, directory.bucket, directory.key)
+        listed = await self.early.take(directory)
+        if listed is None:
+            listed = await list_children(ns.backend, directory.bucket, directory.key)
         assert listed is not None
+        self.early.seen(directory, listed)
         ns.listings.keep(directory.ino, listed, changes, readdir=True)  # not if it lacks one
         if directory.bucket is not None:
             ns.resolver.file_names.listed(directory.bucket, directory.key, listed)
@@ -397,6 +405,8 @@ class Readdir:
             or not ns.ready
         ):
             return None
+        if offset == 0:
+            self.early.start_next(directory)
         attributes = self._attributes_until > now
         entries = snapshot.entries
         names: list[str] = []

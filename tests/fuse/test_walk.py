@@ -71,13 +71,18 @@ def test_ls_lR_cold_sends_no_lookup_per_file_and_one_head_per_object(
     assert first.stdout.count(b"\n") == FILES + 1
     for d in DIRS[1:]:
         os.stat(mount.path / d)  # the directories' own lookups are not what is counted
+    assert sorted(os.listdir(mount.path)) == list(DIRS)  # as `ls -R` reads the top first
     lookups, heads = _lookups(mount), _heads(proxy)
+    lists = proxy.snapshot().kinds.get("LIST", 0)
     seen = {
         d: {name: os.lstat(mount.path / d / name) for name in sorted(os.listdir(mount.path / d))}
         for d in DIRS[1:]
     }
     assert _lookups(mount) - lookups <= 2, "a LOOKUP per file readdir could have answered"
     assert _heads(proxy) - heads == FILES * 2 + 1, "one HEAD per object, none twice"
+    # the last directory was listed while the one before was read (core/earlylist.py), once
+    assert proxy.snapshot().kinds.get("LIST", 0) - lists == len(DIRS) - 1
+    assert mount.status()["early_listings_used"] == 1
     # nodes readdir made from this walk's HEADs: taken from the prefetch's answers, or from
     # the attribute store when the server answered 2 s or more after the upload and the
     # answer was kept at once (cache/attrstore.py; readdir asks that first)
