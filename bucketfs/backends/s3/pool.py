@@ -12,10 +12,12 @@ trio's `SocketStream.send_all` costs ~48 us of CPU a call in a loop where `os.wr
 (a cancel scope, a conflict check and a yield to the scheduler after every send;
 scripts/sockmicro.py, session 18). Invariants:
 
-- HTTP framing and parsing are h11's, TLS is the `ssl` module's through `trio.SSLStream` (the
-  caller's `ssl.SSLContext`: certificate and host name checks are its own); this module only
-  moves bytes between h11 and a stream (no header or status line parsing of ours, and no body
-  framing but `readinto`'s count of a `Content-Length` body, below);
+- HTTP framing and parsing are h11's, but a HEAD's (its request bytes joined and checked, its
+  answer's head parsed by llhttp: `s3/headexchange.py`; h11's state machine for that
+  connection stays idle), TLS is the `ssl` module's through `trio.SSLStream` (the caller's
+  `ssl.SSLContext`: certificate and host name checks are its own); this module only moves
+  bytes between those parsers and a stream (no header or status line parsing of ours, and no
+  body framing but `readinto`'s count of a `Content-Length` body, below);
   `Host` and the other headers come from the caller, `Content-Length` too when the body is an
   async iterable (else chunked encoding);
 - a connection goes back to the pool only when both h11 sides are DONE (the response read to
