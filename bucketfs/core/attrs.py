@@ -61,13 +61,18 @@ def _int(value: str | None, base: int = 10) -> int | None:
         return None
 
 
-def parse_posix(metadata: Mapping[str, str]) -> PosixAttrs:
+def _raw_mode(metadata: Mapping[str, str]) -> int | None:
+    """The `mode` metadata as an st_mode, if it is a readable one."""
     raw_mode = _int(metadata.get("mode"))
+    return raw_mode if raw_mode is not None and 0 <= raw_mode < 1 << 32 else None
+
+
+def parse_posix(metadata: Mapping[str, str]) -> PosixAttrs:
+    raw_mode = _raw_mode(metadata)
     kind: Kind | None = None
     mode: int | None = None
-    if raw_mode is not None and 0 <= raw_mode < 1 << 32:
-        fmt = stat.S_IFMT(raw_mode)
-        kind = _KINDS.get(fmt)
+    if raw_mode is not None:
+        kind = _KINDS.get(stat.S_IFMT(raw_mode))
         mode = raw_mode & 0o7777
     uid = _int(metadata.get("uid"))
     gid = _int(metadata.get("gid"))
@@ -84,10 +89,8 @@ def parse_posix(metadata: Mapping[str, str]) -> PosixAttrs:
 def object_kind(metadata: Mapping[str, str]) -> Kind:
     """What an object (not a `dir/` marker) is: what its `mode` says, else a regular file
     (`parse_posix`'s kind, without parsing the rest)."""
-    raw_mode = _int(metadata.get("mode"))
-    if raw_mode is None or not 0 <= raw_mode < 1 << 32:
-        return Kind.FILE
-    kind = _KINDS.get(stat.S_IFMT(raw_mode))
+    raw_mode = _raw_mode(metadata)
+    kind = None if raw_mode is None else _KINDS.get(stat.S_IFMT(raw_mode))
     return Kind.FILE if kind is None or kind is Kind.DIR else kind
 
 

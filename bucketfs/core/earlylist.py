@@ -1,8 +1,9 @@
 """Listings ahead of a walk: the directory a walk reads next, listed while it reads this one.
 
 Owns `EarlyListings`: the subdirectory names of the directories read lately (`seen`), the
-guess of the directory a walk reads after one (`start_next`: its first subdirectory, else its
-next sibling, in listing order, the order in which `ls -R`, `du` and `find` go down a tree),
+guess of the directory a walk reads after one (`start_next`: its first subdirectory, else the
+next sibling of it or of its nearest ancestor that has one, in listing order: the order in
+which `ls -R`, `du` and `find` go down a tree),
 the listings sent for those guesses, and handing one to that directory's readdir (`take`).
 Why: a walk reads directories one after the other, and each readdir waited for its LIST
 before its HEADs could start; listed ahead, that LIST overlaps the HEADs of the directory
@@ -57,7 +58,7 @@ class EarlyListings:
 
     def __init__(
         self,
-        backend: Callable[[], Backend],
+        backend: Backend,
         listings: Listings,
         nursery: Callable[[], trio.Nursery | None],
     ) -> None:
@@ -117,7 +118,7 @@ class EarlyListings:
 
     async def _list(self, bucket: str, key: str, early: _Early) -> None:
         try:
-            early.listed = await list_children(self._backend(), bucket, key)
+            early.listed = await list_children(self._backend, bucket, key)
         except BucketfsError as exc:
             log.debug("early listing of %s failed: %s", key, exc)
         except Exception:  # it runs in the mount's nursery: a bug must not end the mount

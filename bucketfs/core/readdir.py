@@ -132,9 +132,7 @@ class Readdir:
         self.kept_nodes = 0  # nodes made so (tests, status)
         self.found_nodes = 0  # nodes made from a prefetch HEAD's answer (tests, status)
         #: the next directory of a walk, listed while it reads this one
-        self.early = EarlyListings(
-            lambda: names.backend, names.listings, lambda: names.prefetch.nursery
-        )
+        self.early = EarlyListings(names.backend, names.listings, lambda: names.prefetch.nursery)
 
     def removed(self, directory: Node, name: str) -> None:
         """This mount removed `name` from `directory`: open snapshots stop showing it."""

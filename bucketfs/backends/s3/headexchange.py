@@ -100,15 +100,15 @@ class ResponseHead:
         self.status = status
         # as h11 for a HEAD: HTTP/1.1 without `Connection: close`, whatever the framing says
         # (no body follows); llhttp's no also counts a head without a length as read to EOF,
-        # its yes an HTTP/1.0 `keep-alive`, so its answer is checked, and only a no read again
+        # its yes an HTTP/1.0 `keep-alive`: the version is checked, the headers only on a no
         parser = self._parser
-        if parser.should_keep_alive():
-            self.keep = parser.get_http_version() == "1.1"
-        else:
-            self.keep = parser.get_http_version() == "1.1" and not any(
+        self.keep = parser.get_http_version() == "1.1" and (
+            parser.should_keep_alive()
+            or not any(
                 name.lower() == b"connection" and b"close" in value.lower()
                 for name, value in self.headers
             )
+        )
         self.done = True
 
     def on_body(self, body: bytes) -> None:

@@ -242,9 +242,10 @@ class Pool:
             if scope.cancelled_caught:
                 raise httpx2.PoolTimeout("timed out waiting for a connection") from None
         conn: _Conn | None = None
+        bare_head = method == b"HEAD" and body == b""  # through llhttp (`_head`)
         try:
             conn = await self._connection(host)
-            if method == b"HEAD" and body == b"":
+            if bare_head:
                 answer = await self._head(conn, target, headers)
             else:
                 await self._send_request(conn, method, target, headers, body)
@@ -254,7 +255,7 @@ class Pool:
         except BaseException:
             self._release(conn, False)
             raise
-        if method == b"HEAD" and body == b"":
+        if bare_head:
             self._release(conn, answer.keep and not answer.extra, h11_used=False)
             return Exchange(self, None, answer.status, answer.headers, None, False)
         assert isinstance(head, h11.Response)

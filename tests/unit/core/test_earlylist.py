@@ -12,6 +12,7 @@ import pytest
 
 from bucketfs.core import earlylist
 from bucketfs.core.nodes import Node
+from bucketfs.errors import Transient
 from tests.support.harness import Harness, RunFs
 
 DIRS = ["a", "b", "c"]
@@ -121,8 +122,6 @@ def test_a_failed_early_listing_is_listed_again(
     run_fs: RunFs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def body(h: Harness) -> None:
-        from bucketfs.errors import Transient
-
         top = await _tree(h)
         real = h.store.list_page
         failed: list[str] = []
