@@ -187,6 +187,20 @@ async def test_head_failures_map_like_httpx2_and_close_the_connection() -> None:
 
 
 @trio_test
+async def test_head_answered_with_a_protocol_upgrade_is_a_protocol_error() -> None:
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+    async with trio.open_nursery() as nursery:
+        script = await start(nursery, [upgrade], [OK])
+        pool = make_pool(script)
+        with pytest.raises(httpx2.RemoteProtocolError, match="unexpected protocol upgrade"):
+            await head(pool)
+        assert pool._open == 0
+        assert (await head(pool))[0] == 200
+        await pool.aclose()
+        nursery.cancel_scope.cancel()
+
+
+@trio_test
 async def test_head_cancelled_closes_its_connection() -> None:
     async with trio.open_nursery() as nursery:
         script = await start(nursery, "hang", [OK])
@@ -213,14 +227,14 @@ async def test_head_cancelled_closes_its_connection() -> None:
 def test_head_request_h11_would_refuse_is_not_sent(
     target: bytes, headers: list[tuple[bytes, bytes]]
 ) -> None:
-    with pytest.raises(httpx2.LocalProtocolError):
+    with pytest.raises(httpx2.LocalProtocolError, match=r"illegal (request target|header)"):
         request_bytes(b"HEAD", target, headers)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             script = await start(nursery, [OK])
             pool = make_pool(script)
-            with pytest.raises(httpx2.LocalProtocolError):
+            with pytest.raises(httpx2.LocalProtocolError, match="illegal"):
                 await pool.send(b"HEAD", b"127.0.0.1", target, headers, b"")
             assert script.requests == []
             assert (await head(pool))[0] == 200  # the slot was given back
